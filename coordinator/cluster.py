@@ -1,0 +1,67 @@
+"""Builds one engine per configured model: split layers, load shards on the nodes, open the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from coordinator.engine import ModelEngine
+from coordinator.model_meta import ModelMeta, read_model_meta
+from coordinator.partition import check_explicit_ranges, partition_layers
+from coordinator.pipeline import Pipeline, Stage
+from coordinator.scheduler import Scheduler
+from coordinator.stage_client import StageClient
+from protos import shard_pb2, wire
+from protos.config import Config, ModelConfig
+from protos.data_structures import LayerRange
+
+logger = logging.getLogger(__name__)
+
+
+def plan_ranges(config: Config, model: ModelConfig, meta: ModelMeta) -> list[LayerRange]:
+    if model.layer_ranges is not None:
+        return check_explicit_ranges(meta.num_layers, model.layer_ranges)
+    return partition_layers(meta.num_layers, [config.node(n).capacity for n in model.nodes])
+
+
+def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
+    """Reads the prepared model and plans its split; raises with a clear message if it cannot."""
+    meta = read_model_meta(config.model_dir(model.name), model.max_context)
+    ranges = plan_ranges(config, model, meta)
+    stages = [Stage(StageClient(config.node(nid), model.name, config.coordinator.rpc_timeout_s), r)
+              for nid, r in zip(model.nodes, ranges)]
+    plan = ", ".join(f"{s.client.node.id} {s.layers}" for s in stages)
+    logger.info("model %s (%s, %d layers) split across %d node(s): %s", model.name, meta.model_type,
+                meta.num_layers, len(stages), plan)
+    return ModelEngine(model.name, meta, Pipeline(model.name, stages), Scheduler(model.kv_cache_tokens))
+
+
+async def load_engine(config: Config, model: ModelConfig, engine: ModelEngine) -> None:
+    """Sends LoadShard to every node of the model (waiting for nodes to come up), then starts the engine."""
+    async def load_stage(stage: Stage) -> None:
+        req = shard_pb2.LoadShardRequest(
+            model=model.name, model_path=str(engine.meta.path), layers=wire.layer_range_to_proto(stage.layers),
+            dtype=model.dtype, device=model.device, kv_cache_tokens=model.kv_cache_tokens)
+        try:
+            info = await stage.client.load(req, config.coordinator.load_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            stage.state, stage.last_error = "down", f"{e.code().name}: {e.details()}"
+            raise RuntimeError(f"node {stage.client.node.id} ({stage.client.node.address}) could not load "
+                               f"{model.name} layers {stage.layers}: {stage.last_error}") from None
+        stage.kv_capacity_tokens = info.kv_capacity_tokens
+        stage.state = "ready"
+        logger.info("node %s holds %s layers %s (%.1f MB)", stage.client.node.id, model.name, stage.layers,
+                    info.weight_bytes / 1e6)
+
+    try:
+        await asyncio.gather(*(load_stage(s) for s in engine.pipeline.stages))
+    except RuntimeError as e:
+        engine.load_error = str(e)
+        logger.error("model %s is unavailable: %s", model.name, e)
+        return
+    engine.scheduler.kv_capacity_tokens = min(s.kv_capacity_tokens for s in engine.pipeline.stages)
+    engine.ready = True
+    engine.start()
+    logger.info("model %s ready on %d node(s)", model.name, len(engine.pipeline.stages))

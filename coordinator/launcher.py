@@ -1,0 +1,219 @@
+"""shardline up: the whole local cluster as child processes (tokenizer, nodes, coordinator, API).
+
+Waits until every process is ready, prints the API URL and each node's layer range, writes each
+process's log under a run folder, and stops every child on Ctrl-C / SIGTERM (children also get
+SIGTERM from the kernel if the launcher itself is killed, so none are orphaned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import coordinator_pb2, coordinator_pb2_grpc
+from protos.config import Config, ConfigError, load_config
+from protos.runtime import setup_logging
+
+logger = logging.getLogger("shardline.up")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: str) -> list[Child]:
+    py = sys.executable
+    cfg = str(config_path)
+    children = [Child("tokenizer", [py, "-m", "tokenizer_svc", "--config", cfg, "--log-level", log_level],
+                      run_dir / "tokenizer.log")]
+    used = {n for m in config.models for n in m.nodes}
+    for node in config.nodes:
+        if node.id not in used:
+            continue
+        children.append(Child(node.id, [py, "-m", "shard_node", "--host", node.host, "--port", str(node.port),
+                                        "--node-id", node.id, "--log-level", log_level], run_dir / f"{node.id}.log"))
+    children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, "--log-level", log_level],
+                          run_dir / "coordinator.log"))
+    children.append(Child("api", [py, "-m", "api", "--config", cfg, "--log-level", log_level], run_dir / "api.log"))
+    return children
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Cluster:
+    def __init__(self, config: Config, children: list[Child]) -> None:
+        self.config = config
+        self.children = children
+        self.stopping = False
+
+    def start(self) -> None:
+        for child in self.children:
+            logger.info("starting %-11s log: %s", child.name, child.log_path)
+            child.start()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        cfg = self.config
+        checks = {"tokenizer": lambda: grpc_serving(cfg.tokenizer.address),
+                  "coordinator": lambda: grpc_serving(cfg.coordinator.address),
+                  "api": lambda: http_ok(f"http://{cfg.api.host}:{cfg.api.port}/health")}
+        for node in cfg.nodes:
+            checks[node.id] = lambda a=node.address: grpc_serving(a)
+        pending = [c for c in self.children]
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for child in list(pending):
+                if self.stopping:
+                    raise KeyboardInterrupt
+                if not child.alive:
+                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode if child.process else '?'}"
+                                       f" during start-up; last lines of {child.log_path}:\n{child.log_tail()}")
+                if checks[child.name]():
+                    logger.info("%s is ready", child.name)
+                    pending.remove(child)
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise RuntimeError(f"not ready after {timeout_s:.0f} s: {names} (see their logs)")
+            time.sleep(0.3)
+
+    def describe(self) -> list[dict[str, object]]:
+        with grpc.insecure_channel(self.config.coordinator.address) as channel:
+            reply = coordinator_pb2_grpc.CoordinatorStub(channel).ListModels(coordinator_pb2.ListModelsRequest(),
+                                                                             timeout=10)
+        return [{"model": m.name, "layers": m.num_layers,
+                 "stages": [{"node": s.node_id, "address": s.address, "layers": [s.layers.start, s.layers.end]}
+                            for s in m.stages]} for m in reply.models]
+
+    def stop(self) -> None:
+        self.stopping = True
+        for child in reversed(self.children):
+            if child.alive:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time; killing it", child.name)
+                child.process.kill()
+                child.process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="shardline up", description=__doc__)
+    p.add_argument("--config", default="config.json")
+    p.add_argument("--run-dir", default=None, help="folder for logs (default: .run/<timestamp>)")
+    p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for every process")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    setup_logging("INFO", "up")
+    config_path = Path(args.config).resolve()
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        sys.exit(f"shardline up: {e}")
+    missing = [m.name for m in config.models if not (config.model_dir(m.name) / "config.json").is_file()]
+    if missing:
+        sys.exit(f"shardline up: model(s) {missing} not prepared in {config.model_cache_dir}; run "
+                 f"`shardline models --config {args.config}` (make up does it)")
+    run_dir = Path(args.run_dir or f".run/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(config, plan_children(config, config_path, run_dir, args.log_level))
+
+    def on_signal(signum: int, frame: object) -> None:
+        cluster.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    cluster.start()
+    code = 0
+    try:
+        cluster.wait_ready(args.ready_timeout)
+        layout = cluster.describe()
+        (run_dir / "ready.json").write_text(json.dumps({"api": f"http://{config.api.host}:{config.api.port}",
+                                                         "models": layout}, indent=2))
+        for m in layout:
+            for s in m["stages"]:  # type: ignore[union-attr]
+                logger.info("model %s: node %s (%s) holds layers [%d, %d)", m["model"], s["node"], s["address"],
+                            *s["layers"])
+        logger.info("Shardline is up: API on http://%s:%d  (logs in %s; Ctrl-C stops everything)",
+                    config.api.host, config.api.port, run_dir)
+        reported: set[str] = set()
+        while not cluster.stopping:
+            for child in cluster.children:
+                if not child.alive and child.name not in reported:
+                    reported.add(child.name)
+                    logger.error("%s exited (code %s); last lines of %s:\n%s", child.name,
+                                 child.process.returncode if child.process else "?", child.log_path, child.log_tail())
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as e:
+        logger.error("%s", e)
+        code = 1
+    finally:
+        logger.info("stopping every process")
+        cluster.stop()
+        logger.info("stopped")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

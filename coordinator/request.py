@@ -1,0 +1,66 @@
+"""One generation request: its tokens, its progress through the pipeline, and its output stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from protos.data_structures import SamplingParams
+
+
+class RequestStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_ids: tuple[int, ...]
+    finish_reason: str = ""  # eos | length | stop | cancelled | error
+    error: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    request_id: str
+    seq_id: str  # id of this sequence's KV cache on every node
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stop_token_ids: frozenset[int]
+    eos_token_ids: frozenset[int]  # empty when the client asked to ignore EOS
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # positions already in every stage's KV cache
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: str = ""
+    cancelled: bool = False
+    arrived_at: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def reserved_tokens(self) -> int:
+        """KV positions reserved on each stage: the prompt plus every token it may generate."""
+        return len(self.prompt_ids) + self.max_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == RequestStatus.FINISHED
+
+    def next_input_ids(self) -> list[int]:
+        """Prefill sends the whole prompt once; each decode step sends only the newest token."""
+        all_ids = self.prompt_ids + self.output_ids
+        return all_ids[self.num_computed:]
+
+    def finish(self, reason: str, error: str = "") -> None:
+        if self.status == RequestStatus.FINISHED:
+            return
+        self.status = RequestStatus.FINISHED
+        self.finish_reason = reason
+        self.events.put_nowait(TokenEvent((), reason, error))

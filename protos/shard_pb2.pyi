@@ -1,0 +1,152 @@
+from protos import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LoadShardRequest(_message.Message):
+    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_path: str
+    layers: _common_pb2.LayerRange
+    dtype: str
+    device: str
+    kv_cache_tokens: int
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ...) -> None: ...
+
+class UnloadShardRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class UnloadShardResponse(_message.Message):
+    __slots__ = ("unloaded",)
+    UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    unloaded: bool
+    def __init__(self, unloaded: bool = ...) -> None: ...
+
+class SequenceSlice(_message.Message):
+    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids")
+    SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    START_POS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    RECENT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    seq_id: str
+    start_pos: int
+    num_tokens: int
+    max_total_tokens: int
+    sampling: _common_pb2.SamplingParams
+    recent_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    batch_id: int
+    seqs: _containers.RepeatedCompositeFieldContainer[SequenceSlice]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    hidden: _common_pb2.Tensor
+    return_logits: bool
+    release_seq_ids: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ForwardResponse(_message.Message):
+    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    hidden: _common_pb2.Tensor
+    next_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    logits: _common_pb2.Tensor
+    forward_seconds: float
+    error_code: str
+    error_message: str
+    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("model", "seq_ids")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    seq_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., seq_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardInfo(_message.Message):
+    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    HAS_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    HAS_HEAD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    layers: _common_pb2.LayerRange
+    num_layers_total: int
+    dtype: str
+    device: str
+    architecture: str
+    has_embedding: bool
+    has_head: bool
+    weight_bytes: int
+    layer_weight_bytes: int
+    kv_capacity_tokens: int
+    kv_used_tokens: int
+    num_sequences: int
+    hidden_size: int
+    vocab_size: int
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "shards", "rss_bytes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
+    rss_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rss_bytes: _Optional[int] = ...) -> None: ...

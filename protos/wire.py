@@ -1,0 +1,100 @@
+"""The only place that turns tensors and sampling params into protobuf messages and back.
+
+Tensors travel as raw little-endian bytes + dtype name + shape; every decode checks the byte count
+against the declared shape before a tensor is built (never pickle, never torch.load).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+from protos import common_pb2
+from protos.data_structures import LayerRange, SamplingParams
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+MAX_DIMS = 8
+
+
+class WireError(ValueError):
+    """A message that cannot be decoded: the text says what was wrong and what is allowed."""
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise WireError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
+
+
+def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
+    if t.dtype not in DTYPE_NAMES:
+        raise WireError(f"cannot send dtype {t.dtype}; allowed: {', '.join(DTYPES)}")
+    t = t.detach().to("cpu").contiguous()
+    if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+        raise WireError("big-endian hosts are not supported")
+    raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    return common_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=DTYPE_NAMES[t.dtype])
+
+
+def tensor_from_proto(msg: common_pb2.Tensor, expected_shape: tuple[int | None, ...] | None = None) -> torch.Tensor:
+    """Validates dtype, shape and byte count, then builds the tensor (a copy, writable)."""
+    dtype = dtype_from_name(msg.dtype)
+    shape = tuple(int(d) for d in msg.shape)
+    if len(shape) > MAX_DIMS:
+        raise WireError(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} allowed")
+    if any(d < 0 for d in shape):
+        raise WireError(f"tensor shape {list(shape)} has a negative dimension")
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    expected_bytes = math.prod(shape) * itemsize
+    if expected_bytes != len(msg.data):
+        raise WireError(
+            f"tensor of shape {list(shape)} and dtype {msg.dtype} needs {expected_bytes} bytes, got {len(msg.data)}"
+        )
+    if expected_shape is not None:
+        if len(expected_shape) != len(shape) or any(
+            e is not None and e != s for e, s in zip(expected_shape, shape)
+        ):
+            want = ["*" if e is None else e for e in expected_shape]
+            raise WireError(f"tensor shape {list(shape)} does not match the expected {want}")
+    if not shape or math.prod(shape) == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        has_seed=p.seed is not None,
+        seed=p.seed or 0,
+        repetition_penalty=p.repetition_penalty,
+    )
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        temperature=msg.temperature,
+        top_p=msg.top_p if msg.top_p > 0 else 1.0,
+        top_k=msg.top_k,
+        seed=msg.seed if msg.has_seed else None,
+        repetition_penalty=msg.repetition_penalty if msg.repetition_penalty > 0 else 1.0,
+    )
+
+
+def layer_range_to_proto(r: LayerRange) -> common_pb2.LayerRange:
+    return common_pb2.LayerRange(start=r.start, end=r.end)
+
+
+def layer_range_from_proto(msg: common_pb2.LayerRange) -> LayerRange:
+    return LayerRange(msg.start, msg.end)

@@ -1,0 +1,59 @@
+"""python -m shard_node --port 50051: a shard node; the coordinator tells it what to load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+import torch
+
+from protos import shard_pb2_grpc
+from protos.runtime import GRPC_OPTIONS, SERVING, add_health, setup_logging, wait_for_stop_signal
+from shard_node.service import ShardNodeServicer
+
+logger = logging.getLogger("shard_node")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m shard_node", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--node-id", default="", help="name used in logs and Info (default: node-<port>)")
+    p.add_argument("--kv-cache-tokens", type=int, default=32768,
+                   help="KV budget per shard when LoadShard does not give one")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    node_id = args.node_id or f"node-{args.port}"
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    servicer = ShardNodeServicer(node_id, args.kv_cache_tokens)
+    shard_pb2_grpc.add_ShardNodeServicer_to_server(servicer, server)
+    health = add_health(server)
+    address = f"{args.host}:{args.port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"shard node {node_id}: cannot listen on {address} (port in use?)")
+    await server.start()
+    await health.set("", SERVING)
+    logger.info("shard node %s listening on %s (torch %s, %d threads); waiting for LoadShard", node_id, address,
+                torch.__version__, torch.get_num_threads())
+    await wait_for_stop_signal()
+    logger.info("shard node %s stopping", node_id)
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=2)
+
+
+def main() -> None:
+    args = parse_args()
+    setup_logging(args.log_level, "shard_node")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Per-architecture decoder pieces in plain PyTorch: no gRPC, no config.json, no metrics.
+
+Each block reads and extends one sequence's KV cache: x is [T, D] for one sequence whose first
+row sits at position ``start_pos``; k_cache / v_cache are [num_kv_heads, capacity, head_dim].
+Parameter names mirror the Hugging Face checkpoints so weights load by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "smollm", "smollm3")
+SUPPORTED_MODEL_TYPES = (*LLAMA_FAMILY, "gpt2")
+
+
+class UnsupportedArchitecture(ValueError):
+    """The checkpoint's model_type has no adapter."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a shard needs to know about a checkpoint's shape, read from its HF config.json."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    tie_word_embeddings: bool
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelSpec:
+        model_type = cfg.get("model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedArchitecture(
+                f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if model_type == "gpt2":
+            hidden, heads = cfg["n_embd"], cfg["n_head"]
+            return cls(model_type, cfg["n_layer"], hidden, heads, heads, hidden // heads, cfg["vocab_size"],
+                       cfg.get("n_positions", 1024), cfg.get("tie_word_embeddings", True), cfg)
+        hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        return cls(
+            model_type, cfg["num_hidden_layers"], hidden, heads, cfg.get("num_key_value_heads") or heads,
+            cfg.get("head_dim") or hidden // heads, cfg["vocab_size"], cfg.get("max_position_embeddings", 2048),
+            cfg.get("tie_word_embeddings", False), cfg,
+        )
+
+    @property
+    def layer_prefix(self) -> str:
+        return "transformer.h." if self.model_type == "gpt2" else "model.layers."
+
+    @property
+    def embed_key(self) -> str:
+        return "transformer.wte.weight" if self.model_type == "gpt2" else "model.embed_tokens.weight"
+
+    @property
+    def norm_prefix(self) -> str:
+        return "transformer.ln_f." if self.model_type == "gpt2" else "model.norm."
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float | None = None
+           ) -> torch.Tensor:
+    """q: [H, T, hd]; k, v: [KV, start_pos + T, hd] -> [T, H * hd], causal within the sequence."""
+    num_q = q.shape[1]
+    mask = None
+    is_causal = False
+    if num_q > 1:
+        if start_pos == 0:
+            is_causal = True
+        else:  # a chunk after cached tokens: query i sees keys [0, start_pos + i]
+            key_pos = torch.arange(k.shape[1], device=q.device)
+            query_pos = torch.arange(start_pos, start_pos + num_q, device=q.device)
+            mask = key_pos[None, :] <= query_pos[:, None]
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, is_causal=is_causal, scale=scale,
+        enable_gqa=q.shape[0] != k.shape[0],
+    )
+    return out.squeeze(0).transpose(0, 1).reshape(num_q, -1)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stores k, v ([KV, T, hd]) at positions [start_pos, start_pos + T); returns the filled prefix."""
+    end = start_pos + k.shape[1]
+    k_cache[:, start_pos:end] = k
+    v_cache[:, start_pos:end] = v
+    return k_cache[:, :end], v_cache[:, :end]
+
+
+# ---------------------------------------------------------------- Llama family (Llama, Mistral, Qwen2, SmolLM)
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for given positions, using transformers' own rope initialisers (all scalings)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from transformers import AutoConfig
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        hf_config = AutoConfig.for_model(**spec.raw)
+        rope_scaling = spec.raw.get("rope_scaling") or {}
+        rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+        inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: [T] -> cos, sin: [T, head_dim]
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq.to(torch.float32)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        d, h, kv, hd = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim
+        qkv_bias = bool(spec.raw.get("attention_bias", False)) or spec.model_type == "qwen2"
+        o_bias = bool(spec.raw.get("attention_bias", False)) and spec.model_type != "qwen2"
+        self.q_proj = nn.Linear(d, h * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, kv * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, kv * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=o_bias)
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor,
+                v_cache: torch.Tensor, start_pos: int) -> torch.Tensor:
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim).transpose(0, 1)
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)
+        cos, sin = rope
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_all, v_all = write_kv(k_cache, v_cache, k, v, start_pos)
+        return self.o_proj(attend(q, k_all, v_all, start_pos))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        d, i = spec.hidden_size, spec.raw["intermediate_size"]
+        bias = bool(spec.raw.get("mlp_bias", False))
+        self.gate_proj = nn.Linear(d, i, bias=bias)
+        self.up_proj = nn.Linear(d, i, bias=bias)
+        self.down_proj = nn.Linear(i, d, bias=bias)
+        act = spec.raw.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise UnsupportedArchitecture(f"hidden_act {act!r} is not supported for {spec.model_type}; allowed: silu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        eps = spec.raw.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(spec.hidden_size, eps)
+        self.self_attn = LlamaAttention(spec)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps)
+        self.mlp = LlamaMLP(spec)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor,
+                v_cache: torch.Tensor, start_pos: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---------------------------------------------------------------- GPT-2
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer with a [in, out] weight."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.c_attn = Conv1D(spec.hidden_size, 3 * spec.hidden_size)
+        self.c_proj = Conv1D(spec.hidden_size, spec.hidden_size)
+        self.num_heads, self.head_dim = spec.num_heads, spec.head_dim
+        self.scale = 1 / math.sqrt(spec.head_dim) if spec.raw.get("scale_attn_weights", True) else 1.0
+
+    def forward(self, x: torch.Tensor, rope: None, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos: int
+                ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.c_attn(x).split(self.num_heads * self.head_dim, dim=-1)
+        q, k, v = (z.view(t, self.num_heads, self.head_dim).transpose(0, 1) for z in (q, k, v))
+        k_all, v_all = write_kv(k_cache, v_cache, k, v, start_pos)
+        return self.c_proj(attend(q, k_all, v_all, start_pos, scale=self.scale))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        inner = spec.raw.get("n_inner") or 4 * spec.hidden_size
+        self.c_fc = Conv1D(spec.hidden_size, inner)
+        self.c_proj = Conv1D(inner, spec.hidden_size)
+        act = spec.raw.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu", "gelu_pytorch_tanh"):
+            raise UnsupportedArchitecture(f"activation_function {act!r} is not supported for gpt2")
+        self.approximate = "none" if act == "gelu" else "tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        eps = spec.raw.get("layer_norm_epsilon", 1e-5)
+        self.ln_1 = nn.LayerNorm(spec.hidden_size, eps=eps)
+        self.attn = GPT2Attention(spec)
+        self.ln_2 = nn.LayerNorm(spec.hidden_size, eps=eps)
+        self.mlp = GPT2MLP(spec)
+
+    def forward(self, x: torch.Tensor, rope: None, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos: int
+                ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, k_cache, v_cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+def make_block(spec: ModelSpec) -> nn.Module:
+    return GPT2Block(spec) if spec.model_type == "gpt2" else LlamaBlock(spec)
+
+
+def make_final_norm(spec: ModelSpec) -> nn.Module:
+    if spec.model_type == "gpt2":
+        return nn.LayerNorm(spec.hidden_size, eps=spec.raw.get("layer_norm_epsilon", 1e-5))
+    return RMSNorm(spec.hidden_size, spec.raw.get("rms_norm_eps", 1e-6))

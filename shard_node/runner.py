@@ -1,0 +1,182 @@
+"""The only code that runs the model: one micro-batch of sequence slices through this shard's layers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from protos.data_structures import LayerRange, SamplingParams
+from shard_node.architectures import ModelSpec
+from shard_node.kv_cache import CacheFull, KVCache, UnknownSequence
+from shard_node.sampler import sample_next
+from shard_node.shard_model import ShardModel
+from shard_node.weights import load_shard_weights
+
+logger = logging.getLogger(__name__)
+
+
+class BatchError(ValueError):
+    """A micro-batch that cannot run; ``code`` is the gRPC status name to report."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SliceInput:
+    seq_id: str
+    start_pos: int
+    num_tokens: int
+    max_total_tokens: int
+    sampling: SamplingParams
+    recent_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    slices: tuple[SliceInput, ...]
+    token_ids: torch.Tensor | None  # first stage: [sum(num_tokens)] int64
+    hidden: torch.Tensor | None  # other stages: [sum(num_tokens), D]
+    return_logits: bool = False
+    release_seq_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class BatchResult:
+    hidden: torch.Tensor | None = None  # [sum(num_tokens), D] for non-last stages
+    next_token_ids: list[int] = field(default_factory=list)  # last stage
+    logits: torch.Tensor | None = None  # [num_slices, vocab] when asked
+    forward_seconds: float = 0.0
+
+
+class ShardRunner:
+    """One model's shard on this node: weights, KV cache, and the forward of a micro-batch."""
+
+    def __init__(self, name: str, model_dir: Path, spec: ModelSpec, layers: LayerRange, dtype: torch.dtype,
+                 device: torch.device, kv_cache_tokens: int) -> None:
+        self.name, self.model_dir, self.spec, self.layers = name, model_dir, spec, layers
+        self.dtype, self.device = dtype, device
+        with torch.device("meta"):
+            self.model = ShardModel(spec, layers)
+        load_shard_weights(self.model, model_dir, dtype, device)
+        self.model.eval()
+        self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device)
+
+    @property
+    def is_first(self) -> bool:
+        return self.model.is_first
+
+    @property
+    def is_last(self) -> bool:
+        return self.model.is_last
+
+    def validate(self, batch: MicroBatch, owner: int) -> None:
+        """Checks everything before any state changes, so a refused batch leaves the node as it was."""
+        if not batch.slices:
+            raise BatchError("INVALID_ARGUMENT", "micro-batch has no sequences")
+        seen: set[str] = set()
+        new: dict[str, int] = {}
+        released = set(batch.release_seq_ids)
+        max_ctx = self.spec.max_positions
+        for s in batch.slices:
+            where = f"sequence {s.seq_id!r}"
+            if not s.seq_id:
+                raise BatchError("INVALID_ARGUMENT", "a sequence has an empty seq_id")
+            if s.seq_id in seen:
+                raise BatchError("INVALID_ARGUMENT", f"{where} appears twice in one micro-batch")
+            seen.add(s.seq_id)
+            if s.num_tokens < 1:
+                raise BatchError("INVALID_ARGUMENT", f"{where}: num_tokens must be >= 1, got {s.num_tokens}")
+            if s.start_pos < 0:
+                raise BatchError("INVALID_ARGUMENT", f"{where}: start_pos must be >= 0, got {s.start_pos}")
+            if s.start_pos == 0:
+                if s.seq_id in self.kv and s.seq_id not in released:
+                    raise BatchError("FAILED_PRECONDITION", f"{where} already has a KV cache; release it first")
+                if not s.num_tokens <= s.max_total_tokens <= max_ctx:
+                    raise BatchError("INVALID_ARGUMENT", f"{where}: max_total_tokens must be in "
+                                     f"[num_tokens={s.num_tokens}, {max_ctx}], got {s.max_total_tokens}")
+                new[s.seq_id] = s.max_total_tokens
+            else:
+                if s.seq_id not in self.kv or s.seq_id in released:
+                    raise BatchError("NOT_FOUND", f"{where} has no KV cache on this node (start_pos "
+                                     f"{s.start_pos} > 0 needs an earlier prefill)")
+                entry = self.kv.get(s.seq_id)
+                if entry.owner != owner:
+                    raise BatchError("FAILED_PRECONDITION", f"{where} belongs to another Forward stream")
+                if s.start_pos != entry.length:
+                    raise BatchError("FAILED_PRECONDITION", f"{where}: start_pos {s.start_pos} but the cache "
+                                     f"holds {entry.length} positions")
+                if s.start_pos + s.num_tokens > entry.capacity:
+                    raise BatchError("OUT_OF_RANGE", f"{where}: positions up to {s.start_pos + s.num_tokens} "
+                                     f"exceed the {entry.capacity} tokens reserved at prefill")
+        total = sum(s.num_tokens for s in batch.slices)
+        if self.is_first:
+            if batch.token_ids is None or batch.token_ids.shape != (total,):
+                got = None if batch.token_ids is None else list(batch.token_ids.shape)
+                raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total}, got {got}")
+            if total and (int(batch.token_ids.min()) < 0 or int(batch.token_ids.max()) >= self.spec.vocab_size):
+                raise BatchError("INVALID_ARGUMENT", f"token ids must be in [0, {self.spec.vocab_size})")
+        else:
+            want = (total, self.spec.hidden_size)
+            if batch.hidden is None or tuple(batch.hidden.shape) != want:
+                got = None if batch.hidden is None else list(batch.hidden.shape)
+                raise BatchError("INVALID_ARGUMENT", f"hidden must have shape {list(want)}, got {got}")
+            if batch.hidden.dtype != self.dtype:
+                raise BatchError("INVALID_ARGUMENT", f"hidden dtype {batch.hidden.dtype} does not match the "
+                                 f"shard's {self.dtype}")
+        freed = sum(self.kv.get(s).capacity for s in released if s in self.kv)
+        need = sum(new.values())
+        free = self.kv.capacity_tokens - self.kv.used_tokens + freed
+        if need > free:
+            raise BatchError("RESOURCE_EXHAUSTED", f"KV cache full on layers {self.layers}: {len(new)} new "
+                             f"sequence(s) need {need} tokens, {free} of {self.kv.capacity_tokens} are free")
+
+    @torch.inference_mode()
+    def run(self, batch: MicroBatch, owner: int) -> BatchResult:
+        self.validate(batch, owner)
+        started = time.perf_counter()
+        for seq_id in batch.release_seq_ids:
+            self.kv.release(seq_id)
+        result = BatchResult()
+        outputs: list[torch.Tensor] = []
+        last_rows: list[torch.Tensor] = []
+        row = 0
+        for s in batch.slices:
+            try:
+                entry = self.kv.get(s.seq_id) if s.start_pos > 0 else self.kv.allocate(
+                    s.seq_id, s.max_total_tokens, owner)
+            except (CacheFull, UnknownSequence) as e:  # validated above; only a race could get here
+                raise BatchError("RESOURCE_EXHAUSTED" if isinstance(e, CacheFull) else "NOT_FOUND", str(e)) from e
+            rows = slice(row, row + s.num_tokens)
+            row += s.num_tokens
+            if self.is_first:
+                ids = batch.token_ids[rows].to(self.device)
+                positions = torch.arange(s.start_pos, s.start_pos + s.num_tokens, device=self.device)
+                x = self.model.embed(ids, positions)
+            else:
+                x = batch.hidden[rows].to(self.device)
+            x = self.model.forward_layers(x, s.start_pos, entry.k, entry.v)
+            entry.length = s.start_pos + s.num_tokens
+            if self.is_last:
+                last_rows.append(x[-1])
+            else:
+                outputs.append(x)
+        if self.is_last:
+            logits = self.model.logits(torch.stack(last_rows))
+            for i, s in enumerate(batch.slices):
+                entry = self.kv.get(s.seq_id)
+                if s.sampling.seed is not None and entry.generator is None:
+                    entry.generator = torch.Generator().manual_seed(s.sampling.seed)
+                result.next_token_ids.append(
+                    sample_next(logits[i], s.sampling, entry.generator, list(s.recent_token_ids)))
+            if batch.return_logits:
+                result.logits = logits
+        else:
+            result.hidden = torch.cat(outputs)
+        result.forward_seconds = time.perf_counter() - started
+        return result

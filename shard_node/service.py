@@ -1,0 +1,169 @@
+"""ShardNode gRPC servicer: decodes with protos.wire, validates, runs the runner off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import torch
+
+from protos import shard_pb2, shard_pb2_grpc, wire
+from protos.config import ALLOWED_DTYPES
+from protos.data_structures import LayerRange
+from shard_node.architectures import ModelSpec, UnsupportedArchitecture
+from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput
+from shard_node.weights import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - non-Linux
+        return 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available on this node")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for but MPS is not available on this node")
+    return torch.device(name)
+
+
+class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
+    """Holds one ShardRunner per model; every model computation runs on one worker thread."""
+
+    def __init__(self, node_id: str, default_kv_tokens: int) -> None:
+        self.node_id = node_id
+        self.default_kv_tokens = default_kv_tokens
+        self.runners: dict[str, ShardRunner] = {}
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self._stream_ids = itertools.count(1)
+
+    def shard_info(self, runner: ShardRunner) -> shard_pb2.ShardInfo:
+        spec = runner.spec
+        return shard_pb2.ShardInfo(
+            model=runner.name, layers=wire.layer_range_to_proto(runner.layers), num_layers_total=spec.num_layers,
+            dtype=wire.DTYPE_NAMES[runner.dtype], device=str(runner.device), architecture=spec.model_type,
+            has_embedding=runner.model.embed_tokens is not None, has_head=runner.is_last,
+            weight_bytes=runner.model.weight_bytes(), layer_weight_bytes=runner.model.layer_weight_bytes(),
+            kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
+            num_sequences=runner.kv.num_sequences, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
+        )
+
+    async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
+                        ) -> shard_pb2.ShardInfo:
+        """Loads only the tensors of layers [start, end) (plus embedding / head where they belong)."""
+        model_dir = Path(request.model_path)
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name is empty")
+        if request.dtype not in ALLOWED_DTYPES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"dtype {request.dtype!r} is not allowed; allowed: {list(ALLOWED_DTYPES)}")
+        config_file = model_dir / "config.json"
+        if not config_file.is_file():
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model at {model_dir} (config.json missing); "
+                                "prepare it with `shardline models`")
+        try:
+            spec = ModelSpec.from_hf_config(json.loads(config_file.read_text()))
+            layers = wire.layer_range_from_proto(request.layers)
+            if layers.end > spec.num_layers:
+                raise ValueError(f"layer range {layers} is outside the model's {spec.num_layers} layers")
+            device = pick_device(request.device or "cpu")
+        except (ValueError, UnsupportedArchitecture) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        existing = self.runners.get(request.model)
+        if existing and existing.layers == layers and existing.model_dir == model_dir \
+                and wire.DTYPE_NAMES[existing.dtype] == request.dtype:
+            return self.shard_info(existing)
+        kv_tokens = request.kv_cache_tokens or self.default_kv_tokens
+        logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, layers, spec.num_layers,
+                    request.dtype, device, model_dir)
+        loop = asyncio.get_running_loop()
+        try:
+            runner = await loop.run_in_executor(self.compute, lambda: ShardRunner(
+                request.model, model_dir, spec, layers, wire.DTYPES[request.dtype], device, kv_tokens))
+        except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
+        self.runners[request.model] = runner
+        info = self.shard_info(runner)
+        logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB)",
+                    request.model, layers, info.weight_bytes / 1e6, info.layer_weight_bytes / 1e6, kv_tokens,
+                    kv_tokens * runner.kv.bytes_per_token / 1e6)
+        return info
+
+    async def UnloadShard(self, request: shard_pb2.UnloadShardRequest, context: grpc.aio.ServicerContext
+                          ) -> shard_pb2.UnloadShardResponse:
+        """Drops a model's shard and its KV caches."""
+        return shard_pb2.UnloadShardResponse(unloaded=self.runners.pop(request.model, None) is not None)
+
+    def _decode_batch(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> MicroBatch:
+        slices = tuple(
+            SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, wire.sampling_from_proto(s.sampling),
+                       tuple(s.recent_token_ids))
+            for s in req.seqs
+        )
+        token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None
+        hidden = None
+        if not runner.is_first:
+            total = sum(max(s.num_tokens, 0) for s in slices)
+            hidden = wire.tensor_from_proto(req.hidden, (total, runner.spec.hidden_size))
+        return MicroBatch(slices, token_ids, hidden, req.return_logits, tuple(req.release_seq_ids))
+
+    async def Forward(self, request_iterator: AsyncIterator[shard_pb2.ForwardRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[shard_pb2.ForwardResponse]:
+        """Runs micro-batches in order; a refused batch answers with an error and the stream goes on."""
+        owner = next(self._stream_ids)
+        loop = asyncio.get_running_loop()
+        try:
+            async for req in request_iterator:
+                runner = self.runners.get(req.model)
+                reply = shard_pb2.ForwardResponse(batch_id=req.batch_id)
+                try:
+                    if runner is None:
+                        raise BatchError("NOT_FOUND", f"model {req.model!r} is not loaded on node {self.node_id}; "
+                                         f"loaded: {sorted(self.runners)}")
+                    batch = self._decode_batch(runner, req)
+                    result = await loop.run_in_executor(self.compute, runner.run, batch, owner)
+                except wire.WireError as e:
+                    reply.error_code, reply.error_message = "INVALID_ARGUMENT", str(e)
+                except BatchError as e:
+                    reply.error_code, reply.error_message = e.code, str(e)
+                else:
+                    if result.hidden is not None:
+                        reply.hidden.CopyFrom(wire.tensor_to_proto(result.hidden))
+                    reply.next_token_ids.extend(result.next_token_ids)
+                    if result.logits is not None:
+                        reply.logits.CopyFrom(wire.tensor_to_proto(result.logits))
+                    reply.forward_seconds = result.forward_seconds
+                if reply.error_code:
+                    logger.warning("batch %d (%s) refused: %s %s", req.batch_id, req.request_id or "-",
+                                   reply.error_code, reply.error_message)
+                yield reply
+        finally:
+            freed = sum(r.kv.release_owner(owner) for r in self.runners.values())
+            if freed:
+                logger.info("Forward stream %d closed: freed %d KV cache(s)", owner, freed)
+
+    async def Release(self, request: shard_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+                      ) -> shard_pb2.ReleaseResponse:
+        """Frees the KV caches of the named sequences (unknown ids are ignored)."""
+        runner = self.runners.get(request.model)
+        if runner is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not loaded here")
+        return shard_pb2.ReleaseResponse(released=sum(runner.kv.release(s) for s in request.seq_ids))
+
+    async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
+        """Shards held, KV use, memory."""
+        return shard_pb2.NodeInfo(node_id=self.node_id, shards=[self.shard_info(r) for r in self.runners.values()],
+                                  rss_bytes=rss_bytes())

@@ -1,0 +1,88 @@
+"""A model's layers [start, end), the embedding on the first shard, final norm and head on the last."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from protos.data_structures import LayerRange
+from shard_node.architectures import ModelSpec, RotaryEmbedding, make_block, make_final_norm
+
+
+class ShardModel(nn.Module):
+    def __init__(self, spec: ModelSpec, layers: LayerRange) -> None:
+        super().__init__()
+        if layers.end > spec.num_layers:
+            raise ValueError(f"layer range {layers} is outside the model's {spec.num_layers} layers")
+        self.spec = spec
+        self.layer_range = layers
+        self.is_first = layers.start == 0
+        self.is_last = layers.end == spec.num_layers
+        # Keyed by global layer index so checkpoint names (model.layers.17.*) map one to one.
+        self.layers = nn.ModuleDict({str(i): make_block(spec) for i in range(layers.start, layers.end)})
+        needs_embedding = self.is_first or (self.is_last and spec.tie_word_embeddings)
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size) if needs_embedding else None
+        self.position_embed = (
+            nn.Embedding(spec.max_positions, spec.hidden_size) if self.is_first and spec.model_type == "gpt2" else None
+        )
+        self.norm = make_final_norm(spec) if self.is_last else None
+        self.lm_head = (
+            nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+            if self.is_last and not spec.tie_word_embeddings else None
+        )
+        self.rotary: RotaryEmbedding | None = None
+        if spec.model_type != "gpt2":
+            with torch.device("cpu"):  # real tables even when the rest is built on the meta device
+                self.rotary = RotaryEmbedding(spec)
+
+    def checkpoint_keys(self) -> dict[str, str]:
+        """Maps each of this module's parameter names to its name in the checkpoint."""
+        spec = self.spec
+        keys: dict[str, str] = {}
+        for name, _ in self.named_parameters():
+            if name.startswith("layers."):
+                _, idx, rest = name.split(".", 2)
+                keys[name] = f"{spec.layer_prefix}{idx}.{rest}"
+            elif name == "embed_tokens.weight":
+                keys[name] = spec.embed_key
+            elif name == "position_embed.weight":
+                keys[name] = "transformer.wpe.weight"
+            elif name.startswith("norm."):
+                keys[name] = spec.norm_prefix + name.split(".", 1)[1]
+            elif name == "lm_head.weight":
+                keys[name] = "lm_head.weight"
+            else:  # pragma: no cover - a new module without a mapping is a programming error
+                raise AssertionError(f"no checkpoint name for parameter {name}")
+        return keys
+
+    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # token_ids, positions: [T] -> [T, D]
+        assert self.embed_tokens is not None and self.is_first
+        x = self.embed_tokens(token_ids)
+        if self.position_embed is not None:
+            x = x + self.position_embed(positions)
+        return x
+
+    def forward_layers(self, x: torch.Tensor, start_pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor
+                       ) -> torch.Tensor:
+        """x: [T, D] of one sequence at positions start_pos..; k/v_cache: [L_local, KV, cap, hd]."""
+        rope = None
+        if self.rotary is not None:
+            positions = torch.arange(start_pos, start_pos + x.shape[0], device=x.device)
+            rope = self.rotary(positions, x.dtype)
+        for i, block in enumerate(self.layers.values()):
+            x = block(x, rope, k_cache[i], v_cache[i], start_pos)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden: [N, D] -> [N, vocab] in float32
+        assert self.norm is not None
+        h = self.norm(hidden)
+        weight = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
+        return (h @ weight.T).float()
+
+    def layer_weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.layers.parameters())
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())

@@ -1,0 +1,53 @@
+"""python -m tokenizer_svc --config config.json: tokenizers of every configured model over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import grpc
+
+from protos import tokenizer_pb2_grpc
+from protos.config import ConfigError, load_config
+from protos.runtime import GRPC_OPTIONS, SERVING, add_health, setup_logging, wait_for_stop_signal
+from tokenizer_svc.service import TokenizerServicer
+from tokenizer_svc.tokenizers import TokenizerSet
+
+logger = logging.getLogger("tokenizer_svc")
+
+
+async def serve(config_path: str, host: str | None) -> None:
+    config = load_config(config_path)
+    tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models})
+    tokenizers.load_all()
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(tokenizers), server)
+    health = add_health(server)
+    default_host, port = config.tokenizer.address.rsplit(":", 1)
+    address = f"{host or default_host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"tokenizer: cannot listen on {address} (port in use?)")
+    await server.start()
+    await health.set("", SERVING)
+    logger.info("tokenizer service listening on %s", address)
+    await wait_for_stop_signal()
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m tokenizer_svc", description=__doc__)
+    p.add_argument("--config", default="config.json")
+    p.add_argument("--host", default=None)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args()
+    setup_logging(args.log_level, "tokenizer")
+    try:
+        asyncio.run(serve(args.config, args.host))
+    except ConfigError as e:
+        raise SystemExit(f"tokenizer: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

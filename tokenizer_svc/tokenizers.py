@@ -1,0 +1,49 @@
+"""Loads each model's tokenizer from the model cache (never from a hub)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+class TokenizerSet:
+    def __init__(self, model_dirs: dict[str, Path]) -> None:
+        self.model_dirs = model_dirs
+        self._loaded: dict[str, PreTrainedTokenizerBase] = {}
+        self.eos_ids: dict[str, list[int]] = {}
+
+    def load_all(self) -> None:
+        for name in self.model_dirs:
+            try:
+                self.get(name)
+            except (OSError, ValueError) as e:
+                logger.error("tokenizer of %s not loaded: %s", name, e)
+
+    def get(self, name: str) -> PreTrainedTokenizerBase:
+        if name in self._loaded:
+            return self._loaded[name]
+        if name not in self.model_dirs:
+            raise KeyError(name)
+        path = self.model_dirs[name]
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._loaded[name] = tok
+        self.eos_ids[name] = self._eos_ids(path, tok)
+        logger.info("tokenizer of %s loaded from %s (vocab %d, chat template: %s)", name, path, len(tok),
+                    "yes" if tok.chat_template else "no")
+        return tok
+
+    @staticmethod
+    def _eos_ids(path: Path, tok: PreTrainedTokenizerBase) -> list[int]:
+        gen = path / "generation_config.json"
+        value: Any = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+        if value is None:
+            value = tok.eos_token_id
+        if value is None:
+            return []
+        return [value] if isinstance(value, int) else list(value)
