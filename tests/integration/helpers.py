@@ -1,0 +1,54 @@
+"""Reference generation with transformers and small gRPC helpers for the integration tests."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import grpc
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+
+@functools.lru_cache(maxsize=4)
+def reference_model(path: str) -> AutoModelForCausalLM:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(path: str) -> AutoTokenizer:
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def reference_generate(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Monolithic transformers greedy generate, one process, same weights and dtype."""
+    model = reference_model(str(model_dir))
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def chat_ids(model_dir: Path, text: str) -> list[int]:
+    return list(tokenizer(str(model_dir)).apply_chat_template([{"role": "user", "content": text}],
+                                                             add_generation_prompt=True))
+
+
+def grpc_generate(address: str, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        ids: list[int] = []
+        reason = ""
+        for reply in stub.Generate(coordinator_pb2.GenerateRequest(model=model, prompt_token_ids=prompt_ids,
+                                                                   max_tokens=max_tokens), timeout=300):
+            ids.extend(reply.token_ids)
+            reason = reply.finish_reason or reason
+    return ids, reason
+
+
+def node_info(address: str) -> shard_pb2.NodeInfo:
+    with grpc.insecure_channel(address) as channel:
+        return shard_pb2_grpc.ShardNodeStub(channel).Info(shard_pb2.InfoRequest(), timeout=10)

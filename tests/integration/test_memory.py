@@ -1,0 +1,47 @@
+"""A node loads only its own layers: 10 of 30 layers means about a third of the layer weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOL, RunningCluster
+from tests.integration.helpers import node_info
+
+pytestmark = pytest.mark.cluster
+
+
+def checkpoint_bytes(model_dir: Path) -> tuple[int, int]:
+    """(bytes of all tensors, bytes of transformer layers) from the safetensors header alone."""
+    with open(model_dir / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    total = layers = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        size = meta["data_offsets"][1] - meta["data_offsets"][0]
+        total += size
+        if ".layers." in name:
+            layers += size
+    return total, layers
+
+
+def test_node_holds_only_its_layers(cluster: RunningCluster, smol_dir: Path) -> None:
+    total, layer_total = checkpoint_bytes(smol_dir)
+    shards = {}
+    for node in ("node1", "node2", "node3"):
+        info = node_info(cluster.node_address(node))
+        shards[node] = next(s for s in info.shards if s.model == SMOL)
+    for node, shard in shards.items():
+        assert shard.layers.end - shard.layers.start == 10
+        assert shard.layer_weight_bytes == pytest.approx(layer_total / 3, rel=0.02), node
+    embed = total - layer_total  # embedding (tied head) + final norm
+    middle = shards["node2"]
+    assert not middle.has_embedding and not middle.has_head
+    assert middle.weight_bytes == middle.layer_weight_bytes < 0.36 * total
+    assert shards["node1"].has_embedding and not shards["node1"].has_head
+    assert shards["node3"].has_head and shards["node3"].has_embedding  # tied embeddings: the head needs it
+    assert shards["node1"].weight_bytes == pytest.approx(layer_total / 3 + embed, rel=0.02)

@@ -1,0 +1,99 @@
+"""shard_node/kv_cache.py: per-sequence KV allocations under a token budget."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from shard_node.kv_cache import CacheFull, KVCache, UnknownSequence
+
+
+@pytest.fixture
+def kv() -> KVCache:
+    return KVCache(num_layers=2, num_kv_heads=3, head_dim=4, capacity_tokens=100, dtype=torch.float32,
+                   device=torch.device("cpu"))
+
+
+def test_allocate_get_release(kv: KVCache) -> None:
+    entry = kv.allocate("s1", 10, owner=1)
+    assert entry.seq_id == "s1" and entry.owner == 1 and entry.capacity == 10 and entry.length == 0
+    assert entry.k.shape == (2, 3, 10, 4) and entry.v.shape == (2, 3, 10, 4)
+    assert entry.k.dtype == torch.float32
+    assert "s1" in kv and kv.num_sequences == 1
+    assert kv.get("s1") is entry
+    assert kv.release("s1") is True
+    assert "s1" not in kv and kv.num_sequences == 0
+    assert kv.release("s1") is False
+
+
+def test_used_tokens_accounting(kv: KVCache) -> None:
+    assert kv.used_tokens == 0
+    kv.allocate("a", 30, owner=1)
+    kv.allocate("b", 25, owner=1)
+    assert kv.used_tokens == 55
+    kv.release("a")
+    assert kv.used_tokens == 25
+    kv.allocate("c", 75, owner=2)  # exactly fills the budget
+    assert kv.used_tokens == 100
+
+
+def test_bytes_per_token() -> None:
+    kv16 = KVCache(3, 2, 8, 10, torch.float16, torch.device("cpu"))
+    assert kv16.bytes_per_token == 2 * 3 * 2 * 8 * 2
+
+
+def test_cache_full_message_has_numbers(kv: KVCache) -> None:
+    kv.allocate("a", 60, owner=1)
+    with pytest.raises(CacheFull) as exc:
+        kv.allocate("b", 50, owner=1)
+    msg = str(exc.value)
+    assert "50" in msg and "40" in msg and "100" in msg and "60" in msg
+    assert "b" not in kv and kv.used_tokens == 60  # a refused allocation changes nothing
+
+
+def test_check_fits_counts_all_requests(kv: KVCache) -> None:
+    kv.check_fits({"x": 50, "y": 50})
+    with pytest.raises(CacheFull, match="2 new sequence"):
+        kv.check_fits({"x": 50, "y": 51})
+
+
+def test_release_owner_frees_only_that_owner(kv: KVCache) -> None:
+    kv.allocate("a1", 10, owner=1)
+    kv.allocate("a2", 10, owner=1)
+    kv.allocate("b1", 10, owner=2)
+    assert kv.release_owner(1) == 2
+    assert "a1" not in kv and "a2" not in kv and "b1" in kv
+    assert kv.used_tokens == 10
+    assert kv.release_owner(1) == 0
+    assert kv.release_owner(3) == 0
+
+
+def test_release_idle(kv: KVCache) -> None:
+    kv.allocate("old", 10, owner=1)
+    kv.allocate("fresh", 10, owner=1)
+    kv.get("old").last_used = time.monotonic() - 100
+    assert kv.release_idle(50) == ["old"]
+    assert "old" not in kv and "fresh" in kv
+    assert kv.release_idle(50) == []
+
+
+def test_get_refreshes_last_used(kv: KVCache) -> None:
+    entry = kv.allocate("s", 10, owner=1)
+    entry.last_used = time.monotonic() - 100
+    kv.get("s")
+    assert kv.release_idle(50) == []
+
+
+def test_unknown_sequence(kv: KVCache) -> None:
+    with pytest.raises(UnknownSequence):
+        kv.get("nope")
+    assert issubclass(UnknownSequence, KeyError)
+
+
+def test_allocate_same_id_twice(kv: KVCache) -> None:
+    kv.allocate("s", 10, owner=1)
+    with pytest.raises(ValueError, match="already has a KV cache"):
+        kv.allocate("s", 10, owner=2)
+    assert kv.get("s").owner == 1 and kv.used_tokens == 10
