@@ -120,8 +120,9 @@ class Cluster:
                 if self.stopping:
                     raise KeyboardInterrupt
                 if not child.alive:
-                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode if child.process else '?'}"
-                                       f" during start-up; last lines of {child.log_path}:\n{child.log_tail()}")
+                    code = child.process.returncode if child.process else "?"
+                    raise RuntimeError(f"{child.name} exited with code {code} during start-up; last lines of "
+                                       f"{child.log_path}:\n{child.log_tail()}")
                 if checks[child.name]():
                     logger.info("%s is ready", child.name)
                     pending.remove(child)

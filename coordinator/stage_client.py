@@ -60,11 +60,11 @@ class StageClient:
             self._pending.append(fut)
             try:
                 await asyncio.wait_for(self._call.write(request), self.rpc_timeout_s)
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.InvalidStateError) as e:
+            except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
                 self._break(f"sending a micro-batch failed: {e!r}")
         try:
             reply = await asyncio.wait_for(asyncio.shield(fut), self.rpc_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._break(f"no reply within the {self.rpc_timeout_s:.0f} s deadline")
             reply = await fut  # raises the StageError set by _break
         if reply.error_code:

@@ -42,7 +42,7 @@ def tensor_to_proto(t: torch.Tensor) -> common_pb2.Tensor:
     t = t.detach().to("cpu").contiguous()
     if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
         raise WireError("big-endian hosts are not supported")
-    raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
     return common_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=DTYPE_NAMES[t.dtype])
 
 
@@ -66,7 +66,7 @@ def tensor_from_proto(msg: common_pb2.Tensor, expected_shape: tuple[int | None, 
         ):
             want = ["*" if e is None else e for e in expected_shape]
             raise WireError(f"tensor shape {list(shape)} does not match the expected {want}")
-    if not shape or math.prod(shape) == 0:
+    if math.prod(shape) == 0:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
 

@@ -16,7 +16,6 @@ import torch
 
 from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import ALLOWED_DTYPES
-from protos.data_structures import LayerRange
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
 from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput
 from shard_node.weights import CheckpointError

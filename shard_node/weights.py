@@ -40,7 +40,8 @@ def load_shard_weights(model: ShardModel, model_dir: Path, dtype: torch.dtype, d
     wanted = model.checkpoint_keys()
     missing = [ck for ck in wanted.values() if ck not in locations]
     if missing:
-        raise CheckpointError(f"checkpoint {model_dir} lacks {len(missing)} tensor(s) of this shard, e.g. {missing[:3]}")
+        raise CheckpointError(f"checkpoint {model_dir} lacks {len(missing)} tensor(s) of this shard, "
+                              f"e.g. {missing[:3]}")
     by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
     for local, ck in wanted.items():
         by_file[locations[ck]].append((local, ck))

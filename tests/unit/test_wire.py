@@ -60,13 +60,9 @@ def test_roundtrip_non_contiguous(dtype: torch.dtype) -> None:
     assert torch.equal(_roundtrip(sliced), sliced)
 
 
-# Known bug in protos/wire.py (reported): tensor_to_proto calls t.view(torch.uint8) on a 0-d tensor,
-# which torch refuses, and tensor_from_proto returns torch.empty(()) (uninitialised) for shape [] instead
-# of the sent value. strict=True: once wire.py is fixed these xpass -> fail, and the marks must go.
-ZERO_D_BUG = pytest.mark.xfail(strict=True, reason="protos/wire.py mishandles 0-d tensors (see report)")
+# 0-d tensors (shape []) hold one element and must keep their value.
 
 
-@ZERO_D_BUG
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_roundtrip_zero_dim(dtype: torch.dtype) -> None:
     t = _sample((), dtype)
@@ -75,7 +71,6 @@ def test_roundtrip_zero_dim(dtype: torch.dtype) -> None:
     assert torch.equal(out, t)
 
 
-@ZERO_D_BUG
 def test_zero_dim_decode_keeps_value() -> None:
     msg = common_pb2.Tensor(data=struct.pack("<q", 123456789), shape=[], dtype="int64")
     assert tensor_from_proto(msg).item() == 123456789
