@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -81,7 +80,3 @@ class CoordinatorClient:
     async def close(self) -> None:
         await self.channel.close()
 
-
-async def iterate(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
-    async for reply in call:
-        yield reply
