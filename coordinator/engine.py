@@ -89,11 +89,11 @@ class ModelEngine:
             req.output_ids.append(token)
             reason = self._finish_reason(req, token)
             if reason:
-                req.status = RequestStatus.FINISHED
-                req.finish_reason = reason
                 self.scheduler.remove(req)
                 self._to_release.append(req.seq_id)
-            req.events.put_nowait(TokenEvent((token,), reason))
+                req.finish(reason, token_ids=(token,))
+            else:
+                req.events.put_nowait(TokenEvent((token,)))
 
     def _finish_reason(self, req: Request, token: int) -> str:
         if token in req.eos_token_ids:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -37,7 +36,6 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str = ""
     cancelled: bool = False
-    arrived_at: float = field(default_factory=time.monotonic)
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
 
     @property
@@ -58,9 +56,10 @@ class Request:
         all_ids = self.prompt_ids + self.output_ids
         return all_ids[self.num_computed:]
 
-    def finish(self, reason: str, error: str = "") -> None:
+    def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = ()) -> None:
+        """Marks the request done and sends its last event (with its last tokens, if any)."""
         if self.status == RequestStatus.FINISHED:
             return
         self.status = RequestStatus.FINISHED
         self.finish_reason = reason
-        self.events.put_nowait(TokenEvent((), reason, error))
+        self.events.put_nowait(TokenEvent(token_ids, reason, error))

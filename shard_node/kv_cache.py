@@ -53,10 +53,11 @@ class KVCache:
     def __contains__(self, seq_id: str) -> bool:
         return seq_id in self._seqs
 
-    def check_fits(self, requests: dict[str, int]) -> None:
-        """Raises CacheFull unless all of {seq_id: tokens} fit together right now."""
+    def check_fits(self, requests: dict[str, int], releasing: tuple[str, ...] = ()) -> None:
+        """Raises CacheFull unless all of {seq_id: tokens} fit together once ``releasing`` is freed."""
         need = sum(requests.values())
-        free = self.capacity_tokens - self.used_tokens
+        freed = sum(self._seqs[s].capacity for s in set(releasing) if s in self._seqs)
+        free = self.capacity_tokens - self.used_tokens + freed
         if need > free:
             raise CacheFull(
                 f"KV cache full: {len(requests)} new sequence(s) need {need} tokens but only {free} of "

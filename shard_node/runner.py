@@ -129,12 +129,10 @@ class ShardRunner:
             if batch.hidden.dtype != self.dtype:
                 raise BatchError("INVALID_ARGUMENT", f"hidden dtype {batch.hidden.dtype} does not match the "
                                  f"shard's {self.dtype}")
-        freed = sum(self.kv.get(s).capacity for s in released if s in self.kv)
-        need = sum(new.values())
-        free = self.kv.capacity_tokens - self.kv.used_tokens + freed
-        if need > free:
-            raise BatchError("RESOURCE_EXHAUSTED", f"KV cache full on layers {self.layers}: {len(new)} new "
-                             f"sequence(s) need {need} tokens, {free} of {self.kv.capacity_tokens} are free")
+        try:
+            self.kv.check_fits(new, batch.release_seq_ids)
+        except CacheFull as e:
+            raise BatchError("RESOURCE_EXHAUSTED", f"layers {self.layers}: {e}") from None
 
     @torch.inference_mode()
     def run(self, batch: MicroBatch, owner: int) -> BatchResult:
