@@ -35,7 +35,14 @@ def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
     plan = ", ".join(f"{s.client.node.id} {s.layers}" for s in stages)
     logger.info("model %s (%s, %d layers) split across %d node(s): %s", model.name, meta.model_type,
                 meta.num_layers, len(stages), plan)
-    return ModelEngine(model.name, meta, Pipeline(model.name, stages), Scheduler(model.kv_cache_tokens))
+    coord = config.coordinator
+    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(stages),
+                          max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
+                          max_batch_seqs=coord.max_batch_seqs)
+    logger.info("model %s: up to %d micro-batch(es) in flight, %d tokens / %d sequences per micro-batch, "
+                "%d requests may wait", model.name, scheduler.depth, coord.max_batch_tokens, coord.max_batch_seqs,
+                coord.max_waiting)
+    return ModelEngine(model.name, meta, Pipeline(model.name, stages), scheduler)
 
 
 async def load_engine(config: Config, model: ModelConfig, engine: ModelEngine) -> None:

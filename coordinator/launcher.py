@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -61,17 +62,28 @@ class Child:
             return ""
 
 
+def auto_threads(num_local_nodes: int) -> int:
+    """Torch threads per shard node when the config says 0: the cores shared out, at least one each.
+
+    Nodes on one machine share its cores; with more threads than cores, the threads of one node's
+    parallel matmul wait for each other while the other nodes hold the cores (measured: a 2-core
+    machine with 3 nodes decodes fastest with 1 thread each; see the README).
+    """
+    return max(1, (os.cpu_count() or 1) // max(1, num_local_nodes))
+
+
 def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: str) -> list[Child]:
     py = sys.executable
     cfg = str(config_path)
     children = [Child("tokenizer", [py, "-m", "tokenizer_svc", "--config", cfg, "--log-level", log_level],
                       run_dir / "tokenizer.log")]
     used = {n for m in config.models for n in m.nodes}
-    for node in config.nodes:
-        if node.id not in used:
-            continue
+    local = [n for n in config.nodes if n.id in used]
+    for node in local:
+        threads = node.threads or auto_threads(len(local))
         children.append(Child(node.id, [py, "-m", "shard_node", "--host", node.host, "--port", str(node.port),
-                                        "--node-id", node.id, "--log-level", log_level], run_dir / f"{node.id}.log"))
+                                        "--node-id", node.id, "--threads", str(threads), "--log-level", log_level],
+                              run_dir / f"{node.id}.log"))
     children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, "--log-level", log_level],
                           run_dir / "coordinator.log"))
     children.append(Child("api", [py, "-m", "api", "--config", cfg, "--log-level", log_level], run_dir / "api.log"))

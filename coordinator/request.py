@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -36,6 +37,11 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str = ""
     cancelled: bool = False
+    lane: int = -1  # which of the engine's micro-batch lanes carries it (set at admission)
+    in_flight: bool = False  # part of a micro-batch that has not come back yet
+    arrival_time: float = field(default_factory=time.monotonic)
+    admitted_time: float | None = None  # left the waiting queue
+    first_token_time: float | None = None
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
 
     @property
@@ -48,13 +54,25 @@ class Request:
         return len(self.prompt_ids) + self.max_tokens
 
     @property
+    def prefill_done(self) -> bool:
+        return self.num_computed >= len(self.prompt_ids)
+
+    @property
+    def queue_seconds(self) -> float:
+        """Time spent waiting for admission (KV room), so far if still waiting."""
+        return (self.admitted_time or time.monotonic()) - self.arrival_time
+
+    @property
     def is_finished(self) -> bool:
         return self.status == RequestStatus.FINISHED
 
-    def next_input_ids(self) -> list[int]:
-        """Prefill sends the whole prompt once; each decode step sends only the newest token."""
-        all_ids = self.prompt_ids + self.output_ids
-        return all_ids[self.num_computed:]
+    def next_input_ids(self, limit: int | None = None) -> list[int]:
+        """Positions not yet in the KV caches: the prompt (or its next chunk of at most ``limit``), then
+        only the newest token at each decode step."""
+        if self.num_computed < len(self.prompt_ids):
+            end = len(self.prompt_ids) if limit is None else min(len(self.prompt_ids), self.num_computed + limit)
+            return self.prompt_ids[self.num_computed:end]
+        return self.output_ids[self.num_computed - len(self.prompt_ids):]
 
     def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = ()) -> None:
         """Marks the request done and sends its last event (with its last tokens, if any)."""

@@ -1,8 +1,18 @@
-"""Admission and batching bookkeeping for one model: no I/O, no tensors."""
+"""Admission and micro-batch formation for one model: no I/O, no tensors.
+
+Requests wait in a bounded FIFO queue until every stage has KV room for prompt + max_tokens. An
+admitted request joins one of ``depth`` lanes (the least loaded). Each lane has at most one
+micro-batch in flight, so with ``depth`` lanes the engine keeps ``depth`` micro-batches moving
+through the stages at once, and a sequence never waits behind its own previous token. A lane's
+micro-batch holds its decode rows plus prefill chunks, within a token budget, so one long prompt
+delays everyone's next token by at most one chunk.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from dataclasses import dataclass
 
 from coordinator.request import Request, RequestStatus
 
@@ -11,11 +21,40 @@ class NeverFits(ValueError):
     """The request needs more KV than the smallest stage has in total."""
 
 
+class QueueFull(RuntimeError):
+    """The waiting queue is at its bound; the client should retry later."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One sequence's rows in a micro-batch."""
+
+    request: Request
+    start_pos: int
+    token_ids: tuple[int, ...]
+    wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    lane: int
+    entries: tuple[BatchEntry, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e.token_ids) for e in self.entries)
+
+
 class Scheduler:
-    def __init__(self, kv_capacity_tokens: int) -> None:
+    def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 512,
+                 max_batch_seqs: int = 128) -> None:
         self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget
+        self.depth = depth
+        self.max_waiting = max_waiting
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_seqs = max_batch_seqs
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.running: list[Request] = []  # admitted, in arrival order
 
     @property
     def kv_reserved_tokens(self) -> int:
@@ -26,21 +65,81 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, req: Request) -> None:
+        """Queues a request, or refuses it at once (NeverFits, QueueFull)."""
         if req.reserved_tokens > self.kv_capacity_tokens:
             raise NeverFits(
                 f"prompt ({req.num_prompt_tokens} tokens) + max_tokens ({req.max_tokens}) = {req.reserved_tokens} "
                 f"KV tokens, more than a pipeline stage can hold ({self.kv_capacity_tokens}); lower max_tokens "
                 f"or shorten the prompt"
             )
+        if len(self.waiting) >= self.max_waiting:
+            raise QueueFull(
+                f"{len(self.waiting)} requests are already waiting for KV cache room (the bound is "
+                f"coordinator.max_waiting = {self.max_waiting}); retry later"
+            )
         self.waiting.append(req)
 
-    def schedule(self) -> list[Request]:
-        """Admits waiting requests in arrival order while the KV budget allows; returns the batch to run."""
-        while self.waiting and self.kv_reserved_tokens + self.waiting[0].reserved_tokens <= self.kv_capacity_tokens:
+    def admit(self) -> list[Request]:
+        """Moves waiting requests, oldest first, into lanes while every stage has KV room for them."""
+        admitted = []
+        reserved = self.kv_reserved_tokens
+        while self.waiting and reserved + self.waiting[0].reserved_tokens <= self.kv_capacity_tokens:
             req = self.waiting.popleft()
+            reserved += req.reserved_tokens
             req.status = RequestStatus.RUNNING
+            req.admitted_time = time.monotonic()
+            req.lane = self._lightest_lane()
             self.running.append(req)
-        return list(self.running)
+            admitted.append(req)
+        return admitted
+
+    def _lane_sizes(self) -> list[int]:
+        sizes = [0] * self.depth
+        for r in self.running:
+            sizes[r.lane] += 1
+        return sizes
+
+    def _lightest_lane(self) -> int:
+        sizes = self._lane_sizes()
+        return sizes.index(min(sizes))
+
+    def _rebalance(self, lane: int) -> None:
+        """Moves surplus idle sequences of ``lane`` to the lightest lane so lanes stay about equal."""
+        sizes = self._lane_sizes()
+        for r in self.running:
+            lightest = sizes.index(min(sizes))
+            if sizes[lane] - sizes[lightest] <= 1:
+                return
+            if r.lane == lane and not r.in_flight:
+                r.lane = lightest
+                sizes[lane] -= 1
+                sizes[lightest] += 1
+
+    def plan(self, lane: int) -> MicroBatchPlan | None:
+        """The next micro-batch of an idle lane: decode rows first, then prefill chunks in the budget left."""
+        self._rebalance(lane)
+        entries: list[BatchEntry] = []
+        budget = self.max_batch_tokens
+        members = [r for r in self.running if r.lane == lane and not r.in_flight and not r.cancelled]
+        for req in members:
+            if len(entries) >= self.max_batch_seqs or budget < 1:
+                break
+            if req.prefill_done:
+                entries.append(BatchEntry(req, req.num_computed, tuple(req.next_input_ids()), True))
+                budget -= 1
+        for req in members:
+            if len(entries) >= self.max_batch_seqs or budget < 1:
+                break
+            if not req.prefill_done:
+                ids = req.next_input_ids(budget)
+                reaches_end = req.num_computed + len(ids) == req.num_prompt_tokens
+                entries.append(BatchEntry(req, req.num_computed, tuple(ids), reaches_end))
+                budget -= len(ids)
+        if not entries:
+            return None
+        for e in entries:
+            e.request.in_flight = True
+        return MicroBatchPlan(lane, tuple(entries))
 
     def remove(self, req: Request) -> None:
         if req in self.running:
@@ -49,8 +148,8 @@ class Scheduler:
             self.waiting.remove(req)
 
     def drain_cancelled(self) -> list[Request]:
-        """Takes out requests whose client went away."""
-        gone = [r for r in (*self.waiting, *self.running) if r.cancelled]
+        """Takes out cancelled requests that are not inside an in-flight micro-batch."""
+        gone = [r for r in (*self.waiting, *self.running) if r.cancelled and not r.in_flight]
         for r in gone:
             self.remove(r)
         return gone

@@ -11,7 +11,7 @@ import grpc
 
 from coordinator.engine import ModelEngine
 from coordinator.request import Request
-from coordinator.scheduler import NeverFits
+from coordinator.scheduler import NeverFits, QueueFull
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             engine.submit(req)
         except NeverFits as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except QueueFull as e:
+            logger.warning("request %s refused: %s", request_id, e)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {request.model!r} is busy: {e}")
         logger.info("request %s: %s, %d prompt tokens, max_tokens %d", request_id, request.model, len(prompt),
                     request.max_tokens)
         completion = 0
@@ -73,10 +76,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 completion += len(event.token_ids)
                 yield coordinator_pb2.GenerateResponse(
                     token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
-                    prompt_tokens=len(prompt), completion_tokens=completion)
+                    prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds)
                 if event.finish_reason:
-                    logger.info("request %s finished (%s) after %d tokens", request_id, event.finish_reason,
-                                completion)
+                    logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
+                                event.finish_reason, completion, req.queue_seconds)
                     return
         except asyncio.CancelledError:
             engine.cancel(req)  # the client went away: stop within one step, free KV on every node

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Awaitable
 
 import grpc
 
@@ -51,6 +52,14 @@ class StageClient:
         return reply.released
 
     async def forward(self, request: shard_pb2.ForwardRequest) -> shard_pb2.ForwardResponse:
+        """Sends one micro-batch and waits for its reply."""
+        return await (await self.send(request))
+
+    async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
+        """Writes one micro-batch on the Forward stream; returns an awaitable of its reply.
+
+        Micro-batches are answered in the order they were written, so several can be in flight.
+        """
         loop = asyncio.get_running_loop()
         async with self._write_lock:
             if self._call is None:
@@ -62,6 +71,9 @@ class StageClient:
                 await asyncio.wait_for(self._call.write(request), self.rpc_timeout_s)
             except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
                 self._break(f"sending a micro-batch failed: {e!r}")
+        return self._reply(fut)
+
+    async def _reply(self, fut: asyncio.Future[shard_pb2.ForwardResponse]) -> shard_pb2.ForwardResponse:
         try:
             reply = await asyncio.wait_for(asyncio.shield(fut), self.rpc_timeout_s)
         except TimeoutError:

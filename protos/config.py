@@ -29,6 +29,7 @@ class NodeConfig:
     model_part: int = 0
     capacity: float = 1.0  # relative weight when splitting layers
     metrics_port: int | None = None
+    threads: int = 0  # torch CPU threads of this node's process; 0 = cores // nodes started on this machine
 
     @property
     def host(self) -> str:
@@ -49,6 +50,7 @@ class ModelConfig:
     layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per node
     kv_cache_tokens: int = 32768  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
+    pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class CoordinatorConfig:
     rpc_timeout_s: float = 60.0  # deadline of one micro-batch on one node
     load_timeout_s: float = 600.0  # deadline of LoadShard
     connect_timeout_s: float = 120.0  # how long to wait for nodes to come up
+    max_waiting: int = 256  # requests queued per model before new ones get RESOURCE_EXHAUSTED (HTTP 429)
+    max_batch_tokens: int = 512  # tokens per micro-batch: decode rows + prefill chunk rows
+    max_batch_seqs: int = 128  # sequences per micro-batch
 
 
 @dataclass(frozen=True)
@@ -128,26 +133,31 @@ def _positive_number(obj: dict[str, Any], key: str, default: float, where: str, 
 def _parse_node(raw: Any, i: int) -> NodeConfig:
     where = f"nodes[{i}]"
     _require(isinstance(raw, dict), where, "must be an object")
-    _check_keys(raw, {"id", "address", "model_part", "capacity", "metrics_port"}, where)
+    _check_keys(raw, {"id", "address", "model_part", "capacity", "metrics_port", "threads"}, where)
     _require(isinstance(raw.get("id"), str) and raw["id"] != "", f"{where}.id", "must be a non-empty string")
     part = raw.get("model_part", i)
     _require(isinstance(part, int) and part >= 0, f"{where}.model_part", f"must be an integer >= 0, got {part!r}")
     metrics_port = raw.get("metrics_port")
     _require(metrics_port is None or (isinstance(metrics_port, int) and 0 < metrics_port < 65536),
              f"{where}.metrics_port", "must be a port number")
+    threads = raw.get("threads", 0)
+    _require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, f"{where}.threads",
+             f"must be an integer >= 0 (0 = automatic), got {threads!r}")
     return NodeConfig(
         id=raw["id"],
         address=_address(raw.get("address"), f"{where}.address"),
         model_part=part,
         capacity=float(_positive_number(raw, "capacity", 1.0, where)),
         metrics_port=metrics_port,
+        threads=threads,
     )
 
 
 def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig:
     where = f"models[{i}]"
     _require(isinstance(raw, dict), where, "must be an object")
-    allowed = {"name", "source", "dtype", "device", "nodes", "layer_ranges", "kv_cache_tokens", "max_context"}
+    allowed = {"name", "source", "dtype", "device", "nodes", "layer_ranges", "kv_cache_tokens", "max_context",
+               "pipeline_depth"}
     _check_keys(raw, allowed, where)
     name = raw.get("name")
     _require(isinstance(name, str) and name.strip() != "" and "/" not in name, f"{where}.name",
@@ -184,6 +194,9 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
     max_context = raw.get("max_context")
     _require(max_context is None or (isinstance(max_context, int) and max_context > 0), f"{where}.max_context",
              "must be a positive integer")
+    depth = raw.get("pipeline_depth")
+    _require(depth is None or (isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= 64),
+             f"{where}.pipeline_depth", f"must be an integer in 1..64 (micro-batches in flight), got {depth!r}")
     return ModelConfig(
         name=name,
         source=source,
@@ -193,6 +206,7 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
         layer_ranges=parsed_ranges,
         kv_cache_tokens=_positive_number(raw, "kv_cache_tokens", 32768, where, integer=True),
         max_context=max_context,
+        pipeline_depth=depth,
     )
 
 

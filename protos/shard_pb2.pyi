@@ -36,20 +36,22 @@ class UnloadShardResponse(_message.Message):
     def __init__(self, unloaded: bool = ...) -> None: ...
 
 class SequenceSlice(_message.Message):
-    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids")
+    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     START_POS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RECENT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NO_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     seq_id: str
     start_pos: int
     num_tokens: int
     max_total_tokens: int
     sampling: _common_pb2.SamplingParams
     recent_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    no_sample: bool
+    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id")

@@ -1,7 +1,8 @@
 """Per-architecture decoder pieces in plain PyTorch: no gRPC, no config.json, no metrics.
 
-Each block reads and extends one sequence's KV cache: x is [T, D] for one sequence whose first
-row sits at position ``start_pos``; k_cache / v_cache are [num_kv_heads, capacity, head_dim].
+Blocks run a ragged micro-batch: x is [N, D], the rows of several sequences stacked (a prefill
+chunk or one decode token each). Projections and MLPs run once on all N rows; attention runs per
+sequence against that sequence's own KV cache (see RaggedBatch).
 Parameter names mirror the Hugging Face checkpoints so weights load by name.
 """
 
@@ -69,6 +70,23 @@ class ModelSpec:
         return "transformer.ln_f." if self.model_type == "gpt2" else "model.norm."
 
 
+@dataclass(frozen=True)
+class RaggedBatch:
+    """Rows of several sequences stacked in one [N, D] tensor, each reading its own KV cache.
+
+    Sequence i owns rows ``rows[i]`` (a slice), its first row sits at position ``start_pos[i]``, and
+    ``caches[i]`` is its (k, v) pair of [L_local, KV, capacity, hd] tensors.
+    """
+
+    rows: tuple[slice, ...]
+    start_pos: tuple[int, ...]
+    caches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.rows)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float | None = None
            ) -> torch.Tensor:
     """q: [H, T, hd]; k, v: [KV, start_pos + T, hd] -> [T, H * hd], causal within the sequence."""
@@ -89,13 +107,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, sc
     return out.squeeze(0).transpose(0, 1).reshape(num_q, -1)
 
 
-def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stores k, v ([KV, T, hd]) at positions [start_pos, start_pos + T); returns the filled prefix."""
-    end = start_pos + k.shape[1]
-    k_cache[:, start_pos:end] = k
-    v_cache[:, start_pos:end] = v
-    return k_cache[:, :end], v_cache[:, :end]
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch, layer: int,
+                     scale: float | None = None) -> torch.Tensor:
+    """q: [N, H, hd]; k, v: [N, KV, hd] -> [N, H * hd].
+
+    The projections ran once for all N rows; here each sequence writes its new keys/values into its
+    own cache at its own positions and attends over its own prefix only.
+    """
+    outs = []
+    for rows, start, (k_cache, v_cache) in zip(batch.rows, batch.start_pos, batch.caches):
+        end = start + rows.stop - rows.start
+        k_layer, v_layer = k_cache[layer], v_cache[layer]
+        k_layer[:, start:end] = k[rows].transpose(0, 1)
+        v_layer[:, start:end] = v[rows].transpose(0, 1)
+        outs.append(attend(q[rows].transpose(0, 1), k_layer[:, :end], v_layer[:, :end], start, scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 # ---------------------------------------------------------------- Llama family (Llama, Mistral, Qwen2, SmolLM)
@@ -151,17 +177,16 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(h * hd, d, bias=o_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor,
-                v_cache: torch.Tensor, start_pos: int) -> torch.Tensor:
-        t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim).transpose(0, 1)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim).transpose(0, 1)
-        cos, sin = rope
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: RaggedBatch, layer: int
+                ) -> torch.Tensor:
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        cos, sin = rope  # [N, 1, hd]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        k_all, v_all = write_kv(k_cache, v_cache, k, v, start_pos)
-        return self.o_proj(attend(q, k_all, v_all, start_pos))
+        return self.o_proj(ragged_attention(q, k, v, batch, layer))
 
 
 class LlamaMLP(nn.Module):
@@ -189,9 +214,9 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps)
         self.mlp = LlamaMLP(spec)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], k_cache: torch.Tensor,
-                v_cache: torch.Tensor, start_pos: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, start_pos)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: RaggedBatch, layer: int
+                ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, batch, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -217,13 +242,11 @@ class GPT2Attention(nn.Module):
         self.num_heads, self.head_dim = spec.num_heads, spec.head_dim
         self.scale = 1 / math.sqrt(spec.head_dim) if spec.raw.get("scale_attn_weights", True) else 1.0
 
-    def forward(self, x: torch.Tensor, rope: None, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos: int
-                ) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = self.c_attn(x).split(self.num_heads * self.head_dim, dim=-1)
-        q, k, v = (z.view(t, self.num_heads, self.head_dim).transpose(0, 1) for z in (q, k, v))
-        k_all, v_all = write_kv(k_cache, v_cache, k, v, start_pos)
-        return self.c_proj(attend(q, k_all, v_all, start_pos, scale=self.scale))
+    def forward(self, x: torch.Tensor, rope: None, batch: RaggedBatch, layer: int) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = (z.view(n, self.num_heads, self.head_dim)
+                   for z in self.c_attn(x).split(self.num_heads * self.head_dim, dim=-1))
+        return self.c_proj(ragged_attention(q, k, v, batch, layer, scale=self.scale))
 
 
 class GPT2MLP(nn.Module):
@@ -250,9 +273,8 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(spec.hidden_size, eps=eps)
         self.mlp = GPT2MLP(spec)
 
-    def forward(self, x: torch.Tensor, rope: None, k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos: int
-                ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, k_cache, v_cache, start_pos)
+    def forward(self, x: torch.Tensor, rope: None, batch: RaggedBatch, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, batch, layer)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from protos.data_structures import LayerRange, SamplingParams
-from shard_node.architectures import ModelSpec
-from shard_node.kv_cache import CacheFull, KVCache, UnknownSequence
+from shard_node.architectures import ModelSpec, RaggedBatch
+from shard_node.kv_cache import CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.sampler import sample_next
 from shard_node.shard_model import ShardModel
 from shard_node.weights import load_shard_weights
@@ -35,6 +35,7 @@ class SliceInput:
     max_total_tokens: int
     sampling: SamplingParams
     recent_token_ids: tuple[int, ...] = ()
+    no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class MicroBatch:
 @dataclass
 class BatchResult:
     hidden: torch.Tensor | None = None  # [sum(num_tokens), D] for non-last stages
-    next_token_ids: list[int] = field(default_factory=list)  # last stage
+    next_token_ids: list[int] = field(default_factory=list)  # last stage; -1 for no_sample slices
     logits: torch.Tensor | None = None  # [num_slices, vocab] when asked
     forward_seconds: float = 0.0
 
@@ -136,45 +137,67 @@ class ShardRunner:
 
     @torch.inference_mode()
     def run(self, batch: MicroBatch, owner: int) -> BatchResult:
+        """One forward of every slice together: projections and MLPs see all rows at once."""
         self.validate(batch, owner)
         started = time.perf_counter()
         for seq_id in batch.release_seq_ids:
             self.kv.release(seq_id)
-        result = BatchResult()
-        outputs: list[torch.Tensor] = []
-        last_rows: list[torch.Tensor] = []
-        row = 0
+        entries = []
         for s in batch.slices:
             try:
-                entry = self.kv.get(s.seq_id) if s.start_pos > 0 else self.kv.allocate(
-                    s.seq_id, s.max_total_tokens, owner)
+                entries.append(self.kv.get(s.seq_id) if s.start_pos > 0 else
+                               self.kv.allocate(s.seq_id, s.max_total_tokens, owner))
             except (CacheFull, UnknownSequence) as e:  # validated above; only a race could get here
                 raise BatchError("RESOURCE_EXHAUSTED" if isinstance(e, CacheFull) else "NOT_FOUND", str(e)) from e
-            rows = slice(row, row + s.num_tokens)
+        rows, positions, row = [], [], 0
+        for s in batch.slices:
+            rows.append(slice(row, row + s.num_tokens))
+            positions.extend(range(s.start_pos, s.start_pos + s.num_tokens))
             row += s.num_tokens
-            if self.is_first:
-                ids = batch.token_ids[rows].to(self.device)
-                positions = torch.arange(s.start_pos, s.start_pos + s.num_tokens, device=self.device)
-                x = self.model.embed(ids, positions)
-            else:
-                x = batch.hidden[rows].to(self.device)
-            x = self.model.forward_layers(x, s.start_pos, entry.k, entry.v)
-            entry.length = s.start_pos + s.num_tokens
-            if self.is_last:
-                last_rows.append(x[-1])
-            else:
-                outputs.append(x)
-        if self.is_last:
-            logits = self.model.logits(torch.stack(last_rows))
-            for i, s in enumerate(batch.slices):
-                entry = self.kv.get(s.seq_id)
-                if s.sampling.seed is not None and entry.generator is None:
-                    entry.generator = torch.Generator().manual_seed(s.sampling.seed)
-                result.next_token_ids.append(
-                    sample_next(logits[i], s.sampling, entry.generator, list(s.recent_token_ids)))
-            if batch.return_logits:
-                result.logits = logits
+        pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
+        ragged = RaggedBatch(tuple(rows), tuple(s.start_pos for s in batch.slices),
+                             tuple((e.k, e.v) for e in entries))
+        if self.is_first:
+            x = self.model.embed(batch.token_ids.to(self.device), pos)
         else:
-            result.hidden = torch.cat(outputs)
+            x = batch.hidden.to(self.device)
+        x = self.model.forward_layers(x, pos, ragged)
+        for s, entry in zip(batch.slices, entries):
+            entry.length = s.start_pos + s.num_tokens
+        result = BatchResult()
+        if self.is_last:
+            self._sample(batch, entries, x, rows, result)
+        else:
+            result.hidden = x
         result.forward_seconds = time.perf_counter() - started
         return result
+
+    def _sample(self, batch: MicroBatch, entries: list[SequenceCache], x: torch.Tensor, rows: list[slice],
+                result: BatchResult) -> None:
+        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for)."""
+        wanted = [i for i, s in enumerate(batch.slices) if batch.return_logits or not s.no_sample]
+        result.next_token_ids = [-1] * len(batch.slices)
+        if not wanted:
+            return
+        last_rows = torch.tensor([rows[i].stop - 1 for i in wanted], device=x.device)
+        logits = self.model.logits(x.index_select(0, last_rows))
+        if batch.return_logits:
+            result.logits = logits
+        sampled = [j for j, i in enumerate(wanted) if not batch.slices[i].no_sample]
+        greedy = [j for j in sampled if self._is_plain_greedy(batch.slices[wanted[j]].sampling)]
+        if greedy:
+            picks = torch.argmax(logits[greedy], dim=-1).tolist()
+            for j, token in zip(greedy, picks):
+                result.next_token_ids[wanted[j]] = int(token)
+        for j in sampled:
+            i = wanted[j]
+            if result.next_token_ids[i] >= 0:
+                continue
+            s, entry = batch.slices[i], entries[i]
+            if s.sampling.seed is not None and entry.generator is None:
+                entry.generator = torch.Generator().manual_seed(s.sampling.seed)
+            result.next_token_ids[i] = sample_next(logits[j], s.sampling, entry.generator, list(s.recent_token_ids))
+
+    @staticmethod
+    def _is_plain_greedy(params: SamplingParams) -> bool:
+        return params.is_greedy and params.repetition_penalty == 1.0

@@ -109,7 +109,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     def _decode_batch(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> MicroBatch:
         slices = tuple(
             SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, wire.sampling_from_proto(s.sampling),
-                       tuple(s.recent_token_ids))
+                       tuple(s.recent_token_ids), s.no_sample)
             for s in req.seqs
         )
         token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None

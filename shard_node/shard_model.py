@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from protos.data_structures import LayerRange
-from shard_node.architectures import ModelSpec, RotaryEmbedding, make_block, make_final_norm
+from shard_node.architectures import ModelSpec, RaggedBatch, RotaryEmbedding, make_block, make_final_norm
 
 
 class ShardModel(nn.Module):
@@ -63,15 +63,14 @@ class ShardModel(nn.Module):
             x = x + self.position_embed(positions)
         return x
 
-    def forward_layers(self, x: torch.Tensor, start_pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor
-                       ) -> torch.Tensor:
-        """x: [T, D] of one sequence at positions start_pos..; k/v_cache: [L_local, KV, cap, hd]."""
+    def forward_layers(self, x: torch.Tensor, positions: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+        """x: [N, D], the stacked rows of batch's sequences; positions: [N] each row's position."""
         rope = None
         if self.rotary is not None:
-            positions = torch.arange(start_pos, start_pos + x.shape[0], device=x.device)
-            rope = self.rotary(positions, x.dtype)
+            cos, sin = self.rotary(positions, x.dtype)
+            rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # [N, 1, hd]: broadcast over heads
         for i, block in enumerate(self.layers.values()):
-            x = block(x, rope, k_cache[i], v_cache[i], start_pos)
+            x = block(x, rope, batch, i)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""coordinator/scheduler.py: FIFO admission under the KV budget, cancellation and removal."""
+"""coordinator/scheduler.py: FIFO admission under the KV budget, the bounded queue, lanes, micro-batch\nplans with chunked prefill, cancellation and removal."""
 
 from __future__ import annotations
 
 import pytest
 
 from coordinator.request import Request, RequestStatus
-from coordinator.scheduler import NeverFits, Scheduler
+from coordinator.scheduler import NeverFits, QueueFull, Scheduler
 from protos.data_structures import SamplingParams
 
 
@@ -28,31 +28,91 @@ def test_admits_in_arrival_order_within_budget() -> None:
     for r in (a, b, c, d):
         s.add(r)
     assert not s.running and s.has_work
-    batch = s.schedule()
-    assert batch == [a, b]  # c (30) would exceed 100; d must wait behind c (strict FIFO)
+    assert s.admit() == [a, b]  # c (30) would exceed 100; d must wait behind c (strict FIFO)
     assert s.kv_reserved_tokens == 80
     assert list(s.waiting) == [c, d]
     assert a.status == RequestStatus.RUNNING and c.status == RequestStatus.WAITING
-    assert s.schedule() == [a, b]  # nothing changed, nothing new admitted
+    assert a.admitted_time is not None and c.admitted_time is None and c.queue_seconds >= 0
+    assert s.admit() == []  # nothing changed, nothing new admitted
 
     s.remove(a)
-    assert s.schedule() == [b, c, d]
+    assert s.admit() == [c, d]
+    assert s.running == [b, c, d]
     assert s.kv_reserved_tokens == 72
     assert not s.waiting
-
-
-def test_schedule_returns_a_copy() -> None:
-    s = Scheduler(10)
-    s.add(_req("a", 1, 1))
-    batch = s.schedule()
-    batch.clear()
-    assert len(s.running) == 1
 
 
 def test_exactly_full_budget_admits() -> None:
     s = Scheduler(50)
     s.add(_req("a", 25, 25))
-    assert len(s.schedule()) == 1 and s.kv_reserved_tokens == 50
+    assert len(s.admit()) == 1 and s.kv_reserved_tokens == 50
+
+
+def test_bounded_queue_refuses_with_the_bound() -> None:
+    s = Scheduler(kv_capacity_tokens=100, max_waiting=2)
+    s.add(_req("a", 1, 1))
+    s.add(_req("b", 1, 1))
+    with pytest.raises(QueueFull) as exc:
+        s.add(_req("c", 1, 1))
+    assert "max_waiting = 2" in str(exc.value) and "retry" in str(exc.value)
+    s.admit()  # admitted requests leave the queue, making room
+    s.add(_req("c", 1, 1))
+
+
+def test_lanes_are_balanced_and_each_plans_its_own_sequences() -> None:
+    s = Scheduler(kv_capacity_tokens=10_000, depth=3, max_batch_tokens=1000)
+    reqs = [_req(str(i), 4, 4) for i in range(7)]
+    for r in reqs:
+        s.add(r)
+    s.admit()
+    assert sorted(r.lane for r in reqs) == [0, 0, 0, 1, 1, 2, 2]
+    plans = [s.plan(lane) for lane in range(3)]
+    assert all(p is not None for p in plans)
+    seen = [e.request for p in plans for e in p.entries]  # type: ignore[union-attr]
+    assert sorted(r.request_id for r in seen) == sorted(r.request_id for r in reqs)  # each exactly once
+    assert all(r.in_flight for r in reqs)
+    assert all(p.entries[0].start_pos == 0 and p.entries[0].wants_token for p in plans)  # type: ignore[union-attr]
+    assert s.plan(0) is None  # nothing left that is not in flight
+
+
+def test_decode_rows_first_then_prefill_chunks_within_the_token_budget() -> None:
+    s = Scheduler(kv_capacity_tokens=10_000, depth=1, max_batch_tokens=10)
+    dec = _req("dec", 3, 5)
+    s.add(dec)
+    s.admit()
+    dec.num_computed, dec.output_ids = 3, [7]  # its prompt is in the caches, one token sampled
+    long = _req("long", 25, 5)
+    s.add(long)
+    s.admit()
+    plan = s.plan(0)
+    assert plan is not None
+    assert [(e.request.request_id, e.start_pos, len(e.token_ids), e.wants_token) for e in plan.entries] == [
+        ("dec", 3, 1, True), ("long", 0, 9, False)]  # 1 decode row + a 9-token chunk = 10
+    assert plan.entries[0].token_ids == (7,)
+    assert plan.num_tokens == 10
+    for e in plan.entries:  # what the engine does when the micro-batch comes back
+        e.request.in_flight = False
+        e.request.num_computed += len(e.token_ids)
+    dec.output_ids.append(8)
+    long.num_computed = 18  # pretend another chunk ran
+    plan = s.plan(0)
+    assert plan is not None
+    assert [(e.start_pos, e.token_ids, e.wants_token) for e in plan.entries] == [
+        (4, (8,), True), (18, tuple(range(18, 25)), True)]  # the last chunk reaches the prompt's end
+
+
+def test_rebalance_moves_idle_sequences_to_an_empty_lane() -> None:
+    s = Scheduler(kv_capacity_tokens=10_000, depth=2)
+    reqs = [_req(str(i), 2, 2) for i in range(4)]
+    for r in reqs:
+        s.add(r)
+    s.admit()
+    for r in reqs:
+        if r.lane == 1:
+            s.remove(r)  # lane 1 finished everything
+    plan = s.plan(0)
+    assert plan is not None and len(plan.entries) == 1  # one of lane 0's two moved to lane 1
+    assert sorted(r.lane for r in s.running) == [0, 1]
 
 
 def test_never_fits_message_has_numbers() -> None:
@@ -71,14 +131,17 @@ def test_drain_cancelled_from_waiting_and_running() -> None:
     a, b, c = _req("a", 10, 10), _req("b", 5, 5), _req("c", 10, 10)
     for r in (a, b, c):
         s.add(r)
-    s.schedule()
+    s.admit()
     assert s.running == [a, b] and list(s.waiting) == [c]
     a.cancelled = True
+    b.cancelled = True
+    b.in_flight = True  # its micro-batch is out: it leaves when that comes back
     c.cancelled = True
     gone = s.drain_cancelled()
     assert set(gone) == {a, c}
     assert s.running == [b] and not s.waiting
-    assert s.drain_cancelled() == []
+    b.in_flight = False
+    assert s.drain_cancelled() == [b]
 
 
 def test_remove_waiting_and_unknown() -> None:
@@ -86,7 +149,7 @@ def test_remove_waiting_and_unknown() -> None:
     a, b = _req("a", 5, 5), _req("b", 5, 5)
     s.add(a)
     s.add(b)
-    s.schedule()
+    s.admit()
     assert s.running == [a] and list(s.waiting) == [b]
     s.remove(b)
     assert not s.waiting
@@ -99,6 +162,9 @@ def test_remove_waiting_and_unknown() -> None:
 def test_request_next_input_ids_and_finish() -> None:
     r = _req("a", 4, 3)
     assert r.next_input_ids() == [0, 1, 2, 3]
+    assert r.next_input_ids(limit=3) == [0, 1, 2] and not r.prefill_done
+    r.num_computed = 3
+    assert r.next_input_ids(limit=3) == [3]
     r.num_computed = 4
     r.output_ids.append(9)
     assert r.next_input_ids() == [9]
