@@ -1,4 +1,5 @@
-"""coordinator/scheduler.py: FIFO admission under the KV budget, the bounded queue, lanes, micro-batch\nplans with chunked prefill, cancellation and removal."""
+"""coordinator/scheduler.py: FIFO admission under the KV budget, the bounded queue, lanes, micro-batch
+plans with chunked prefill, cancellation and removal."""
 
 from __future__ import annotations
 
