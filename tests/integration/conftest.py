@@ -40,6 +40,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
             if ranges:
                 entry["layer_ranges"] = ranges
             models.append(entry)
-    running = start_cluster(base_config(NODES, cache, models), work)
+    config = base_config(NODES, cache, models)
+    # A small micro-batch budget, so most prompts here are prefilled in several chunks.
+    config["coordinator"]["max_batch_tokens"] = 32
+    running = start_cluster(config, work)
     yield running
     running.stop()
