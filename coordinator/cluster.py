@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import grpc
 
@@ -23,7 +24,21 @@ logger = logging.getLogger(__name__)
 def plan_ranges(config: Config, model: ModelConfig, meta: ModelMeta) -> list[LayerRange]:
     if model.layer_ranges is not None:
         return check_explicit_ranges(meta.num_layers, model.layer_ranges)
-    return partition_layers(meta.num_layers, [config.node(n).capacity for n in model.nodes])
+    return partition_layers(meta.num_layers, [config.node(n).capacity for n in model.nodes], meta.head_cost)
+
+
+def default_depth(config: Config, model: ModelConfig) -> int:
+    """Micro-batches in flight: one per stage, so every stage works at once.
+
+    When every node is on this machine (loopback), they share its cores and memory bandwidth: more
+    micro-batches than cores only splits batches smaller (each micro-batch streams all weights once)
+    without adding compute, so the depth is capped at the core count (measured in bench/).
+    """
+    depth = len(model.nodes)
+    hosts = {config.node(n).host for n in model.nodes}
+    if all(h == "localhost" or h.startswith("127.") or h == "[::1]" for h in hosts):
+        depth = min(depth, os.cpu_count() or 1)
+    return max(1, depth)
 
 
 def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
@@ -36,7 +51,7 @@ def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
     logger.info("model %s (%s, %d layers) split across %d node(s): %s", model.name, meta.model_type,
                 meta.num_layers, len(stages), plan)
     coord = config.coordinator
-    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(stages),
+    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or default_depth(config, model),
                           max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
                           max_batch_seqs=coord.max_batch_seqs)
     logger.info("model %s: up to %d micro-batch(es) in flight, %d tokens / %d sequences per micro-batch, "

@@ -12,8 +12,13 @@ class PartitionError(ValueError):
     """The layers cannot be split as asked."""
 
 
-def partition_layers(num_layers: int, capacities: Sequence[float]) -> list[LayerRange]:
-    """Contiguous ranges proportional to each node's capacity (largest remainder, >= 1 layer each)."""
+def partition_layers(num_layers: int, capacities: Sequence[float], head_cost: float = 0.0) -> list[LayerRange]:
+    """Contiguous ranges giving each node work in proportion to its capacity (largest remainder, >= 1 layer each).
+
+    ``head_cost`` is the last stage's LM head in layer-equivalents of decode work (a 49152 x 576 head
+    costs as much as 8 SmolLM2 layers per token), so the last node gets that many fewer layers and no
+    stage becomes the pipeline's bottleneck.
+    """
     num_nodes = len(capacities)
     if num_nodes == 0:
         raise PartitionError("cannot split layers across zero nodes")
@@ -26,11 +31,16 @@ def partition_layers(num_layers: int, capacities: Sequence[float]) -> list[Layer
         )
     if any(not math.isfinite(c) or c <= 0 for c in capacities):
         raise PartitionError(f"node capacities must be positive numbers, got {list(capacities)}")
+    if not math.isfinite(head_cost) or head_cost < 0:
+        raise PartitionError(f"head_cost must be a number >= 0, got {head_cost}")
 
-    # Every node gets one layer; the rest are shared in proportion to capacity.
+    # Work shares in proportion to capacity; the last node's share includes the head.
+    work = [c * (num_layers + head_cost) / sum(capacities) for c in capacities]
+    work[-1] = max(work[-1] - head_cost, 1e-9)
+    # Every node gets one layer; the rest are shared in proportion to the layer work left to each.
     spare = num_layers - num_nodes
-    total = sum(capacities)
-    quotas = [spare * c / total for c in capacities]
+    total = sum(work)
+    quotas = [spare * w / total for w in work]
     counts = [1 + math.floor(q) for q in quotas]
     leftover = num_layers - sum(counts)
     by_remainder = sorted(range(num_nodes), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), i))

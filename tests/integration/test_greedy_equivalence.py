@@ -71,4 +71,5 @@ def test_uneven_split_layout(cluster: RunningCluster) -> None:
     stages = next(m["stages"] for m in cluster.layout if m["model"] == "tiny-llama-4way-uneven")
     assert [s["layers"] for s in stages] == [[0, 1], [1, 4], [4, 5], [5, 7]]
     stages = next(m["stages"] for m in cluster.layout if m["model"] == SMOL)
-    assert [s["layers"] for s in stages] == [[0, 10], [10, 20], [20, 30]]
+    # The LM head (49152 x 576) costs as much as 8 layers per token, so the last node holds fewer layers.
+    assert [s["layers"] for s in stages] == [[0, 13], [13, 25], [25, 30]]

@@ -155,3 +155,27 @@ def test_explicit_ranges_rejected(pairs: tuple[tuple[int, int], ...], fragment: 
 def test_explicit_ranges_empty_rejected() -> None:
     with pytest.raises(PartitionError):
         check_explicit_ranges(30, [])
+
+
+@pytest.mark.parametrize("head_cost,expected", [
+    (0.0, [(0, 10), (10, 20), (20, 30)]),
+    (8.0, [(0, 13), (13, 25), (25, 30)]),  # SmolLM2-135M: work 13 / 12 / 5 + 8
+    (100.0, [(0, 15), (15, 29), (29, 30)]),  # a head heavier than every layer: the last node keeps one
+])
+def test_head_cost_moves_layers_off_the_last_stage(head_cost: float, expected: list[tuple[int, int]]) -> None:
+    got = partition_layers(30, [1, 1, 1], head_cost)
+    assert [(r.start, r.end) for r in got] == expected
+
+
+def test_smollm2_head_cost_from_its_config() -> None:
+    from coordinator.model_meta import head_cost
+
+    cfg = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "vocab_size": 49152}
+    assert head_cost(cfg) == pytest.approx(8.0, abs=0.01)
+    assert head_cost({"model_type": "gpt2", "n_embd": 768, "vocab_size": 50257}) == pytest.approx(50257 / 9216)
+
+
+def test_negative_head_cost_is_refused() -> None:
+    with pytest.raises(PartitionError, match="head_cost"):
+        partition_layers(4, [1, 1], -1.0)
