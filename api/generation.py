@@ -21,6 +21,7 @@ class TextChunk:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    queue_seconds: float = 0.0  # time the request waited for KV room before its prefill started
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -54,10 +55,11 @@ async def stream_text(tokenizer: TokenizerClient, coordinator: CoordinatorClient
             finish = reply.finish_reason
             hit = min(((pending.find(s), s) for s in stops if s in pending), default=None)
             if hit is not None:
-                yield TextChunk(pending[:hit[0]], "stop", len(prompt_ids), completion)
+                yield TextChunk(pending[:hit[0]], "stop", len(prompt_ids), completion, reply.queue_seconds)
                 return
             if finish:
-                yield TextChunk(pending, "length" if finish == "length" else "stop", len(prompt_ids), completion)
+                yield TextChunk(pending, "length" if finish == "length" else "stop", len(prompt_ids), completion,
+                                reply.queue_seconds)
                 return
             keep = _held_back(pending, stops)
             out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]

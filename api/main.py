@@ -81,7 +81,8 @@ def create_app(config: Config) -> FastAPI:
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info("request %s done: %d tokens, %s, %.0f ms", request_id, last.completion_tokens,
                     last.finish_reason, elapsed_ms)
-        return ProcessResponse(text="".join(parts), processingTime=round(elapsed_ms, 1), nodeCount=len(info.stages),
+        return ProcessResponse(text="".join(parts), processingTime=round(elapsed_ms, 1),
+                               queueTime=round(last.queue_seconds * 1000, 1), nodeCount=len(info.stages),
                                model=name, usage=Usage(prompt_tokens=len(prompt_ids),
                                                        completion_tokens=last.completion_tokens),
                                finish_reason=last.finish_reason, metadata=body.metadata)

@@ -42,6 +42,7 @@ class Usage(BaseModel):
 class ProcessResponse(BaseModel):
     text: str
     processingTime: float = Field(..., description="milliseconds from request to last token")
+    queueTime: float = Field(0.0, description="milliseconds spent waiting for KV cache room before the prefill")
     nodeCount: int
     model: str
     usage: Usage

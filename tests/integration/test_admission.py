@@ -76,6 +76,7 @@ def test_waits_for_room_then_full_queue_is_429(small_cluster: RunningCluster) ->
     assert "max_waiting" in http.text
     assert last.finish_reason == "length" and last.completion_tokens == 20
     assert last.queue_seconds > 0  # it waited for the hog to finish
+    assert not last.error
 
 
 async def _collect(call: grpc.aio.UnaryStreamCall) -> list[coordinator_pb2.GenerateResponse]:

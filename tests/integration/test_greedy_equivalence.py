@@ -31,6 +31,7 @@ def test_capital_of_france(cluster: RunningCluster) -> None:
     assert body["nodeCount"] == 3
     assert body["model"] == SMOL
     assert body["processingTime"] > 0
+    assert 0 <= body["queueTime"] < body["processingTime"]
     assert body["usage"]["completion_tokens"] == 8  # 7 tokens of text + <|im_end|>
     assert body["metadata"] == {"type": "text_generation"}
 
