@@ -140,17 +140,26 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for given positions, using transformers' own rope initialisers (all scalings)."""
+    """cos/sin tables for given positions.
+
+    Plain rope is computed here; scaled variants (linear, dynamic, yarn, llama3, ...) use transformers'
+    own initialisers, imported only then (the import costs a node about 70 MB of memory).
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        from transformers import AutoConfig
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        hf_config = AutoConfig.for_model(**spec.raw)
         rope_scaling = spec.raw.get("rope_scaling") or {}
         rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-        inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
+        if rope_type == "default" and spec.raw.get("partial_rotary_factor", 1.0) == 1.0:
+            base = float(spec.raw.get("rope_theta", 10000.0))
+            exponents = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim
+            inv_freq, self.attention_scaling = 1.0 / (base ** exponents), 1.0
+        else:
+            from transformers import AutoConfig
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            hf_config = AutoConfig.for_model(**spec.raw)
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
