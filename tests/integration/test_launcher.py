@@ -60,7 +60,7 @@ def test_stop_leaves_no_orphans(tmp_path: Path, smol_dir: Path, how: signal.Sign
         logs = sorted(p.name for p in cluster.run_dir.glob("*.log"))
         assert logs == ["a.log", "api.log", "b.log", "coordinator.log", "tokenizer.log"]
         layout = json.loads((cluster.run_dir / "ready.json").read_text())["models"][0]["stages"]
-        assert [s["layers"] for s in layout] == [[0, 2], [2, 4]]
+        assert [s["layers"] for s in layout] == [[0, 3], [3, 4]]  # the LM head weighs on the last node
         cluster.launcher.send_signal(how)
         cluster.launcher.wait(timeout=30)
         assert _wait_gone(pids) == []
@@ -68,7 +68,7 @@ def test_stop_leaves_no_orphans(tmp_path: Path, smol_dir: Path, how: signal.Sign
         cluster.stop()
     if how != signal.SIGKILL:
         out = (tmp_path / "launcher.log").read_text()
-        assert "holds layers [0, 2)" in out and "stopped" in out
+        assert "holds layers [0, 3)" in out and "stopped" in out
 
 
 def test_bad_config_fails_with_the_field(tmp_path: Path) -> None:
