@@ -46,7 +46,7 @@ class MicroBatchPlan:
 
 
 class Scheduler:
-    def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 512,
+    def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 256,
                  max_batch_seqs: int = 128) -> None:
         self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget
         self.depth = depth

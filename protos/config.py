@@ -60,7 +60,7 @@ class CoordinatorConfig:
     load_timeout_s: float = 600.0  # deadline of LoadShard
     connect_timeout_s: float = 120.0  # how long to wait for nodes to come up
     max_waiting: int = 256  # requests queued per model before new ones get RESOURCE_EXHAUSTED (HTTP 429)
-    max_batch_tokens: int = 512  # tokens per micro-batch: decode rows + prefill chunk rows
+    max_batch_tokens: int = 256  # tokens per micro-batch: decode rows + prefill chunk rows (bounds a decode stall)
     max_batch_seqs: int = 128  # sequences per micro-batch
 
 
