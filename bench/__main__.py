@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=3, help="sequential requests at concurrency 1 (default 3)")
     p.add_argument("--node-threads", type=int, default=0,
                    help="torch threads per shard node (0 = cores // nodes, at least 1)")
+    p.add_argument("--pipeline-depth", type=int, default=None,
+                   help="micro-batches in flight (default: the coordinator's rule, see the README)")
     p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
     p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
     p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
@@ -145,10 +147,11 @@ class Bench:
 
         ports = free_ports(3)
         nodes = [NodePlan(f"node{i + 1}", "127.0.0.1", ports[i]) for i in range(3)]
-        cluster = ShardlineCluster(self.w, self.run_dir / "shardline", nodes, self.node_threads)
+        cluster = ShardlineCluster(self.w, self.run_dir / "shardline", nodes, self.node_threads,
+                                   self.args.pipeline_depth)
         self.rep.systems[SHARDLINE] = {"processes": "3 shard nodes + coordinator on loopback",
                                        "threads per node": self.node_threads,
-                                       "threads key in config": cluster.threads_in_config,
+                                       "pipeline depth": self.args.pipeline_depth or "default",
                                        "dtype": "float32", "clients": "gRPC Generate, one channel"}
         log(f"  starting 3 shard nodes ({self.node_threads} thread(s) each) + coordinator; logs in {cluster.run_dir}")
         try:
@@ -255,7 +258,8 @@ class Bench:
                                   warmup=10)
                 self.rep.hop += [r.__dict__ for r in res]
             nodes = [NodePlan(f"node{i}", topo.node_ip(i), 50051, topo.prefix(i)) for i in (1, 2, 3)]
-            cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads)
+            cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads,
+                                       self.args.pipeline_depth)
             log(f"  starting 3 shard nodes in namespaces + coordinator; logs in {cluster.run_dir}")
             try:
                 cluster.start()

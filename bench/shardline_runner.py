@@ -20,6 +20,7 @@ import grpc
 from bench.procs import PY, Child, free_ports, log, proc_status, stop_all
 from bench.stats import RequestTrace, Round, RunResult, summarize
 from bench.workload import Workload
+from coordinator.launcher import NODE_ENV
 from protos import common_pb2, coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 from protos.runtime import GRPC_OPTIONS
 
@@ -40,31 +41,16 @@ class NodePlan:
 
 
 def auto_threads(cpu_count: int, local_nodes: int) -> int:
-    """The rule the project uses for a node without an explicit thread count: cores // local nodes, >= 1."""
+    """The launcher's rule for a node without an explicit thread count: cores // local nodes, >= 1."""
     return max(1, cpu_count // max(1, local_nodes))
 
 
-def config_accepts_threads() -> bool:
-    """True once protos/config.py takes a per-node ``threads`` key (the lead is adding it)."""
-    from protos.config import ConfigError, parse_config
-
-    raw = {"model_name": "m", "nodes": [{"id": "n", "address": "127.0.0.1:1", "threads": 1}]}
-    try:
-        parse_config(raw)
-    except ConfigError:
-        return False
-    return True
-
-
 def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_port: int, threads: int,
-                 with_threads_key: bool) -> None:
+                 pipeline_depth: int | None) -> None:
     tok_port, api_port = free_ports(2)
     entries: list[dict[str, Any]] = []
     for i, n in enumerate(nodes):
-        e: dict[str, Any] = {"id": n.node_id, "address": n.address, "model_part": i, "capacity": 1.0}
-        if with_threads_key:
-            e["threads"] = threads
-        entries.append(e)
+        entries.append({"id": n.node_id, "address": n.address, "model_part": i, "capacity": 1.0, "threads": threads})
     cfg = {
         "model_name": workload.model_name,
         "model_cache_dir": str(Path(workload.model_dir).parent),
@@ -75,11 +61,14 @@ def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_po
         "tokenizer": {"address": f"127.0.0.1:{tok_port}"},
         "api": {"host": "127.0.0.1", "port": api_port},
     }
+    if pipeline_depth:
+        cfg["models"][0]["pipeline_depth"] = pipeline_depth  # type: ignore[index]
     path.write_text(json.dumps(cfg, indent=2))
 
 
 class ShardlineCluster:
-    def __init__(self, workload: Workload, run_dir: Path, nodes: list[NodePlan], threads: int) -> None:
+    def __init__(self, workload: Workload, run_dir: Path, nodes: list[NodePlan], threads: int,
+                 pipeline_depth: int | None = None) -> None:
         self.workload = workload
         self.run_dir = run_dir
         self.nodes = nodes
@@ -88,13 +77,12 @@ class ShardlineCluster:
         self.coord_address = f"127.0.0.1:{self.coord_port}"
         self.children: list[Child] = []
         self.config_path = run_dir / "config.json"
-        self.threads_in_config = config_accepts_threads()
+        self.pipeline_depth = pipeline_depth  # None: the coordinator's default
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads,
-                     self.threads_in_config)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **NODE_ENV)
         for n in self.nodes:
             argv = [*n.prefix, PY, "-m", "shard_node", "--host", n.host, "--port", str(n.port), "--node-id",
                     n.node_id, "--threads", str(self.threads)]
@@ -277,5 +265,5 @@ async def measure(cluster: ShardlineCluster, workload: Workload, system: str, pr
     memory = {"vm_hwm": {k: v.get("VmHWM", 0) for k, v in rss.items()},
               "vm_rss_end": {k: v.get("VmRSS", 0) for k, v in rss.items()},
               "node_info": infos, "kv_peaks": kv_peaks, "threads_per_node": cluster.threads,
-              "threads_key_in_config": cluster.threads_in_config}
+              "pipeline_depth": cluster.pipeline_depth or "default"}
     return results, memory

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import grpc
 
@@ -27,18 +26,17 @@ def plan_ranges(config: Config, model: ModelConfig, meta: ModelMeta) -> list[Lay
     return partition_layers(meta.num_layers, [config.node(n).capacity for n in model.nodes], meta.head_cost)
 
 
-def default_depth(config: Config, model: ModelConfig) -> int:
-    """Micro-batches in flight: one per stage, so every stage works at once.
+def default_depth(stage_hosts: list[tuple[str, int]]) -> int:
+    """Micro-batches in flight, from each stage's (host id, cores): one per stage, so every stage works at once.
 
-    When every node is on this machine (loopback), they share its cores and memory bandwidth: more
-    micro-batches than cores only splits batches smaller (each micro-batch streams all weights once)
-    without adding compute, so the depth is capped at the core count (measured in bench/).
+    Stages that share a machine share its cores and memory bandwidth: more micro-batches than those
+    cores can run only split batches smaller (each micro-batch streams all weights once) without adding
+    compute, so each machine counts for at most its core count (measured: bench/ and the README).
     """
-    depth = len(model.nodes)
-    hosts = {config.node(n).host for n in model.nodes}
-    if all(h == "localhost" or h.startswith("127.") or h == "[::1]" for h in hosts):
-        depth = min(depth, os.cpu_count() or 1)
-    return max(1, depth)
+    per_host: dict[str, list[int]] = {}
+    for host, cores in stage_hosts:
+        per_host.setdefault(host, []).append(max(1, cores))
+    return max(1, sum(min(len(stages), max(stages)) for stages in per_host.values()))
 
 
 def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
@@ -51,12 +49,11 @@ def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
     logger.info("model %s (%s, %d layers) split across %d node(s): %s", model.name, meta.model_type,
                 meta.num_layers, len(stages), plan)
     coord = config.coordinator
-    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or default_depth(config, model),
+    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(stages),
                           max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
                           max_batch_seqs=coord.max_batch_seqs)
-    logger.info("model %s: up to %d micro-batch(es) in flight, %d tokens / %d sequences per micro-batch, "
-                "%d requests may wait", model.name, scheduler.depth, coord.max_batch_tokens, coord.max_batch_seqs,
-                coord.max_waiting)
+    logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
+                coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
     return ModelEngine(model.name, meta, Pipeline(model.name, stages), scheduler)
 
 
@@ -84,6 +81,12 @@ async def load_engine(config: Config, model: ModelConfig, engine: ModelEngine) -
         logger.error("model %s is unavailable: %s", model.name, e)
         return
     engine.scheduler.kv_capacity_tokens = min(s.kv_capacity_tokens for s in engine.pipeline.stages)
+    if model.pipeline_depth is None:
+        infos = await asyncio.gather(*(s.client.info(10.0) for s in engine.pipeline.stages), return_exceptions=True)
+        if not any(isinstance(i, BaseException) for i in infos):  # else keep one per stage
+            engine.scheduler.depth = default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in infos])
+    logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.scheduler.depth,
+                "" if model.pipeline_depth else " (one per stage, at most one per core of a shared machine)")
     engine.ready = True
     engine.start()
     logger.info("model %s ready on %d node(s)", model.name, len(engine.pipeline.stages))

@@ -95,7 +95,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         for name, engine in self.engines.items():
             infos = await asyncio.gather(*(s.client.info() for s in engine.pipeline.stages), return_exceptions=True)
             model = reply.models.add(name=name, num_layers=engine.meta.num_layers, max_context=engine.meta.max_context,
-                                     ready=engine.ready, eos_token_ids=engine.meta.eos_token_ids)
+                                     ready=engine.ready, eos_token_ids=engine.meta.eos_token_ids,
+                                     pipeline_depth=engine.depth)
             for stage, info in zip(engine.pipeline.stages, infos):
                 used = 0
                 state = stage.state

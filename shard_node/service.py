@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,22 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # pragma: no cover - non-Linux
         return 0
+
+
+def host_id() -> str:
+    """Identifies the machine (kernel): nodes in containers or network namespaces of one host share it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:  # pragma: no cover - non-Linux
+        return socket.gethostname()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -165,4 +182,4 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
         """Shards held, KV use, memory."""
         return shard_pb2.NodeInfo(node_id=self.node_id, shards=[self.shard_info(r) for r in self.runners.values()],
-                                  rss_bytes=rss_bytes())
+                                  rss_bytes=rss_bytes(), host_id=host_id(), cpu_count=cpu_count())

@@ -84,3 +84,17 @@ def test_long_prompt_joins_while_others_decode(cluster: RunningCluster, smol_dir
     expected_long = reference_generate(smol_dir, long, 8)
     assert long_out[: len(expected_long)] == expected_long
     assert_kv_empty(cluster)
+
+
+def test_pipeline_depth_counts_cores_of_the_shared_machine(cluster: RunningCluster) -> None:
+    """Three nodes on this machine: one micro-batch in flight per stage, but no more than its cores."""
+    import os
+
+    with grpc.insecure_channel(cluster.coordinator_address) as channel:
+        reply = coordinator_pb2_grpc.CoordinatorStub(channel).ListModels(coordinator_pb2.ListModelsRequest(),
+                                                                         timeout=10)
+    depths = {m.name: m.pipeline_depth for m in reply.models}
+    cores = len(os.sched_getaffinity(0))
+    assert depths[SMOL] == min(3, cores)
+    assert depths["tiny-llama-4way-uneven"] == min(4, cores)
+    assert depths["tiny-llama-1way"] == 1

@@ -34,6 +34,7 @@ def test_node_holds_only_its_layers(cluster: RunningCluster, smol_dir: Path) -> 
     shards = {}
     for node in ("node1", "node2", "node3"):
         info = node_info(cluster.node_address(node))
+        assert info.host_id and info.cpu_count >= 1  # the coordinator sizes its pipeline depth from these
         shards[node] = next(s for s in info.shards if s.model == SMOL)
     counts = {node: shard.layers.end - shard.layers.start for node, shard in shards.items()}
     assert counts == {"node1": 13, "node2": 12, "node3": 5}  # the LM head counts as 8 layers of work

@@ -179,3 +179,15 @@ def test_smollm2_head_cost_from_its_config() -> None:
 def test_negative_head_cost_is_refused() -> None:
     with pytest.raises(PartitionError, match="head_cost"):
         partition_layers(4, [1, 1], -1.0)
+
+
+@pytest.mark.parametrize("stage_hosts,depth", [
+    ([("a", 16), ("b", 16), ("c", 16)], 3),  # three machines: one micro-batch per stage
+    ([("a", 2), ("a", 2), ("a", 2)], 2),  # three nodes sharing two cores (make up here)
+    ([("a", 1), ("a", 1), ("b", 8)], 2),  # two stages share one core, the third has its own machine
+    ([("a", 64), ("a", 64)], 2),
+])
+def test_default_pipeline_depth(stage_hosts: list[tuple[str, int]], depth: int) -> None:
+    from coordinator.cluster import default_depth
+
+    assert default_depth(stage_hosts) == depth
