@@ -7,10 +7,7 @@ another; concurrency C > 1 runs one left-padded batch of C prompts. A BaseStream
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,14 +98,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "load_s": load_s, "vm_hwm_bytes": self_vm_hwm(), "runs": runs}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--spec", required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    spec = json.loads(Path(args.spec).read_text())
-    Path(args.out).write_text(json.dumps(worker(spec)))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.procs import worker_main
+
+    worker_main(worker)

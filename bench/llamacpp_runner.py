@@ -7,8 +7,6 @@ sampling, timestamps every token, and reports its own VmHWM.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -133,14 +131,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             "vm_hwm_bytes": self_vm_hwm(), "runs": runs}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--spec", required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    spec = json.loads(Path(args.spec).read_text())
-    Path(args.out).write_text(json.dumps(worker(spec)))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.procs import worker_main
+
+    worker_main(worker)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
+import argparse
 import json
 import os
 import signal
@@ -10,13 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.launcher import Child as LauncherChild
+from coordinator.launcher import die_with_parent
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-PR_SET_PDEATHSIG = 1
 
 
 def log(msg: str) -> None:
@@ -38,13 +41,6 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """VmHWM / VmRSS of a process in bytes (empty when it is gone)."""
     out: dict[str, int] = {}
@@ -64,19 +60,14 @@ def self_vm_hwm() -> int:
 
 
 @dataclass
-class Child:
-    """A long-running child (shard node, coordinator, helper daemon) with its own log file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+class Child(LauncherChild):
+    """The launcher's child process (own log file, dies with its parent) plus a pid and a stop of its own."""
 
     def start(self, env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as logf:
-            self.process = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            cwd=REPO, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        if env is not None:
+            self.env = env
+        super().start()
 
     @property
     def pid(self) -> int:
@@ -125,6 +116,15 @@ class WorkerError(RuntimeError):
     pass
 
 
+def worker_main(worker: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The command line of a JSON worker: ``--spec FILE --out FILE``."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--spec", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    Path(args.out).write_text(json.dumps(worker(json.loads(Path(args.spec).read_text()))))
+
+
 def run_worker(module: str, spec: dict[str, Any], work_dir: Path, name: str, timeout_s: float) -> dict[str, Any]:
     """Runs ``python -m MODULE --spec S --out O`` in its own process (so its RSS is its own); returns O's JSON.
 
@@ -139,7 +139,7 @@ def run_worker(module: str, spec: dict[str, Any], work_dir: Path, name: str, tim
     deadline = time.monotonic() + timeout_s
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=REPO, preexec_fn=_die_with_parent)
+                                cwd=REPO, preexec_fn=die_with_parent)
         assert proc.stdout is not None
         try:
             for raw in proc.stdout:

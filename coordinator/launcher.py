@@ -31,7 +31,7 @@ logger = logging.getLogger("shardline.up")
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # pragma: no cover - not Linux
@@ -49,7 +49,7 @@ class Child:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent,
+                                        start_new_session=True, preexec_fn=die_with_parent,
                                         env={**os.environ, **self.env})
         log.close()
 
