@@ -74,16 +74,6 @@ class Child(LauncherChild):
         assert self.process is not None
         return self.process.pid
 
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
     def stop(self, timeout_s: float = 10.0) -> None:
         if not self.alive:
             return
