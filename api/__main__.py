@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from api.main import create_app
+from api.security import api_keys_from, is_loopback
 from protos.config import ConfigError, load_config
 from protos.runtime import setup_logging
 
@@ -28,6 +29,9 @@ def main() -> None:
         raise SystemExit(f"api: {e}") from None
     host = args.host or config.api.host
     port = args.port or config.api.port
+    if not is_loopback(host) and not api_keys_from(config.api.api_keys):
+        logger.warning("the API listens on %s, beyond loopback, WITHOUT API keys: anyone who can reach it can "
+                       "generate. Set SHARDLINE_API_KEYS (comma-separated) or api.api_keys in the config.", host)
     logger.info("API on http://%s:%d (coordinator %s, tokenizer %s)", host, port, config.coordinator.address,
                 config.tokenizer.address)
     uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level.lower(), log_config=None)

@@ -1,4 +1,8 @@
-"""Maps gRPC failures and validation errors to JSON HTTP errors; no user mistake becomes a 500."""
+"""Errors of the HTTP edge: every failure is JSON in OpenAI's error shape, with the right status.
+
+No user mistake becomes a 500: validation errors are 422 naming the field, backend gRPC codes map to
+400/404/429/503/504, and only a bug in Shardline itself answers 500.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,23 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.CANCELLED: 499,
 }
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
-               503: "service_unavailable", 504: "timeout"}
+               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+               429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    """An error answered to the client as-is (status, message, the request field at fault)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.headers = status, message, param, headers or {}
+
+    def body(self) -> dict[str, object]:
+        return error_body(self.status, self.message, self.param)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, object]:
@@ -38,24 +51,44 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
                       "code": status}}
 
 
-def from_grpc(e: grpc.aio.AioRpcError, what: str) -> ApiError:
-    status = GRPC_TO_HTTP.get(e.code(), 502)
-    if e.code() == grpc.StatusCode.UNAVAILABLE and "not ready" not in (e.details() or ""):
-        return ApiError(503, f"{what} is unavailable: {e.details()}")
-    return ApiError(status, e.details() or e.code().name)
+def from_grpc(e: grpc.aio.AioRpcError, what: str, retry_after_s: int = 1, timeout_s: float | None = None
+              ) -> ApiError:
+    """The HTTP error for a failed call to a backend service (``what`` names it for the message)."""
+    code, details = e.code(), e.details() or e.code().name
+    status = GRPC_TO_HTTP.get(code, 502)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ApiError(429, details, headers={"Retry-After": str(retry_after_s)})
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        limit = f"the {timeout_s:g} s deadline (api.request_timeout_s)" if timeout_s else "its deadline"
+        return ApiError(504, f"{what} did not answer within {limit}")
+    if code == grpc.StatusCode.UNAVAILABLE and "not ready" not in details:
+        return ApiError(503, f"{what} is unavailable: {details}")
+    if status == 502:
+        return ApiError(502, f"{what} failed: {code.name}: {details}")
+    return ApiError(status, details)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = ".".join(loc) or "body"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        return "body", f"the request body is not valid JSON: {first.get('ctx', {}).get('error', msg)}"
+    if first.get("type") == "missing":
+        return field, f"missing field '{field}'"
+    return field, f"invalid field '{field}': {msg}"
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.message, exc.param), status_code=exc.status)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
-        message = f"invalid field '{field}': {first.get('msg', 'invalid value')}"
+        field, message = _validation_message(exc)
         body = error_body(422, message, field)
         body["detail"] = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
                           for e in exc.errors()]
@@ -65,10 +98,18 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.url.path}"
-        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code)
+            message = f"no route {request.method} {request.url.path}; see /docs for the routes"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _grpc(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-        err = from_grpc(exc, "a backend service")
-        return JSONResponse(error_body(err.status, err.message), status_code=err.status)
+        return from_grpc(exc, "a backend service").response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(500, f"internal error in the Shardline API: {type(exc).__name__}: {exc}"),
+                            status_code=500)

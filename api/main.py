@@ -1,90 +1,83 @@
-"""create_app(config): the FastAPI edge in front of the tokenizer service and the coordinator."""
+"""create_app(config): the FastAPI edge in front of the tokenizer service and the coordinator.
+
+Middleware, outermost first: CORS (origins from api.cors_origins), API keys (api.api_keys or
+SHARDLINE_API_KEYS; every route but /health), the request body limit (api.max_body_bytes).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-import grpc
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPBearer
 
-from api.clients import CoordinatorClient, TokenizerClient
-from api.errors import ApiError, from_grpc, install_handlers
-from api.generation import stream_text
-from api.schemas import ErrorResponse, ProcessRequest, ProcessResponse, Usage
+from api.backend import Backend
+from api.errors import install_handlers
+from api.openai_schemas import ChatCompletionChunk, CompletionChunk
+from api.readiness import Readiness
+from api.routes import health, native, openai
+from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
 from protos.config import Config
-from protos.data_structures import SamplingParams
 
 logger = logging.getLogger(__name__)
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 422, 429, 503, 504)}
+DESCRIPTION = """Pipeline-parallel LLM serving: each model's layers are split across shard nodes.
+
+- **OpenAI-compatible**: `/v1/models`, `/v1/chat/completions`, `/v1/completions` (the official `openai`
+  client works unchanged; `stream: true` gives server-sent events).
+- **Shardline's own**: `/api/model/process`, `/api/model/stream` (SSE with timings), `/api/tokenize`,
+  `/api/detokenize`.
+- **Health**: `/health` (process up, no key needed), `/ready` (a generation through every stage works).
+
+When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`.
+Errors are JSON: `{"error": {"message", "type", "param", "code"}}`."""
+
+# Documents the Bearer key in /docs; ApiKeyMiddleware does the checking.
+bearer = HTTPBearer(auto_error=False, description="an API key, when SHARDLINE_API_KEYS or api.api_keys is set")
 
 
 def create_app(config: Config) -> FastAPI:
+    keys = api_keys_from(config.api.api_keys)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.tokenizer = TokenizerClient(config.tokenizer.address)
-        app.state.coordinator = CoordinatorClient(config.coordinator.address, config.api.request_timeout_s)
+        backend = Backend.connect(config)
+        app.state.backend = backend
+        app.state.readiness = Readiness(backend)
+        app.state.started_at = int(time.time())
         yield
-        await app.state.tokenizer.close()
-        await app.state.coordinator.close()
+        await backend.close()
 
-    app = FastAPI(title="Shardline API", version="0.1.0", lifespan=lifespan,
-                  description="Pipeline-parallel LLM serving: one model's layers split across shard nodes.")
+    app = FastAPI(title="Shardline API", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
     install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(native.router, dependencies=[Depends(bearer)])
+    app.include_router(openai.router, dependencies=[Depends(bearer)])
 
-    @app.get("/health", tags=["health"])
-    async def health() -> dict[str, str]:
-        """The API process is up (says nothing about the pipeline behind it)."""
-        return {"status": "ok"}
+    app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    if config.api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.api.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])
+    if keys:
+        logger.info("API keys are required on every route but /health (%d key(s) configured)", len(keys))
 
-    @app.post("/api/model/process", response_model=ProcessResponse, responses=ERRORS, tags=["generate"])
-    async def process(body: ProcessRequest) -> ProcessResponse:
-        """Generates a completion for `text` through the whole pipeline and returns it at once."""
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:12]
-        tokenizer: TokenizerClient = app.state.tokenizer
-        coordinator: CoordinatorClient = app.state.coordinator
-        name = body.model or config.model_name
-        try:
-            models = await coordinator.models()
-        except grpc.aio.AioRpcError as e:
-            raise from_grpc(e, "the coordinator") from None
-        if name not in models:
-            raise ApiError(404, f"model {name!r} is not served; available: {sorted(models)}", "model")
-        info = models[name]
-        try:
-            tinfo = await tokenizer.info(name)
-            chat = tinfo.has_chat_template if body.chat is None else body.chat
-            if chat:
-                prompt_ids = await tokenizer.chat(name, [{"role": "user", "content": body.text}])
-            else:
-                prompt_ids = await tokenizer.encode(name, body.text)
-        except grpc.aio.AioRpcError as e:
-            raise from_grpc(e, "the tokenizer service") from None
-        max_tokens = body.max_tokens or min(config.api.default_max_tokens, info.max_context - len(prompt_ids))
-        if len(prompt_ids) >= info.max_context:
-            raise ApiError(400, f"prompt is {len(prompt_ids)} tokens but the context of {name} is {info.max_context} "
-                           f"tokens (at most {info.max_context - 1} prompt tokens, so one can be generated)", "text")
-        sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
-        logger.info("request %s: /api/model/process model=%s prompt=%d tokens max_tokens=%d", request_id, name,
-                    len(prompt_ids), max_tokens)
-        parts: list[str] = []
-        last = None
-        async for chunk in stream_text(tokenizer, coordinator, name, prompt_ids, max_tokens, sampling,
-                                       body.stop, request_id, body.ignore_eos):
-            parts.append(chunk.text)
-            last = chunk
-        assert last is not None
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        logger.info("request %s done: %d tokens, %s, %.0f ms", request_id, last.completion_tokens,
-                    last.finish_reason, elapsed_ms)
-        return ProcessResponse(text="".join(parts), processingTime=round(elapsed_ms, 1),
-                               queueTime=round(last.queue_seconds * 1000, 1), nodeCount=len(info.stages),
-                               model=name, usage=Usage(prompt_tokens=len(prompt_ids),
-                                                       completion_tokens=last.completion_tokens),
-                               finish_reason=last.finish_reason, metadata=body.metadata)
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatCompletionChunk, CompletionChunk):  # the SSE messages, documented too
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(js.pop("$defs", {}))
+                components[model.__name__] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
 
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,4 +1,6 @@
-"""Pydantic models of the HTTP edge."""
+"""Pydantic models of Shardline's own routes (/api/..., /health, /ready) and of errors.
+
+The OpenAI-compatible routes have theirs in api/openai_schemas.py."""
 
 from __future__ import annotations
 
@@ -39,15 +41,70 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+class StageTime(BaseModel):
+    node: str = Field(..., description="node id")
+    address: str
+    layers: list[int] = Field(..., description="[start, end): the layers this stage runs")
+    seconds: float = Field(..., description="compute time of the micro-batches that carried this request")
+
+
 class ProcessResponse(BaseModel):
     text: str
     processingTime: float = Field(..., description="milliseconds from request to last token")
     queueTime: float = Field(0.0, description="milliseconds spent waiting for KV cache room before the prefill")
+    timeToFirstToken: float | None = Field(None, description="milliseconds from request to the first token")
+    tokensPerSecond: float = Field(0.0, description="decode rate after the first token")
     nodeCount: int
     model: str
     usage: Usage
-    finish_reason: str
+    finish_reason: str = Field(..., description="stop (EOS or a stop string) or length (max_tokens reached)")
+    stages: list[StageTime] = Field(default_factory=list, description="per pipeline stage, in layer order")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., max_length=1_000_000)
+    model: str | None = Field(None, description="model name; default: the config's model_name")
+    add_special_tokens: bool = Field(True, description="add BOS etc. as the model's tokenizer does")
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    tokens: list[int]
+    count: int
+    max_context: int | None = Field(None, description="the model's context length in tokens (None while the "
+                                    "coordinator is unreachable)")
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[int] = Field(..., max_length=1_000_000, description="token ids in [0, vocab size)")
+    model: str | None = Field(None, description="model name; default: the config's model_name")
+
+
+class DetokenizeResponse(BaseModel):
+    model: str
+    text: str
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(..., description="ok: the API process is up")
+
+
+class ModelReadiness(BaseModel):
+    model: str
+    ready: bool
+    detail: str = Field("", description="why not, naming the node when one is at fault")
+    probe_ms: float | None = Field(None, description="time of the one-token probe generation")
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(..., description="ready | unavailable")
+    checked_seconds_ago: float = Field(..., description="age of the probe result (results are reused briefly)")
+    models: list[ModelReadiness]
 
 
 class ErrorDetail(BaseModel):
@@ -59,3 +116,4 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    detail: list[dict[str, Any]] | None = Field(None, description="422 only: every invalid field")

@@ -105,18 +105,31 @@ class ModelEngine:
             self._wakeup.set()
 
     def _fail(self, plan: MicroBatchPlan, release: list[str], error: Exception) -> None:
-        logger.error("model %s: micro-batch of %d sequence(s) failed: %s", self.name, len(plan.entries), error)
+        why = self._describe(error)
+        logger.error("model %s: micro-batch of %d sequence(s) failed: %s", self.name, len(plan.entries), why)
         self._to_release.extend(release)  # may not have reached every stage
         for entry in plan.entries:
             req = entry.request
             self.scheduler.remove(req)
             self._to_release.append(req.seq_id)
-            req.finish("error", str(error))
+            req.finish("error", why)
+
+    def _describe(self, error: Exception) -> str:
+        """The failure with the node's address and layer range, so a user knows what is down."""
+        if isinstance(error, StageError):
+            for stage in self.pipeline.stages:
+                if stage.client.node.id == error.node_id:
+                    return (f"node {error.node_id} ({stage.client.node.address}, layers {stage.layers.start}-"
+                            f"{stage.layers.end - 1} of {self.name}) failed: {error.code}: {error.message}")
+        return str(error)
 
     def _deliver(self, plan: MicroBatchPlan, result: StepResult) -> None:
         for entry, token in zip(plan.entries, result.next_token_ids):
             req = entry.request
             req.num_computed += len(entry.token_ids)
+            if len(req.stage_seconds) != len(result.stage_seconds):
+                req.stage_seconds = [0.0] * len(result.stage_seconds)
+            req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, result.stage_seconds)]
             if not entry.wants_token:
                 continue  # a prefill chunk; the next one follows in this lane's next micro-batch
             if req.cancelled:

@@ -42,6 +42,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     admitted_time: float | None = None  # left the waiting queue
     first_token_time: float | None = None
+    stage_seconds: list[float] = field(default_factory=list)  # per stage: compute time of its micro-batches
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
 
     @property

@@ -71,12 +71,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     request.max_tokens)
         completion = 0
         try:
+            yield coordinator_pb2.GenerateResponse(prompt_tokens=len(prompt))  # accepted
             while True:
                 event = await req.events.get()
                 completion += len(event.token_ids)
                 yield coordinator_pb2.GenerateResponse(
                     token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
-                    prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds)
+                    prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds,
+                    stage_seconds=req.stage_seconds)
                 if event.finish_reason:
                     logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
                                 event.finish_reason, completion, req.queue_seconds)

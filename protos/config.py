@@ -73,8 +73,14 @@ class TokenizerConfig:
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    default_max_tokens: int = 256
-    request_timeout_s: float = 300.0
+    default_max_tokens: int = 256  # when a request gives no max_tokens (legacy /v1/completions: 16, as OpenAI)
+    request_timeout_s: float = 300.0  # deadline of one generation; past it the client gets 504
+    api_keys: tuple[str, ...] = ()  # when set (or SHARDLINE_API_KEYS), every route but /health needs a Bearer key
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*" for any)
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    ready_ttl_s: float = 5.0  # /ready reuses a probe result this long
+    ready_timeout_s: float = 20.0  # deadline of the one-token probe behind /ready
+    retry_after_s: int = 1  # Retry-After of a 429 (queue full)
 
 
 @dataclass(frozen=True)
@@ -242,17 +248,22 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
         _require(isinstance(sec, dict), key, "must be an object")
         allowed_keys = set(cls.__dataclass_fields__)
         _check_keys(sec, allowed_keys, key)
+        values = dict(sec)
         for k, v in sec.items():
             default = cls.__dataclass_fields__[k].default
             if k == "address":
                 _address(v, f"{key}.address")
             elif k == "host":
                 _require(isinstance(v, str) and v != "", f"{key}.host", "must be a host name or IP")
+            elif isinstance(default, tuple):
+                _require(isinstance(v, list) and all(isinstance(x, str) and x for x in v), f"{key}.{k}",
+                         f"must be a list of non-empty strings, got {v!r}")
+                values[k] = tuple(v)
             else:
                 _require(isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)),
                          f"{key}.{k}", f"must be a {type(default).__name__}, got {v!r}")
                 _require(not isinstance(v, bool) and v > 0, f"{key}.{k}", f"must be positive, got {v!r}")
-        sections[key] = cls(**sec)
+        sections[key] = cls(**values)
 
     cache = os.environ.get("SHARDLINE_MODEL_CACHE") or raw.get("model_cache_dir", ".cache/models")
     _require(isinstance(cache, str) and cache != "", "model_cache_dir", "must be a path")

@@ -50,8 +50,9 @@ class CoordinatorServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Token ids in, a stream of generated token ids out; the last message has finish_reason set.
-        Cancelling the call cancels the request and frees its KV cache on every node.
+        """Token ids in, a stream of generated token ids out. The first message (no tokens) says the request
+        was accepted (errors such as a full queue come before it, as a gRPC status); the last message has
+        finish_reason set. Cancelling the call cancels the request and frees its KV cache on every node.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,10 @@
-"""KV caches are freed on every node when requests finish and when a client disconnects mid-stream."""
+"""KV caches are freed on every node when requests finish and when a client disconnects (gRPC or HTTP,
+streaming or not)."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import grpc
 import httpx
@@ -39,3 +43,54 @@ def test_kv_freed_when_client_disconnects(cluster: RunningCluster, smol_dir, mod
         assert all(n == 1 for n in in_use), f"each stage should hold the sequence while it runs: {in_use}"
         call.cancel()
     assert_kv_empty(cluster)
+
+
+def _sequences_per_stage(cluster: RunningCluster, model: str) -> list[int]:
+    nodes = [s["node"] for m in cluster.layout if m["model"] == model for s in m["stages"]]
+    return [s.num_sequences for n in cluster.config["nodes"] if n["id"] in nodes
+            for s in node_info(n["address"]).shards if s.model == model]
+
+
+LONG = [{"role": "user", "content": "Write a very long story about a dragon."}]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": LONG, "max_tokens": 200, "ignore_eos": True, "stream": True}),
+    ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True, "stream": True}),
+    ("/api/model/stream", {"text": "Write a very long story.", "max_tokens": 200, "ignore_eos": True}),
+])
+def test_kv_freed_when_http_stream_disconnects(cluster: RunningCluster, path: str, body: dict) -> None:
+    with httpx.stream("POST", cluster.api_url + path, json=body, timeout=300) as r:
+        assert r.status_code == 200
+        tokens = 0
+        for line in r.iter_lines():
+            tokens += line.startswith("data: ")
+            if tokens >= 4:
+                break
+        assert _sequences_per_stage(cluster, SMOL) == [1, 1, 1], "each stage holds the sequence while it runs"
+    # leaving the block closes the connection: generation stops and every node frees the sequence
+    assert_kv_empty(cluster, within_s=5)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": LONG, "max_tokens": 200, "ignore_eos": True}),
+    ("/api/model/process", {"text": "Write a very long story.", "max_tokens": 200, "ignore_eos": True}),
+])
+def test_kv_freed_when_http_client_gives_up(cluster: RunningCluster, path: str, body: dict) -> None:
+    outcome: list[object] = []
+
+    def give_up() -> None:  # waits 3 s for the answer, then closes the connection
+        try:
+            outcome.append(httpx.post(cluster.api_url + path, json=body, timeout=httpx.Timeout(30, read=3)))
+        except httpx.ReadTimeout as e:
+            outcome.append(e)
+
+    waiting = threading.Thread(target=give_up)
+    waiting.start()
+    deadline = time.monotonic() + 3
+    while _sequences_per_stage(cluster, SMOL) != [1, 1, 1]:
+        assert time.monotonic() < deadline, "the request never reached the nodes"
+        time.sleep(0.05)
+    waiting.join()
+    assert isinstance(outcome[0], httpx.ReadTimeout), f"200 tokens should take longer than 3 s: {outcome}"
+    assert_kv_empty(cluster, within_s=5)

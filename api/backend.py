@@ -1,0 +1,94 @@
+"""What every route needs from the services behind the API: the served models, tokenization, and the
+checks that turn a request into a prompt that fits the model's context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from api.clients import CoordinatorClient, TokenizerClient
+from api.errors import ApiError, from_grpc
+from protos import coordinator_pb2
+from protos.config import Config
+
+
+@dataclass
+class Backend:
+    config: Config
+    tokenizer: TokenizerClient
+    coordinator: CoordinatorClient
+
+    @classmethod
+    def connect(cls, config: Config) -> Backend:
+        return cls(config, TokenizerClient(config.tokenizer.address),
+                   CoordinatorClient(config.coordinator.address, config.api.request_timeout_s))
+
+    async def close(self) -> None:
+        await self.tokenizer.close()
+        await self.coordinator.close()
+
+    def coordinator_error(self, e: grpc.aio.AioRpcError) -> ApiError:
+        return from_grpc(e, f"the coordinator ({self.config.coordinator.address})", self.config.api.retry_after_s,
+                         self.config.api.request_timeout_s)
+
+    def tokenizer_error(self, e: grpc.aio.AioRpcError) -> ApiError:
+        return from_grpc(e, f"the tokenizer service ({self.config.tokenizer.address})")
+
+    async def models(self) -> dict[str, coordinator_pb2.ModelInfo]:
+        try:
+            return await self.coordinator.models()
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
+
+    async def model(self, name: str | None, param: str = "model") -> coordinator_pb2.ModelInfo:
+        """The served model called ``name`` (default: the config's), or 404 / 503."""
+        name = name or self.config.model_name
+        models = await self.models()
+        if name not in models:
+            raise ApiError(404, f"model {name!r} is not served; available: {sorted(models)}", param)
+        info = models[name]
+        if not info.ready:
+            down = [f"{s.node_id} ({s.address}, layers {s.layers.start}-{s.layers.end - 1}) is {s.state}"
+                    for s in info.stages if s.state != "ready"]
+            raise ApiError(503, f"model {name!r} is not ready: " + ("; ".join(down) or "it is still loading"))
+        return info
+
+    async def encode(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            return await self.tokenizer.encode(model, text, add_special_tokens)
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
+    async def encode_chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
+        try:
+            return await self.tokenizer.chat(model, messages)
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
+    async def decode(self, model: str, token_ids: list[int]) -> str:
+        try:
+            return await self.tokenizer.decode(model, token_ids)
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
+    async def has_chat_template(self, model: str) -> bool:
+        try:
+            return (await self.tokenizer.info(model)).has_chat_template
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
+    def fit(self, info: coordinator_pb2.ModelInfo, prompt_len: int, max_tokens: int | None, default: int | None = None,
+            prompt_param: str = "prompt", max_param: str = "max_tokens") -> int:
+        """max_tokens for this prompt (the default, capped by the context when not given), or 400."""
+        context = info.max_context
+        if prompt_len >= context:
+            raise ApiError(400, f"the prompt is {prompt_len} tokens but the context of {info.name} is {context} "
+                           f"tokens (at most {context - 1} prompt tokens, so that one can be generated)", prompt_param)
+        if max_tokens is None:
+            return min(default or self.config.api.default_max_tokens, context - prompt_len)
+        if prompt_len + max_tokens > context:
+            raise ApiError(400, f"{max_param} is {max_tokens} but the prompt is {prompt_len} tokens and the context of "
+                           f"{info.name} is {context} tokens: at most {context - prompt_len} tokens can be "
+                           f"generated", max_param)
+        return max_tokens

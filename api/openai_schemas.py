@@ -1,0 +1,338 @@
+"""Request and response shapes of the OpenAI-compatible routes (/v1/chat/completions, /v1/completions,
+/v1/models), as the official ``openai`` client sends and reads them.
+
+Fields OpenAI defines but Shardline cannot honour are refused with 422 naming the field (never
+silently ignored when they would change the output); unknown fields are ignored, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protos.data_structures import SamplingParams
+
+MAX_STOPS = 16
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="send a last chunk with usage and no choices")
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="a name from GET /v1/models; default: the config's model_name")
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 1; 0 = greedy")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling; default 1 (off)")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="same seed and input, same output")
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} stop strings, applied on the text; "
+                                         "the stop string itself is not returned")
+    n: int | None = Field(None, description="number of choices; only 1 is supported")
+    stream: bool = Field(False, description="stream chunks as server-sent events, ending with data: [DONE]")
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, description="only 0 is supported; use repetition_penalty")
+    frequency_penalty: float | None = Field(None, description="only 0 is supported; use repetition_penalty")
+    logit_bias: dict[str, float] | None = Field(None, description="not supported (must be empty)")
+    user: str | None = Field(None, description="ignored")
+    # Extras, as in vLLM:
+    top_k: int | None = Field(None, ge=-1, description="extra: sample among the k most likely tokens; 0 or -1 = off")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="extra: > 1 discourages repeats")
+    ignore_eos: bool = Field(False, description="extra: keep generating after EOS (benchmarks)")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > MAX_STOPS or any(not s for s in stops):
+            raise ValueError(f"stop must be a non-empty string or a list of at most {MAX_STOPS} non-empty strings")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _check_n(cls, v: int | None) -> int | None:
+        if v not in (None, 1):
+            raise ValueError(f"n is {v}, but only n = 1 is supported: send one request per choice")
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _check_penalty(cls, v: float | None) -> float | None:
+        if v not in (None, 0, 0.0):
+            raise ValueError(f"{v} is not supported, only 0; use the extra field repetition_penalty instead")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v:
+            raise ValueError("logit_bias is not supported")
+        return v
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling(self) -> SamplingParams:
+        top_k = self.top_k if self.top_k and self.top_k > 0 else 0
+        seed = None if self.seed is None else self.seed % 2**64
+        return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
+                              top_p=1.0 if self.top_p is None else self.top_p, top_k=top_k, seed=seed,
+                              repetition_penalty=self.repetition_penalty or 1.0)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(..., description="only 'text' parts are supported")
+    text: str = ""
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, v: str) -> str:
+        if v != "text":
+            raise ValueError(f"content parts of type {v!r} are not supported; only 'text'")
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, v: str) -> str:
+        if v != "text":
+            raise ValueError(f"response_format {v!r} is not supported; only 'text'")
+        return v
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
+    max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens (newer name)")
+    logprobs: bool | None = Field(None, description="not supported")
+    top_logprobs: int | None = Field(None, description="not supported")
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="not supported (only 'none')")
+
+    @field_validator("logprobs")
+    @classmethod
+    def _check_logprobs(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("logprobs are not supported")
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, v: int | None) -> int | None:
+        if v:
+            raise ValueError("top_logprobs is not supported")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v:
+            raise ValueError("tools (function calling) are not supported")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if v not in (None, "none", "auto"):
+            raise ValueError("tool_choice is not supported (tools are not)")
+        return v
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def limit_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="text, or token ids; a list holds one prompt (n = 1, no batching of prompts)")
+    echo: bool = Field(False, description="prepend the prompt to the returned text")
+    suffix: str | None = Field(None, description="not supported")
+    best_of: int | None = Field(None, description="only 1 is supported")
+    logprobs: int | None = Field(None, description="not supported")
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: str | list[str] | list[int] | list[list[int]]) -> str | list[str] | list[int] | list[
+            list[int]]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("prompt is an empty list")
+            if isinstance(v[0], (str, list)) and len(v) != 1:
+                raise ValueError(f"prompt holds {len(v)} prompts; send one prompt per request")
+            if isinstance(v[0], list) and not v[0]:
+                raise ValueError("prompt is an empty list of token ids")
+        elif not v:
+            raise ValueError("prompt is empty")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _check_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not supported")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _check_best_of(cls, v: int | None) -> int | None:
+        if v not in (None, 1):
+            raise ValueError(f"best_of is {v}, but only 1 is supported")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _check_logprobs(cls, v: int | None) -> int | None:
+        if v is not None:
+            raise ValueError("logprobs are not supported")
+        return v
+
+    @property
+    def prompt_text(self) -> str | None:
+        """The prompt as text, or None when it was given as token ids."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if isinstance(self.prompt[0], str):
+            return self.prompt[0]
+        return None
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        first = self.prompt[0] if isinstance(self.prompt, list) else None
+        return list(first) if isinstance(first, list) else [int(t) for t in self.prompt]  # type: ignore[union-attr]
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> UsageInfo:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE ``data:`` message of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = Field(None, description="only in the last chunk, with stream_options.include_usage")
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo
+
+
+class CompletionChunk(BaseModel):
+    """One SSE ``data:`` message of a streamed text completion."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = Field(None, description="only in the last chunk, with stream_options.include_usage")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "shardline"
+    max_model_len: int = Field(..., description="context length in tokens")
+    ready: bool = Field(..., description="every stage is loaded and up")
+    num_stages: int = Field(..., description="nodes its layers are split across")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

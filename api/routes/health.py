@@ -1,0 +1,38 @@
+"""GET /health (the process is up) and GET /ready (a generation through every stage works)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.errors import error_body
+from api.readiness import Readiness
+from api.schemas import HealthResponse, ModelReadiness, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health() -> HealthResponse:
+    """The API process is up. Says nothing about the pipeline behind it (see /ready). Needs no API key."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/ready", response_model=ReadyResponse,
+            responses={503: {"model": ReadyResponse, "description": "some model cannot generate; the detail says why"}})
+async def ready(request: Request) -> JSONResponse:
+    """Ready only when a one-token generation through every stage of every served model succeeded within
+    the last few seconds (api.ready_ttl_s). 503 otherwise, naming the model and the node at fault."""
+    readiness: Readiness = request.app.state.readiness
+    report = await readiness.report()
+    body = ReadyResponse(
+        status="ready" if report.ready else "unavailable",
+        checked_seconds_ago=round(time.monotonic() - report.checked_at, 3),
+        models=[ModelReadiness(model=p.model, ready=p.ready, detail=p.detail, probe_ms=p.probe_ms)
+                for p in report.models]).model_dump()
+    if report.ready:
+        return JSONResponse(body)
+    why = "; ".join(f"{p.model}: {p.detail}" for p in report.models if not p.ready)
+    return JSONResponse({**body, **error_body(503, f"not ready: {why}")}, status_code=503)

@@ -1,0 +1,148 @@
+"""Shardline's own routes: /api/model/process (the seed's), /api/model/stream (SSE for the web UI),
+/api/tokenize and /api/detokenize."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.backend import Backend
+from api.errors import ApiError
+from api.generation import Generation, TextChunk
+from api.routes import ERROR_RESPONSES, SSE_CONTENT, get_backend
+from api.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ProcessRequest,
+    ProcessResponse,
+    StageTime,
+    TokenizeRequest,
+    TokenizeResponse,
+    Usage,
+)
+from api.streaming import event_stream, sse, until_disconnected
+from protos import coordinator_pb2
+from protos.data_structures import SamplingParams
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["shardline"])
+
+STREAM_DOC = """Server-sent events, each `event: <name>` + `data: <JSON>`:
+- `start`: `{id, model, promptTokens, maxTokens, nodeCount, stages: [{node, address, layers}]}` once accepted
+- `first_token`: `{timeToFirstToken, queueTime}` (milliseconds) when the first token arrives
+- `token`: `{text, tokens, elapsedMs, tokensPerSecond}` for each text delta
+- `done`: the same object as POST /api/model/process returns (text, timings, per-stage times, usage)
+- `error`: `{error: {message, type, param, code}}` if generation fails after the stream started"""
+
+
+async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_pb2.ModelInfo, Generation]:
+    info = await backend.model(body.model)
+    chat = await backend.has_chat_template(info.name) if body.chat is None else body.chat
+    if chat:
+        prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}])
+    else:
+        prompt_ids = await backend.encode(info.name, body.text)
+    max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
+    sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
+    gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
+                     body.ignore_eos)
+    logger.info("request %s: %s model=%s prompt=%d tokens max_tokens=%d", gen.request_id, "process", info.name,
+                len(prompt_ids), max_tokens)
+    return info, gen
+
+
+def _stages(info: coordinator_pb2.ModelInfo, seconds: list[float]) -> list[StageTime]:
+    return [StageTime(node=s.node_id, address=s.address, layers=[s.layers.start, s.layers.end],
+                      seconds=round(seconds[i] if i < len(seconds) else 0.0, 4)) for i, s in enumerate(info.stages)]
+
+
+def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: TextChunk,
+            metadata: dict[str, Any]) -> ProcessResponse:
+    times = gen.times
+    elapsed_ms = ((times.finished or time.perf_counter()) - times.started) * 1000
+    ttft = times.ttft_s
+    logger.info("request %s done: %d tokens, %s, %.0f ms", gen.request_id, last.completion_tokens,
+                last.finish_reason, elapsed_ms)
+    return ProcessResponse(
+        text=text, processingTime=round(elapsed_ms, 1), queueTime=round(last.queue_seconds * 1000, 1),
+        timeToFirstToken=None if ttft is None else round(ttft * 1000, 1),
+        tokensPerSecond=round(times.decode_rate(last.completion_tokens), 2), nodeCount=len(info.stages),
+        model=info.name, usage=Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
+        finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds), metadata=metadata)
+
+
+@router.post("/api/model/process", response_model=ProcessResponse, responses=ERROR_RESPONSES)
+async def process(body: ProcessRequest, request: Request, backend: Backend = Depends(get_backend)) -> ProcessResponse:
+    """Generates a completion for `text` through the whole pipeline and returns it at once, with its timings."""
+    info, gen = await _prepare(backend, body)
+
+    async def run() -> tuple[str, TextChunk]:
+        await gen.start()
+        return await gen.text()
+
+    text, last = await until_disconnected(request, run())
+    return _result(info, gen, text, last, body.metadata)
+
+
+@router.post("/api/model/stream", responses={**ERROR_RESPONSES, 200: {"description": STREAM_DOC,
+                                                                      "content": SSE_CONTENT}})
+async def stream(body: ProcessRequest, request: Request, backend: Backend = Depends(get_backend)) -> StreamingResponse:
+    """Like /api/model/process, but streams the answer as it is generated, with timing events (for the web UI).
+    Closing the connection cancels the generation and frees its KV cache on every node."""
+    info, gen = await _prepare(backend, body)
+    await until_disconnected(request, gen.start())
+
+    async def events() -> AsyncIterator[str]:
+        yield sse({"id": gen.request_id, "model": info.name, "promptTokens": len(gen.prompt_ids),
+                   "maxTokens": gen.max_tokens, "nodeCount": len(info.stages),
+                   "stages": [s.model_dump(exclude={"seconds"}) for s in _stages(info, [])]}, "start")
+        parts: list[str] = []
+        first_sent = False
+        try:
+            async for chunk in gen.chunks():
+                if not first_sent and gen.times.first_token is not None:
+                    first_sent = True
+                    yield sse({"timeToFirstToken": round((gen.times.ttft_s or 0) * 1000, 1),
+                               "queueTime": round(chunk.queue_seconds * 1000, 1)}, "first_token")
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield sse({"text": chunk.text, "tokens": chunk.completion_tokens,
+                               "elapsedMs": round((time.perf_counter() - gen.times.started) * 1000, 1),
+                               "tokensPerSecond": round(gen.times.decode_rate(chunk.completion_tokens), 2)}, "token")
+                if chunk.finish_reason:
+                    yield sse(_result(info, gen, "".join(parts), chunk, body.metadata).model_dump(), "done")
+        except ApiError as e:
+            logger.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
+            yield sse(e.body(), "error")
+
+    return event_stream(events())
+
+
+@router.post("/api/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
+async def tokenize(body: TokenizeRequest, backend: Backend = Depends(get_backend)) -> TokenizeResponse:
+    """Token ids of `text` under the model's tokenizer (through the tokenizer service; works while the
+    pipeline is down)."""
+    name = body.model or backend.config.model_name
+    ids = await backend.encode(name, body.text, body.add_special_tokens)
+    try:
+        info = (await backend.models()).get(name)
+    except ApiError:
+        info = None
+    return TokenizeResponse(model=name, tokens=ids, count=len(ids), max_context=info.max_context if info else None)
+
+
+@router.post("/api/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
+async def detokenize(body: DetokenizeRequest, backend: Backend = Depends(get_backend)) -> DetokenizeResponse:
+    """Text of token ids under the model's tokenizer (special tokens skipped)."""
+    name = body.model or backend.config.model_name
+    try:
+        text = await backend.decode(name, body.tokens)
+    except ApiError as e:
+        raise ApiError(e.status, e.message, "tokens" if e.status == 400 else "model") from None
+    return DetokenizeResponse(model=name, text=text)

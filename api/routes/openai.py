@@ -1,0 +1,195 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions and /v1/completions, streaming or not.
+
+The official ``openai`` client works against them unchanged. A streamed answer only starts once its
+first token exists, so errors that come before it (full queue, a dead stage) keep their HTTP status;
+an error after that arrives as a ``data: {"error": ...}`` event followed by ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.backend import Backend
+from api.errors import ApiError, error_body
+from api.generation import Generation, TextChunk
+from api.openai_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    UsageInfo,
+)
+from api.routes import ERROR_RESPONSES, SSE_CONTENT, get_backend
+from api.streaming import event_stream, sse, until_disconnected
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["openai"])
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions route
+
+
+def _streamed(chunk_model: type) -> dict[int | str, dict[str, Any]]:
+    doc = (f"JSON, or with `stream: true` server-sent events: `data: <{chunk_model.__name__} JSON>` messages, "
+           "then `data: [DONE]`")
+    return {**ERROR_RESPONSES, 200: {"description": doc, "content": SSE_CONTENT}}
+
+
+@router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
+async def list_models(request: Request, backend: Backend = Depends(get_backend)) -> ModelList:
+    """The models the coordinator serves."""
+    models = await backend.models()
+    created = request.app.state.started_at
+    return ModelList(data=[ModelCard(id=name, created=created, max_model_len=m.max_context, ready=m.ready,
+                                     num_stages=len(m.stages)) for name, m in models.items()])
+
+
+@router.get("/models/{model:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+async def get_model(model: str, request: Request, backend: Backend = Depends(get_backend)) -> ModelCard:
+    """One served model."""
+    models = await backend.models()
+    if model not in models:
+        raise ApiError(404, f"model {model!r} is not served; available: {sorted(models)}", "model")
+    m = models[model]
+    return ModelCard(id=model, created=request.app.state.started_at, max_model_len=m.max_context, ready=m.ready,
+                     num_stages=len(m.stages))
+
+
+async def _first(request: Request, gen: Generation, chunks: AsyncIterator[TextChunk]) -> TextChunk:
+    """Starts the generation and waits for its first text (or its end); cancelled if the client leaves."""
+    async def run() -> TextChunk:
+        await gen.start()
+        return await anext(chunks)
+
+    try:
+        return await until_disconnected(request, run())
+    except BaseException:
+        gen.cancel()
+        raise
+
+
+def _stream(gen: Generation, first: TextChunk, chunks: AsyncIterator[TextChunk], body: SamplingRequest,
+            make: Callable[[str, str | None, UsageInfo | None], dict[str, Any]],
+            opening: dict[str, Any] | None = None) -> StreamingResponse:
+    """SSE of OpenAI chunks; ``make(text, finish_reason, usage)`` builds one chunk's JSON."""
+    async def events() -> AsyncIterator[str]:
+        try:
+            if opening is not None:
+                yield sse(opening)
+            chunk = first
+            while True:
+                if chunk.text:
+                    yield sse(make(chunk.text, None, None))
+                if chunk.finish_reason:
+                    yield sse(make("", chunk.finish_reason, None))
+                    if body.include_usage:
+                        yield sse(make("", None, UsageInfo.of(chunk.prompt_tokens, chunk.completion_tokens)))
+                    _log_done(gen, chunk)
+                    break
+                chunk = await anext(chunks)
+        except ApiError as e:
+            logger.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
+            yield sse(error_body(e.status, e.message, e.param))
+        finally:
+            await chunks.aclose()  # cancels the generation when the client went away
+        yield "data: [DONE]\n\n"
+
+    return event_stream(events())
+
+
+def _log_done(gen: Generation, last: TextChunk) -> None:
+    times = gen.times
+    end = times.finished or times.started
+    logger.info("request %s done: model=%s prompt=%d completion=%d finish=%s ttft=%s ms total=%.0f ms",
+                gen.request_id, gen.model, last.prompt_tokens, last.completion_tokens, last.finish_reason,
+                "-" if times.ttft_s is None else f"{times.ttft_s * 1000:.0f}", (end - times.started) * 1000)
+
+
+async def _collect(first: TextChunk, chunks: AsyncIterator[TextChunk], request: Request) -> tuple[str, TextChunk]:
+    async def rest() -> tuple[str, TextChunk]:
+        parts, last = [first.text], first
+        while not last.finish_reason:
+            last = await anext(chunks)
+            parts.append(last.text)
+        return "".join(parts), last
+
+    try:
+        return await until_disconnected(request, rest())
+    finally:
+        await chunks.aclose()
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
+async def chat_completions(body: ChatCompletionRequest, request: Request, backend: Backend = Depends(get_backend)
+                           ) -> ChatCompletionResponse | StreamingResponse:
+    """Chat completion: the messages go through the model's chat template."""
+    info = await backend.model(body.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+    prompt_ids = await backend.encode_chat(info.name, messages)
+    max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
+                             max_param=body.limit_field)
+    gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
+                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
+    logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id, info.name,
+                len(prompt_ids), max_tokens, body.stream)
+    chunks = gen.chunks()
+    first = await _first(request, gen, chunks)
+    if body.stream:
+        def make(text: str, finish: str | None, usage: UsageInfo | None) -> dict[str, Any]:
+            out = ChatCompletionChunk(id=gen.request_id, model=info.name, choices=[], usage=usage).model_dump()
+            delta = {"content": text} if text else {}  # OpenAI leaves out what a delta does not change
+            if usage is None:
+                out["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            return out
+
+        opening = make("", None, None)
+        opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        return _stream(gen, first, chunks, body, make, opening)
+    text, last = await _collect(first, chunks, request)
+    _log_done(gen, last)
+    return ChatCompletionResponse(
+        id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)])
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=_streamed(CompletionChunk))
+async def completions(body: CompletionRequest, request: Request, backend: Backend = Depends(get_backend)
+                      ) -> CompletionResponse | StreamingResponse:
+    """Text completion of `prompt` (text or token ids), without a chat template."""
+    info = await backend.model(body.model)
+    prompt_text = body.prompt_text
+    prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
+    max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+    gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
+                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
+    logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
+                info.name, len(prompt_ids), max_tokens, body.stream)
+    echo = ""
+    if body.echo:
+        echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
+    chunks = gen.chunks()
+    first = await _first(request, gen, chunks)
+    if body.stream:
+        def make(text: str, finish: str | None, usage: UsageInfo | None) -> dict[str, Any]:
+            choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]
+            return CompletionChunk(id=gen.request_id, model=info.name, choices=choices,
+                                   usage=usage).model_dump(exclude_none=False)
+
+        return _stream(gen, first, chunks, body, make, make(echo, None, None) if echo else None)
+    text, last = await _collect(first, chunks, request)
+    _log_done(gen, last)
+    return CompletionResponse(
+        id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),
+        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason)])
