@@ -85,8 +85,13 @@ class Backend:
         if prompt_len >= context:
             raise ApiError(400, f"the prompt is {prompt_len} tokens but the context of {info.name} is {context} "
                            f"tokens (at most {context - 1} prompt tokens, so that one can be generated)", prompt_param)
-        if max_tokens is None:
-            return min(default or self.config.api.default_max_tokens, context - prompt_len)
+        if max_tokens is None:  # the default, capped so that it fits the context and every stage's KV cache
+            kv = min((s.kv_capacity_tokens for s in info.stages if s.kv_capacity_tokens > 0), default=context)
+            room = min(context, kv) - prompt_len
+            if room < 1:
+                raise ApiError(400, f"the prompt is {prompt_len} tokens but the KV cache of {info.name} holds "
+                               f"{kv} tokens per sequence", prompt_param)
+            return min(default or self.config.api.default_max_tokens, room)
         if prompt_len + max_tokens > context:
             raise ApiError(400, f"{max_param} is {max_tokens} but the prompt is {prompt_len} tokens and the context of "
                            f"{info.name} is {context} tokens: at most {context - prompt_len} tokens can be "

@@ -198,6 +198,9 @@ class CompletionRequest(SamplingRequest):
                 raise ValueError(f"prompt holds {len(v)} prompts; send one prompt per request")
             if isinstance(v[0], list) and not v[0]:
                 raise ValueError("prompt is an empty list of token ids")
+            ids = v[0] if isinstance(v[0], list) else v
+            if ids and isinstance(ids[0], int) and not all(0 <= t < 2**31 for t in ids):
+                raise ValueError("token ids must be >= 0 (and below the model's vocabulary size)")
         elif not v:
             raise ValueError("prompt is empty")
         return v

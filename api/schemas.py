@@ -4,7 +4,7 @@ The OpenAI-compatible routes have theirs in api/openai_schemas.py."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -81,7 +81,8 @@ class TokenizeResponse(BaseModel):
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tokens: list[int] = Field(..., max_length=1_000_000, description="token ids in [0, vocab size)")
+    tokens: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(..., max_length=1_000_000,
+                                                                description="token ids in [0, vocab size)")
     model: str | None = Field(None, description="model name; default: the config's model_name")
 
 

@@ -133,3 +133,13 @@ def base_config(node_ids: list[str], cache_dir: Path, models: list[dict]) -> dic
         "tokenizer": {"address": f"127.0.0.1:{free_port()}"},
         "api": {"host": "127.0.0.1", "port": free_port()},
     }
+
+
+def tiny_cluster_config(work: Path, smol_dir: Path, model: str, node_ids: list[str], kv_tokens: int, seed: int,
+                        num_layers: int = 2) -> dict:
+    """Config of a small cluster serving one tiny seeded Llama (its model cache under ``work``)."""
+    cache = work / "models"
+    cache.mkdir()
+    source = make_tiny_model("llama", work / "src", smol_dir, num_layers=num_layers, seed=seed)
+    (cache / model).symlink_to(source, target_is_directory=True)
+    return base_config(node_ids, cache, [{"name": model, "source": str(source), "kv_cache_tokens": kv_tokens}])

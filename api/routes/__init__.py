@@ -24,6 +24,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in ERROR_DESCRIPTIONS.items()}
 
 
-def get_backend(request: Request) -> Backend:
+async def get_backend(request: Request) -> Backend:
     return request.app.state.backend
 SSE_CONTENT = {"text/event-stream": {"schema": {"type": "string"}}}  # how a streamed 200 is documented

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from protos import coordinator_pb2, coordinator_pb2_grpc
-from tests.conftest import RunningCluster, base_config, make_tiny_model, start_cluster
+from tests.conftest import RunningCluster, start_cluster, tiny_cluster_config
 
 pytestmark = pytest.mark.cluster
 
@@ -24,11 +24,7 @@ MODEL = "tiny-admission"
 @pytest.fixture(scope="module")
 def small_cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterator[RunningCluster]:
     work = tmp_path_factory.mktemp("admission")
-    cache = work / "models"
-    cache.mkdir()
-    source = make_tiny_model("llama", work / "src", smol_dir, num_layers=2, seed=3)
-    (cache / MODEL).symlink_to(source, target_is_directory=True)
-    config = base_config(["solo"], cache, [{"name": MODEL, "source": str(source), "kv_cache_tokens": KV_TOKENS}])
+    config = tiny_cluster_config(work, smol_dir, MODEL, ["solo"], KV_TOKENS, seed=3)
     config["coordinator"]["max_waiting"] = 1
     running = start_cluster(config, work)
     yield running
