@@ -91,6 +91,13 @@ class DetokenizeResponse(BaseModel):
     text: str
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
 class HealthResponse(BaseModel):
     status: str = Field(..., description="ok: the API process is up")
 
@@ -106,13 +113,7 @@ class ReadyResponse(BaseModel):
     status: str = Field(..., description="ready | unavailable")
     checked_seconds_ago: float = Field(..., description="age of the probe result (results are reused briefly)")
     models: list[ModelReadiness]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: int
+    error: ErrorDetail | None = Field(None, description="503 only: why, naming the model and node at fault")
 
 
 class ErrorResponse(BaseModel):

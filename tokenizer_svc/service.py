@@ -27,10 +27,10 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         except (OSError, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer of {model!r} cannot load: {e}")
 
-    async def _check_ids(self, tok: PreTrainedTokenizerBase, ids: list[int], context: grpc.aio.ServicerContext
-                         ) -> None:
-        if ids and (min(ids) < 0 or max(ids) >= len(tok)):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids must be in [0, {len(tok)})")
+    async def _check_ids(self, model: str, ids: list[int], context: grpc.aio.ServicerContext) -> None:
+        vocab = self.tokenizers.vocab_sizes[model]
+        if ids and (min(ids) < 0 or max(ids) >= vocab):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids must be in [0, {vocab})")
 
     async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.EncodeResponse:
@@ -44,7 +44,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         """Token ids to text."""
         tok = await self._tok(request.model, context)
         ids = list(request.token_ids)
-        await self._check_ids(tok, ids, context)
+        await self._check_ids(request.model, ids, context)
         return tokenizer_pb2.DecodeResponse(text=tok.decode(ids, skip_special_tokens=request.skip_special_tokens))
 
     async def ApplyChatTemplate(self, request: tokenizer_pb2.ChatTemplateRequest,
@@ -71,7 +71,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         """New text of ids[read_offset:], held back while a character is incomplete."""
         tok = await self._tok(request.model, context)
         ids = list(request.token_ids)
-        await self._check_ids(tok, ids, context)
+        await self._check_ids(request.model, ids, context)
         try:
             text, prefix, read = decode_incremental(tok, ids, request.prefix_offset, request.read_offset,
                                                     request.skip_special_tokens)
@@ -85,7 +85,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         reply = tokenizer_pb2.TokenizerInfo(models=sorted(self.tokenizers.model_dirs))
         if request.model:
             tok = await self._tok(request.model, context)
-            reply.vocab_size = len(tok)
+            reply.vocab_size = self.tokenizers.vocab_sizes[request.model]
             reply.eos_token_ids.extend(self.tokenizers.eos_ids.get(request.model, []))
             reply.has_chat_template = bool(tok.chat_template)
         return reply

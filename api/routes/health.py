@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.errors import error_body
 from api.readiness import Readiness
+from api.routes import ERROR_RESPONSES
 from api.schemas import HealthResponse, ModelReadiness, ReadyResponse
 
 router = APIRouter(tags=["health"])
@@ -21,7 +22,8 @@ async def health() -> HealthResponse:
 
 
 @router.get("/ready", response_model=ReadyResponse,
-            responses={503: {"model": ReadyResponse, "description": "some model cannot generate; the detail says why"}})
+            responses={503: {"model": ReadyResponse, "description": "some model cannot generate; the detail says why"},
+                       401: ERROR_RESPONSES[401]})
 async def ready(request: Request) -> JSONResponse:
     """Ready only when a one-token generation through every stage of every served model succeeded within
     the last few seconds (api.ready_ttl_s). 503 otherwise, naming the model and the node at fault."""
