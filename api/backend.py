@@ -49,10 +49,14 @@ class Backend:
             raise ApiError(404, f"model {name!r} is not served; available: {sorted(models)}", param)
         info = models[name]
         if not info.ready:
-            down = [f"{s.node_id} ({s.address}, layers {s.layers.start}-{s.layers.end - 1}) is {s.state}"
-                    for s in info.stages if s.state != "ready"]
-            raise ApiError(503, f"model {name!r} is not ready: " + ("; ".join(down) or "it is still loading"))
+            raise ApiError(503, f"model {name!r} is unavailable: {info.unavailable_reason or 'it is still loading'}")
         return info
+
+    async def cluster(self) -> coordinator_pb2.ClusterInfo:
+        try:
+            return await self.coordinator.cluster()
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
 
     async def encode(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         try:

@@ -67,6 +67,9 @@ class CoordinatorClient:
         self._models = (now, result)
         return result
 
+    async def cluster(self) -> coordinator_pb2.ClusterInfo:
+        return await self.stub.Cluster(coordinator_pb2.ClusterRequest(), timeout=10.0)
+
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False
                  ) -> grpc.aio.UnaryStreamCall:

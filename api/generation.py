@@ -34,6 +34,8 @@ class TextChunk:
     completion_tokens: int = 0  # tokens generated so far
     queue_seconds: float = 0.0  # time the request waited for KV room before its prefill started
     stage_seconds: list[float] = field(default_factory=list)  # per stage compute time so far
+    route: list[str] = field(default_factory=list)  # node of each stage that carries it now
+    failovers: int = 0  # times it moved to replicas after a node was lost
 
 
 def held_back(text: str, stops: list[str]) -> int:
@@ -118,7 +120,8 @@ class Generation:
                 if reply.token_ids and self.times.first_token is None:
                     self.times.first_token = time.perf_counter()
                 stats = dict(prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
-                             queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds))
+                             queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
+                             route=list(reply.route), failovers=reply.failovers)
                 if reply.token_ids:
                     ids.extend(reply.token_ids)
                     try:

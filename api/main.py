@@ -21,7 +21,7 @@ from api.backend import Backend
 from api.errors import install_handlers
 from api.openai_schemas import ChatCompletionChunk, CompletionChunk
 from api.readiness import Readiness
-from api.routes import health, native, openai
+from api.routes import cluster, health, native, openai
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
 from protos.config import Config
 
@@ -32,6 +32,7 @@ DESCRIPTION = """Pipeline-parallel LLM serving: each model's layers are split ac
   client works unchanged; `stream: true` gives server-sent events).
 - **Shardline's own**: `/api/model/process`, `/api/model/stream` (SSE with timings), `/api/tokenize`,
   `/api/detokenize`.
+- **Cluster**: `/api/cluster` (nodes, models, layer ranges, replica states, KV use, failovers).
 - **Health**: `/health` (process up, no key needed), `/ready` (a generation through every stage works).
 
 When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`.
@@ -58,6 +59,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(health.router)
     app.include_router(native.router, dependencies=[Depends(bearer)])
     app.include_router(openai.router, dependencies=[Depends(bearer)])
+    app.include_router(cluster.router, dependencies=[Depends(bearer)])
 
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -58,7 +58,9 @@ class ProcessResponse(BaseModel):
     model: str
     usage: Usage
     finish_reason: str = Field(..., description="stop (EOS or a stop string) or length (max_tokens reached)")
-    stages: list[StageTime] = Field(default_factory=list, description="per pipeline stage, in layer order")
+    stages: list[StageTime] = Field(default_factory=list, description="per pipeline stage, in layer order: the "
+                                    "node that carried the request (after a failover, the replica it moved to)")
+    failovers: int = Field(0, description="times the request moved to replicas after a node was lost")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -119,3 +121,49 @@ class ReadyResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorDetail
     detail: list[dict[str, Any]] | None = Field(None, description="422 only: every invalid field")
+
+
+class ClusterReplica(BaseModel):
+    node: str
+    address: str
+    stage: int = Field(..., description="index of its layer range; replicas of a range share it")
+    layers: list[int] = Field(..., description="[start, end)")
+    state: str = Field(..., description="loading | ready | draining | down")
+    kv_used_tokens: int
+    kv_capacity_tokens: int
+    weight_bytes: int
+    last_error: str = ""
+
+
+class ClusterModel(BaseModel):
+    name: str
+    state: str = Field(..., description="serving | loading | unavailable")
+    ready: bool
+    unavailable_reason: str = ""
+    num_layers: int
+    num_stages: int
+    max_context: int
+    pipeline_depth: int
+    running: int = Field(..., description="sequences admitted")
+    waiting: int = Field(..., description="requests queued for KV room")
+    failovers: int = Field(..., description="sequences moved to replicas after a node was lost")
+    recoveries: int = Field(..., description="of those, how many produced their next token")
+    last_recovery_seconds: float = Field(..., description="loss seen -> next token, of the last recovered sequence")
+    replicas: list[ClusterReplica]
+
+
+class ClusterNode(BaseModel):
+    id: str
+    address: str
+    state: str = Field(..., description="loading | ready | draining | down")
+    last_error: str = ""
+    last_seen: float | None = Field(None, description="unix time of the last good health poll")
+    rss_bytes: int
+    kv_used_tokens: int
+    kv_capacity_tokens: int
+    events: list[str] = Field(default_factory=list, description="recent state changes, newest last")
+
+
+class ClusterResponse(BaseModel):
+    nodes: list[ClusterNode]
+    models: list[ClusterModel]

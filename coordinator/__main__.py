@@ -10,6 +10,7 @@ import grpc
 
 from coordinator.cluster import build_engine, load_engine
 from coordinator.engine import ModelEngine
+from coordinator.membership import Membership
 from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2_grpc
 from protos.config import ConfigError, load_config
@@ -21,8 +22,9 @@ logger = logging.getLogger("coordinator")
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
     engines: dict[str, ModelEngine] = {m.name: build_engine(config, m) for m in config.models}
+    membership = Membership(list(config.nodes), lambda: list(engines.values()), config.coordinator)
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(engines), server)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(engines, membership), server)
     health = add_health(server)
     port = config.coordinator.address.rsplit(":", 1)[1]
     address = f"{host or config.coordinator.address.rsplit(':', 1)[0]}:{port}"
@@ -31,22 +33,25 @@ async def serve(config_path: str, host: str | None) -> None:
     await server.start()
     await health.set("", NOT_SERVING)
     logger.info("coordinator listening on %s; loading %d model(s)", address, len(engines))
-    await asyncio.gather(*(load_engine(config, config.model(n), e) for n, e in engines.items()))
-    if all(e.ready for e in engines.values()):
-        await health.set("", SERVING)
-        logger.info("coordinator ready: %s", ", ".join(engines))
+    await asyncio.gather(*(load_engine(config.model(n), e) for n, e in engines.items()))
+    membership.start()
+    await health.set("", SERVING)  # models that are not ready answer UNAVAILABLE with the reason
+    failed = [n for n, e in engines.items() if not e.ready]
+    if failed:
+        logger.error("coordinator serving, but model(s) %s are unavailable until their nodes answer (see above)",
+                     failed)
     else:
-        failed = [n for n, e in engines.items() if not e.ready]
-        logger.error("coordinator running without model(s) %s; see errors above", failed)
+        logger.info("coordinator ready: %s", ", ".join(engines))
     await wait_for_stop_signal()
     logger.info("coordinator stopping")
     await health.enter_graceful_shutdown()
+    await membership.stop()
     for e in engines.values():
         await e.stop()
     await server.stop(grace=2)
     for e in engines.values():
-        for s in e.pipeline.stages:
-            await s.client.close()
+        for r in e.pipeline.replicas:
+            await r.client.close()
 
 
 def main() -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
-from coordinator.engine import ModelEngine
+from coordinator.engine import ModelEngine, ShardLoad
 from coordinator.model_meta import ModelMeta, read_model_meta
 from coordinator.partition import check_explicit_ranges, partition_layers
-from coordinator.pipeline import Pipeline, Stage
+from coordinator.pipeline import Pipeline, Replica, StageGroup
 from coordinator.scheduler import Scheduler
 from coordinator.stage_client import StageClient
-from protos import shard_pb2, wire
 from protos.config import Config, ModelConfig
 from protos.data_structures import LayerRange
 
@@ -23,7 +20,8 @@ logger = logging.getLogger(__name__)
 def plan_ranges(config: Config, model: ModelConfig, meta: ModelMeta) -> list[LayerRange]:
     if model.layer_ranges is not None:
         return check_explicit_ranges(meta.num_layers, model.layer_ranges)
-    return partition_layers(meta.num_layers, [config.node(n).capacity for n in model.nodes], meta.head_cost)
+    capacities = [min(config.node(n).capacity for n in replicas) for replicas in model.stages]
+    return partition_layers(meta.num_layers, capacities, meta.head_cost)
 
 
 def default_depth(stage_hosts: list[tuple[str, int]]) -> int:
@@ -43,50 +41,40 @@ def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
     """Reads the prepared model and plans its split; raises with a clear message if it cannot."""
     meta = read_model_meta(config.model_dir(model.name), model.max_context)
     ranges = plan_ranges(config, model, meta)
-    stages = [Stage(StageClient(config.node(nid), model.name, config.coordinator.rpc_timeout_s), r)
-              for nid, r in zip(model.nodes, ranges)]
-    plan = ", ".join(f"{s.client.node.id} {s.layers}" for s in stages)
-    logger.info("model %s (%s, %d layers) split across %d node(s): %s", model.name, meta.model_type,
-                meta.num_layers, len(stages), plan)
+    timeout = config.coordinator.rpc_timeout_s
+    groups = [StageGroup(r, [Replica(StageClient(config.node(n), model.name, timeout), r) for n in replicas])
+              for replicas, r in zip(model.stages, ranges)]
+    plan = ", ".join(f"{'+'.join(x.node_id for x in g.replicas)} {g.layers}" for g in groups)
+    logger.info("model %s (%s, %d layers) split into %d stage(s): %s", model.name, meta.model_type,
+                meta.num_layers, len(groups), plan)
     coord = config.coordinator
-    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(stages),
+    scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(groups),
                           max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
                           max_batch_seqs=coord.max_batch_seqs)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
-    return ModelEngine(model.name, meta, Pipeline(model.name, stages), scheduler)
+    load = ShardLoad(str(meta.path), model.dtype, model.device, model.kv_cache_tokens, coord.load_timeout_s)
+    return ModelEngine(model.name, meta, Pipeline(model.name, groups), scheduler, load)
 
 
-async def load_engine(config: Config, model: ModelConfig, engine: ModelEngine) -> None:
-    """Sends LoadShard to every node of the model (waiting for nodes to come up), then starts the engine."""
-    async def load_stage(stage: Stage) -> None:
-        req = shard_pb2.LoadShardRequest(
-            model=model.name, model_path=str(engine.meta.path), layers=wire.layer_range_to_proto(stage.layers),
-            dtype=model.dtype, device=model.device, kv_cache_tokens=model.kv_cache_tokens)
-        try:
-            info = await stage.client.load(req, config.coordinator.load_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            stage.state, stage.last_error = "down", f"{e.code().name}: {e.details()}"
-            raise RuntimeError(f"node {stage.client.node.id} ({stage.client.node.address}) could not load "
-                               f"{model.name} layers {stage.layers}: {stage.last_error}") from None
-        stage.kv_capacity_tokens = info.kv_capacity_tokens
-        stage.state = "ready"
-        logger.info("node %s holds %s layers %s (%.1f MB)", stage.client.node.id, model.name, stage.layers,
-                    info.weight_bytes / 1e6)
-
-    try:
-        await asyncio.gather(*(load_stage(s) for s in engine.pipeline.stages))
-    except RuntimeError as e:
-        engine.load_error = str(e)
-        logger.error("model %s is unavailable: %s", model.name, e)
-        return
-    engine.scheduler.kv_capacity_tokens = min(s.kv_capacity_tokens for s in engine.pipeline.stages)
-    if model.pipeline_depth is None:
-        infos = await asyncio.gather(*(s.client.info(10.0) for s in engine.pipeline.stages), return_exceptions=True)
+async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
+    """Sends LoadShard to every replica (waiting for nodes to come up), then starts the engine. Replicas that
+    failed are loaded again when their node answers (see Membership)."""
+    replicas = engine.pipeline.replicas
+    await asyncio.gather(*(engine.load_replica(r) for r in replicas))
+    ready = [r for r in replicas if r.usable]
+    if model.pipeline_depth is None and ready:
+        infos = await asyncio.gather(*(r.client.info(10.0) for r in ready), return_exceptions=True)
         if not any(isinstance(i, BaseException) for i in infos):  # else keep one per stage
-            engine.scheduler.depth = default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in infos])
-    logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.scheduler.depth,
+            engine.set_depth(default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in infos]))
+    else:
+        engine.set_depth(engine.depth)
+    logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.depth,
                 "" if model.pipeline_depth else " (one per stage, at most one per core of a shared machine)")
-    engine.ready = True
+    engine.loaded = True
     engine.start()
-    logger.info("model %s ready on %d node(s)", model.name, len(engine.pipeline.stages))
+    if engine.ready:
+        logger.info("model %s ready on %d node(s)", model.name, len(ready))
+    else:
+        engine.load_error = engine.unavailable_reason()
+        logger.error("model %s is unavailable: %s", model.name, engine.load_error)

@@ -1,8 +1,12 @@
 """The generation loop of one model: admit -> one micro-batch per idle lane -> stream tokens -> release.
 
 Up to ``depth`` micro-batches are in flight at once, so while the last stage works on one, the
-first stage already works on the next. Each micro-batch runs as its own task; when it comes back,
-its tokens are streamed, finished sequences leave, and its lane is free for its next micro-batch.
+first stage already works on the next. Each lane runs along a route (one replica of every layer
+range). When a node of a route is lost (its stream broke, its health checks failed), every sequence
+of the lanes through it goes back to the front of the queue with a new sequence id and is replayed,
+prompt plus the tokens generated so far, as a prefill along a route of healthy replicas: its lost KV
+is rebuilt, and decoding goes on where it stopped. Without a healthy replica for some range, the
+model is unavailable: its requests end with an error naming the node and range.
 """
 
 from __future__ import annotations
@@ -10,32 +14,106 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
 
 from coordinator.model_meta import ModelMeta
-from coordinator.pipeline import Pipeline, StepResult
+from coordinator.pipeline import Pipeline, Replica, Route, StepResult
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import MicroBatchPlan, Scheduler
-from coordinator.stage_client import StageError
+from coordinator.stage_client import StageClient, StageError
+from protos import shard_pb2, wire
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class FailoverStats:
+    failovers: int = 0  # sequences moved to another route
+    recoveries: int = 0  # of those, how many produced their next token
+    last_recovery_seconds: float = 0.0  # loss seen -> next token, of the last recovered sequence
+    recovery_seconds: list[float] = field(default_factory=list)  # the last 100
+
+
+@dataclass(frozen=True)
+class ShardLoad:
+    """What LoadShard needs besides the replica's layers."""
+
+    model_path: str
+    dtype: str
+    device: str
+    kv_cache_tokens: int
+    timeout_s: float
+
+
 class ModelEngine:
-    def __init__(self, name: str, meta: ModelMeta, pipeline: Pipeline, scheduler: Scheduler) -> None:
+    def __init__(self, name: str, meta: ModelMeta, pipeline: Pipeline, scheduler: Scheduler,
+                 shard_load: ShardLoad | None = None) -> None:
         self.name = name
         self.meta = meta
         self.pipeline = pipeline
         self.scheduler = scheduler
-        self.ready = False
+        self.shard_load = shard_load
+        self.loaded = False  # the first load finished (some replicas may have failed)
         self.load_error = ""
+        self.stats = FailoverStats()
+        self.routes: list[Route] = []
         self._wakeup = asyncio.Event()
-        self._to_release: list[str] = []
+        self._lost_lanes: set[int] = set()  # lanes with a sequence whose KV is gone on some node of the route
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
+        self._reloading: set[Replica] = set()
         self._task: asyncio.Task[None] | None = None
+        for replica in pipeline.replicas:
+            replica.client.on_stream_lost = self._on_stream_lost
+        self.set_depth(scheduler.depth)
+
+    # ----- state -----------------------------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
         return self.scheduler.depth
+
+    @property
+    def ready(self) -> bool:
+        """Every layer range has a replica that can take work."""
+        return self.loaded and all(g.ready() for g in self.pipeline.groups)
+
+    def unavailable_reason(self) -> str:
+        if not self.loaded:
+            return self.load_error or "it is still loading"
+        parts = []
+        for group in self.pipeline.groups:
+            if not group.ready():
+                parts.extend(f"{r.describe(self.name)} is {r.state}" + (f": {r.last_error}" if r.last_error else "")
+                             for r in group.replicas)
+        return "; ".join(parts)
+
+    def set_depth(self, depth: int) -> None:
+        """``depth`` lanes, at least one per replica of the most replicated range, spread over the replicas."""
+        depth = max(depth, max(len(g.replicas) for g in self.pipeline.groups))
+        self.scheduler.depth = depth
+        self.routes = [self._spread_route(lane, only_ready=False) for lane in range(depth)]
+        self._sync_routes()
+
+    def _spread_route(self, lane: int, only_ready: bool = True) -> Route:
+        out = []
+        for group in self.pipeline.groups:
+            choices = group.ready() if only_ready else group.replicas
+            out.append(choices[lane % len(choices)] if choices else group.replicas[0])
+        return tuple(out)
+
+    def _sync_routes(self) -> None:
+        self.scheduler.lane_routes = [tuple(r.node_id for r in route) for route in self.routes]
+        self.scheduler.usable = {lane for lane, route in enumerate(self.routes) if all(r.usable for r in route)}
+        self.scheduler.node_capacity = {r.node_id: r.kv_capacity_tokens for r in self.pipeline.replicas
+                                        if r.kv_capacity_tokens > 0}
+        ready = [r.kv_capacity_tokens for r in self.pipeline.replicas if r.usable and r.kv_capacity_tokens > 0]
+        if ready:
+            self.scheduler.kv_capacity_tokens = min(ready)
+
+    # ----- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"engine-{self.name}")
@@ -57,6 +135,88 @@ class ModelEngine:
             req.cancelled = True
             self._wakeup.set()
 
+    # ----- node events (from the stage clients and the membership monitor) --------------------------------
+
+    def _on_stream_lost(self, client: StageClient, why: str) -> None:
+        replica = next(r for r in self.pipeline.replicas if r.client is client)
+        self.replica_lost(replica, f"its Forward stream broke: {why}")
+
+    def replica_lost(self, replica: Replica, why: str, state: str = "down") -> None:
+        """The KV caches on ``replica`` are gone: every lane through it replays elsewhere."""
+        if replica.state not in ("down", "loading") or state != replica.state:
+            logger.warning("model %s: %s is %s: %s", self.name, replica.describe(self.name), state, why)
+        replica.state, replica.last_error = state, why
+        replica.pending_release.clear()  # the node has freed them, or is gone
+        for lane, route in enumerate(self.routes):
+            if replica in route and self.scheduler.lane_members(lane):
+                self._lost_lanes.add(lane)
+        replica.client.drop_stream(why)  # fails what is in flight there at once
+        self._sync_routes()
+        self._wakeup.set()
+
+    def node_down(self, node_id: str, why: str) -> None:
+        replica = self.pipeline.replica_on(node_id)
+        if replica is not None and replica.state != "down":
+            self.replica_lost(replica, why)
+
+    def node_draining(self, node_id: str) -> None:
+        """Takes no new sequences; those it holds go on until it leaves."""
+        replica = self.pipeline.replica_on(node_id)
+        if replica is not None and replica.state == "ready":
+            logger.info("model %s: %s is draining", self.name, replica.describe(self.name))
+            replica.state = "draining"
+            self._sync_routes()
+
+    def node_up(self, node_id: str, info: shard_pb2.NodeInfo) -> None:
+        """A healthy poll: the replica is ready if the node holds its shard, else the shard is loaded again."""
+        replica = self.pipeline.replica_on(node_id)
+        if replica is None or replica in self._reloading or not self.loaded:
+            return
+        shard = next((s for s in info.shards if s.model == self.name), None)
+        holds = shard is not None and wire.layer_range_from_proto(shard.layers) == replica.layers
+        if holds and replica.state != "ready":
+            logger.info("model %s: %s is ready again", self.name, replica.describe(self.name))
+            replica.state, replica.last_error = "ready", ""
+            replica.kv_capacity_tokens = shard.kv_capacity_tokens
+            self._sync_routes()
+            self._wakeup.set()
+        elif not holds:
+            if replica.state == "ready":  # restarted between two polls: its shard and caches are gone
+                self.replica_lost(replica, "the node no longer holds its shard (restarted?)", state="loading")
+            self._reloading.add(replica)
+            asyncio.get_running_loop().create_task(self._reload(replica), name=f"reload-{node_id}")
+
+    async def _reload(self, replica: Replica) -> None:
+        try:
+            await self.load_replica(replica)
+        finally:
+            self._reloading.discard(replica)
+            self._sync_routes()
+            self._wakeup.set()
+
+    async def load_replica(self, replica: Replica) -> None:
+        """LoadShard on the replica's node (idempotent there); sets its state to ready or down."""
+        assert self.shard_load is not None
+        spec = self.shard_load
+        req = shard_pb2.LoadShardRequest(
+            model=self.name, model_path=spec.model_path, layers=wire.layer_range_to_proto(replica.layers),
+            dtype=spec.dtype, device=spec.device, kv_cache_tokens=spec.kv_cache_tokens)
+        replica.state = "loading"
+        started = time.monotonic()
+        try:
+            info = await replica.client.load(req, spec.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            replica.state, replica.last_error = "down", f"could not load its shard: {e.code().name}: {e.details()}"
+            logger.error("model %s: %s %s", self.name, replica.describe(self.name), replica.last_error)
+            return
+        replica.kv_capacity_tokens = info.kv_capacity_tokens
+        replica.weight_bytes = info.weight_bytes
+        replica.state, replica.last_error = "ready", ""
+        logger.info("model %s: %s loaded (%.1f MB) in %.1f s", self.name, replica.describe(self.name),
+                    info.weight_bytes / 1e6, time.monotonic() - started)
+
+    # ----- the loop ---------------------------------------------------------------------------------------
+
     async def _loop(self) -> None:
         while True:
             try:
@@ -71,59 +231,102 @@ class ModelEngine:
 
     async def _tick(self) -> None:
         for req in self.scheduler.drain_cancelled():
-            if req.num_computed > 0:
-                self._to_release.append(req.seq_id)
+            if req.num_computed > 0 and req.lane >= 0:
+                self._release_later(req, self.routes[req.lane])
             req.finish("cancelled")
             logger.info("request %s cancelled after %d tokens", req.request_id, len(req.output_ids))
+        self._replay_lost_lanes()
+        self._reroute_idle_lanes()
+        if not self.ready:
+            self._fail_waiting()
         for req in self.scheduler.admit():
+            req.route_nodes = self.scheduler.lane_routes[req.lane]
             logger.debug("request %s admitted to lane %d after %.3f s in the queue", req.request_id, req.lane,
                          req.queue_seconds)
-        for lane in range(self.depth):
+        for lane in sorted(self.scheduler.usable):
             if lane in self._in_flight:
                 continue
             plan = self.scheduler.plan(lane)
             if plan is None:
                 continue
-            release, self._to_release = self._to_release, []
+            route = self.routes[lane]
             self._in_flight[lane] = asyncio.get_running_loop().create_task(
-                self._run(plan, release), name=f"{self.name}-lane{lane}")
-        if self._to_release and not self._in_flight:
-            release, self._to_release = self._to_release, []
-            await self.pipeline.release(release)
+                self._run(route, plan), name=f"{self.name}-lane{lane}")
+        busy = {r for lane in self._in_flight for r in self.routes[lane]}
+        await self.pipeline.flush_releases(busy)
 
-    async def _run(self, plan: MicroBatchPlan, release: list[str]) -> None:
+    def _release_later(self, req: Request, route: Route) -> None:
+        for replica in route:
+            if replica.state != "down":
+                replica.pending_release.append(req.seq_id)
+
+    def _replay_lost_lanes(self) -> None:
+        """Sequences of lanes that lost a node go back to the front of the queue, to be replayed elsewhere."""
+        for lane in sorted(self._lost_lanes):
+            if lane in self._in_flight:
+                continue  # when its micro-batch comes back
+            self._lost_lanes.discard(lane)
+            members = self.scheduler.lane_members(lane)
+            route = self.routes[lane]
+            for req in members:
+                self._release_later(req, route)  # healthy nodes of the old route free it
+                old = req.seq_id
+                req.restart_on_new_route(f"{req.request_id}-{uuid.uuid4().hex[:8]}")
+                self.stats.failovers += 1
+                logger.warning("request %s: lost its KV (route %s); replaying %d tokens (prompt %d + generated %d) "
+                               "as %s", req.request_id, "/".join(r.node_id for r in route), req.num_context_tokens,
+                               req.num_prompt_tokens, len(req.output_ids), req.seq_id)
+                logger.debug("request %s: old sequence %s released on the healthy nodes", req.request_id, old)
+            self.scheduler.requeue_front(members)
+
+    def _reroute_idle_lanes(self) -> None:
+        """Lanes with no sequences take the spread route over the replicas that are ready now."""
+        for lane in range(self.depth):
+            if lane not in self._in_flight and lane not in self._lost_lanes and not self.scheduler.lane_members(lane):
+                self.routes[lane] = self._spread_route(lane)
+        self._sync_routes()
+
+    def _fail_waiting(self) -> None:
+        if not self.loaded or not self.scheduler.waiting:
+            return
+        why = f"model {self.name} is unavailable: {self.unavailable_reason()}"
+        for req in list(self.scheduler.waiting):
+            self.scheduler.remove(req)
+            req.finish("error", why)
+        logger.error("%s; its waiting requests were failed", why)
+
+    async def _run(self, route: Route, plan: MicroBatchPlan) -> None:
         try:
-            result = await self.pipeline.step(plan, release)
-        except (StageError, RuntimeError) as e:
-            self._fail(plan, release, e)
+            result = await self.pipeline.step(route, plan)
+        except StageError as e:
+            if not e.stream_lost:  # a refused batch: the node is fine, these sequences are not
+                self._fail(plan, route, self._describe(e))
+            # else: replica_lost() has marked the lane; its sequences are replayed at the next tick
+        except RuntimeError as e:
+            self._fail(plan, route, str(e))
         else:
-            self._deliver(plan, result)
+            self._deliver(plan, route, result)
         finally:
             for entry in plan.entries:
                 entry.request.in_flight = False
             del self._in_flight[plan.lane]
             self._wakeup.set()
 
-    def _fail(self, plan: MicroBatchPlan, release: list[str], error: Exception) -> None:
-        why = self._describe(error)
+    def _fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         logger.error("model %s: micro-batch of %d sequence(s) failed: %s", self.name, len(plan.entries), why)
-        self._to_release.extend(release)  # may not have reached every stage
         for entry in plan.entries:
             req = entry.request
             self.scheduler.remove(req)
-            self._to_release.append(req.seq_id)
+            self._release_later(req, route)
             req.finish("error", why)
 
-    def _describe(self, error: Exception) -> str:
+    def _describe(self, error: StageError) -> str:
         """The failure with the node's address and layer range, so a user knows what is down."""
-        if isinstance(error, StageError):
-            for stage in self.pipeline.stages:
-                if stage.client.node.id == error.node_id:
-                    return (f"node {error.node_id} ({stage.client.node.address}, layers {stage.layers.start}-"
-                            f"{stage.layers.end - 1} of {self.name}) failed: {error.code}: {error.message}")
-        return str(error)
+        replica = self.pipeline.replica_on(error.node_id)
+        where = replica.describe(self.name) if replica else f"node {error.node_id}"
+        return f"{where} failed: {error.code}: {error.message}"
 
-    def _deliver(self, plan: MicroBatchPlan, result: StepResult) -> None:
+    def _deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         for entry, token in zip(plan.entries, result.next_token_ids):
             req = entry.request
             req.num_computed += len(entry.token_ids)
@@ -132,18 +335,31 @@ class ModelEngine:
             req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, result.stage_seconds)]
             if not entry.wants_token:
                 continue  # a prefill chunk; the next one follows in this lane's next micro-batch
-            if req.cancelled:
+            if req.cancelled or req.is_finished:
                 continue  # drained at the next tick
             if req.first_token_time is None:
                 req.first_token_time = time.monotonic()
+            if req.failover_started is not None:
+                self._recovered(req, route)
             req.output_ids.append(token)
             reason = self._finish_reason(req, token)
             if reason:
                 self.scheduler.remove(req)
-                self._to_release.append(req.seq_id)
+                self._release_later(req, route)
                 req.finish(reason, token_ids=(token,))
             else:
                 req.events.put_nowait(TokenEvent((token,)))
+
+    def _recovered(self, req: Request, route: Route) -> None:
+        assert req.failover_started is not None
+        took = time.monotonic() - req.failover_started
+        req.failover_started = None
+        stats = self.stats
+        stats.recoveries += 1
+        stats.last_recovery_seconds = took
+        stats.recovery_seconds = [*stats.recovery_seconds[-99:], took]
+        logger.warning("request %s recovered on route %s: KV rebuilt and the next token out %.2f s after the loss",
+                       req.request_id, "/".join(r.node_id for r in route), took)
 
     def _finish_reason(self, req: Request, token: int) -> str:
         if token in req.eos_token_ids:

@@ -2,7 +2,10 @@
 
 Waits until every process is ready, prints the API URL and each node's layer range, writes each
 process's log under a run folder, and stops every child on Ctrl-C / SIGTERM (children also get
-SIGTERM from the kernel if the launcher itself is killed, so none are orphaned).
+SIGTERM from the kernel if the launcher itself is killed, so none are orphaned). Once up, it
+supervises them like a process manager: a child that exits is started again after a backoff (1 s,
+doubling to 30 s; back to 1 s once it has run for a minute), and the coordinator loads a restarted
+node's shard again by itself.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from protos.runtime import setup_logging
 
 logger = logging.getLogger("shardline.up")
 PR_SET_PDEATHSIG = 1
+BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0  # restart delays of a crashed child
 
 
 def die_with_parent() -> None:
@@ -45,8 +49,12 @@ class Child:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
     process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None  # when a crashed child is due to start again
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent,
@@ -159,6 +167,26 @@ class Cluster:
                  "stages": [{"node": s.node_id, "address": s.address, "layers": [s.layers.start, s.layers.end]}
                             for s in m.stages]} for m in reply.models]
 
+    def supervise(self) -> None:
+        """Restarts children that exited, with exponential backoff."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive or self.stopping:
+                continue
+            if child.restart_at is None:
+                if now - child.started_at > BACKOFF_RESET_S:
+                    child.restarts = 0
+                delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** child.restarts)
+                child.restart_at = now + delay
+                code = child.process.returncode if child.process else "?"
+                logger.error("%s exited (code %s); restarting it in %.0f s (restart #%d). Last lines of %s:\n%s",
+                             child.name, code, delay, child.restarts + 1, child.log_path, child.log_tail())
+            elif now >= child.restart_at:
+                child.restarts += 1
+                child.restart_at = None
+                logger.warning("restarting %s (restart #%d)", child.name, child.restarts)
+                child.start()
+
     def stop(self) -> None:
         self.stopping = True
         for child in reversed(self.children):
@@ -216,14 +244,9 @@ def main(argv: list[str] | None = None) -> None:
                             *s["layers"])
         logger.info("Shardline is up: API on http://%s:%d  (logs in %s; Ctrl-C stops everything)",
                     config.api.host, config.api.port, run_dir)
-        reported: set[str] = set()
         while not cluster.stopping:
-            for child in cluster.children:
-                if not child.alive and child.name not in reported:
-                    reported.add(child.name)
-                    logger.error("%s exited (code %s); last lines of %s:\n%s", child.name,
-                                 child.process.returncode if child.process else "?", child.log_path, child.log_tail())
-            time.sleep(0.5)
+            cluster.supervise()
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     except RuntimeError as e:

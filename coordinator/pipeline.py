@@ -1,8 +1,10 @@
 """Relays micro-batches through a model's stages in layer order and returns the sampled tokens.
 
-Several micro-batches may be in flight at once (one per lane). Each stage receives them in the
-order they were issued, so a release piggybacked on micro-batch n always reaches a stage before
-the prefill of micro-batch n + 1 that may need the room it frees.
+A model's layers are split into contiguous ranges (stage groups); each range is held by one or more
+nodes (replicas). A micro-batch travels one *route*: one replica of every range. Several
+micro-batches may be in flight at once (one per lane). Each replica receives them in the order they
+were issued (a ticket taken when the micro-batch is issued), so a release piggybacked on micro-batch
+n always reaches a replica before the prefill of a later micro-batch that may need the room it frees.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from coordinator.scheduler import MicroBatchPlan
-from coordinator.stage_client import StageClient
+from coordinator.stage_client import StageClient, StageError
 from protos import shard_pb2, wire
 from protos.data_structures import LayerRange
 
@@ -21,19 +24,25 @@ logger = logging.getLogger(__name__)
 
 
 class IssueOrder:
-    """Lets micro-batch n write to a stage only after micro-batches < n have written to it (or skipped it)."""
+    """Tickets in issue order: ticket n may write to a replica only after tickets < n wrote (or gave up)."""
 
     def __init__(self) -> None:
+        self._issued = 0
         self._next = 1
         self._passed: set[int] = set()
         self._changed = asyncio.Condition()
+
+    def take(self) -> int:
+        """A ticket; synchronous, so tickets follow the order in which micro-batches are issued."""
+        self._issued += 1
+        return self._issued
 
     async def wait_turn(self, n: int) -> None:
         async with self._changed:
             await self._changed.wait_for(lambda: self._next >= n)
 
     async def pass_turn(self, n: int) -> None:
-        """Marks n as written (or as never coming), letting later micro-batches go."""
+        """Marks n as written (or as never coming), letting later tickets go."""
         async with self._changed:
             self._passed.add(n)
             while self._next in self._passed:
@@ -42,82 +51,139 @@ class IssueOrder:
             self._changed.notify_all()
 
 
-@dataclass
-class Stage:
+@dataclass(eq=False)
+class Replica:
+    """One node's shard of one layer range of a model."""
+
     client: StageClient
     layers: LayerRange
     kv_capacity_tokens: int = 0
-    state: str = "loading"  # loading | ready | down
+    state: str = "loading"  # loading | ready | draining | down
     last_error: str = ""
+    weight_bytes: int = 0
     order: IssueOrder = field(default_factory=IssueOrder)
+    pending_release: list[str] = field(default_factory=list)  # ride on the next micro-batch sent here
+
+    @property
+    def node_id(self) -> str:
+        return self.client.node.id
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "ready"
+
+    def describe(self, model: str) -> str:
+        return f"node {self.node_id} ({self.client.node.address}, layers {self.layers.start}-{self.layers.end - 1} " \
+               f"of {model})"
+
+
+@dataclass(eq=False)
+class StageGroup:
+    """One contiguous layer range and the replicas that hold it."""
+
+    layers: LayerRange
+    replicas: list[Replica]
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.usable]
+
+
+Route = tuple[Replica, ...]  # one replica per stage group, in layer order
 
 
 @dataclass(frozen=True)
 class StepResult:
     next_token_ids: list[int]  # one per entry; -1 for prefill chunks that sample nothing
-    stage_seconds: list[float]  # compute time reported by each stage
+    stage_seconds: list[float]  # compute time reported by each stage of the route
 
 
 class Pipeline:
-    def __init__(self, model: str, stages: list[Stage]) -> None:
+    def __init__(self, model: str, groups: list[StageGroup]) -> None:
         self.model = model
-        self.stages = stages
+        self.groups = groups
         self._batch_ids = itertools.count(1)
 
-    def _request(self, plan: MicroBatchPlan, batch_id: int, release: list[str]) -> shard_pb2.ForwardRequest:
+    @property
+    def replicas(self) -> list[Replica]:
+        return [r for g in self.groups for r in g.replicas]
+
+    def replica_on(self, node_id: str) -> Replica | None:
+        return next((r for r in self.replicas if r.node_id == node_id), None)
+
+    def _request(self, plan: MicroBatchPlan, batch_id: int) -> shard_pb2.ForwardRequest:
         slices = []
         for e in plan.entries:
             req = e.request
-            recent = req.prompt_ids + req.output_ids if req.sampling.repetition_penalty != 1.0 else []
+            recent = req.context_ids() if req.sampling.repetition_penalty != 1.0 else []
             slices.append(shard_pb2.SequenceSlice(
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
             ))
         only = plan.entries[0].request.request_id if len(plan.entries) == 1 else ""
-        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, release_seq_ids=release,
-                                        request_id=only)
+        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=only)
 
-    async def step(self, plan: MicroBatchPlan, release: list[str] | None = None) -> StepResult:
-        """Runs one micro-batch through every stage; ``release`` frees those caches first on every stage.
+    async def step(self, route: Sequence[Replica], plan: MicroBatchPlan) -> StepResult:
+        """Runs one micro-batch along ``route``; releases pending on each replica ride along and go first.
 
         Must be called in issue order (the engine calls it synchronously up to its first await).
         """
         batch_id = next(self._batch_ids)
-        request = self._request(plan, batch_id, release or [])
+        tickets = [r.order.take() for r in route]
+        releases = []
+        for r in route:
+            releases.append(r.pending_release)
+            r.pending_release = []
+        request = self._request(plan, batch_id)
         token_ids = [t for e in plan.entries for t in e.token_ids]
         seconds: list[float] = []
         reply = None
         reached = 0
         try:
-            for i, stage in enumerate(self.stages):
+            for i, replica in enumerate(route):
                 if i == 0:
                     request.token_ids.extend(token_ids)
                 else:
                     del request.token_ids[:]
                     request.hidden.CopyFrom(reply.hidden)  # relayed as bytes; never decoded here
-                await stage.order.wait_turn(batch_id)
+                del request.release_seq_ids[:]
+                request.release_seq_ids.extend(releases[i])
+                await replica.order.wait_turn(tickets[i])
+                if replica.state == "down":  # lost while this micro-batch was on its way: do not wait on it
+                    reached = i + 1
+                    await replica.order.pass_turn(tickets[i])
+                    raise StageError(replica.node_id, "UNAVAILABLE", replica.last_error or "node is down",
+                                     stream_lost=True)
                 try:
-                    pending = await stage.client.send(request)
+                    pending = await replica.client.send(request)
                 finally:
                     reached = i + 1
-                    await stage.order.pass_turn(batch_id)
+                    await replica.order.pass_turn(tickets[i])
                 reply = await pending
                 seconds.append(reply.forward_seconds)
+        except BaseException:
+            first = max(reached - 1, 0)
+            for replica, ids in zip(route[first:], releases[first:]):
+                replica.pending_release.extend(ids)  # may not have arrived; release ids are idempotent
+            raise
         finally:
-            for stage in self.stages[reached:]:  # a failed micro-batch must not hold up later ones
-                await stage.order.pass_turn(batch_id)
+            for replica, ticket in zip(route[reached:], tickets[reached:]):  # must not hold up later ones
+                await replica.order.pass_turn(ticket)
         assert reply is not None
         if len(reply.next_token_ids) != len(plan.entries):
             raise RuntimeError(f"last stage returned {len(reply.next_token_ids)} tokens for "
                                f"{len(plan.entries)} sequences")
         return StepResult(list(reply.next_token_ids), seconds)
 
-    async def release(self, seq_ids: list[str]) -> None:
-        """Frees the sequences' KV on every stage; a stage that is down has lost them anyway."""
-        if not seq_ids:
+    async def flush_releases(self, busy: set[Replica]) -> None:
+        """Sends pending releases with a Release call to replicas no micro-batch is about to visit."""
+        todo = [(r, r.pending_release) for r in self.replicas if r.pending_release and r not in busy]
+        for r, _ in todo:
+            r.pending_release = []
+        if not todo:
             return
-        results = await asyncio.gather(*(s.client.release(seq_ids) for s in self.stages), return_exceptions=True)
-        for stage, res in zip(self.stages, results):
+        results = await asyncio.gather(*(r.client.release(ids) for r, ids in todo if r.state != "down"),
+                                       return_exceptions=True)
+        for (r, ids), res in zip([t for t in todo if t[0].state != "down"], results):
             if isinstance(res, BaseException):
-                logger.warning("release of %d sequence(s) on %s failed: %r", len(seq_ids), stage.client.node.id, res)
+                logger.warning("release of %d sequence(s) on %s failed: %r", len(ids), r.node_id, res)

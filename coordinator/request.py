@@ -33,7 +33,7 @@ class Request:
     stop_token_ids: frozenset[int]
     eos_token_ids: frozenset[int]  # empty when the client asked to ignore EOS
     output_ids: list[int] = field(default_factory=list)
-    num_computed: int = 0  # positions already in every stage's KV cache
+    num_computed: int = 0  # positions already in the KV cache of every stage of its route
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str = ""
     cancelled: bool = False
@@ -43,6 +43,9 @@ class Request:
     admitted_time: float | None = None  # left the waiting queue
     first_token_time: float | None = None
     stage_seconds: list[float] = field(default_factory=list)  # per stage: compute time of its micro-batches
+    route_nodes: tuple[str, ...] = ()  # node of each stage that carries it now
+    failovers: int = 0  # times its KV was rebuilt on another route after a node was lost
+    failover_started: float | None = None  # when the last loss was seen; cleared at the next token
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
 
     @property
@@ -55,8 +58,16 @@ class Request:
         return len(self.prompt_ids) + self.max_tokens
 
     @property
+    def num_context_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
     def prefill_done(self) -> bool:
-        return self.num_computed >= len(self.prompt_ids)
+        """Only the newest token is missing from the KV caches (the next step is a one-row decode)."""
+        return self.num_computed >= self.num_context_tokens - 1 and self.num_computed >= len(self.prompt_ids)
+
+    def context_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
 
     @property
     def queue_seconds(self) -> float:
@@ -68,12 +79,22 @@ class Request:
         return self.status == RequestStatus.FINISHED
 
     def next_input_ids(self, limit: int | None = None) -> list[int]:
-        """Positions not yet in the KV caches: the prompt (or its next chunk of at most ``limit``), then
-        only the newest token at each decode step."""
-        if self.num_computed < len(self.prompt_ids):
-            end = len(self.prompt_ids) if limit is None else min(len(self.prompt_ids), self.num_computed + limit)
-            return self.prompt_ids[self.num_computed:end]
-        return self.output_ids[self.num_computed - len(self.prompt_ids):]
+        """Positions not yet in the KV caches (at most ``limit``): the prompt in chunks, then only the newest
+        token at each decode step. After a failover the prompt and every generated token are replayed."""
+        context = self.context_ids()
+        end = len(context) if limit is None else min(len(context), self.num_computed + limit)
+        return context[self.num_computed:end]
+
+    def restart_on_new_route(self, seq_id: str) -> None:
+        """Its KV is lost (a node of its route failed): replay prompt + output under a new sequence id."""
+        self.seq_id = seq_id
+        self.num_computed = 0
+        self.in_flight = False
+        self.lane = -1
+        self.status = RequestStatus.WAITING
+        self.failovers += 1
+        if self.failover_started is None:
+            self.failover_started = time.monotonic()
 
     def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = ()) -> None:
         """Marks the request done and sends its last event (with its last tokens, if any)."""

@@ -1,11 +1,13 @@
 """Admission and micro-batch formation for one model: no I/O, no tensors.
 
-Requests wait in a bounded FIFO queue until every stage has KV room for prompt + max_tokens. An
-admitted request joins one of ``depth`` lanes (the least loaded). Each lane has at most one
-micro-batch in flight, so with ``depth`` lanes the engine keeps ``depth`` micro-batches moving
-through the stages at once, and a sequence never waits behind its own previous token. A lane's
-micro-batch holds its decode rows plus prefill chunks, within a token budget, so one long prompt
-delays everyone's next token by at most one chunk.
+Requests wait in a bounded FIFO queue until every stage of some route has KV room for prompt +
+max_tokens. Each of the ``depth`` lanes runs along a route (one node per stage; with replicas,
+lanes spread over them). An admitted request joins the least loaded usable lane with room, so load
+is balanced across replicas. Each lane has at most one micro-batch in flight, so with ``depth``
+lanes the engine keeps ``depth`` micro-batches moving through the stages at once, and a sequence
+never waits behind its own previous token. A lane's micro-batch holds its decode rows plus prefill
+chunks, within a token budget, so one long prompt delays everyone's next token by at most one chunk.
+A request whose route lost a node goes back to the front of the queue and is replayed elsewhere.
 """
 
 from __future__ import annotations
@@ -48,17 +50,46 @@ class MicroBatchPlan:
 class Scheduler:
     def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 256,
                  max_batch_seqs: int = 128) -> None:
-        self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget
-        self.depth = depth
+        self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget: more can never fit
         self.max_waiting = max_waiting
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_seqs = max_batch_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admitted, in arrival order
+        self.node_capacity: dict[str, int] = {}  # KV budget of each node's shard (none given: kv_capacity_tokens)
+        self.lane_routes: list[tuple[str, ...]] = [()] * depth  # node of each stage, per lane
+        self.usable: set[int] = set(range(depth))  # lanes whose every node is ready
+
+    @property
+    def depth(self) -> int:
+        return len(self.lane_routes)
+
+    @depth.setter
+    def depth(self, depth: int) -> None:
+        self.lane_routes = (self.lane_routes + [self.lane_routes[-1]] * depth)[:depth]
+        self.usable = {lane for lane in self.usable if lane < depth} | set(range(len(self.lane_routes)))
 
     @property
     def kv_reserved_tokens(self) -> int:
         return sum(r.reserved_tokens for r in self.running)
+
+    def reserved_on(self) -> dict[str, int]:
+        """KV tokens reserved on each node by the running requests."""
+        out: dict[str, int] = {}
+        for r in self.running:
+            for node in self.lane_routes[r.lane]:
+                out[node] = out.get(node, 0) + r.reserved_tokens
+        return out
+
+    def lane_has_room(self, lane: int, tokens: int, reserved: dict[str, int] | None = None) -> bool:
+        reserved = self.reserved_on() if reserved is None else reserved
+        route = self.lane_routes[lane]
+        if not route:
+            return self.kv_reserved_tokens + tokens <= self.kv_capacity_tokens
+        return all(reserved.get(n, 0) + tokens <= self.node_capacity.get(n, self.kv_capacity_tokens) for n in route)
+
+    def lane_members(self, lane: int) -> list[Request]:
+        return [r for r in self.running if r.lane == lane]
 
     @property
     def has_work(self) -> bool:
@@ -80,18 +111,33 @@ class Scheduler:
         self.waiting.append(req)
 
     def admit(self) -> list[Request]:
-        """Moves waiting requests, oldest first, into lanes while every stage has KV room for them."""
+        """Moves waiting requests, oldest first, into the least loaded usable lane with KV room on its route."""
         admitted = []
-        reserved = self.kv_reserved_tokens
-        while self.waiting and reserved + self.waiting[0].reserved_tokens <= self.kv_capacity_tokens:
-            req = self.waiting.popleft()
-            reserved += req.reserved_tokens
+        reserved = self.reserved_on()
+        sizes = self._lane_sizes()
+        while self.waiting:
+            req = self.waiting[0]
+            lanes = sorted(self.usable, key=lambda lane: (sizes[lane], lane))
+            lane = next((x for x in lanes if self.lane_has_room(x, req.reserved_tokens, reserved)), None)
+            if lane is None:
+                break
+            self.waiting.popleft()
             req.status = RequestStatus.RUNNING
-            req.admitted_time = time.monotonic()
-            req.lane = self._lightest_lane()
+            req.admitted_time = req.admitted_time or time.monotonic()
+            req.lane = lane
+            sizes[lane] += 1
+            for node in self.lane_routes[lane]:
+                reserved[node] = reserved.get(node, 0) + req.reserved_tokens
             self.running.append(req)
             admitted.append(req)
         return admitted
+
+    def requeue_front(self, reqs: list[Request]) -> None:
+        """Puts running requests back at the head of the queue, in their order (their route lost a node)."""
+        for r in reqs:
+            if r in self.running:
+                self.running.remove(r)
+        self.waiting.extendleft(reversed(reqs))
 
     def _lane_sizes(self) -> list[int]:
         sizes = [0] * self.depth
@@ -99,15 +145,12 @@ class Scheduler:
             sizes[r.lane] += 1
         return sizes
 
-    def _lightest_lane(self) -> int:
-        sizes = self._lane_sizes()
-        return sizes.index(min(sizes))
-
     def _rebalance(self, lane: int) -> None:
-        """Moves surplus idle sequences of ``lane`` to the lightest lane so lanes stay about equal."""
+        """Moves surplus idle sequences of ``lane`` to the lightest lane of the same route (their KV is there)."""
         sizes = self._lane_sizes()
+        peers = [x for x in self.usable if self.lane_routes[x] == self.lane_routes[lane]]
         for r in self.running:
-            lightest = sizes.index(min(sizes))
+            lightest = min(peers, key=lambda x: (sizes[x], x), default=lane)
             if sizes[lane] - sizes[lightest] <= 1:
                 return
             if r.lane == lane and not r.in_flight:
@@ -132,7 +175,7 @@ class Scheduler:
                 break
             if not req.prefill_done:
                 ids = req.next_input_ids(budget)
-                reaches_end = req.num_computed + len(ids) == req.num_prompt_tokens
+                reaches_end = req.num_computed + len(ids) == req.num_context_tokens
                 entries.append(BatchEntry(req, req.num_computed, tuple(ids), reaches_end))
                 budget -= len(ids)
         if not entries:

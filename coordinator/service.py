@@ -1,4 +1,4 @@
-"""Coordinator gRPC servicer: Generate (server-streaming token ids) and ListModels."""
+"""Coordinator gRPC servicer: Generate (server-streaming token ids), ListModels and Cluster."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.engine import ModelEngine
+from coordinator.membership import Membership
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
-from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
+from protos import coordinator_pb2, coordinator_pb2_grpc, wire
 
 logger = logging.getLogger(__name__)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, engines: dict[str, ModelEngine]) -> None:
+    def __init__(self, engines: dict[str, ModelEngine], membership: Membership) -> None:
         self.engines = engines
+        self.membership = membership
 
     async def _engine_for(self, name: str, context: grpc.aio.ServicerContext) -> ModelEngine:
         engine = self.engines.get(name)
@@ -27,8 +29,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"model {name!r} is not served here; available: {sorted(self.engines)}")
         if not engine.ready:
-            why = engine.load_error or "it is still loading"
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is not ready: {why}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"model {name!r} is unavailable: {engine.unavailable_reason()}")
         return engine
 
     async def Generate(self, request: coordinator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -78,7 +80,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 yield coordinator_pb2.GenerateResponse(
                     token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
                     prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds,
-                    stage_seconds=req.stage_seconds)
+                    stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers)
                 if event.finish_reason:
                     logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
                                 event.finish_reason, completion, req.queue_seconds)
@@ -90,23 +92,44 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not req.is_finished:
                 engine.cancel(req)
 
+    def _kv_used(self, node_id: str, model: str) -> int:
+        info = self.membership.status[node_id].info if node_id in self.membership.status else None
+        if info is None:
+            return 0
+        return next((s.kv_used_tokens for s in info.shards if s.model == model), 0)
+
+    def model_info(self, name: str, engine: ModelEngine) -> coordinator_pb2.ModelInfo:
+        state = "serving" if engine.ready else ("loading" if not engine.loaded else "unavailable")
+        stats = engine.stats
+        model = coordinator_pb2.ModelInfo(
+            name=name, num_layers=engine.meta.num_layers, max_context=engine.meta.max_context, ready=engine.ready,
+            eos_token_ids=engine.meta.eos_token_ids, pipeline_depth=engine.depth,
+            num_stages=len(engine.pipeline.groups), failovers=stats.failovers, recoveries=stats.recoveries,
+            last_recovery_seconds=stats.last_recovery_seconds, state=state,
+            unavailable_reason="" if engine.ready else engine.unavailable_reason(),
+            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting))
+        for i, group in enumerate(engine.pipeline.groups):
+            for r in group.replicas:
+                model.stages.add(node_id=r.node_id, address=r.client.node.address,
+                                 layers=wire.layer_range_to_proto(r.layers), state=r.state,
+                                 kv_used_tokens=self._kv_used(r.node_id, name), kv_capacity_tokens=r.kv_capacity_tokens,
+                                 last_error=r.last_error, stage=i, weight_bytes=r.weight_bytes)
+        return model
+
     async def ListModels(self, request: coordinator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> coordinator_pb2.ListModelsResponse:
-        """Models with their stages, states and KV use (asks each node, 2 s deadline)."""
-        reply = coordinator_pb2.ListModelsResponse()
-        for name, engine in self.engines.items():
-            infos = await asyncio.gather(*(s.client.info() for s in engine.pipeline.stages), return_exceptions=True)
-            model = reply.models.add(name=name, num_layers=engine.meta.num_layers, max_context=engine.meta.max_context,
-                                     ready=engine.ready, eos_token_ids=engine.meta.eos_token_ids,
-                                     pipeline_depth=engine.depth)
-            for stage, info in zip(engine.pipeline.stages, infos):
-                used = 0
-                state = stage.state
-                if isinstance(info, shard_pb2.NodeInfo):
-                    used = next((s.kv_used_tokens for s in info.shards if s.model == name), 0)
-                elif stage.state == "ready":
-                    state = "down"
-                model.stages.add(node_id=stage.client.node.id, address=stage.client.node.address,
-                                 layers=wire.layer_range_to_proto(stage.layers), state=state, kv_used_tokens=used,
-                                 kv_capacity_tokens=stage.kv_capacity_tokens)
+        """Models with every replica of each layer range, their states and KV use (as of the last health poll)."""
+        return coordinator_pb2.ListModelsResponse(models=[self.model_info(n, e) for n, e in self.engines.items()])
+
+    async def Cluster(self, request: coordinator_pb2.ClusterRequest, context: grpc.aio.ServicerContext
+                      ) -> coordinator_pb2.ClusterInfo:
+        """Every node (state, last error, memory, KV use, recent events) and every model."""
+        reply = coordinator_pb2.ClusterInfo(models=[self.model_info(n, e) for n, e in self.engines.items()])
+        for node_id, st in self.membership.status.items():
+            info = st.info
+            reply.nodes.add(
+                node_id=node_id, address=st.node.address, state=self.membership.state(node_id),
+                last_error=st.last_error, last_seen_unix=st.last_seen or 0.0, rss_bytes=info.rss_bytes if info else 0,
+                events=st.events, kv_used_tokens=sum(s.kv_used_tokens for s in info.shards) if info else 0,
+                kv_capacity_tokens=sum(s.kv_capacity_tokens for s in info.shards) if info else 0)
         return reply

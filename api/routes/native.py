@@ -57,9 +57,15 @@ async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_
     return info, gen
 
 
-def _stages(info: coordinator_pb2.ModelInfo, seconds: list[float]) -> list[StageTime]:
-    return [StageTime(node=s.node_id, address=s.address, layers=[s.layers.start, s.layers.end],
-                      seconds=round(seconds[i] if i < len(seconds) else 0.0, 4)) for i, s in enumerate(info.stages)]
+def _stages(info: coordinator_pb2.ModelInfo, seconds: list[float], route: list[str]) -> list[StageTime]:
+    """One entry per layer range: the replica on ``route`` (the first replica of each range without one)."""
+    out = []
+    for i in range(info.num_stages):
+        replicas = [s for s in info.stages if s.stage == i]
+        s = next((r for r in replicas if i < len(route) and r.node_id == route[i]), replicas[0])
+        out.append(StageTime(node=s.node_id, address=s.address, layers=[s.layers.start, s.layers.end],
+                             seconds=round(seconds[i] if i < len(seconds) else 0.0, 4)))
+    return out
 
 
 def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: TextChunk,
@@ -72,9 +78,10 @@ def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: T
     return ProcessResponse(
         text=text, processingTime=round(elapsed_ms, 1), queueTime=round(last.queue_seconds * 1000, 1),
         timeToFirstToken=None if ttft is None else round(ttft * 1000, 1),
-        tokensPerSecond=round(times.decode_rate(last.completion_tokens), 2), nodeCount=len(info.stages),
+        tokensPerSecond=round(times.decode_rate(last.completion_tokens), 2), nodeCount=info.num_stages,
         model=info.name, usage=Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
-        finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds), metadata=metadata)
+        finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds, last.route),
+        failovers=last.failovers, metadata=metadata)
 
 
 @router.post("/api/model/process", response_model=ProcessResponse, responses=ERROR_RESPONSES)
@@ -100,8 +107,8 @@ async def stream(body: ProcessRequest, request: Request, backend: Backend = Depe
 
     async def events() -> AsyncIterator[str]:
         yield sse({"id": gen.request_id, "model": info.name, "promptTokens": len(gen.prompt_ids),
-                   "maxTokens": gen.max_tokens, "nodeCount": len(info.stages),
-                   "stages": [s.model_dump(exclude={"seconds"}) for s in _stages(info, [])]}, "start")
+                   "maxTokens": gen.max_tokens, "nodeCount": info.num_stages,
+                   "stages": [s.model_dump(exclude={"seconds"}) for s in _stages(info, [], [])]}, "start")
         parts: list[str] = []
         first_sent = False
         try:

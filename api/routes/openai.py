@@ -53,7 +53,7 @@ async def list_models(request: Request, backend: Backend = Depends(get_backend))
     models = await backend.models()
     created = request.app.state.started_at
     return ModelList(data=[ModelCard(id=name, created=created, max_model_len=m.max_context, ready=m.ready,
-                                     num_stages=len(m.stages)) for name, m in models.items()])
+                                     num_stages=m.num_stages) for name, m in models.items()])
 
 
 @router.get("/models/{model:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
@@ -64,7 +64,7 @@ async def get_model(model: str, request: Request, backend: Backend = Depends(get
         raise ApiError(404, f"model {model!r} is not served; available: {sorted(models)}", "model")
     m = models[model]
     return ModelCard(id=model, created=request.app.state.started_at, max_model_len=m.max_context, ready=m.ready,
-                     num_stages=len(m.stages))
+                     num_stages=m.num_stages)
 
 
 async def _first(request: Request, gen: Generation, chunks: AsyncIterator[TextChunk]) -> TextChunk:

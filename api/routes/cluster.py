@@ -1,0 +1,31 @@
+"""GET /api/cluster: nodes, models, layer ranges, replica states, KV use and failovers (feeds the web UI)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from api.backend import Backend
+from api.routes import ERROR_RESPONSES, get_backend
+from api.schemas import ClusterModel, ClusterNode, ClusterReplica, ClusterResponse
+
+router = APIRouter(tags=["cluster"])
+
+
+@router.get("/api/cluster", response_model=ClusterResponse, responses=ERROR_RESPONSES)
+async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
+    """Every node (state from the coordinator's health polls, last error, memory, KV use, recent events) and
+    every model (state, each layer range with its replicas, running / waiting requests, failovers)."""
+    info = await backend.cluster()
+    nodes = [ClusterNode(id=n.node_id, address=n.address, state=n.state, last_error=n.last_error,
+                         last_seen=n.last_seen_unix or None, rss_bytes=n.rss_bytes, kv_used_tokens=n.kv_used_tokens,
+                         kv_capacity_tokens=n.kv_capacity_tokens, events=list(n.events)) for n in info.nodes]
+    models = [ClusterModel(
+        name=m.name, state=m.state, ready=m.ready, unavailable_reason=m.unavailable_reason, num_layers=m.num_layers,
+        num_stages=m.num_stages, max_context=m.max_context, pipeline_depth=m.pipeline_depth, running=m.running,
+        waiting=m.waiting, failovers=m.failovers, recoveries=m.recoveries,
+        last_recovery_seconds=round(m.last_recovery_seconds, 3),
+        replicas=[ClusterReplica(node=s.node_id, address=s.address, stage=s.stage,
+                                 layers=[s.layers.start, s.layers.end], state=s.state, kv_used_tokens=s.kv_used_tokens,
+                                 kv_capacity_tokens=s.kv_capacity_tokens, weight_bytes=s.weight_bytes,
+                                 last_error=s.last_error) for s in m.stages]) for m in info.models]
+    return ClusterResponse(nodes=nodes, models=models)
