@@ -34,7 +34,9 @@ def main() -> None:
                        "generate. Set SHARDLINE_API_KEYS (comma-separated) or api.api_keys in the config.", host)
     logger.info("API on http://%s:%d (coordinator %s, tokenizer %s)", host, port, config.coordinator.address,
                 config.tokenizer.address)
-    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level.lower(), log_config=None)
+    # SIGTERM: stop accepting, give open requests (streams included) a bounded time, then exit 0
+    uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level.lower(), log_config=None,
+                timeout_graceful_shutdown=int(config.coordinator.drain_timeout_s))
 
 
 if __name__ == "__main__":

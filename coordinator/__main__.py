@@ -24,7 +24,8 @@ async def serve(config_path: str, host: str | None) -> None:
     engines: dict[str, ModelEngine] = {m.name: build_engine(config, m) for m in config.models}
     membership = Membership(list(config.nodes), lambda: list(engines.values()), config.coordinator)
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(engines, membership), server)
+    servicer = CoordinatorServicer(engines, membership)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health = add_health(server)
     port = config.coordinator.address.rsplit(":", 1)[1]
     address = f"{host or config.coordinator.address.rsplit(':', 1)[0]}:{port}"
@@ -43,12 +44,19 @@ async def serve(config_path: str, host: str | None) -> None:
     else:
         logger.info("coordinator ready: %s", ", ".join(engines))
     await wait_for_stop_signal()
-    logger.info("coordinator stopping")
-    await health.enter_graceful_shutdown()
+    await health.enter_graceful_shutdown()  # NOT_SERVING; Generate refuses new requests from now on
+    servicer.stopping = True
+    busy = sum(len(e.scheduler.running) + len(e.scheduler.waiting) for e in engines.values())
+    logger.info("coordinator stopping: letting %d request(s) finish for at most %.0f s", busy,
+                config.coordinator.drain_timeout_s)
+    deadline = asyncio.get_running_loop().time() + config.coordinator.drain_timeout_s
+    while any(e.scheduler.has_work for e in engines.values()) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
     await membership.stop()
     for e in engines.values():
         await e.stop()
     await server.stop(grace=2)
+    logger.info("coordinator stopped")
     for e in engines.values():
         for r in e.pipeline.replicas:
             await r.client.close()

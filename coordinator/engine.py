@@ -243,13 +243,12 @@ class ModelEngine:
             req.route_nodes = self.scheduler.lane_routes[req.lane]
             logger.debug("request %s admitted to lane %d after %.3f s in the queue", req.request_id, req.lane,
                          req.queue_seconds)
-        for lane in sorted(self.scheduler.usable):
-            if lane in self._in_flight:
-                continue
+        for lane, route in enumerate(self.routes):
+            if lane in self._in_flight or not all(r.state in ("ready", "draining") for r in route):
+                continue  # a draining node finishes the sequences it holds but takes no new ones
             plan = self.scheduler.plan(lane)
             if plan is None:
                 continue
-            route = self.routes[lane]
             self._in_flight[lane] = asyncio.get_running_loop().create_task(
                 self._run(route, plan), name=f"{self.name}-lane{lane}")
         busy = {r for lane in self._in_flight for r in self.routes[lane]}

@@ -193,7 +193,7 @@ class Cluster:
             if child.alive:
                 assert child.process is not None
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + self.config.coordinator.drain_timeout_s + 10  # they drain, then exit
         for child in self.children:
             if child.process is None:
                 continue

@@ -45,7 +45,8 @@ class Membership:
         self.engines = engines  # the current engines (models come and go)
         self.status: dict[str, NodeStatus] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # one poller per node: a hung node delays no other
+        self._started = False
         for node in nodes:
             self.add_node(node)
 
@@ -53,7 +54,13 @@ class Membership:
         if node.id not in self.status:
             self.status[node.id] = NodeStatus(node)
             self._channels[node.id] = grpc.aio.insecure_channel(node.address, options=GRPC_OPTIONS)
+            if self._started:
+                self._watch(node.id)
         return self.status[node.id]
+
+    def _watch(self, node_id: str) -> None:
+        self._tasks[node_id] = asyncio.get_running_loop().create_task(self._run(self.status[node_id]),
+                                                                      name=f"health-{node_id}")
 
     def state(self, node_id: str) -> str:
         """The node's state as users see it."""
@@ -70,18 +77,25 @@ class Membership:
         return "ready"
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="membership")
+        self._started = True
+        for node_id in self.status:
+            self._watch(node_id)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks.values():
+            task.cancel()
         for channel in self._channels.values():
             await channel.close()
 
-    async def _run(self) -> None:
+    async def _run(self, st: NodeStatus) -> None:
         while True:
             started = time.monotonic()
-            await asyncio.gather(*(self.poll(st) for st in list(self.status.values())), return_exceptions=True)
+            try:
+                await self.poll(st)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a poller must survive anything a node answers
+                logger.exception("health poll of %s failed unexpectedly", st.node.id)
             await asyncio.sleep(max(0.05, self.config.health_interval_s - (time.monotonic() - started)))
 
     async def poll(self, st: NodeStatus) -> None:

@@ -22,8 +22,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, engines: dict[str, ModelEngine], membership: Membership) -> None:
         self.engines = engines
         self.membership = membership
+        self.stopping = False  # SIGTERM: in-flight requests finish, new ones are refused
 
     async def _engine_for(self, name: str, context: grpc.aio.ServicerContext) -> ModelEngine:
+        if self.stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down")
         engine = self.engines.get(name)
         if engine is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,

@@ -70,6 +70,7 @@ class CoordinatorConfig:
     health_interval_s: float = 1.0  # how often every node's gRPC health service (and Info) is polled
     health_timeout_s: float = 3.0  # deadline of one health poll
     health_failures: int = 2  # consecutive failed polls before a node counts as down
+    drain_timeout_s: float = 10.0  # on SIGTERM (and model removal): how long in-flight requests may finish
 
 
 @dataclass(frozen=True)

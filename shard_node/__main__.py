@@ -24,6 +24,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kv-cache-tokens", type=int, default=32768,
                    help="KV budget per shard when LoadShard does not give one")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="on SIGTERM: seconds to let the sequences it holds finish (health says NOT_SERVING, so "
+                        "the coordinator sends it no new ones) before it exits")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args()
 
@@ -42,9 +45,20 @@ async def serve(args: argparse.Namespace) -> None:
     logger.info("shard node %s listening on %s (torch %s, %d threads); waiting for LoadShard", node_id, address,
                 torch.__version__, torch.get_num_threads())
     await wait_for_stop_signal()
-    logger.info("shard node %s stopping", node_id)
-    await health.enter_graceful_shutdown()
-    await server.stop(grace=2)
+    await health.enter_graceful_shutdown()  # NOT_SERVING: the coordinator marks it draining
+    held = servicer.num_sequences()
+    logger.info("shard node %s stopping: draining %d sequence(s) for at most %.0f s", node_id, held,
+                args.drain_timeout)
+    deadline = asyncio.get_running_loop().time() + args.drain_timeout
+    while servicer.num_sequences() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    left = servicer.num_sequences()
+    if left:
+        logger.warning("shard node %s: %d sequence(s) still held after the drain timeout; the coordinator "
+                       "replays them elsewhere", node_id, left)
+    await server.stop(grace=1)
+    servicer.compute.shutdown(wait=True, cancel_futures=True)
+    logger.info("shard node %s stopped", node_id)
 
 
 def main() -> None:

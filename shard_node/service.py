@@ -66,6 +66,9 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
 
+    def num_sequences(self) -> int:
+        return sum(r.kv.num_sequences for r in self.runners.values())
+
     def shard_info(self, runner: ShardRunner) -> shard_pb2.ShardInfo:
         spec = runner.spec
         return shard_pb2.ShardInfo(

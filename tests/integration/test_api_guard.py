@@ -35,6 +35,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
     work = tmp_path_factory.mktemp("guarded")
     config = tiny_cluster_config(work, smol_dir, MODEL, ["g1", "g2"], KV_TOKENS, seed=4)
     config["coordinator"]["max_waiting"] = 1
+    config["coordinator"]["health_timeout_s"] = 10.0  # the hung node must meet the API's deadline (504) first
     config["api"].update(api_keys=["another-key", KEY], cors_origins=[ORIGIN], max_body_bytes=4096,
                          request_timeout_s=TIMEOUT_S, ready_ttl_s=0.5, ready_timeout_s=TIMEOUT_S)
     running = start_cluster(config, work)

@@ -80,6 +80,31 @@ def test_nodes_ordered_by_model_part_when_model_lists_none() -> None:
     assert parse_config(raw).models[0].nodes == ("b", "a")
 
 
+def test_replicas_listed_per_stage() -> None:
+    raw = _base()
+    raw["nodes"] += [{"id": "c", "address": "127.0.0.1:6003"}, {"id": "d", "address": "127.0.0.1:6004"}]
+    raw["models"][0]["nodes"] = [["a", "c"], ["b", "d"]]
+    raw["models"][0]["layer_ranges"] = [[0, 7], [7, 30]]
+    m = parse_config(raw).models[0]
+    assert m.stages == (("a", "c"), ("b", "d")) and m.nodes == ("a", "c", "b", "d")
+    assert m.layer_ranges == (LayerRange(0, 7), LayerRange(7, 30))
+
+
+def test_nodes_sharing_a_model_part_are_replicas_by_default() -> None:
+    raw = _base()
+    del raw["models"][0]["nodes"]
+    raw["nodes"] += [{"id": "c", "address": "127.0.0.1:6003", "model_part": 1},
+                     {"id": "d", "address": "127.0.0.1:6004", "model_part": 0}]
+    assert parse_config(raw).models[0].stages == (("a", "d"), ("b", "c"))
+
+
+def test_shipped_replicated_config_loads() -> None:
+    cfg = load_config(REPO / "configs" / "replicated.json")
+    m = cfg.models[0]
+    assert len(m.stages) == 3 and all(len(r) == 2 for r in m.stages)
+    assert len({cfg.node(n).address for n in m.nodes}) == 6
+
+
 def test_explicit_layer_ranges_parsed() -> None:
     raw = _base()
     raw["models"][0]["layer_ranges"] = [[0, 7], [7, 30]]
@@ -140,6 +165,11 @@ BAD_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("max_context zero", _set("models[0].max_context", 0), "models[0].max_context"),
     ("model name with slash", _set("models[0].name", "a/b"), "models[0].name"),
     ("empty nodes", _set("nodes", []), "nodes"),
+    ("empty replica list", _set("models[0].nodes", [[], "b"]), "models[0].nodes[0]"),
+    ("replica not a string", _set("models[0].nodes", [["a", 3], "b"]), "models[0].nodes[0]"),
+    ("unknown replica", _set("models[0].nodes", [["a", "zzz"], "b"]), "models[0].nodes[0]"),
+    ("replica listed twice", _set("models[0].nodes", [["a", "b"], "b"]), "models[0].nodes"),
+    ("float health failures", _set("coordinator", {"health_failures": 1.5}), "coordinator.health_failures"),
     ("empty models", _set("models", []), "models"),
     ("duplicate model names", _set("models", [{"name": "m"}, {"name": "m"}]), "models"),
 ]

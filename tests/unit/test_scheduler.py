@@ -175,3 +175,52 @@ def test_request_next_input_ids_and_finish() -> None:
     assert r.events.qsize() == 1
     ev = r.events.get_nowait()
     assert ev.finish_reason == "length" and ev.token_ids == ()
+
+
+def _routed(capacities: dict[str, int], routes: list[tuple[str, ...]]) -> Scheduler:
+    s = Scheduler(kv_capacity_tokens=min(capacities.values()), depth=len(routes))
+    s.lane_routes = routes
+    s.node_capacity = capacities
+    s.usable = set(range(len(routes)))
+    return s
+
+
+def test_admission_balances_over_replica_routes_and_counts_kv_per_node() -> None:
+    # two replicas of stage 0 (a1, a2), one node for stage 1 (b) shared by both routes
+    s = _routed({"a1": 100, "a2": 100, "b": 150}, [("a1", "b"), ("a2", "b")])
+    reqs = [_req(n, 30, 20) for n in "wxyz"]  # 50 KV tokens each
+    for r in reqs:
+        s.add(r)
+    assert s.admit() == reqs[:3]  # b holds 150: the fourth must wait although a2 has room
+    assert [r.lane for r in reqs[:3]] == [0, 1, 0]
+    assert s.reserved_on() == {"a1": 100, "a2": 50, "b": 150}
+    s.remove(reqs[1])
+    assert s.admit() == [reqs[3]] and reqs[3].lane == 1
+
+
+def test_only_usable_lanes_admit() -> None:
+    s = _routed({"a1": 100, "a2": 100}, [("a1",), ("a2",)])
+    s.usable = {1}
+    r = _req("a", 10, 10)
+    s.add(r)
+    assert s.admit() == [r] and r.lane == 1
+    s.usable = set()
+    s.add(_req("b", 1, 1))
+    assert s.admit() == []
+
+
+def test_requeued_requests_go_first_and_replay_prompt_and_output() -> None:
+    s = Scheduler(kv_capacity_tokens=1000, max_batch_tokens=8)
+    a, b = _req("a", 5, 10), _req("b", 3, 10)
+    s.add(a)
+    s.admit()
+    a.num_computed, a.output_ids = 7, [50, 51, 52]  # decoding: positions 0..6 cached, 52 is the next input
+    assert a.prefill_done and a.next_input_ids() == [52]
+    s.add(b)
+    a.restart_on_new_route("seq-a-2")
+    s.requeue_front([a])
+    assert list(s.waiting) == [a, b] and a.failovers == 1 and a.seq_id == "seq-a-2"
+    assert s.admit() == [a, b]
+    plan = s.plan(a.lane)
+    entry = next(e for e in plan.entries if e.request is a)
+    assert entry.start_pos == 0 and list(entry.token_ids) == [0, 1, 2, 3, 4, 50, 51, 52] and entry.wants_token
