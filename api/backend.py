@@ -35,9 +35,9 @@ class Backend:
     def tokenizer_error(self, e: grpc.aio.AioRpcError) -> ApiError:
         return from_grpc(e, f"the tokenizer service ({self.config.tokenizer.address})")
 
-    async def models(self) -> dict[str, coordinator_pb2.ModelInfo]:
+    async def models(self, fresh: bool = False) -> dict[str, coordinator_pb2.ModelInfo]:
         try:
-            return await self.coordinator.models()
+            return await self.coordinator.models(fresh)
         except grpc.aio.AioRpcError as e:
             raise self.coordinator_error(e) from None
 
@@ -45,12 +45,36 @@ class Backend:
         """The served model called ``name`` (default: the config's), or 404 / 503."""
         name = name or self.config.model_name
         models = await self.models()
-        if name not in models:
-            raise ApiError(404, f"model {name!r} is not served; available: {sorted(models)}", param)
+        if name not in models or not models[name].ready:  # the cached list may be a moment old: ask again
+            models = await self.models(fresh=True)
+        served = sorted(n for n, m in models.items() if m.state not in ("pending", "draining"))
+        if name not in models or models[name].state == "draining":
+            why = "is being removed" if name in models else "is not served"
+            raise ApiError(404, f"model {name!r} {why}; available: {served}", param)
         info = models[name]
+        if info.state == "pending":
+            raise ApiError(503, f"model {name!r} is pending: {info.unavailable_reason}")
         if not info.ready:
             raise ApiError(503, f"model {name!r} is unavailable: {info.unavailable_reason or 'it is still loading'}")
         return info
+
+    async def add_model(self, request: coordinator_pb2.AddModelRequest) -> coordinator_pb2.ModelInfo:
+        try:
+            return await self.coordinator.add_model(request, self.config.coordinator.load_timeout_s + 60)
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
+
+    async def remove_model(self, name: str, drain_s: float) -> coordinator_pb2.RemoveModelResponse:
+        try:
+            return await self.coordinator.remove_model(name, drain_s)
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
+
+    async def register_node(self, node_id: str, address: str) -> bool:
+        try:
+            return await self.coordinator.register_node(node_id, address)
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
 
     async def cluster(self) -> coordinator_pb2.ClusterInfo:
         try:
@@ -58,27 +82,44 @@ class Backend:
         except grpc.aio.AioRpcError as e:
             raise self.coordinator_error(e) from None
 
+    async def _tokenizer_of(self, model: str) -> str:
+        """The tokenizer service knows a model by its folder in the model cache (``source``), which a model
+        added at runtime may share with others."""
+        try:
+            info = (await self.coordinator.models()).get(model)
+        except grpc.aio.AioRpcError:
+            return model
+        return info.source if info is not None and info.source else model
+
     async def encode(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         try:
-            return await self.tokenizer.encode(model, text, add_special_tokens)
+            return await self.tokenizer.encode(await self._tokenizer_of(model), text, add_special_tokens)
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 
     async def encode_chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
         try:
-            return await self.tokenizer.chat(model, messages)
+            return await self.tokenizer.chat(await self._tokenizer_of(model), messages)
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 
     async def decode(self, model: str, token_ids: list[int]) -> str:
         try:
-            return await self.tokenizer.decode(model, token_ids)
+            return await self.tokenizer.decode(await self._tokenizer_of(model), token_ids)
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
+    async def decode_incremental(self, model: str, token_ids: list[int], prefix_offset: int, read_offset: int
+                                 ) -> tuple[str, int, int]:
+        try:
+            return await self.tokenizer.decode_incremental(await self._tokenizer_of(model), token_ids, prefix_offset,
+                                                           read_offset)
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 
     async def has_chat_template(self, model: str) -> bool:
         try:
-            return (await self.tokenizer.info(model)).has_chat_template
+            return (await self.tokenizer.info(await self._tokenizer_of(model))).has_chat_template
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 

@@ -57,10 +57,10 @@ class CoordinatorClient:
         self.models_ttl_s = models_ttl_s
         self._models: tuple[float, dict[str, coordinator_pb2.ModelInfo]] | None = None
 
-    async def models(self) -> dict[str, coordinator_pb2.ModelInfo]:
+    async def models(self, fresh: bool = False) -> dict[str, coordinator_pb2.ModelInfo]:
         """Served models, cached for a moment so a burst of requests asks the coordinator once."""
         now = time.monotonic()
-        if self._models and now - self._models[0] < self.models_ttl_s:
+        if not fresh and self._models and now - self._models[0] < self.models_ttl_s:
             return self._models[1]
         reply = await self.stub.ListModels(coordinator_pb2.ListModelsRequest(), timeout=10.0)
         result = {m.name: m for m in reply.models}
@@ -69,6 +69,25 @@ class CoordinatorClient:
 
     async def cluster(self) -> coordinator_pb2.ClusterInfo:
         return await self.stub.Cluster(coordinator_pb2.ClusterRequest(), timeout=10.0)
+
+    async def add_model(self, request: coordinator_pb2.AddModelRequest, timeout_s: float) -> coordinator_pb2.ModelInfo:
+        try:
+            return await self.stub.AddModel(request, timeout=timeout_s)
+        finally:
+            self._models = None  # the model list changed (filled meanwhile by other requests, maybe)
+
+    async def remove_model(self, name: str, drain_s: float) -> coordinator_pb2.RemoveModelResponse:
+        self._models = None  # from now on the model is draining
+        try:
+            return await self.stub.RemoveModel(coordinator_pb2.RemoveModelRequest(name=name, timeout_seconds=drain_s),
+                                               timeout=drain_s + 60)
+        finally:
+            self._models = None
+
+    async def register_node(self, node_id: str, address: str) -> bool:
+        reply = await self.stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(node_id=node_id, address=address),
+                                             timeout=10.0)
+        return reply.added
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False

@@ -21,14 +21,16 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 499,
 }
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable", 504: "timeout"}
+               405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable",
+               504: "timeout"}
 
 
 class ApiError(Exception):

@@ -107,7 +107,6 @@ class Generation:
 
     async def chunks(self) -> AsyncIterator[TextChunk]:
         """Text deltas; the last chunk has finish_reason. Raises ApiError (503 when a stage failed)."""
-        tokenizer = self.backend.tokenizer
         ids: list[int] = []
         prefix = read = 0
         pending = ""  # decoded text not yet sent (could be the start of a stop string)
@@ -124,10 +123,7 @@ class Generation:
                              route=list(reply.route), failovers=reply.failovers)
                 if reply.token_ids:
                     ids.extend(reply.token_ids)
-                    try:
-                        delta, prefix, read = await tokenizer.decode_incremental(self.model, ids, prefix, read)
-                    except grpc.aio.AioRpcError as e:
-                        raise self.backend.tokenizer_error(e) from None
+                    delta, prefix, read = await self.backend.decode_incremental(self.model, ids, prefix, read)
                     pending += delta
                 hit = min(((pending.find(s), s) for s in self.stops if s in pending), default=None)
                 if hit is not None:

@@ -21,7 +21,7 @@ from api.backend import Backend
 from api.errors import install_handlers
 from api.openai_schemas import ChatCompletionChunk, CompletionChunk
 from api.readiness import Readiness
-from api.routes import cluster, health, native, openai
+from api.routes import cluster, health, models, native, openai
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
 from protos.config import Config
 
@@ -33,6 +33,7 @@ DESCRIPTION = """Pipeline-parallel LLM serving: each model's layers are split ac
 - **Shardline's own**: `/api/model/process`, `/api/model/stream` (SSE with timings), `/api/tokenize`,
   `/api/detokenize`.
 - **Cluster**: `/api/cluster` (nodes, models, layer ranges, replica states, KV use, failovers).
+- **Admin**: `POST/GET /api/models`, `DELETE /api/models/{name}` (models at runtime), `POST /api/nodes`.
 - **Health**: `/health` (process up, no key needed), `/ready` (a generation through every stage works).
 
 When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`.
@@ -60,6 +61,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(native.router, dependencies=[Depends(bearer)])
     app.include_router(openai.router, dependencies=[Depends(bearer)])
     app.include_router(cluster.router, dependencies=[Depends(bearer)])
+    app.include_router(models.router, dependencies=[Depends(bearer)])
 
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)

@@ -4,7 +4,7 @@ The OpenAI-compatible routes have theirs in api/openai_schemas.py."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -167,3 +167,87 @@ class ClusterNode(BaseModel):
 class ClusterResponse(BaseModel):
     nodes: list[ClusterNode]
     models: list[ClusterModel]
+
+
+class AddModelRequest(BaseModel):
+    """Body of POST /api/models: a model from the model cache, on the nodes named or placed by free memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[^/]+$", description="name clients will use")
+    source: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^/]+$",
+                               description="its folder in the model cache (default: name); prepare it with "
+                                           "`shardline models --name ... --source ...`")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    replicas: int = Field(1, ge=1, le=16, description="nodes per layer range when the coordinator places it")
+    nodes: list[str | list[str]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="explicit placement, one entry per stage in layer order: a node id or a list of replicas")
+    layer_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = Field(
+        None, description="with nodes: [start, end) per stage, contiguous from 0")
+    kv_cache_tokens: int = Field(32768, ge=1, le=10_000_000, description="KV budget of each shard, in tokens")
+    max_context: int | None = Field(None, ge=1, le=10_000_000, description="cap on prompt + generated tokens")
+
+    @field_validator("nodes")
+    @classmethod
+    def _check_nodes(cls, v: list[str | list[str]] | None) -> list[str | list[str]] | None:
+        for entry in v or []:
+            replicas = [entry] if isinstance(entry, str) else entry
+            if not replicas or any(not n for n in replicas):
+                raise ValueError("every stage needs at least one non-empty node id")
+        return v
+
+
+class PlacementEntry(BaseModel):
+    stage: int
+    layers: list[int] = Field(..., description="[start, end)")
+    node: str
+    state: str = Field(..., description="loading | ready | draining | down")
+    weight_bytes: int
+    kv_capacity_tokens: int
+
+
+class NodeMemoryInfo(BaseModel):
+    node: str
+    budget_bytes: int | None = Field(None, description="weights + KV budgets it may hold (None = no limit)")
+    used_bytes: int = Field(..., description="weights + KV budgets of the shards it holds")
+    rss_bytes: int
+
+
+class ModelStatus(BaseModel):
+    name: str
+    state: str = Field(..., description="pending | loading | serving | unavailable | draining")
+    source: str = ""
+    reason: str = Field("", description="why it is pending or unavailable")
+    num_layers: int = 0
+    placement: list[PlacementEntry] = Field(default_factory=list)
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelStatus]
+    nodes: list[NodeMemoryInfo]
+
+
+class NodeRss(BaseModel):
+    node: str
+    rss_before_bytes: int
+    rss_after_bytes: int
+
+
+class RemoveModelResponse(BaseModel):
+    name: str
+    removed: bool = True
+    nodes: list[NodeRss] = Field(default_factory=list, description="each node's memory before and after the unload")
+
+
+class RegisterNodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=128)
+    address: str = Field(..., pattern=r"^[^\s:]+:\d{1,5}$", description="host:port the coordinator can reach")
+
+
+class RegisterNodeResponse(BaseModel):
+    id: str
+    added: bool = Field(..., description="false when the node was already known")

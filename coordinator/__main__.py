@@ -7,10 +7,9 @@ import asyncio
 import logging
 
 import grpc
+from prometheus_client import start_http_server
 
-from coordinator.cluster import build_engine, load_engine
-from coordinator.engine import ModelEngine
-from coordinator.membership import Membership
+from coordinator.registry import ModelRegistry
 from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2_grpc
 from protos.config import ConfigError, load_config
@@ -21,10 +20,9 @@ logger = logging.getLogger("coordinator")
 
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
-    engines: dict[str, ModelEngine] = {m.name: build_engine(config, m) for m in config.models}
-    membership = Membership(list(config.nodes), lambda: list(engines.values()), config.coordinator)
+    registry = ModelRegistry(config)
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    servicer = CoordinatorServicer(engines, membership)
+    servicer = CoordinatorServicer(registry)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health = add_health(server)
     port = config.coordinator.address.rsplit(":", 1)[1]
@@ -32,10 +30,14 @@ async def serve(config_path: str, host: str | None) -> None:
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {address} (port in use?)")
     await server.start()
+    if config.coordinator.metrics_port:
+        host_part = address.rsplit(":", 1)[0]
+        start_http_server(config.coordinator.metrics_port, addr=host_part)
+        logger.info("metrics on http://%s:%d/metrics", host_part, config.coordinator.metrics_port)
     await health.set("", NOT_SERVING)
-    logger.info("coordinator listening on %s; loading %d model(s)", address, len(engines))
-    await asyncio.gather(*(load_engine(config.model(n), e) for n, e in engines.items()))
-    membership.start()
+    logger.info("coordinator listening on %s; loading %d model(s)", address, len(config.models))
+    await registry.start()
+    engines = registry.engines
     await health.set("", SERVING)  # models that are not ready answer UNAVAILABLE with the reason
     failed = [n for n, e in engines.items() if not e.ready]
     if failed:
@@ -52,14 +54,10 @@ async def serve(config_path: str, host: str | None) -> None:
     deadline = asyncio.get_running_loop().time() + config.coordinator.drain_timeout_s
     while any(e.scheduler.has_work for e in engines.values()) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
-    await membership.stop()
-    for e in engines.values():
-        await e.stop()
+    await registry.stop()
     await server.stop(grace=2)
+    await registry.close()
     logger.info("coordinator stopped")
-    for e in engines.values():
-        for r in e.pipeline.replicas:
-            await r.client.close()
 
 
 def main() -> None:

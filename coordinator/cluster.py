@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 
 from coordinator.engine import ModelEngine, ShardLoad
 from coordinator.model_meta import ModelMeta, read_model_meta
@@ -11,16 +13,16 @@ from coordinator.partition import check_explicit_ranges, partition_layers
 from coordinator.pipeline import Pipeline, Replica, StageGroup
 from coordinator.scheduler import Scheduler
 from coordinator.stage_client import StageClient
-from protos.config import Config, ModelConfig
+from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
 
 logger = logging.getLogger(__name__)
 
 
-def plan_ranges(config: Config, model: ModelConfig, meta: ModelMeta) -> list[LayerRange]:
+def plan_ranges(nodes: Mapping[str, NodeConfig], model: ModelConfig, meta: ModelMeta) -> list[LayerRange]:
     if model.layer_ranges is not None:
         return check_explicit_ranges(meta.num_layers, model.layer_ranges)
-    capacities = [min(config.node(n).capacity for n in replicas) for replicas in model.stages]
+    capacities = [min(nodes[n].capacity for n in replicas) for replicas in model.stages]
     return partition_layers(meta.num_layers, capacities, meta.head_cost)
 
 
@@ -37,12 +39,17 @@ def default_depth(stage_hosts: list[tuple[str, int]]) -> int:
     return max(1, sum(min(len(stages), max(stages)) for stages in per_host.values()))
 
 
-def build_engine(config: Config, model: ModelConfig) -> ModelEngine:
-    """Reads the prepared model and plans its split; raises with a clear message if it cannot."""
-    meta = read_model_meta(config.model_dir(model.name), model.max_context)
-    ranges = plan_ranges(config, model, meta)
+def build_engine(config: Config, model: ModelConfig, nodes: Mapping[str, NodeConfig] | None = None,
+                 model_dir: Path | None = None) -> ModelEngine:
+    """Reads the prepared model and plans its split; raises with a clear message if it cannot.
+
+    ``nodes``: every known node by id (default: the config's); ``model_dir``: default the cache's folder of
+    the model's name."""
+    nodes = nodes if nodes is not None else {n.id: n for n in config.nodes}
+    meta = read_model_meta(model_dir or config.model_dir(model.name), model.max_context)
+    ranges = plan_ranges(nodes, model, meta)
     timeout = config.coordinator.rpc_timeout_s
-    groups = [StageGroup(r, [Replica(StageClient(config.node(n), model.name, timeout), r) for n in replicas])
+    groups = [StageGroup(r, [Replica(StageClient(nodes[n], model.name, timeout), r) for n in replicas])
               for replicas, r in zip(model.stages, ranges)]
     plan = ", ".join(f"{'+'.join(x.node_id for x in g.replicas)} {g.layers}" for g in groups)
     logger.info("model %s (%s, %d layers) split into %d stage(s): %s", model.name, meta.model_type,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from coordinator import metrics
 from coordinator.model_meta import ModelMeta
 from coordinator.pipeline import Pipeline, Replica, Route, StepResult
 from coordinator.request import Request, TokenEvent
@@ -27,6 +28,7 @@ from coordinator.stage_client import StageClient, StageError
 from protos import shard_pb2, wire
 
 logger = logging.getLogger(__name__)
+RELOAD_RETRY_S = 10.0  # a shard that failed to load is tried again this much later
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ModelEngine:
         self.scheduler = scheduler
         self.shard_load = shard_load
         self.loaded = False  # the first load finished (some replicas may have failed)
+        self.draining = False  # being removed: admits nothing new
         self.load_error = ""
         self.stats = FailoverStats()
         self.routes: list[Route] = []
@@ -118,12 +121,12 @@ class ModelEngine:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"engine-{self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, why: str = "coordinator shutting down") -> None:
         for task in [self._task, *self._in_flight.values()]:
             if task:
                 task.cancel()
         for r in [*self.scheduler.waiting, *self.scheduler.running]:
-            r.finish("error", "coordinator shutting down")
+            r.finish("error", why)
 
     def submit(self, req: Request) -> None:
         """Queues a request; raises NeverFits (can never fit) or QueueFull (too many waiting)."""
@@ -145,6 +148,7 @@ class ModelEngine:
         """The KV caches on ``replica`` are gone: every lane through it replays elsewhere."""
         if replica.state not in ("down", "loading") or state != replica.state:
             logger.warning("model %s: %s is %s: %s", self.name, replica.describe(self.name), state, why)
+            metrics.NODE_DOWN.labels(self.name, replica.node_id).inc()
         replica.state, replica.last_error = state, why
         replica.pending_release.clear()  # the node has freed them, or is gone
         for lane, route in enumerate(self.routes):
@@ -170,7 +174,7 @@ class ModelEngine:
     def node_up(self, node_id: str, info: shard_pb2.NodeInfo) -> None:
         """A healthy poll: the replica is ready if the node holds its shard, else the shard is loaded again."""
         replica = self.pipeline.replica_on(node_id)
-        if replica is None or replica in self._reloading or not self.loaded:
+        if replica is None or replica in self._reloading or not self.loaded or self.draining:
             return
         shard = next((s for s in info.shards if s.model == self.name), None)
         holds = shard is not None and wire.layer_range_from_proto(shard.layers) == replica.layers
@@ -180,7 +184,7 @@ class ModelEngine:
             replica.kv_capacity_tokens = shard.kv_capacity_tokens
             self._sync_routes()
             self._wakeup.set()
-        elif not holds:
+        elif not holds and time.monotonic() >= replica.retry_load_at:
             if replica.state == "ready":  # restarted between two polls: its shard and caches are gone
                 self.replica_lost(replica, "the node no longer holds its shard (restarted?)", state="loading")
             self._reloading.add(replica)
@@ -207,6 +211,7 @@ class ModelEngine:
             info = await replica.client.load(req, spec.timeout_s)
         except grpc.aio.AioRpcError as e:
             replica.state, replica.last_error = "down", f"could not load its shard: {e.code().name}: {e.details()}"
+            replica.retry_load_at = time.monotonic() + RELOAD_RETRY_S
             logger.error("model %s: %s %s", self.name, replica.describe(self.name), replica.last_error)
             return
         replica.kv_capacity_tokens = info.kv_capacity_tokens
@@ -272,6 +277,7 @@ class ModelEngine:
                 old = req.seq_id
                 req.restart_on_new_route(f"{req.request_id}-{uuid.uuid4().hex[:8]}")
                 self.stats.failovers += 1
+                metrics.FAILOVERS.labels(self.name).inc()
                 logger.warning("request %s: lost its KV (route %s); replaying %d tokens (prompt %d + generated %d) "
                                "as %s", req.request_id, "/".join(r.node_id for r in route), req.num_context_tokens,
                                req.num_prompt_tokens, len(req.output_ids), req.seq_id)
@@ -357,6 +363,8 @@ class ModelEngine:
         stats.recoveries += 1
         stats.last_recovery_seconds = took
         stats.recovery_seconds = [*stats.recovery_seconds[-99:], took]
+        metrics.RECOVERIES.labels(self.name).inc()
+        metrics.RECOVERY_SECONDS.labels(self.name).observe(took)
         logger.warning("request %s recovered on route %s: KV rebuilt and the next token out %.2f s after the loss",
                        req.request_id, "/".join(r.node_id for r in route), took)
 

@@ -93,12 +93,12 @@ def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: s
     cfg = str(config_path)
     children = [Child("tokenizer", [py, "-m", "tokenizer_svc", "--config", cfg, "--log-level", log_level],
                       run_dir / "tokenizer.log")]
-    used = {n for m in config.models for n in m.nodes}
-    local = [n for n in config.nodes if n.id in used]
+    local = list(config.nodes)  # spare nodes too: models added at runtime and replicas are placed on them
     for node in local:
         threads = node.threads or auto_threads(len(local))
         children.append(Child(node.id, [py, "-m", "shard_node", "--host", node.host, "--port", str(node.port),
-                                        "--node-id", node.id, "--threads", str(threads), "--log-level", log_level],
+                                        "--node-id", node.id, "--threads", str(threads), "--memory-mb",
+                                        str(node.memory_mb), "--log-level", log_level],
                               run_dir / f"{node.id}.log", env=NODE_ENV))
     children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, "--log-level", log_level],
                           run_dir / "coordinator.log"))

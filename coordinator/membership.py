@@ -58,6 +58,9 @@ class Membership:
                 self._watch(node.id)
         return self.status[node.id]
 
+    def channel(self, node_id: str) -> grpc.aio.Channel:
+        return self._channels[node_id]
+
     def _watch(self, node_id: str) -> None:
         self._tasks[node_id] = asyncio.get_running_loop().create_task(self._run(self.status[node_id]),
                                                                       name=f"health-{node_id}")

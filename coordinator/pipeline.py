@@ -61,6 +61,7 @@ class Replica:
     state: str = "loading"  # loading | ready | draining | down
     last_error: str = ""
     weight_bytes: int = 0
+    retry_load_at: float = 0.0  # time.monotonic() before which a failed load is not tried again
     order: IssueOrder = field(default_factory=IssueOrder)
     pending_release: list[str] = field(default_factory=list)  # ride on the next micro-batch sent here
 

@@ -1,4 +1,5 @@
-"""Coordinator gRPC servicer: Generate (server-streaming token ids), ListModels and Cluster."""
+"""Coordinator gRPC servicer: Generate (server-streaming token ids), ListModels, Cluster, and the admin calls
+AddModel, RemoveModel and RegisterNode."""
 
 from __future__ import annotations
 
@@ -10,27 +11,35 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.engine import ModelEngine
-from coordinator.membership import Membership
+from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
 from protos import coordinator_pb2, coordinator_pb2_grpc, wire
+from protos.config import ALLOWED_DTYPES, ModelConfig, NodeConfig
+
+MAX_REPLICAS = 16
 
 logger = logging.getLogger(__name__)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, engines: dict[str, ModelEngine], membership: Membership) -> None:
-        self.engines = engines
-        self.membership = membership
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.engines = registry.engines
+        self.membership = registry.membership
         self.stopping = False  # SIGTERM: in-flight requests finish, new ones are refused
 
     async def _engine_for(self, name: str, context: grpc.aio.ServicerContext) -> ModelEngine:
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down")
         engine = self.engines.get(name)
-        if engine is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"model {name!r} is not served here; available: {sorted(self.engines)}")
+        if name in self.registry.pending:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"model {name!r} is pending: {self.registry.pending[name].reason}")
+        if engine is None or engine.draining:
+            serving = sorted(n for n, e in self.engines.items() if not e.draining)
+            why = "is being removed" if engine else "is not served here"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} {why}; available: {serving}")
         if not engine.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model {name!r} is unavailable: {engine.unavailable_reason()}")
@@ -102,7 +111,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return next((s.kv_used_tokens for s in info.shards if s.model == model), 0)
 
     def model_info(self, name: str, engine: ModelEngine) -> coordinator_pb2.ModelInfo:
-        state = "serving" if engine.ready else ("loading" if not engine.loaded else "unavailable")
+        state = self.registry.state(name)
         stats = engine.stats
         model = coordinator_pb2.ModelInfo(
             name=name, num_layers=engine.meta.num_layers, max_context=engine.meta.max_context, ready=engine.ready,
@@ -110,7 +119,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             num_stages=len(engine.pipeline.groups), failovers=stats.failovers, recoveries=stats.recoveries,
             last_recovery_seconds=stats.last_recovery_seconds, state=state,
             unavailable_reason="" if engine.ready else engine.unavailable_reason(),
-            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting))
+            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting), source=engine.meta.path.name)
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
@@ -122,17 +131,84 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListModels(self, request: coordinator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> coordinator_pb2.ListModelsResponse:
         """Models with every replica of each layer range, their states and KV use (as of the last health poll)."""
-        return coordinator_pb2.ListModelsResponse(models=[self.model_info(n, e) for n, e in self.engines.items()])
+        return coordinator_pb2.ListModelsResponse(models=self.all_models())
+
+    def all_models(self) -> list[coordinator_pb2.ModelInfo]:
+        out = [self.model_info(n, e) for n, e in self.engines.items()]
+        for name, p in self.registry.pending.items():
+            out.append(coordinator_pb2.ModelInfo(name=name, state="pending", unavailable_reason=p.reason,
+                                                 source=p.request.model.source, dtype=p.request.model.dtype,
+                                                 pending_since_unix=p.since))
+        return out
 
     async def Cluster(self, request: coordinator_pb2.ClusterRequest, context: grpc.aio.ServicerContext
                       ) -> coordinator_pb2.ClusterInfo:
         """Every node (state, last error, memory, KV use, recent events) and every model."""
-        reply = coordinator_pb2.ClusterInfo(models=[self.model_info(n, e) for n, e in self.engines.items()])
+        reply = coordinator_pb2.ClusterInfo(models=self.all_models())
         for node_id, st in self.membership.status.items():
             info = st.info
             reply.nodes.add(
                 node_id=node_id, address=st.node.address, state=self.membership.state(node_id),
                 last_error=st.last_error, last_seen_unix=st.last_seen or 0.0, rss_bytes=info.rss_bytes if info else 0,
                 events=st.events, kv_used_tokens=sum(s.kv_used_tokens for s in info.shards) if info else 0,
-                kv_capacity_tokens=sum(s.kv_capacity_tokens for s in info.shards) if info else 0)
+                kv_capacity_tokens=sum(s.kv_capacity_tokens for s in info.shards) if info else 0,
+                memory_budget_bytes=info.memory_budget_bytes if info else 0,
+                memory_used_bytes=info.memory_used_bytes if info else 0)
         return reply
+
+    async def AddModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
+                       ) -> coordinator_pb2.ModelInfo:
+        """Serves a model from the model cache; it answers once the model is serving, unavailable or pending."""
+        problem = ""
+        name, dtype, device = request.name, request.dtype or "float32", request.device or "cpu"
+        if not name or "/" in name:
+            problem = f"name must be a non-empty string without '/', got {name!r}"
+        elif dtype not in ALLOWED_DTYPES:
+            problem = f"dtype must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}"
+        elif not (device == "cpu" or device.startswith("cuda")):
+            problem = f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        elif not 0 <= request.replicas <= MAX_REPLICAS:
+            problem = f"replicas must be in 1..{MAX_REPLICAS}, got {request.replicas}"
+        elif request.kv_cache_tokens < 0 or request.max_context < 0:
+            problem = "kv_cache_tokens and max_context must be >= 0"
+        elif request.layer_ranges and len(request.layer_ranges) != len(request.stages):
+            problem = f"layer_ranges must give one range per stage ({len(request.stages)})"
+        stages = tuple(tuple(s.node_ids) for s in request.stages)
+        if not problem and any(not s for s in stages):
+            problem = "every stage needs at least one node"
+        try:
+            ranges = tuple(wire.layer_range_from_proto(r) for r in request.layer_ranges) or None
+        except ValueError as e:
+            problem = problem or str(e)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        model = ModelConfig(name, request.source or name, dtype, device, stages, ranges,
+                            request.kv_cache_tokens or 32768, request.max_context or None)
+        try:
+            await self.registry.add(ModelRequest(model, request.replicas or 1))
+        except RegistryError as e:
+            await context.abort(e.code, str(e))
+        return next(m for m in self.all_models() if m.name == name)
+
+    async def RemoveModel(self, request: coordinator_pb2.RemoveModelRequest, context: grpc.aio.ServicerContext
+                          ) -> coordinator_pb2.RemoveModelResponse:
+        timeout = request.timeout_seconds or self.registry.config.coordinator.drain_timeout_s
+        try:
+            freed = await self.registry.remove(request.name, timeout)
+        except RegistryError as e:
+            await context.abort(e.code, str(e))
+        return coordinator_pb2.RemoveModelResponse(name=request.name, nodes=[
+            coordinator_pb2.NodeMemory(node_id=n, rss_before=b, rss_after=a) for n, (b, a) in freed.items()])
+
+    async def RegisterNode(self, request: coordinator_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
+                           ) -> coordinator_pb2.RegisterNodeResponse:
+        host, _, port = request.address.rpartition(":")
+        if not request.node_id or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"node_id and an address 'host:port' are needed, got {request.node_id!r} "
+                                f"{request.address!r}")
+        try:
+            added = self.registry.register_node(NodeConfig(request.node_id, request.address))
+        except RegistryError as e:
+            await context.abort(e.code, str(e))
+        return coordinator_pb2.RegisterNodeResponse(added=added)

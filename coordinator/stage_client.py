@@ -46,6 +46,10 @@ class StageClient:
     async def load(self, request: shard_pb2.LoadShardRequest, timeout_s: float) -> shard_pb2.ShardInfo:
         return await self.stub.LoadShard(request, timeout=timeout_s, wait_for_ready=True)
 
+    async def unload(self) -> bool:
+        reply = await self.stub.UnloadShard(shard_pb2.UnloadShardRequest(model=self.model), timeout=self.rpc_timeout_s)
+        return reply.unloaded
+
     async def info(self, timeout_s: float = 2.0) -> shard_pb2.NodeInfo:
         return await self.stub.Info(shard_pb2.InfoRequest(), timeout=timeout_s)
 
@@ -128,6 +132,10 @@ class StageClient:
     def drop_stream(self, why: str) -> None:
         """Breaks the stream on purpose (the node is down or hung): its micro-batches fail over at once."""
         self._break(why)
+
+    def end_stream(self) -> None:
+        """Closes the Forward stream on purpose, with nothing in flight (before an unload)."""
+        self._break("the shard is being unloaded", notify=False)
 
     async def close(self) -> None:
         self._break("coordinator shutting down", notify=False)

@@ -30,6 +30,7 @@ class NodeConfig:
     capacity: float = 1.0  # relative weight when splitting layers
     metrics_port: int | None = None
     threads: int = 0  # torch CPU threads of this node's process; 0 = cores // nodes started on this machine
+    memory_mb: int = 0  # budget for shards (weights + KV budgets) in MiB; 0 = no limit
 
     @property
     def host(self) -> str:
@@ -71,6 +72,8 @@ class CoordinatorConfig:
     health_timeout_s: float = 3.0  # deadline of one health poll
     health_failures: int = 2  # consecutive failed polls before a node counts as down
     drain_timeout_s: float = 10.0  # on SIGTERM (and model removal): how long in-flight requests may finish
+    pending_recheck_s: float = 10.0  # a model that did not fit is tried again this often
+    metrics_port: int = 0  # Prometheus /metrics of the coordinator on this port (0 = off)
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _positive_number(obj: dict[str, Any], key: str, default: float, where: str, 
 def _parse_node(raw: Any, i: int) -> NodeConfig:
     where = f"nodes[{i}]"
     _require(isinstance(raw, dict), where, "must be an object")
-    _check_keys(raw, {"id", "address", "model_part", "capacity", "metrics_port", "threads"}, where)
+    _check_keys(raw, {"id", "address", "model_part", "capacity", "metrics_port", "threads", "memory_mb"}, where)
     _require(isinstance(raw.get("id"), str) and raw["id"] != "", f"{where}.id", "must be a non-empty string")
     part = raw.get("model_part", i)
     _require(isinstance(part, int) and part >= 0, f"{where}.model_part", f"must be an integer >= 0, got {part!r}")
@@ -158,7 +161,11 @@ def _parse_node(raw: Any, i: int) -> NodeConfig:
     threads = raw.get("threads", 0)
     _require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, f"{where}.threads",
              f"must be an integer >= 0 (0 = automatic), got {threads!r}")
+    memory_mb = raw.get("memory_mb", 0)
+    _require(isinstance(memory_mb, int) and not isinstance(memory_mb, bool) and memory_mb >= 0,
+             f"{where}.memory_mb", f"must be an integer >= 0 (MiB; 0 = no limit), got {memory_mb!r}")
     return NodeConfig(
+        memory_mb=memory_mb,
         id=raw["id"],
         address=_address(raw.get("address"), f"{where}.address"),
         model_part=part,

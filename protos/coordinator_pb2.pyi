@@ -74,7 +74,7 @@ class StageInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., state: _Optional[str] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., last_error: _Optional[str] = ..., stage: _Optional[int] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting")
+    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting", "source", "pending_since_unix")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class ModelInfo(_message.Message):
     UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_layers: int
     max_context: int
@@ -107,7 +109,77 @@ class ModelInfo(_message.Message):
     unavailable_reason: str
     running: int
     waiting: int
-    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
+    source: str
+    pending_since_unix: float
+    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ..., pending_since_unix: _Optional[float] = ...) -> None: ...
+
+class StageNodes(_message.Message):
+    __slots__ = ("node_ids",)
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddModelRequest(_message.Message):
+    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_RANGES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    dtype: str
+    device: str
+    replicas: int
+    stages: _containers.RepeatedCompositeFieldContainer[StageNodes]
+    layer_ranges: _containers.RepeatedCompositeFieldContainer[_common_pb2.LayerRange]
+    kv_cache_tokens: int
+    max_context: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ...) -> None: ...
+
+class RemoveModelRequest(_message.Message):
+    __slots__ = ("name", "timeout_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_seconds: float
+    def __init__(self, name: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class NodeMemory(_message.Message):
+    __slots__ = ("node_id", "rss_before", "rss_after")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    RSS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    rss_before: int
+    rss_after: int
+    def __init__(self, node_id: _Optional[str] = ..., rss_before: _Optional[int] = ..., rss_after: _Optional[int] = ...) -> None: ...
+
+class RemoveModelResponse(_message.Message):
+    __slots__ = ("name", "nodes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeMemory]
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeMemory, _Mapping]]] = ...) -> None: ...
+
+class RegisterNodeRequest(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class RegisterNodeResponse(_message.Message):
+    __slots__ = ("added",)
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    added: bool
+    def __init__(self, added: bool = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -120,7 +192,7 @@ class ClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens")
+    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens", "memory_budget_bytes", "memory_used_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +202,8 @@ class NodeState(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     KV_USED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     state: str
@@ -139,7 +213,9 @@ class NodeState(_message.Message):
     events: _containers.RepeatedScalarFieldContainer[str]
     kv_used_tokens: int
     kv_capacity_tokens: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
+    memory_budget_bytes: int
+    memory_used_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("nodes", "models")

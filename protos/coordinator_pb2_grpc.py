@@ -49,6 +49,21 @@ class CoordinatorStub(object):
                 request_serializer=protos_dot_coordinator__pb2.ClusterRequest.SerializeToString,
                 response_deserializer=protos_dot_coordinator__pb2.ClusterInfo.FromString,
                 _registered_method=True)
+        self.AddModel = channel.unary_unary(
+                '/shardline.Coordinator/AddModel',
+                request_serializer=protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/shardline.Coordinator/RemoveModel',
+                request_serializer=protos_dot_coordinator__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
+        self.RegisterNode = channel.unary_unary(
+                '/shardline.Coordinator/RegisterNode',
+                request_serializer=protos_dot_coordinator__pb2.RegisterNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.RegisterNodeResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer(object):
@@ -76,6 +91,27 @@ class CoordinatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddModel(self, request, context):
+        """Serve a model from the model cache: on the nodes named, or placed where memory is free (else pending).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Graceful: stop admitting, let in-flight requests finish up to a timeout, unload every shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterNode(self, request, context):
+        """A node that joins: polled from now on and used for new placements and replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +129,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Cluster,
                     request_deserializer=protos_dot_coordinator__pb2.ClusterRequest.FromString,
                     response_serializer=protos_dot_coordinator__pb2.ClusterInfo.SerializeToString,
+            ),
+            'AddModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddModel,
+                    request_deserializer=protos_dot_coordinator__pb2.AddModelRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.ModelInfo.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=protos_dot_coordinator__pb2.RemoveModelRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.RemoveModelResponse.SerializeToString,
+            ),
+            'RegisterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterNode,
+                    request_deserializer=protos_dot_coordinator__pb2.RegisterNodeRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.RegisterNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +227,87 @@ class Coordinator(object):
             '/shardline.Coordinator/Cluster',
             protos_dot_coordinator__pb2.ClusterRequest.SerializeToString,
             protos_dot_coordinator__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/AddModel',
+            protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
+            protos_dot_coordinator__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/RemoveModel',
+            protos_dot_coordinator__pb2.RemoveModelRequest.SerializeToString,
+            protos_dot_coordinator__pb2.RemoveModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/RegisterNode',
+            protos_dot_coordinator__pb2.RegisterNodeRequest.SerializeToString,
+            protos_dot_coordinator__pb2.RegisterNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoadShardRequest(_message.Message):
-    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens")
+    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_path: str
     layers: _common_pb2.LayerRange
     dtype: str
     device: str
     kv_cache_tokens: int
-    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ..., dry_run: bool = ...) -> None: ...
 
 class UnloadShardRequest(_message.Message):
     __slots__ = ("model",)
@@ -110,7 +112,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size")
+    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size", "kv_capacity_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class ShardInfo(_message.Message):
     NUM_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     layers: _common_pb2.LayerRange
     num_layers_total: int
@@ -141,18 +144,23 @@ class ShardInfo(_message.Message):
     num_sequences: int
     hidden_size: int
     vocab_size: int
-    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    kv_capacity_bytes: int
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "shards", "rss_bytes", "host_id", "cpu_count")
+    __slots__ = ("node_id", "shards", "rss_bytes", "host_id", "cpu_count", "memory_budget_bytes", "memory_used_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
     rss_bytes: int
     host_id: str
     cpu_count: int
-    def __init__(self, node_id: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rss_bytes: _Optional[int] = ..., host_id: _Optional[str] = ..., cpu_count: _Optional[int] = ...) -> None: ...
+    memory_budget_bytes: int
+    memory_used_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rss_bytes: _Optional[int] = ..., host_id: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...

@@ -9,7 +9,7 @@ import logging
 import grpc
 import torch
 
-from protos import shard_pb2_grpc
+from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2_grpc
 from protos.runtime import GRPC_OPTIONS, SERVING, add_health, setup_logging, wait_for_stop_signal
 from shard_node.service import ShardNodeServicer
 
@@ -24,17 +24,48 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kv-cache-tokens", type=int, default=32768,
                    help="KV budget per shard when LoadShard does not give one")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--memory-mb", type=int, default=0,
+                   help="memory budget for shards (weights + KV budgets) in MiB; LoadShard beyond it is refused "
+                        "(0 = no limit)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
                    help="on SIGTERM: seconds to let the sequences it holds finish (health says NOT_SERVING, so "
                         "the coordinator sends it no new ones) before it exits")
+    p.add_argument("--join", default="", metavar="COORDINATOR",
+                   help="register with this coordinator (host:port) at start, so a node that joins later is used "
+                        "for new placements and replicas without a restart")
+    p.add_argument("--advertise", default="",
+                   help="the host:port the coordinator reaches this node at (default: --host:--port)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args()
+
+
+async def join(coordinator: str, node_id: str, address: str) -> None:
+    """Registers with the coordinator, retrying until it answers (it may start after this node)."""
+    delay = 1.0
+    async with grpc.aio.insecure_channel(coordinator, options=GRPC_OPTIONS) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        while True:
+            try:
+                reply = await stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(node_id=node_id, address=address),
+                                                timeout=10.0)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+                    logger.error("coordinator %s refused to register %s: %s", coordinator, node_id, e.details())
+                    return
+                logger.info("coordinator %s not reachable yet (%s); retrying in %.0f s", coordinator,
+                            e.code().name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            logger.info("registered with coordinator %s as %s (%s)%s", coordinator, node_id, address,
+                        "" if reply.added else "; it knew this node already")
+            return
 
 
 async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{args.port}"
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    servicer = ShardNodeServicer(node_id, args.kv_cache_tokens)
+    servicer = ShardNodeServicer(node_id, args.kv_cache_tokens, args.memory_mb * 2**20)
     shard_pb2_grpc.add_ShardNodeServicer_to_server(servicer, server)
     health = add_health(server)
     address = f"{args.host}:{args.port}"
@@ -44,7 +75,10 @@ async def serve(args: argparse.Namespace) -> None:
     await health.set("", SERVING)
     logger.info("shard node %s listening on %s (torch %s, %d threads); waiting for LoadShard", node_id, address,
                 torch.__version__, torch.get_num_threads())
+    joining = asyncio.create_task(join(args.join, node_id, args.advertise or address)) if args.join else None
     await wait_for_stop_signal()
+    if joining:
+        joining.cancel()
     await health.enter_graceful_shutdown()  # NOT_SERVING: the coordinator marks it draining
     held = servicer.num_sequences()
     logger.info("shard node %s stopping: draining %d sequence(s) for at most %.0f s", node_id, held,

@@ -55,6 +55,28 @@ class BatchResult:
     forward_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ShardSize:
+    weight_bytes: int
+    layer_weight_bytes: int
+    kv_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+
+def shard_size(spec: ModelSpec, layers: LayerRange, dtype: torch.dtype, kv_cache_tokens: int) -> ShardSize:
+    """Exact bytes a shard would hold, from its modules built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = ShardModel(spec, layers)
+    elem = torch.empty(0, dtype=dtype).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * elem
+    layer_weights = sum(p.numel() for p in model.layers.parameters()) * elem
+    kv = kv_cache_tokens * 2 * layers.length * spec.num_kv_heads * spec.head_dim * elem
+    return ShardSize(weights, layer_weights, kv)
+
+
 class ShardRunner:
     """One model's shard on this node: weights, KV cache, and the forward of a micro-batch."""
 

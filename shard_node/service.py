@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import itertools
 import json
 import logging
@@ -18,7 +20,7 @@ import torch
 from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import ALLOWED_DTYPES
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
-from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput
+from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def release_memory() -> None:
+    """Frees what dropped shards held: Python objects, CUDA's cache, and glibc's free lists (so RSS drops)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available on this node")
@@ -59,12 +72,18 @@ def pick_device(name: str) -> torch.device:
 class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     """Holds one ShardRunner per model; every model computation runs on one worker thread."""
 
-    def __init__(self, node_id: str, default_kv_tokens: int) -> None:
+    def __init__(self, node_id: str, default_kv_tokens: int, memory_budget_bytes: int = 0) -> None:
         self.node_id = node_id
         self.default_kv_tokens = default_kv_tokens
+        self.memory_budget_bytes = memory_budget_bytes  # weights + KV budgets it may hold; 0 = no limit
         self.runners: dict[str, ShardRunner] = {}
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
+
+    def memory_used_bytes(self, skip: str = "") -> int:
+        """Weights + KV budgets of the shards held (but the one of model ``skip``)."""
+        return sum(r.model.weight_bytes() + r.kv.capacity_tokens * r.kv.bytes_per_token
+                   for name, r in self.runners.items() if name != skip)
 
     def num_sequences(self) -> int:
         return sum(r.kv.num_sequences for r in self.runners.values())
@@ -78,6 +97,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             weight_bytes=runner.model.weight_bytes(), layer_weight_bytes=runner.model.layer_weight_bytes(),
             kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
             num_sequences=runner.kv.num_sequences, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
+            kv_capacity_bytes=runner.kv.capacity_tokens * runner.kv.bytes_per_token,
         )
 
     async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
@@ -101,17 +121,33 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             device = pick_device(request.device or "cpu")
         except (ValueError, UnsupportedArchitecture) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        kv_tokens = request.kv_cache_tokens or self.default_kv_tokens
+        dtype = wire.DTYPES[request.dtype]
+        size = shard_size(spec, layers, dtype, kv_tokens)
+        if request.dry_run:
+            return shard_pb2.ShardInfo(
+                model=request.model, layers=request.layers, num_layers_total=spec.num_layers, dtype=request.dtype,
+                device=str(device), architecture=spec.model_type, has_embedding=layers.start == 0,
+                has_head=layers.end == spec.num_layers, weight_bytes=size.weight_bytes,
+                layer_weight_bytes=size.layer_weight_bytes, kv_capacity_tokens=kv_tokens,
+                kv_capacity_bytes=size.kv_bytes, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size)
         existing = self.runners.get(request.model)
         if existing and existing.layers == layers and existing.model_dir == model_dir \
                 and wire.DTYPE_NAMES[existing.dtype] == request.dtype:
             return self.shard_info(existing)
-        kv_tokens = request.kv_cache_tokens or self.default_kv_tokens
+        others = self.memory_used_bytes(skip=request.model)
+        if self.memory_budget_bytes and others + size.total_bytes > self.memory_budget_bytes:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                f"node {self.node_id}: {request.model} layers {layers} needs {size.total_bytes / 2**20:.0f} MiB "
+                f"(weights {size.weight_bytes / 2**20:.0f} + KV {size.kv_bytes / 2**20:.0f}) but only "
+                f"{(self.memory_budget_bytes - others) / 2**20:.0f} MiB of its {self.memory_budget_bytes / 2**20:.0f} "
+                f"MiB budget are free"))
         logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, layers, spec.num_layers,
                     request.dtype, device, model_dir)
         loop = asyncio.get_running_loop()
         try:
             runner = await loop.run_in_executor(self.compute, lambda: ShardRunner(
-                request.model, model_dir, spec, layers, wire.DTYPES[request.dtype], device, kv_tokens))
+                request.model, model_dir, spec, layers, dtype, device, kv_tokens))
         except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
         self.runners[request.model] = runner
@@ -123,8 +159,15 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
 
     async def UnloadShard(self, request: shard_pb2.UnloadShardRequest, context: grpc.aio.ServicerContext
                           ) -> shard_pb2.UnloadShardResponse:
-        """Drops a model's shard and its KV caches."""
-        return shard_pb2.UnloadShardResponse(unloaded=self.runners.pop(request.model, None) is not None)
+        """Drops a model's shard and its KV caches, and gives the memory back to the operating system."""
+        runner = self.runners.pop(request.model, None)
+        if runner is None:
+            return shard_pb2.UnloadShardResponse(unloaded=False)
+        before = rss_bytes()
+        del runner
+        await asyncio.get_running_loop().run_in_executor(self.compute, release_memory)
+        logger.info("unloaded %s: RSS %.0f -> %.0f MB", request.model, before / 1e6, rss_bytes() / 1e6)
+        return shard_pb2.UnloadShardResponse(unloaded=True)
 
     def _decode_batch(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> MicroBatch:
         slices = tuple(
@@ -185,4 +228,6 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
         """Shards held, KV use, memory."""
         return shard_pb2.NodeInfo(node_id=self.node_id, shards=[self.shard_info(r) for r in self.runners.values()],
-                                  rss_bytes=rss_bytes(), host_id=host_id(), cpu_count=cpu_count())
+                                  rss_bytes=rss_bytes(), host_id=host_id(), cpu_count=cpu_count(),
+                                  memory_budget_bytes=self.memory_budget_bytes,
+                                  memory_used_bytes=self.memory_used_bytes())

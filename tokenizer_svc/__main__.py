@@ -19,7 +19,7 @@ logger = logging.getLogger("tokenizer_svc")
 
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
-    tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models})
+    tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models}, config.model_cache_dir)
     tokenizers.load_all()
     server = grpc.aio.server(options=GRPC_OPTIONS)
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(tokenizers), server)

@@ -13,8 +13,12 @@ logger = logging.getLogger(__name__)
 
 
 class TokenizerSet:
-    def __init__(self, model_dirs: dict[str, Path]) -> None:
+    """Tokenizers by model name: the configured models, and any other folder of the model cache (models added
+    at runtime are addressed by their folder name), loaded on first use."""
+
+    def __init__(self, model_dirs: dict[str, Path], cache_dir: Path | None = None) -> None:
         self.model_dirs = model_dirs
+        self.cache_dir = cache_dir
         self._loaded: dict[str, PreTrainedTokenizerBase] = {}
         self.eos_ids: dict[str, list[int]] = {}
         self.vocab_sizes: dict[str, int] = {}  # len(tokenizer) costs ~12 ms per call, so it is read once
@@ -29,9 +33,13 @@ class TokenizerSet:
     def get(self, name: str) -> PreTrainedTokenizerBase:
         if name in self._loaded:
             return self._loaded[name]
-        if name not in self.model_dirs:
+        path = self.model_dirs.get(name)
+        if path is None and self.cache_dir is not None and name and "/" not in name and name not in (".", ".."):
+            candidate = self.cache_dir / name
+            if (candidate / "tokenizer_config.json").is_file() or (candidate / "tokenizer.json").is_file():
+                path = candidate
+        if path is None:
             raise KeyError(name)
-        path = self.model_dirs[name]
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self._loaded[name] = tok
         self.eos_ids[name] = self._eos_ids(path, tok)

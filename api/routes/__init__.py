@@ -14,6 +14,7 @@ ERROR_DESCRIPTIONS = {
     400: "the request cannot be served as given (for example the prompt or max_tokens do not fit the context)",
     401: "missing or wrong API key (only when keys are configured)",
     404: "unknown model",
+    409: "the model or node already exists",
     413: "request body too large (api.max_body_bytes)",
     422: "a field is invalid; the message names it",
     429: "the model's queue is full; retry after the Retry-After header's seconds",

@@ -53,14 +53,15 @@ async def list_models(request: Request, backend: Backend = Depends(get_backend))
     models = await backend.models()
     created = request.app.state.started_at
     return ModelList(data=[ModelCard(id=name, created=created, max_model_len=m.max_context, ready=m.ready,
-                                     num_stages=m.num_stages) for name, m in models.items()])
+                                     num_stages=m.num_stages) for name, m in models.items()
+                           if m.state not in ("pending", "draining")])
 
 
 @router.get("/models/{model:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
 async def get_model(model: str, request: Request, backend: Backend = Depends(get_backend)) -> ModelCard:
     """One served model."""
     models = await backend.models()
-    if model not in models:
+    if model not in models or models[model].state in ("pending", "draining"):
         raise ApiError(404, f"model {model!r} is not served; available: {sorted(models)}", "model")
     m = models[model]
     return ModelCard(id=model, created=request.app.state.started_at, max_model_len=m.max_context, ready=m.ready,

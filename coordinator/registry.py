@@ -1,0 +1,263 @@
+"""Which models the coordinator serves, and changing that at runtime (the first level of scheduling).
+
+The coordinator schedules models onto nodes; each model's engine schedules tokens through its
+pipeline. A model added at runtime either names its nodes, or is placed on the ready nodes with
+free memory (weights + KV budget, measured by the nodes themselves with a dry-run LoadShard). If it
+does not fit now it stays ``pending`` and is tried again every ``coordinator.pending_recheck_s``
+seconds, and at once when a model is removed or a node joins. Removal is graceful: the model stops
+admitting, in-flight requests finish up to a timeout, then every shard is unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from coordinator.cluster import build_engine, load_engine
+from coordinator.engine import ModelEngine
+from coordinator.membership import Membership
+from coordinator.model_meta import read_model_meta
+from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, place
+from protos import shard_pb2, shard_pb2_grpc, wire
+from protos.config import Config, ModelConfig, NodeConfig
+from protos.data_structures import LayerRange
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    """A request the registry refuses; ``code`` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A model to serve: its name, its folder in the model cache, and where it goes (or ``replicas``)."""
+
+    model: ModelConfig  # stages empty: place it
+    replicas: int = 1
+
+
+@dataclass
+class PendingModel:
+    request: ModelRequest
+    reason: str
+    since: float  # time.time()
+
+
+class ModelRegistry:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
+        self.engines: dict[str, ModelEngine] = {}
+        self.pending: dict[str, PendingModel] = {}
+        self.membership = Membership(list(config.nodes), lambda: list(self.engines.values()), config.coordinator)
+        self._recheck = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one placement at a time, so two models never count the same free memory
+
+    async def start(self) -> None:
+        """Loads the configured models, then watches the nodes and the pending models."""
+        for m in self.config.models:
+            self.engines[m.name] = build_engine(self.config, m, self.nodes)
+        await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
+        self.membership.start()
+        self._task = asyncio.get_running_loop().create_task(self._recheck_loop(), name="pending-models")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.membership.stop()
+        for engine in self.engines.values():
+            await engine.stop()
+
+    async def close(self) -> None:
+        for engine in self.engines.values():
+            for r in engine.pipeline.replicas:
+                await r.client.close()
+
+    # ----- nodes ------------------------------------------------------------------------------------------
+
+    def register_node(self, node: NodeConfig) -> bool:
+        """A node that joined: polled from now on, and usable for placements. False if it was known."""
+        known = self.nodes.get(node.id)
+        if known is not None:
+            if known.address != node.address:
+                raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"node {node.id!r} is already registered at {known.address}")
+            return False
+        if any(n.address == node.address for n in self.nodes.values()):
+            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, f"address {node.address} belongs to another node")
+        self.nodes[node.id] = node
+        self.membership.add_node(node)
+        logger.info("node %s (%s) joined the cluster", node.id, node.address)
+        self._recheck.set()
+        return True
+
+    def _ready_nodes(self) -> list[str]:
+        return [n for n in self.nodes if self.membership.state(n) == "ready" and self.membership.status[n].info]
+
+    def _room(self, node_id: str) -> NodeRoom:
+        info = self.membership.status[node_id].info
+        assert info is not None
+        free = None if not info.memory_budget_bytes else max(0, info.memory_budget_bytes - info.memory_used_bytes)
+        return NodeRoom(node_id, free)
+
+    # ----- models -----------------------------------------------------------------------------------------
+
+    def state(self, name: str) -> str:
+        if name in self.pending:
+            return "pending"
+        engine = self.engines[name]
+        if engine.draining:
+            return "draining"
+        if not engine.loaded:
+            return "loading"
+        return "serving" if engine.ready else "unavailable"
+
+    async def add(self, request: ModelRequest) -> str:
+        """Serves a model from the model cache; returns its state (loading, serving, pending)."""
+        m = request.model
+        if m.name in self.engines or m.name in self.pending:
+            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, f"model {m.name!r} is already {self.state(m.name)}; "
+                                "remove it first to change it")
+        model_dir = self.config.model_dir(m.source)
+        try:
+            read_model_meta(model_dir, m.max_context)
+        except FileNotFoundError:
+            raise RegistryError(grpc.StatusCode.NOT_FOUND, (
+                f"no model {m.source!r} in the model cache ({self.config.model_cache_dir}); prepare it first with "
+                f"`shardline models --name {m.source} --source <folder, .gguf or package>`")) from None
+        for nid in m.nodes:
+            if nid not in self.nodes:
+                raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"unknown node {nid!r}; known: {sorted(self.nodes)}")
+        if m.stages:
+            await self._load(m)
+            return self.state(m.name)
+        self.pending[m.name] = PendingModel(request, "waiting for placement", time.time())
+        await self._try_place(m.name)
+        return self.state(m.name)
+
+    async def _try_place(self, name: str) -> None:
+        async with self._lock:
+            pending = self.pending.get(name)
+            if pending is None:
+                return
+            m = pending.request.model
+            try:
+                placement = await self._place(pending.request)
+            except DoesNotFit as e:
+                if pending.reason != str(e):
+                    logger.info("model %s stays pending: %s (tried again every %.0f s)", name, e,
+                                self.config.coordinator.pending_recheck_s)
+                pending.reason = str(e)
+                return
+            except (grpc.aio.AioRpcError, ValueError) as e:
+                pending.reason = f"cannot place it now: {e}"
+                return
+            placed = ModelConfig(m.name, m.source, m.dtype, m.device, placement.stages, placement.ranges,
+                                 m.kv_cache_tokens, m.max_context, m.pipeline_depth)
+            logger.info("model %s placed: %s", name, ", ".join(
+                f"{'+'.join(nodes)} {r}" for nodes, r in zip(placement.stages, placement.ranges)))
+            try:
+                await self._load(placed)  # takes it out of pending
+            except RegistryError as e:
+                pending.reason = str(e)
+
+    async def _place(self, request: ModelRequest) -> Placement:
+        m = request.model
+        meta = read_model_meta(self.config.model_dir(m.source), m.max_context)
+        ready = self._ready_nodes()
+        if not ready:
+            raise DoesNotFit("no node is ready")
+        sizes = await self._measure(ready[0], m, meta.num_layers)
+        return place(meta.num_layers, sizes, [self._room(n) for n in ready], request.replicas, meta.head_cost)
+
+    async def _measure(self, node_id: str, m: ModelConfig, num_layers: int) -> ModelSizes:
+        """Exact bytes of one layer, its KV budget, and the first and last stage's extras, from a node."""
+        stub = shard_pb2_grpc.ShardNodeStub(self.membership.channel(node_id))
+
+        async def size(start: int, end: int) -> shard_pb2.ShardInfo:
+            req = shard_pb2.LoadShardRequest(
+                model=m.name, model_path=str(self.config.model_dir(m.source)), dry_run=True, dtype=m.dtype,
+                device=m.device, kv_cache_tokens=m.kv_cache_tokens,
+                layers=wire.layer_range_to_proto(LayerRange(start, end)))
+            return await stub.LoadShard(req, timeout=30.0)
+
+        if num_layers == 1:
+            only = await size(0, 1)
+            return ModelSizes(only.weight_bytes, only.kv_capacity_bytes, 0, 0)
+        first, last = await size(0, 1), await size(num_layers - 1, num_layers)
+        middle = await size(1, 2) if num_layers > 2 else None
+        layer = middle.layer_weight_bytes if middle else first.layer_weight_bytes
+        return ModelSizes(layer, first.kv_capacity_bytes, first.weight_bytes - first.layer_weight_bytes,
+                          last.weight_bytes - last.layer_weight_bytes)
+
+    async def _load(self, m: ModelConfig) -> None:
+        try:
+            engine = build_engine(self.config, m, self.nodes, self.config.model_dir(m.source))
+        except ValueError as e:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
+        self.pending.pop(m.name, None)
+        self.engines[m.name] = engine
+        await load_engine(m, engine)
+
+    async def remove(self, name: str, timeout_s: float) -> dict[str, tuple[int, int]]:
+        """Stops admitting, lets in-flight requests finish for up to ``timeout_s``, unloads every shard.
+
+        Returns each node's RSS before and after the unload."""
+        if name in self.pending:
+            del self.pending[name]
+            logger.info("pending model %s removed", name)
+            return {}
+        engine = self.engines.get(name)
+        if engine is None:
+            raise RegistryError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served; "
+                                f"served: {sorted(self.engines)}, pending: {sorted(self.pending)}")
+        if engine.draining:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, f"model {name!r} is already being removed")
+        engine.draining = True
+        busy = len(engine.scheduler.running) + len(engine.scheduler.waiting)
+        logger.info("removing model %s: %d request(s) may finish within %.0f s", name, busy, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while engine.scheduler.has_work and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = len(engine.scheduler.running) + len(engine.scheduler.waiting)
+        if left:
+            logger.warning("model %s: %d request(s) did not finish within %.0f s; they end now", name, left, timeout_s)
+        await engine.stop(f"model {name} was removed")
+        freed: dict[str, tuple[int, int]] = {}
+        for replica in engine.pipeline.replicas:
+            before = after = 0
+            replica.client.end_stream()  # the node's stream handler holds the shard until its stream ends
+            try:
+                before = (await replica.client.info()).rss_bytes
+                await replica.client.unload()
+                after = (await replica.client.info()).rss_bytes
+            except grpc.aio.AioRpcError as e:
+                logger.warning("unloading %s from %s failed: %s", name, replica.node_id, e.details())
+            freed[replica.node_id] = (before, after)
+            await replica.client.close()
+        del self.engines[name]
+        logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
+            f"{n} {b / 1e6:.0f} -> {a / 1e6:.0f}" for n, (b, a) in freed.items()))
+        self._recheck.set()  # its memory may let a pending model in
+        return freed
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._recheck.wait(), self.config.coordinator.pending_recheck_s)
+            except TimeoutError:
+                pass
+            self._recheck.clear()
+            for name in list(self.pending):
+                await self._try_place(name)
