@@ -92,6 +92,14 @@ class RunningCluster:
         out = subprocess.run(["pgrep", "-P", str(self.launcher.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def node_pid(self, node_id: str) -> int:
+        """The process of shard node ``node_id`` (the launcher's child)."""
+        for pid in self.child_pids():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"shard_node" in cmdline and node_id.encode() in cmdline:
+                return pid
+        raise AssertionError(f"no process for node {node_id}")
+
     def stop(self) -> None:
         if self.launcher.poll() is None:
             self.launcher.send_signal(signal.SIGTERM)

@@ -43,14 +43,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
     running.stop()
 
 
-def node_pid(cluster: RunningCluster, node_id: str) -> int:
-    for pid in cluster.child_pids():
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"shard_node" in b" ".join(cmdline) and node_id.encode() in cmdline:
-            return pid
-    raise AssertionError(f"no process for node {node_id}")
-
-
 def chat(**extra: object) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, **extra}
 
@@ -148,7 +140,7 @@ def test_ready_when_the_pipeline_works(guarded: RunningCluster) -> None:
 
 
 def test_hung_node_gives_504_within_the_deadline(guarded: RunningCluster) -> None:
-    pid = node_pid(guarded, "g2")
+    pid = guarded.node_pid("g2")
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -169,7 +161,7 @@ def test_hung_node_gives_504_within_the_deadline(guarded: RunningCluster) -> Non
 
 
 def test_dead_node_gives_503_naming_it(guarded: RunningCluster) -> None:
-    pid = node_pid(guarded, "g2")
+    pid = guarded.node_pid("g2")
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)  # the launcher reaps it
     address = guarded.node_address("g2")

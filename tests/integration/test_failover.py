@@ -51,12 +51,7 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -
 
 
 def kill_node(cluster: RunningCluster, node_id: str) -> None:
-    for pid in cluster.child_pids():
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"shard_node" in cmdline and node_id.encode() in cmdline:
-            os.kill(pid, signal.SIGKILL)
-            return
-    raise AssertionError(f"no process for node {node_id}")
+    os.kill(cluster.node_pid(node_id), signal.SIGKILL)
 
 
 def holder(cluster: RunningCluster, candidates: list[str]) -> str:
