@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 import uvicorn
 
@@ -13,6 +14,10 @@ from protos.config import ConfigError, load_config
 from protos.runtime import setup_logging
 
 logger = logging.getLogger("api")
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -34,7 +39,10 @@ def main() -> None:
                        "generate. Set SHARDLINE_API_KEYS (comma-separated) or api.api_keys in the config.", host)
     logger.info("API on http://%s:%d (coordinator %s, tokenizer %s)", host, port, config.coordinator.address,
                 config.tokenizer.address)
-    # SIGTERM: stop accepting, give open requests (streams included) a bounded time, then exit 0
+    # SIGTERM: stop accepting, give open requests (streams included) a bounded time, then exit 0. uvicorn
+    # re-raises the signal it stopped for under the handlers found at start: these make that a clean exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped)
     uvicorn.run(create_app(config), host=host, port=port, log_level=args.log_level.lower(), log_config=None,
                 timeout_graceful_shutdown=int(config.coordinator.drain_timeout_s))
 

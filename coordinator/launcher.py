@@ -188,21 +188,26 @@ class Cluster:
                 child.start()
 
     def stop(self) -> None:
+        """SIGTERM in reverse dependency order, each step waiting: the API first (its streams finish while the
+        services behind it still run), then the coordinator, then the nodes and the tokenizer together."""
         self.stopping = True
-        for child in reversed(self.children):
-            if child.alive:
-                assert child.process is not None
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.coordinator.drain_timeout_s + 10  # they drain, then exit
-        for child in self.children:
-            if child.process is None:
-                continue
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in time; killing it", child.name)
-                child.process.kill()
-                child.process.wait()
+        ordered = list(reversed(self.children))  # api, coordinator, nodes..., tokenizer
+        for step in (ordered[:1], ordered[1:2], ordered[2:]):
+            for child in step:
+                if child.alive:
+                    assert child.process is not None
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.config.coordinator.drain_timeout_s + 10  # they drain, then exit
+            for child in step:
+                if child.process is None:
+                    continue
+                try:
+                    code = child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    logger.warning("%s did not stop in time; killing it", child.name)
+                    child.process.kill()
+                    code = child.process.wait()
+                logger.info("%s exited with code %s", child.name, code)
 
 
 def main(argv: list[str] | None = None) -> None:

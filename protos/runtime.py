@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,23 @@ GRPC_OPTIONS = [
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ActivityTracker(grpc.aio.ServerInterceptor):
+    """Remembers when the server last received a call, so a graceful stop can wait until it is idle."""
+
+    def __init__(self) -> None:
+        self.last_call = time.monotonic()
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        self.last_call = time.monotonic()
+        return await continuation(handler_call_details)
+
+    async def wait_idle(self, idle_s: float, limit_s: float) -> None:
+        """Returns once no call came for ``idle_s`` seconds, or after ``limit_s`` at most."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() - self.last_call < idle_s and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
 
 def setup_logging(level: str = "INFO", service: str = "") -> None:

@@ -10,7 +10,7 @@ import grpc
 
 from protos import tokenizer_pb2_grpc
 from protos.config import ConfigError, load_config
-from protos.runtime import GRPC_OPTIONS, SERVING, add_health, setup_logging, wait_for_stop_signal
+from protos.runtime import GRPC_OPTIONS, SERVING, ActivityTracker, add_health, setup_logging, wait_for_stop_signal
 from tokenizer_svc.service import TokenizerServicer
 from tokenizer_svc.tokenizers import TokenizerSet
 
@@ -21,7 +21,8 @@ async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
     tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models}, config.model_cache_dir)
     tokenizers.load_all()
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    activity = ActivityTracker()
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[activity])
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(tokenizers), server)
     health = add_health(server)
     default_host, port = config.tokenizer.address.rsplit(":", 1)
@@ -33,7 +34,11 @@ async def serve(config_path: str, host: str | None) -> None:
     logger.info("tokenizer service listening on %s", address)
     await wait_for_stop_signal()
     await health.enter_graceful_shutdown()
+    # streams still being answered decode every token here: serve until a second passes without a call
+    logger.info("tokenizer service stopping once idle (at most %.0f s)", config.coordinator.drain_timeout_s)
+    await activity.wait_idle(1.0, config.coordinator.drain_timeout_s)
     await server.stop(grace=2)
+    logger.info("tokenizer service stopped")
 
 
 def main() -> None:

@@ -80,3 +80,30 @@ def test_bad_config_fails_with_the_field(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "nodes[1].address" in proc.stderr
+
+
+def test_sigterm_lets_a_stream_finish_and_every_process_exits_0(tmp_path: Path, smol_dir: Path) -> None:
+    """SIGTERM reaches every process at once: the API, coordinator and nodes drain, the stream in flight
+    completes, and each process exits 0."""
+    cluster = _small_cluster(tmp_path, smol_dir)
+    try:
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 240, "stream": True, "ignore_eos": True}
+        chunks = 0
+        finish = ""
+        with httpx.stream("POST", f"{cluster.api_url}/v1/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunks += 1
+                if chunks == 5:
+                    cluster.launcher.send_signal(signal.SIGTERM)
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                finish = choices[0].get("finish_reason") or finish
+        assert finish == "length", f"the stream ended without finishing ({chunks} chunks)"
+        assert cluster.launcher.wait(timeout=60) == 0
+    finally:
+        cluster.stop()
+    out = (tmp_path / "launcher.log").read_text()
+    for name in ("tokenizer", "a", "b", "coordinator", "api"):
+        assert f"{name} exited with code 0" in out, out[-3000:]
