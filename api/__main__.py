@@ -11,7 +11,7 @@ import uvicorn
 from api.main import create_app
 from api.security import api_keys_from, is_loopback
 from protos.config import ConfigError, load_config
-from protos.runtime import setup_logging
+from protos.runtime import add_log_args, setup_logging
 
 logger = logging.getLogger("api")
 
@@ -25,9 +25,9 @@ def main() -> None:
     p.add_argument("--config", default="config.json")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--log-level", default="INFO")
+    add_log_args(p)
     args = p.parse_args()
-    setup_logging(args.log_level, "api")
+    setup_logging(args.log_level, "api", args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as e:

@@ -19,6 +19,7 @@ from fastapi.security import HTTPBearer
 
 from api.backend import Backend
 from api.errors import install_handlers
+from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.openai_schemas import ChatCompletionChunk, CompletionChunk
 from api.readiness import Readiness
 from api.routes import cluster, health, models, native, openai
@@ -35,6 +36,7 @@ DESCRIPTION = """Pipeline-parallel LLM serving: each model's layers are split ac
 - **Cluster**: `/api/cluster` (nodes, models, layer ranges, replica states, KV use, failovers).
 - **Admin**: `POST/GET /api/models`, `DELETE /api/models/{name}` (models at runtime), `POST /api/nodes`.
 - **Health**: `/health` (process up, no key needed), `/ready` (a generation through every stage works).
+- **Metrics**: `/metrics` (Prometheus; no key needed).
 
 When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`.
 Errors are JSON: `{"error": {"message", "type", "param", "code"}}`."""
@@ -63,8 +65,10 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(cluster.router, dependencies=[Depends(bearer)])
     app.include_router(models.router, dependencies=[Depends(bearer)])
 
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(MetricsMiddleware)
     if config.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.api.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After"])

@@ -19,7 +19,7 @@ from api.errors import error_body
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})  # answered without a key, so liveness probes need no secret
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # answered without a key: probes and scrapers need no secret
 
 
 def api_keys_from(configured: Iterable[str]) -> frozenset[str]:
@@ -46,7 +46,7 @@ async def _send_error(send: Send, status: int, message: str, headers: dict[str, 
 
 
 class ApiKeyMiddleware:
-    """Every route but /health needs ``Authorization: Bearer <key>`` when keys are configured."""
+    """Every route but /health and /metrics needs ``Authorization: Bearer <key>`` when keys are configured."""
 
     def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
         self.app = app

@@ -7,13 +7,22 @@ import asyncio
 import logging
 
 import grpc
-from prometheus_client import start_http_server
 
+from coordinator import metrics
 from coordinator.registry import ModelRegistry
 from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2_grpc
 from protos.config import ConfigError, load_config
-from protos.runtime import GRPC_OPTIONS, NOT_SERVING, SERVING, add_health, setup_logging, wait_for_stop_signal
+from protos.runtime import (
+    GRPC_OPTIONS,
+    NOT_SERVING,
+    SERVING,
+    add_health,
+    add_log_args,
+    serve_metrics,
+    setup_logging,
+    wait_for_stop_signal,
+)
 
 logger = logging.getLogger("coordinator")
 
@@ -31,9 +40,8 @@ async def serve(config_path: str, host: str | None) -> None:
         raise SystemExit(f"coordinator: cannot listen on {address} (port in use?)")
     await server.start()
     if config.coordinator.metrics_port:
-        host_part = address.rsplit(":", 1)[0]
-        start_http_server(config.coordinator.metrics_port, addr=host_part)
-        logger.info("metrics on http://%s:%d/metrics", host_part, config.coordinator.metrics_port)
+        metrics.register_state(servicer.snapshot)
+        serve_metrics(config.coordinator.metrics_port, address.rsplit(":", 1)[0], "coordinator")
     await health.set("", NOT_SERVING)
     logger.info("coordinator listening on %s; loading %d model(s)", address, len(config.models))
     await registry.start()
@@ -64,9 +72,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
     p.add_argument("--config", default="config.json")
     p.add_argument("--host", default=None, help="listen address (default: the host in coordinator.address)")
-    p.add_argument("--log-level", default="INFO")
+    add_log_args(p)
     args = p.parse_args()
-    setup_logging(args.log_level, "coordinator")
+    setup_logging(args.log_level, "coordinator", args.log_format)
     try:
         asyncio.run(serve(args.config, args.host))
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -79,6 +79,10 @@ class ModelEngine:
         return self.scheduler.depth
 
     @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
     def ready(self) -> bool:
         """Every layer range has a replica that can take work."""
         return self.loaded and all(g.ready() for g in self.pipeline.groups)
@@ -246,6 +250,9 @@ class ModelEngine:
             self._fail_waiting()
         for req in self.scheduler.admit():
             req.route_nodes = self.scheduler.lane_routes[req.lane]
+            if req.failovers == 0:
+                metrics.QUEUE.labels(self.name).observe(req.queue_seconds)
+                metrics.PROMPT_TOKENS.labels(self.name).inc(req.num_prompt_tokens)
             logger.debug("request %s admitted to lane %d after %.3f s in the queue", req.request_id, req.lane,
                          req.queue_seconds)
         for lane, route in enumerate(self.routes):
@@ -332,6 +339,11 @@ class ModelEngine:
         return f"{where} failed: {error.code}: {error.message}"
 
     def _deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
+        phase = "decode" if all(e.request.prefill_done for e in plan.entries) else "prefill"
+        for replica, seconds in zip(route, result.stage_seconds):
+            metrics.STAGE_SECONDS.labels(self.name, replica.node_id, phase).observe(seconds)
+        metrics.BATCH_SEQS.labels(self.name).observe(len(plan.entries))
+        metrics.BATCH_TOKENS.labels(self.name).observe(plan.num_tokens)
         for entry, token in zip(plan.entries, result.next_token_ids):
             req = entry.request
             req.num_computed += len(entry.token_ids)
@@ -342,11 +354,17 @@ class ModelEngine:
                 continue  # a prefill chunk; the next one follows in this lane's next micro-batch
             if req.cancelled or req.is_finished:
                 continue  # drained at the next tick
+            now = time.monotonic()
             if req.first_token_time is None:
-                req.first_token_time = time.monotonic()
+                req.first_token_time = now
+                metrics.TTFT.labels(self.name).observe(now - req.arrival_time)
+            else:
+                metrics.ITL.labels(self.name).observe(now - req.last_token_time)
+            req.last_token_time = now
             if req.failover_started is not None:
                 self._recovered(req, route)
             req.output_ids.append(token)
+            metrics.GENERATION_TOKENS.labels(self.name).inc()
             reason = self._finish_reason(req, token)
             if reason:
                 self.scheduler.remove(req)

@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +27,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coordinator.prometheus_config import local_config, scrape_targets
 from protos import coordinator_pb2, coordinator_pb2_grpc
 from protos.config import Config, ConfigError, load_config
-from protos.runtime import setup_logging
+from protos.runtime import add_log_args, setup_logging
 
 logger = logging.getLogger("shardline.up")
 PR_SET_PDEATHSIG = 1
@@ -88,21 +90,38 @@ def auto_threads(num_local_nodes: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, num_local_nodes))
 
 
-def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: str) -> list[Child]:
+def prometheus_child(config: Config, run_dir: Path, port: int) -> Child | None:
+    """A real Prometheus on 127.0.0.1:port scraping every local process, or None (with how to get it)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        logger.warning("prometheus is not installed, so metrics are not collected: apt-get install prometheus "
+                       "(Debian), or see prometheus.io/download; every service still serves /metrics")
+        return None
+    cfg = run_dir / "prometheus.yml"
+    cfg.write_text(local_config(config))
+    return Child("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={run_dir / 'prometheus-data'}",
+                                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
+                                "--log.level=warn"], run_dir / "prometheus.log")
+
+
+def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: str, log_format: str = "text"
+                  ) -> list[Child]:
     py = sys.executable
     cfg = str(config_path)
-    children = [Child("tokenizer", [py, "-m", "tokenizer_svc", "--config", cfg, "--log-level", log_level],
+    log = ["--log-level", log_level, "--log-format", log_format]
+    children = [Child("tokenizer", [py, "-m", "tokenizer_svc", "--config", cfg, *log],
                       run_dir / "tokenizer.log")]
     local = list(config.nodes)  # spare nodes too: models added at runtime and replicas are placed on them
     for node in local:
         threads = node.threads or auto_threads(len(local))
         children.append(Child(node.id, [py, "-m", "shard_node", "--host", node.host, "--port", str(node.port),
                                         "--node-id", node.id, "--threads", str(threads), "--memory-mb",
-                                        str(node.memory_mb), "--log-level", log_level],
+                                        str(node.memory_mb), "--metrics-port", str(node.metrics_port or 0),
+                                        *log],
                               run_dir / f"{node.id}.log", env=NODE_ENV))
-    children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, "--log-level", log_level],
+    children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, *log],
                           run_dir / "coordinator.log"))
-    children.append(Child("api", [py, "-m", "api", "--config", cfg, "--log-level", log_level], run_dir / "api.log"))
+    children.append(Child("api", [py, "-m", "api", "--config", cfg, *log], run_dir / "api.log"))
     return children
 
 
@@ -124,9 +143,10 @@ def http_ok(url: str) -> bool:
 
 
 class Cluster:
-    def __init__(self, config: Config, children: list[Child]) -> None:
+    def __init__(self, config: Config, children: list[Child], prometheus_port: int = 0) -> None:
         self.config = config
         self.children = children
+        self.prometheus_port = prometheus_port
         self.stopping = False
 
     def start(self) -> None:
@@ -141,6 +161,7 @@ class Cluster:
                   "api": lambda: http_ok(f"http://{cfg.api.host}:{cfg.api.port}/health")}
         for node in cfg.nodes:
             checks[node.id] = lambda a=node.address: grpc_serving(a)
+        checks["prometheus"] = lambda: http_ok(f"http://127.0.0.1:{self.prometheus_port}/-/ready")
         pending = [c for c in self.children]
         deadline = time.monotonic() + timeout_s
         while pending:
@@ -188,11 +209,13 @@ class Cluster:
                 child.start()
 
     def stop(self) -> None:
-        """SIGTERM in reverse dependency order, each step waiting: the API first (its streams finish while the
-        services behind it still run), then the coordinator, then the nodes and the tokenizer together."""
+        """SIGTERM in reverse dependency order, each step waiting: the API (and Prometheus) first, so its streams
+        finish while the services behind it still run, then the coordinator, then the nodes and the tokenizer."""
         self.stopping = True
-        ordered = list(reversed(self.children))  # api, coordinator, nodes..., tokenizer
-        for step in (ordered[:1], ordered[1:2], ordered[2:]):
+        first = [c for c in self.children if c.name in ("api", "prometheus")]
+        coordinator = [c for c in self.children if c.name == "coordinator"]
+        rest = [c for c in self.children if c not in first and c not in coordinator]
+        for step in (first, coordinator, rest):
             for child in step:
                 if child.alive:
                     assert child.process is not None
@@ -215,9 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="config.json")
     p.add_argument("--run-dir", default=None, help="folder for logs (default: .run/<timestamp>)")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for every process")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--prometheus", type=int, default=0, metavar="PORT",
+                   help="also run a real Prometheus on 127.0.0.1:PORT scraping every process (make up: 9090; 0 = no)")
+    add_log_args(p)
     args = p.parse_args(argv)
-    setup_logging("INFO", "up")
+    setup_logging("INFO", "up", args.log_format)
     config_path = Path(args.config).resolve()
     try:
         config = load_config(config_path)
@@ -229,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                  f"`shardline models --config {args.config}` (make up does it)")
     run_dir = Path(args.run_dir or f".run/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(config, plan_children(config, config_path, run_dir, args.log_level))
+    children = plan_children(config, config_path, run_dir, args.log_level, args.log_format)
+    prometheus = prometheus_child(config, run_dir, args.prometheus) if args.prometheus else None
+    cluster = Cluster(config, children + ([prometheus] if prometheus else []), args.prometheus)
 
     def on_signal(signum: int, frame: object) -> None:
         cluster.stopping = True
@@ -247,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
             for s in m["stages"]:  # type: ignore[union-attr]
                 logger.info("model %s: node %s (%s) holds layers [%d, %d)", m["model"], s["node"], s["address"],
                             *s["layers"])
+        if prometheus:
+            logger.info("Prometheus on http://127.0.0.1:%d scraping %s", args.prometheus,
+                        ", ".join(f"{job} ({len(t)})" for job, t in scrape_targets(config).items()))
         logger.info("Shardline is up: API on http://%s:%d  (logs in %s; Ctrl-C stops everything)",
                     config.api.host, config.api.port, run_dir)
         while not cluster.stopping:

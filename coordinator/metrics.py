@@ -1,18 +1,134 @@
-"""Prometheus metrics of the coordinator (served on coordinator.metrics_port when it is set).
+"""Prometheus metrics of the coordinator, served on ``coordinator.metrics_port``.
 
-Names carry the ``shardline:`` prefix, as vLLM's carry ``vllm:``; every series has ``model_name``.
+Names follow vLLM's where the meaning matches (``vllm:time_to_first_token_seconds`` is
+``shardline_time_to_first_token_seconds`` here), so dashboards and habits carry over. Every series has
+``model_name``; per-node series also have ``node``. Gauges of state (running, waiting, KV, node states)
+are read from the engines when Prometheus scrapes, so they are never stale.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-FAILOVERS = Counter("shardline:failovers", "sequences replayed on other nodes after a node of their route was lost",
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
+                   40.0, 80.0)
+REQUEST_BUCKETS = (0.1, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# --- requests (as vLLM) -----------------------------------------------------------------------------------
+TTFT = Histogram("shardline_time_to_first_token_seconds", "arrival to first generated token", ["model_name"],
+                 buckets=LATENCY_BUCKETS)
+ITL = Histogram("shardline_inter_token_latency_seconds", "time between two generated tokens of a request",
+                ["model_name"], buckets=LATENCY_BUCKETS)
+E2E = Histogram("shardline_e2e_request_latency_seconds", "arrival to finish", ["model_name"], buckets=REQUEST_BUCKETS)
+QUEUE = Histogram("shardline_request_queue_time_seconds", "time waiting for KV room before the prefill",
+                  ["model_name"], buckets=REQUEST_BUCKETS)
+PROMPT_TOKENS = Counter("shardline_prompt_tokens", "prompt tokens of admitted requests", ["model_name"])
+GENERATION_TOKENS = Counter("shardline_generation_tokens", "generated tokens", ["model_name"])
+SUCCESS = Counter("shardline_request_success", "finished requests by finish reason (eos, stop, length, cancelled)",
+                  ["model_name", "finished_reason"])
+FAILURES = Counter("shardline_request_failure", "requests that ended with an error", ["model_name"])
+
+# --- the pipeline (ours) ----------------------------------------------------------------------------------
+STAGE_SECONDS = Histogram("shardline_stage_forward_seconds",
+                          "compute time of one micro-batch on one stage (phase: prefill if it holds prompt rows)",
+                          ["model_name", "node", "phase"], buckets=LATENCY_BUCKETS)
+BATCH_SEQS = Histogram("shardline_micro_batch_size", "sequences in one micro-batch", ["model_name"],
+                       buckets=SIZE_BUCKETS)
+BATCH_TOKENS = Histogram("shardline_micro_batch_tokens", "rows (tokens) in one micro-batch", ["model_name"],
+                         buckets=SIZE_BUCKETS)
+HIDDEN_BYTES = Counter("shardline_hidden_state_bytes", "bytes of hidden states sent to a stage (one hop)",
+                       ["model_name", "node"])
+
+# --- failures ---------------------------------------------------------------------------------------------
+FAILOVERS = Counter("shardline_failovers", "sequences replayed on other nodes after a node of their route was lost",
                     ["model_name"])
-RECOVERIES = Counter("shardline:failover_recoveries", "failed-over sequences that produced their next token",
+RECOVERIES = Counter("shardline_failover_recoveries", "failed-over sequences that produced their next token",
                      ["model_name"])
-RECOVERY_SECONDS = Histogram("shardline:failover_recovery_seconds",
+RECOVERY_SECONDS = Histogram("shardline_failover_recovery_seconds",
                              "time from a node loss to the next token of an affected sequence", ["model_name"],
                              buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-NODE_DOWN = Counter("shardline:node_down", "times a node was found down (health polls or a broken stream)",
+NODE_DOWN = Counter("shardline_node_down", "times a node was found down (health polls or a broken stream)",
                     ["model_name", "node"])
+
+NODE_STATES = ("loading", "ready", "draining", "down")
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time from the engines and the membership (``snapshot`` returns them)."""
+
+    def __init__(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.snapshot()
+        running = GaugeMetricFamily("shardline_num_requests_running", "requests admitted and generating",
+                                    labels=["model_name"])
+        waiting = GaugeMetricFamily("shardline_num_requests_waiting", "requests queued for KV room",
+                                    labels=["model_name"])
+        in_flight = GaugeMetricFamily("shardline_micro_batches_in_flight", "micro-batches inside the pipeline",
+                                      labels=["model_name"])
+        depth = GaugeMetricFamily("shardline_pipeline_depth", "lanes: micro-batches that may be in flight",
+                                  labels=["model_name"])
+        kv_used = GaugeMetricFamily("shardline_kv_cache_used_tokens", "KV positions reserved on a node",
+                                    labels=["model_name", "node"])
+        kv_cap = GaugeMetricFamily("shardline_kv_cache_capacity_tokens", "KV budget of a node's shard",
+                                   labels=["model_name", "node"])
+        replica = GaugeMetricFamily("shardline_replica_state", "1 for the state a node's shard of a model is in",
+                                    labels=["model_name", "node", "state"])
+        for m in snap.models:
+            running.add_metric([m.name], m.running)
+            waiting.add_metric([m.name], m.waiting)
+            in_flight.add_metric([m.name], m.in_flight)
+            depth.add_metric([m.name], m.depth)
+            for r in m.replicas:
+                kv_used.add_metric([m.name, r.node], r.kv_used)
+                kv_cap.add_metric([m.name, r.node], r.kv_capacity)
+                for state in NODE_STATES:
+                    replica.add_metric([m.name, r.node, state], 1.0 if r.state == state else 0.0)
+        up = GaugeMetricFamily("shardline_node_up", "1 when the node answers its health checks", labels=["node"])
+        state = GaugeMetricFamily("shardline_node_state", "1 for the state the node is in", labels=["node", "state"])
+        for n in snap.nodes:
+            up.add_metric([n.node], 1.0 if n.state != "down" else 0.0)
+            for s in NODE_STATES:
+                state.add_metric([n.node, s], 1.0 if n.state == s else 0.0)
+        yield from (running, waiting, in_flight, depth, kv_used, kv_cap, replica, up, state)
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    node: str
+    state: str
+    kv_used: int
+    kv_capacity: int
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    name: str
+    running: int
+    waiting: int
+    in_flight: int
+    depth: int
+    replicas: list[ReplicaSnapshot]
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    node: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    models: list[ModelSnapshot]
+    nodes: list[NodeSnapshot]
+
+
+def register_state(snapshot: Callable[[], ClusterSnapshot]) -> None:
+    REGISTRY.register(StateCollector(snapshot))

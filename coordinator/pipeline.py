@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from coordinator import metrics
 from coordinator.scheduler import MicroBatchPlan
 from coordinator.stage_client import StageClient, StageError
 from protos import shard_pb2, wire
@@ -121,8 +122,9 @@ class Pipeline:
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
             ))
-        only = plan.entries[0].request.request_id if len(plan.entries) == 1 else ""
-        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=only)
+        ids = [e.request.request_id for e in plan.entries]
+        carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
+        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=carried)
 
     async def step(self, route: Sequence[Replica], plan: MicroBatchPlan) -> StepResult:
         """Runs one micro-batch along ``route``; releases pending on each replica ride along and go first.
@@ -147,6 +149,7 @@ class Pipeline:
                 else:
                     del request.token_ids[:]
                     request.hidden.CopyFrom(reply.hidden)  # relayed as bytes; never decoded here
+                    metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(reply.hidden.data))
                 del request.release_seq_ids[:]
                 request.release_seq_ids.extend(releases[i])
                 await replica.order.wait_turn(tickets[i])

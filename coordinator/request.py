@@ -42,6 +42,8 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     admitted_time: float | None = None  # left the waiting queue
     first_token_time: float | None = None
+    last_token_time: float = 0.0
+    finished_time: float | None = None
     stage_seconds: list[float] = field(default_factory=list)  # per stage: compute time of its micro-batches
     route_nodes: tuple[str, ...] = ()  # node of each stage that carries it now
     failovers: int = 0  # times its KV was rebuilt on another route after a node was lost
@@ -101,5 +103,6 @@ class Request:
         if self.status == RequestStatus.FINISHED:
             return
         self.status = RequestStatus.FINISHED
+        self.finished_time = time.monotonic()
         self.finish_reason = reason
         self.events.put_nowait(TokenEvent(token_ids, reason, error))

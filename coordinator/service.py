@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
+from coordinator import metrics
 from coordinator.engine import ModelEngine
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
@@ -96,6 +98,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 if event.finish_reason:
                     logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
                                 event.finish_reason, completion, req.queue_seconds)
+                    self._observe_finish(request.model, req)
                     return
         except asyncio.CancelledError:
             engine.cancel(req)  # the client went away: stop within one step, free KV on every node
@@ -103,6 +106,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         finally:
             if not req.is_finished:
                 engine.cancel(req)
+
+    @staticmethod
+    def _observe_finish(model: str, req: Request) -> None:
+        if req.finish_reason == "error":
+            metrics.FAILURES.labels(model).inc()
+            return
+        metrics.SUCCESS.labels(model, req.finish_reason).inc()
+        metrics.E2E.labels(model).observe((req.finished_time or time.monotonic()) - req.arrival_time)
 
     def _kv_used(self, node_id: str, model: str) -> int:
         info = self.membership.status[node_id].info if node_id in self.membership.status else None
@@ -212,3 +223,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except RegistryError as e:
             await context.abort(e.code, str(e))
         return coordinator_pb2.RegisterNodeResponse(added=added)
+
+    def snapshot(self) -> metrics.ClusterSnapshot:
+        """What the state gauges report at a scrape."""
+        models = []
+        for name, e in self.engines.items():
+            replicas = [metrics.ReplicaSnapshot(r.node_id, r.state, self._kv_used(r.node_id, name),
+                                                r.kv_capacity_tokens) for r in e.pipeline.replicas]
+            models.append(metrics.ModelSnapshot(name, len(e.scheduler.running), len(e.scheduler.waiting),
+                                                e.num_in_flight, e.depth, replicas))
+        nodes = [metrics.NodeSnapshot(n, self.membership.state(n)) for n in self.membership.status]
+        return metrics.ClusterSnapshot(models, nodes)

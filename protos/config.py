@@ -79,6 +79,7 @@ class CoordinatorConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     address: str = "127.0.0.1:50054"
+    metrics_port: int = 0  # Prometheus /metrics of the tokenizer service on this port (0 = off)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -41,9 +43,47 @@ class ActivityTracker(grpc.aio.ServerInterceptor):
             await asyncio.sleep(0.1)
 
 
-def setup_logging(level: str = "INFO", service: str = "") -> None:
-    fmt = f"%(asctime)s %(levelname)-7s {service + ' ' if service else ''}%(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+def serve_metrics(port: int, host: str, service: str) -> None:
+    """Prometheus /metrics of this process on its own HTTP port (a thread of prometheus_client)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host)
+    logging.getLogger(service).info("metrics on http://%s:%d/metrics", host, port)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, service, logger, message (and the exception, if any)."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+               "level": record.levelname, "service": self.service, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def add_log_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="text for people, json (one object per line) for log collectors")
+
+
+def setup_logging(level: str = "INFO", service: str = "", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)-7s {service + ' ' if service else ''}%(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:

@@ -10,7 +10,16 @@ import grpc
 import torch
 
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2_grpc
-from protos.runtime import GRPC_OPTIONS, SERVING, add_health, setup_logging, wait_for_stop_signal
+from protos.runtime import (
+    GRPC_OPTIONS,
+    SERVING,
+    add_health,
+    add_log_args,
+    serve_metrics,
+    setup_logging,
+    wait_for_stop_signal,
+)
+from shard_node import metrics
 from shard_node.service import ShardNodeServicer
 
 logger = logging.getLogger("shard_node")
@@ -35,7 +44,8 @@ def parse_args() -> argparse.Namespace:
                         "for new placements and replicas without a restart")
     p.add_argument("--advertise", default="",
                    help="the host:port the coordinator reaches this node at (default: --host:--port)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0 = off)")
+    add_log_args(p)
     return p.parse_args()
 
 
@@ -72,6 +82,9 @@ async def serve(args: argparse.Namespace) -> None:
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"shard node {node_id}: cannot listen on {address} (port in use?)")
     await server.start()
+    if args.metrics_port:
+        metrics.register_state(servicer.node_info)
+        serve_metrics(args.metrics_port, args.host, "shard_node")
     await health.set("", SERVING)
     logger.info("shard node %s listening on %s (torch %s, %d threads); waiting for LoadShard", node_id, address,
                 torch.__version__, torch.get_num_threads())
@@ -97,7 +110,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    setup_logging(args.log_level, "shard_node")
+    setup_logging(args.log_level, "shard_node", args.log_format)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     asyncio.run(serve(args))

@@ -19,6 +19,7 @@ import torch
 
 from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import ALLOWED_DTYPES
+from shard_node import metrics
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
 from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
 from shard_node.weights import CheckpointError
@@ -211,6 +212,13 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 if reply.error_code:
                     logger.warning("batch %d (%s) refused: %s %s", req.batch_id, req.request_id or "-",
                                    reply.error_code, reply.error_message)
+                    metrics.REFUSED.labels(req.model, self.node_id, reply.error_code).inc()
+                else:
+                    phase = "prefill" if any(s.num_tokens > 1 or s.start_pos == 0 for s in req.seqs) else "decode"
+                    logger.debug("batch %d (%s): %s of %d sequence(s) in %.1f ms", req.batch_id, req.request_id,
+                                 phase, len(req.seqs), reply.forward_seconds * 1000)
+                    metrics.FORWARD_SECONDS.labels(req.model, self.node_id, phase).observe(reply.forward_seconds)
+                    metrics.BATCH_TOKENS.labels(req.model, self.node_id).observe(sum(s.num_tokens for s in req.seqs))
                 yield reply
         finally:
             freed = sum(r.kv.release_owner(owner) for r in self.runners.values())
@@ -227,6 +235,9 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
 
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
         """Shards held, KV use, memory."""
+        return self.node_info()
+
+    def node_info(self) -> shard_pb2.NodeInfo:
         return shard_pb2.NodeInfo(node_id=self.node_id, shards=[self.shard_info(r) for r in self.runners.values()],
                                   rss_bytes=rss_bytes(), host_id=host_id(), cpu_count=cpu_count(),
                                   memory_budget_bytes=self.memory_budget_bytes,

@@ -10,7 +10,16 @@ import grpc
 
 from protos import tokenizer_pb2_grpc
 from protos.config import ConfigError, load_config
-from protos.runtime import GRPC_OPTIONS, SERVING, ActivityTracker, add_health, setup_logging, wait_for_stop_signal
+from protos.runtime import (
+    GRPC_OPTIONS,
+    SERVING,
+    ActivityTracker,
+    add_health,
+    add_log_args,
+    serve_metrics,
+    setup_logging,
+    wait_for_stop_signal,
+)
 from tokenizer_svc.service import TokenizerServicer
 from tokenizer_svc.tokenizers import TokenizerSet
 
@@ -30,6 +39,8 @@ async def serve(config_path: str, host: str | None) -> None:
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"tokenizer: cannot listen on {address} (port in use?)")
     await server.start()
+    if config.tokenizer.metrics_port:
+        serve_metrics(config.tokenizer.metrics_port, host or default_host, "tokenizer_svc")
     await health.set("", SERVING)
     logger.info("tokenizer service listening on %s", address)
     await wait_for_stop_signal()
@@ -45,9 +56,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m tokenizer_svc", description=__doc__)
     p.add_argument("--config", default="config.json")
     p.add_argument("--host", default=None)
-    p.add_argument("--log-level", default="INFO")
+    add_log_args(p)
     args = p.parse_args()
-    setup_logging(args.log_level, "tokenizer")
+    setup_logging(args.log_level, "tokenizer", args.log_format)
     try:
         asyncio.run(serve(args.config, args.host))
     except ConfigError as e:

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from protos import tokenizer_pb2, tokenizer_pb2_grpc
 from tokenizer_svc.detokenizer import decode_incremental
+from tokenizer_svc.metrics import timed
 from tokenizer_svc.tokenizers import TokenizerSet
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         if ids and (min(ids) < 0 or max(ids) >= vocab):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids must be in [0, {vocab})")
 
+    @timed
     async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.EncodeResponse:
         """Text to token ids."""
@@ -39,6 +41,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         ids = tok.encode(request.text, add_special_tokens=request.add_special_tokens)
         return tokenizer_pb2.EncodeResponse(token_ids=ids)
 
+    @timed
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.DecodeResponse:
         """Token ids to text."""
@@ -47,6 +50,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         await self._check_ids(request.model, ids, context)
         return tokenizer_pb2.DecodeResponse(text=tok.decode(ids, skip_special_tokens=request.skip_special_tokens))
 
+    @timed
     async def ApplyChatTemplate(self, request: tokenizer_pb2.ChatTemplateRequest,
                                 context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
         """Chat messages to prompt token ids with the model's own template."""
@@ -66,6 +70,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
             ids = ids["input_ids"]
         return tokenizer_pb2.EncodeResponse(token_ids=list(ids))
 
+    @timed
     async def DecodeIncremental(self, request: tokenizer_pb2.DecodeIncrementalRequest,
                                 context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeIncrementalResponse:
         """New text of ids[read_offset:], held back while a character is incomplete."""

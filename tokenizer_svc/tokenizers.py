@@ -23,6 +23,9 @@ class TokenizerSet:
         self.eos_ids: dict[str, list[int]] = {}
         self.vocab_sizes: dict[str, int] = {}  # len(tokenizer) costs ~12 ms per call, so it is read once
 
+    def known(self) -> set[str]:
+        return set(self.model_dirs) | set(self._loaded)
+
     def load_all(self) -> None:
         for name in self.model_dirs:
             try:

@@ -50,8 +50,11 @@ def chat(**extra: object) -> dict:
 def test_health_needs_no_key_but_everything_else_does(guarded: RunningCluster) -> None:
     api = guarded.api_url
     assert httpx.get(f"{api}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{api}/metrics", timeout=10).status_code == 200  # scrapers need no key either
     for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/api/model/process"),
-                         ("GET", "/ready"), ("POST", "/api/tokenize"), ("GET", "/openapi.json")]:
+                         ("GET", "/ready"), ("POST", "/api/tokenize"), ("GET", "/openapi.json"),
+                         ("GET", "/api/cluster"), ("GET", "/api/models"), ("POST", "/api/models"),
+                         ("DELETE", "/api/models/x"), ("POST", "/api/nodes")]:
         r = httpx.request(method, api + path, json={}, timeout=10)
         assert r.status_code == 401, (path, r.text)
         assert r.headers["www-authenticate"] == "Bearer"

@@ -134,9 +134,9 @@ def test_kill_during_200_token_stream_fails_over_to_the_replica(failover_cluster
     assert 0 < recovery < 30
     print(f"\nkilled {killed[0]} at token 40 of 200; next token {recovery:.2f} s after the loss")  # noqa: T201
     metrics = httpx.get(f"http://127.0.0.1:{cluster.config['coordinator']['metrics_port']}/metrics", timeout=10).text
-    assert f'shardline:failovers_total{{model_name="{REPLICATED}"}} 1.0' in metrics
-    assert f'shardline:failover_recovery_seconds_count{{model_name="{REPLICATED}"}} 1.0' in metrics
-    assert f'shardline:node_down_total{{model_name="{REPLICATED}",node="{killed[0]}"}}' in metrics
+    assert f'shardline_failovers_total{{model_name="{REPLICATED}"}} 1.0' in metrics
+    assert f'shardline_failover_recovery_seconds_count{{model_name="{REPLICATED}"}} 1.0' in metrics
+    assert f'shardline_node_down_total{{model_name="{REPLICATED}",node="{killed[0]}"}}' in metrics
     survivors = [n for n in ("a1", "a2", "b1", "b2") if n != killed[0]]
     wait_until("KV freed on the surviving nodes", lambda: kv_empty(cluster, survivors), 30)
     # the launcher restarts the node and the coordinator loads its shard again, nothing else restarted
