@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.json
 SETUP_STAMP := $(VENV)/.shardline-setup
 
-.PHONY: setup models up test unit protos lint clean bench
+.PHONY: setup models up test unit protos lint clean bench dashboard
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ unit: setup
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+
+# the Grafana dashboard JSON, from its builder (commit the result; a test checks they agree)
+dashboard: setup
+	$(PY) -m prometheus.grafana.build_dashboard
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -70,6 +70,7 @@ class ModelEngine:
         self._task: asyncio.Task[None] | None = None
         for replica in pipeline.replicas:
             replica.client.on_stream_lost = self._on_stream_lost
+        metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
 
     # ----- state -----------------------------------------------------------------------------------------

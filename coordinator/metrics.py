@@ -130,5 +130,13 @@ class ClusterSnapshot:
     nodes: list[NodeSnapshot]
 
 
+def init_model(model: str, nodes: list[str]) -> None:
+    """Creates a model's series at zero, so dashboards show 0 (not "no data") before the first event."""
+    for metric in (FAILOVERS, RECOVERIES, RECOVERY_SECONDS, FAILURES, PROMPT_TOKENS, GENERATION_TOKENS):
+        metric.labels(model)
+    for node in nodes:
+        NODE_DOWN.labels(model, node)
+
+
 def register_state(snapshot: Callable[[], ClusterSnapshot]) -> None:
     REGISTRY.register(StateCollector(snapshot))

@@ -76,6 +76,7 @@ class RunningCluster:
     launcher: subprocess.Popen
     api_url: str
     layout: list[dict] = field(default_factory=list)
+    prometheus_url: str = ""  # when the launcher runs Prometheus (--prometheus PORT)
 
     def node_address(self, node_id: str) -> str:
         return next(n["address"] for n in self.config["nodes"] if n["id"] == node_id)
@@ -109,14 +110,16 @@ class RunningCluster:
                 os.killpg(self.launcher.pid, signal.SIGKILL)
 
 
-def start_cluster(config: dict, workdir: Path, timeout_s: float = 600) -> RunningCluster:
+def start_cluster(config: dict, workdir: Path, timeout_s: float = 600, launcher_args: tuple[str, ...] = ()
+                  ) -> RunningCluster:
     """Writes the config and runs the real launcher (`python -m coordinator.launcher`) until ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
     run_dir = workdir / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.launcher", "--config", str(config_path), "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "coordinator.launcher", "--config", str(config_path), "--run-dir", str(run_dir),
+         *launcher_args],
         cwd=ROOT, stdout=open(workdir / "launcher.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     cluster = RunningCluster(config_path, config, run_dir, launcher,
                              f"http://127.0.0.1:{config['api']['port']}")

@@ -37,8 +37,8 @@ def series(title: str, unit: str, queries: list[prometheus.Dataquery], w: int = 
 
 
 def build() -> dict:
-    per_stage = ("sum by (node, phase) (rate(shardline_stage_forward_seconds_sum{WINDOW})) / "
-                 "sum by (node, phase) (rate(shardline_stage_forward_seconds_count{WINDOW}))").format(WINDOW=WINDOW)
+    per_stage = (f"sum by (node, phase) (rate(shardline_stage_forward_seconds_sum{WINDOW})) / "
+                 f"sum by (node, phase) (rate(shardline_stage_forward_seconds_count{WINDOW}))")
     d = (dashboard.Dashboard("Shardline").uid("shardline").tags(["shardline", "llm", "pipeline"])
          .refresh("5s").time("now-30m", "now").timezone("browser").editable()
          .description("Pipeline-parallel serving: requests, latency, throughput, batching, per-stage time, KV "
@@ -106,7 +106,7 @@ def build() -> dict:
          .with_panel(series("Failovers and recovery", "short", [
              q("sum by (model_name) (increase(shardline_failovers_total[5m]))", "failovers {{model_name}}"),
              q("sum by (model_name, node) (increase(shardline_node_down_total[5m]))", "down {{node}}", "B"),
-             q(f"histogram_quantile(0.5, sum by (le) (rate(shardline_failover_recovery_seconds_bucket[5m])))",
+             q("histogram_quantile(0.5, sum by (le) (rate(shardline_failover_recovery_seconds_bucket[5m])))",
                "recovery p50 (s)", "C")], w=8))
          .with_panel(series("Tokenizer latency (p99)", "s", [
              q(f"histogram_quantile(0.99, sum by (le, method) (rate(shardline_tokenizer_request_seconds_bucket"
