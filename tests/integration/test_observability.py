@@ -76,8 +76,9 @@ def test_prometheus_scrapes_every_service_and_the_main_series_move(observed: Run
                           timeout=60).status_code == 200
     jobs = {job: len(targets) for job, targets in scrape_targets(load_config(observed.config_path)).items()}
     deadline = time.monotonic() + 60
-    while value(observed, "shardline_generation_tokens_total") == 0 or len(prom(observed, "up")) < sum(jobs.values()) \
-            or value(observed, "shardline_tokenizer_request_seconds_count") == 0:
+    while value(observed, "shardline_request_success_total") < 6 or len(prom(observed, "up")) < sum(jobs.values()) \
+            or value(observed, "shardline_tokenizer_request_seconds_count") < 6 \
+            or value(observed, 'shardline_api_requests_total{route="/api/model/process"}') < 3:
         assert time.monotonic() < deadline, "Prometheus did not scrape the cluster within 60 s"
         time.sleep(1)
     up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in prom(observed, "up")}
