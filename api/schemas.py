@@ -133,6 +133,7 @@ class ClusterReplica(BaseModel):
     kv_capacity_tokens: int
     weight_bytes: int
     last_error: str = ""
+    micro_batches: int = Field(0, description="micro-batches it has run for this model (activity)")
 
 
 class ClusterModel(BaseModel):

@@ -63,6 +63,7 @@ class Replica:
     last_error: str = ""
     weight_bytes: int = 0
     retry_load_at: float = 0.0  # time.monotonic() before which a failed load is not tried again
+    micro_batches: int = 0  # micro-batches it has run (the web UI shows activity from it)
     order: IssueOrder = field(default_factory=IssueOrder)
     pending_release: list[str] = field(default_factory=list)  # ride on the next micro-batch sent here
 
@@ -164,6 +165,7 @@ class Pipeline:
                     reached = i + 1
                     await replica.order.pass_turn(tickets[i])
                 reply = await pending
+                replica.micro_batches += 1
                 seconds.append(reply.forward_seconds)
         except BaseException:
             first = max(reached - 1, 0)

@@ -136,7 +136,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
                                  layers=wire.layer_range_to_proto(r.layers), state=r.state,
                                  kv_used_tokens=self._kv_used(r.node_id, name), kv_capacity_tokens=r.kv_capacity_tokens,
-                                 last_error=r.last_error, stage=i, weight_bytes=r.weight_bytes)
+                                 last_error=r.last_error, stage=i, weight_bytes=r.weight_bytes,
+                                 micro_batches=r.micro_batches)
         return model
 
     async def ListModels(self, request: coordinator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
