@@ -226,12 +226,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.RegisterNodeResponse(added=added)
 
     def snapshot(self) -> metrics.ClusterSnapshot:
-        """What the state gauges report at a scrape."""
+        """What the state gauges report at a scrape (from the metrics thread: dicts are copied first, atomically)."""
         models = []
-        for name, e in self.engines.items():
+        for name, e in list(self.engines.items()):
             replicas = [metrics.ReplicaSnapshot(r.node_id, r.state, self._kv_used(r.node_id, name),
                                                 r.kv_capacity_tokens) for r in e.pipeline.replicas]
             models.append(metrics.ModelSnapshot(name, len(e.scheduler.running), len(e.scheduler.waiting),
                                                 e.num_in_flight, e.depth, replicas))
-        nodes = [metrics.NodeSnapshot(n, self.membership.state(n)) for n in self.membership.status]
+        nodes = [metrics.NodeSnapshot(n, self.membership.state(n)) for n in list(self.membership.status)]
         return metrics.ClusterSnapshot(models, nodes)

@@ -84,7 +84,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     def memory_used_bytes(self, skip: str = "") -> int:
         """Weights + KV budgets of the shards held (but the one of model ``skip``)."""
         return sum(r.model.weight_bytes() + r.kv.capacity_tokens * r.kv.bytes_per_token
-                   for name, r in self.runners.items() if name != skip)
+                   for name, r in list(self.runners.items()) if name != skip)
 
     def num_sequences(self) -> int:
         return sum(r.kv.num_sequences for r in self.runners.values())
@@ -238,7 +238,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         return self.node_info()
 
     def node_info(self) -> shard_pb2.NodeInfo:
-        return shard_pb2.NodeInfo(node_id=self.node_id, shards=[self.shard_info(r) for r in self.runners.values()],
+        shards = [self.shard_info(r) for r in list(self.runners.values())]  # also read from the metrics thread
+        return shard_pb2.NodeInfo(node_id=self.node_id, shards=shards,
                                   rss_bytes=rss_bytes(), host_id=host_id(), cpu_count=cpu_count(),
                                   memory_budget_bytes=self.memory_budget_bytes,
                                   memory_used_bytes=self.memory_used_bytes())
