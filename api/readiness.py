@@ -51,6 +51,8 @@ class Readiness:
             models = await self.backend.models()
         except ApiError as e:
             return ReadyReport(False, (ModelProbe("*", False, e.message),), time.monotonic())
+        # a model waiting for memory (pending) or being removed (draining) is not expected to serve
+        models = {name: info for name, info in models.items() if info.state not in ("pending", "draining")}
         if not models:
             return ReadyReport(False, (ModelProbe("*", False, "the coordinator serves no model"),), time.monotonic())
         probes = await asyncio.gather(*(self._probe(name, info.eos_token_ids) for name, info in models.items()))

@@ -120,6 +120,8 @@ def test_a_model_that_does_not_fit_stays_pending(runtime_cluster: RunningCluster
     r = httpx.post(f"{runtime_cluster.api_url}/v1/completions", json={"model": SECOND, "prompt": "hi"}, timeout=30)
     assert r.status_code == 503 and "pending" in r.json()["error"]["message"]
     assert SECOND not in [m["id"] for m in httpx.get(f"{runtime_cluster.api_url}/v1/models").json()["data"]]
+    ready = httpx.get(f"{runtime_cluster.api_url}/ready", timeout=60)  # a pending model does not make it unready
+    assert ready.status_code == 200 and SECOND not in [m["model"] for m in ready.json()["models"]], ready.text
 
 
 def test_admin_errors(runtime_cluster: RunningCluster) -> None:
