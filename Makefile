@@ -4,8 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.json
 SETUP_STAMP := $(VENV)/.shardline-setup
+UI_BUILD := frontend/dist/index.html
+UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/package.json \
+	frontend/package-lock.json frontend/vite.config.ts frontend/tsconfig.json
 
-.PHONY: setup models up test unit protos lint clean bench dashboard
+.PHONY: setup models up test unit protos lint clean bench dashboard ui
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,17 +22,29 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@command -v prometheus >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
 	  echo "prometheus not installed: install it (Debian: apt-get install prometheus; or prometheus.io/download) for metrics"
+	# headless Chromium for the web UI's browser tests (driven by Playwright, never its own browser download)
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium not installed: the browser tests need it (Debian: apt-get install chromium)"
 	@touch $@
 
 setup: $(SETUP_STAMP)
 
+# the web UI (React + Vite), built once and again only when its sources change; the API serves it at /
+$(UI_BUILD): $(UI_SOURCES)
+	# npm install, not npm ci: this npm writes lock files without other platforms' optional packages, which npm ci refuses
+	cd frontend && npm install --yes --no-audit --no-fund --loglevel=error && npm run build
+
+ui: $(UI_BUILD)
+
 models: setup
 	$(PY) -m coordinator.models --config $(CONFIG)
 
-up: models
+up: models ui
 	$(PY) -m coordinator.launcher --config $(CONFIG) --prometheus 9090
 
-test: setup
+test: setup ui
+	cd frontend && npm test
 	$(PY) -m coordinator.models --config config.json
 	$(PY) -m pytest tests
 

@@ -23,6 +23,7 @@ from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.openai_schemas import ChatCompletionChunk, CompletionChunk
 from api.readiness import Readiness
 from api.routes import cluster, health, models, native, openai
+from api.routes.ui import mount_ui
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
 from protos.config import Config
 
@@ -64,8 +65,9 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(openai.router, dependencies=[Depends(bearer)])
     app.include_router(cluster.router, dependencies=[Depends(bearer)])
     app.include_router(models.router, dependencies=[Depends(bearer)])
-
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    mount_ui(app)  # last: the UI answers only what no API route does
+
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(MetricsMiddleware)

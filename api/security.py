@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
+from api.routes.ui import is_ui_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ async def _send_error(send: Send, status: int, message: str, headers: dict[str, 
 
 
 class ApiKeyMiddleware:
-    """Every route but /health and /metrics needs ``Authorization: Bearer <key>`` when keys are configured."""
+    """Every route but /health, /metrics and the web UI's files needs ``Authorization: Bearer <key>`` when keys
+    are configured."""
 
     def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
         self.app = app
@@ -61,7 +63,8 @@ class ApiKeyMiddleware:
         return any(secrets.compare_digest(token, k) for k in self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or is_ui_path(path) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         has_header = any(k == b"authorization" for k, _ in scope.get("headers") or [])
