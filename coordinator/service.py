@@ -91,14 +91,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             while True:
                 event = await req.events.get()
                 completion += len(event.token_ids)
+                if event.finish_reason:  # logged and counted first: the client may close on the last message
+                    logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
+                                event.finish_reason, completion, req.queue_seconds)
+                    self._observe_finish(request.model, req)
                 yield coordinator_pb2.GenerateResponse(
                     token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
                     prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds,
                     stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers)
                 if event.finish_reason:
-                    logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
-                                event.finish_reason, completion, req.queue_seconds)
-                    self._observe_finish(request.model, req)
                     return
         except asyncio.CancelledError:
             engine.cancel(req)  # the client went away: stop within one step, free KV on every node

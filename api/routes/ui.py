@@ -1,7 +1,6 @@
-"""The web UI: the built frontend (frontend/dist, or SHARDLINE_UI_DIR) served at /, after every API route.
+"""The web UI: the built frontend (frontend/dist, or SHARDLINE_UI_DIR) served at / and /assets/.
 
-Unknown paths under the API's own prefixes keep their JSON 404s; a missing build answers a page saying
-how to build it (`make ui`)."""
+A missing build answers a page saying how to build it (`make ui`)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import os
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 UI_DIR = Path(os.environ.get("SHARDLINE_UI_DIR") or Path(__file__).resolve().parents[2] / "frontend" / "dist")
@@ -20,14 +19,16 @@ then reload. The API works meanwhile: see <a href="/docs">/docs</a>.</p></body><
 
 def is_ui_path(path: str) -> bool:
     """Paths of the UI's own files, open without an API key (the API calls they make still need one)."""
-    return path in ("/", "/index.html", "/favicon.ico") or path.startswith("/assets/")
+    return path == "/" or path.startswith("/assets/")
 
 
 def mount_ui(app: FastAPI) -> None:
-    if (UI_DIR / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
-        return
+    """GET / (the page) and /assets/* (its scripts and styles) only: every other path stays the API's, with its
+    JSON 404 and 405 answers."""
+    index = UI_DIR / "index.html"
 
-    @app.get("/", include_in_schema=False)
-    async def not_built() -> HTMLResponse:
-        return HTMLResponse(NOT_BUILT)
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def page() -> FileResponse | HTMLResponse:
+        return FileResponse(index) if index.is_file() else HTMLResponse(NOT_BUILT)
+
+    app.mount("/assets", StaticFiles(directory=UI_DIR / "assets", check_dir=False), name="ui-assets")

@@ -79,7 +79,10 @@ def test_prometheus_scrapes_every_service_and_the_main_series_move(observed: Run
     while value(observed, "shardline_request_success_total") < 6 or len(prom(observed, "up")) < sum(jobs.values()) \
             or value(observed, "shardline_tokenizer_request_seconds_count") < 6 \
             or value(observed, 'shardline_api_requests_total{route="/api/model/process"}') < 3:
-        assert time.monotonic() < deadline, "Prometheus did not scrape the cluster within 60 s"
+        assert time.monotonic() < deadline, ("Prometheus did not scrape the cluster within 60 s", [
+            (q, value(observed, q)) for q in ("count(up)", "shardline_request_success_total",
+                                              "shardline_tokenizer_request_seconds_count",
+                                              'shardline_api_requests_total{route="/api/model/process"}')])
         time.sleep(1)
     up = {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in prom(observed, "up")}
     assert {job: sum(1 for j, _ in up if j == job) for job in jobs} == jobs == {
