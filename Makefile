@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.json
 SETUP_STAMP := $(VENV)/.shardline-setup
-UI_BUILD := frontend/dist/index.html
-UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/package.json \
-	frontend/package-lock.json frontend/vite.config.ts frontend/tsconfig.json
+# the web UI: npm ci once per lock file, a build once per change of its sources (stamps, so make up stays quick)
+UI_DEPS := frontend/node_modules/.shardline-npm-ci
+UI_BUILD := frontend/dist/.shardline-build
+UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/vite.config.ts \
+	frontend/tsconfig.json
+NPM := npm --yes --no-audit --no-fund --loglevel=error
 
 .PHONY: setup models up test unit protos lint clean bench dashboard ui
 
@@ -30,10 +33,15 @@ $(SETUP_STAMP): pyproject.toml Makefile
 
 setup: $(SETUP_STAMP)
 
-# the web UI (React + Vite), built once and again only when its sources change; the API serves it at /
-$(UI_BUILD): $(UI_SOURCES)
-	# npm install, not npm ci: this npm writes lock files without other platforms' optional packages, which npm ci refuses
-	cd frontend && npm install --yes --no-audit --no-fund --loglevel=error && npm run build
+# the web UI (React + Vite + TypeScript in frontend/), served by the API at /; needs Node.js 20.19+ with npm
+$(UI_DEPS): frontend/package.json frontend/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20.19+ (with npm) to build the web UI"; exit 1; }
+	cd frontend && $(NPM) ci
+	@touch $@
+
+$(UI_BUILD): $(UI_DEPS) $(UI_SOURCES)
+	cd frontend && $(NPM) run build
+	@touch $@
 
 ui: $(UI_BUILD)
 
@@ -44,7 +52,7 @@ up: models ui
 	$(PY) -m coordinator.launcher --config $(CONFIG) --prometheus 9090
 
 test: setup ui
-	cd frontend && npm test
+	cd frontend && $(NPM) test
 	$(PY) -m coordinator.models --config config.json
 	$(PY) -m pytest tests
 

@@ -1,19 +1,22 @@
-// Shapes of the API's answers (see the API's /docs).
+// Shapes of the Shardline API's answers (see the API's /docs). Only the fields the UI reads.
 
+/** GET /v1/models: one served model. */
 export interface ModelCard {
   id: string;
   ready: boolean;
-  max_model_len: number;
-  num_stages: number;
+  max_model_len?: number;
+  num_stages?: number;
 }
 
+/** One stage of a generation's route: the node that ran a layer range, and its compute time once known. */
 export interface StageTime {
   node: string;
   address: string;
-  layers: [number, number];
+  layers: [number, number]; // [start, end)
   seconds?: number;
 }
 
+/** SSE `start`: the request was admitted and its first token exists. */
 export interface StartEvent {
   id: string;
   model: string;
@@ -23,6 +26,13 @@ export interface StartEvent {
   stages: StageTime[];
 }
 
+/** SSE `first_token` (milliseconds). */
+export interface FirstTokenEvent {
+  timeToFirstToken: number;
+  queueTime: number;
+}
+
+/** SSE `token`: new text, the completion tokens so far, and the rate so far. */
 export interface TokenEvent {
   text: string;
   tokens: number;
@@ -30,6 +40,7 @@ export interface TokenEvent {
   tokensPerSecond: number;
 }
 
+/** SSE `done`: the same object as POST /api/model/process answers (times in milliseconds). */
 export interface DoneEvent {
   text: string;
   processingTime: number;
@@ -37,29 +48,38 @@ export interface DoneEvent {
   timeToFirstToken: number | null;
   tokensPerSecond: number;
   nodeCount: number;
-  model: string;
+  model?: string;
   usage: { prompt_tokens: number; completion_tokens: number };
   finish_reason: string;
   stages: StageTime[];
 }
 
+/** The API's error body, as JSON answers and as SSE `error` events. */
+export interface ErrorBody {
+  error: { message: string; type?: string; param?: string | null; code?: number | string | null };
+}
+
+export type NodeState = "loading" | "ready" | "draining" | "down";
+
+/** GET /api/cluster: one shard of a model on one node. Replicas of a layer range share `stage`. */
 export interface Replica {
   node: string;
   address: string;
   stage: number;
-  layers: [number, number];
-  state: string; // loading | ready | draining | down
+  layers: [number, number]; // [start, end)
+  state: NodeState | string;
   kv_used_tokens: number;
   kv_capacity_tokens: number;
-  last_error: string;
-  micro_batches?: number;
+  weight_bytes?: number;
+  last_error?: string;
+  micro_batches?: number; // cumulative; older APIs do not send it
 }
 
 export interface ClusterModel {
   name: string;
   state: string; // serving | loading | unavailable | pending | draining
   ready: boolean;
-  unavailable_reason: string;
+  unavailable_reason?: string;
   num_stages: number;
   running: number;
   waiting: number;
@@ -70,8 +90,12 @@ export interface ClusterModel {
 export interface ClusterNode {
   id: string;
   address: string;
-  state: string;
-  last_error: string;
+  state: NodeState | string;
+  last_error?: string;
+  kv_used_tokens?: number;
+  kv_capacity_tokens?: number;
+  rss_bytes?: number;
+  events?: string[];
 }
 
 export interface Cluster {
@@ -79,7 +103,8 @@ export interface Cluster {
   models: ClusterModel[];
 }
 
-export interface GenerationParams {
+/** Body of POST /api/model/stream. */
+export interface GenerationRequest {
   text: string;
   model: string;
   max_tokens: number;

@@ -3,6 +3,7 @@ SmolLM2 split over three nodes, the API serving the built UI. Screenshots go to 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
 
 from tests.conftest import ROOT, SMOL, RunningCluster, base_config, start_cluster
 from tests.integration.helpers import node_info
@@ -65,8 +66,8 @@ def shot(page: Page, name: str) -> None:
 
 
 def current(page: Page) -> Locator:
-    """The newest answer's section (earlier answers are in the history)."""
-    return page.get_by_label("ask", exact=True)
+    """The prompt form and the newest answer (earlier answers are in the history)."""
+    return page.get_by_test_id("current-answer")
 
 
 def ask(page: Page, prompt: str, max_tokens: int = 64) -> None:
@@ -141,6 +142,9 @@ def test_cancel_really_stops_generation(page: Page, stack: RunningCluster) -> No
 def test_errors_and_empty_input_are_clear(page: Page) -> None:
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
     expect(page.get_by_test_id("empty-hint")).to_be_visible()
+    unlabelled = page.evaluate("[...document.querySelectorAll('input, select, textarea')]"
+                               ".filter((e) => !e.labels || e.labels.length === 0).map((e) => e.outerHTML)")
+    assert unlabelled == [], unlabelled
     ask(page, "hi", 20000)  # over the context: the API refuses it, and its message is shown
     error = current(page).get_by_test_id("answer-error")
     expect(error).to_contain_text("max_tokens is 20000", timeout=20_000)
@@ -148,11 +152,27 @@ def test_errors_and_empty_input_are_clear(page: Page) -> None:
     shot(page, "error")
 
 
+def test_an_unknown_model_shows_the_apis_404_message(page: Page) -> None:
+    def to_unknown_model(route: Route) -> None:  # the form only offers served models: change the request
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "model": "no-such-model"}))
+
+    page.route("**/api/model/stream", to_unknown_model)
+    ask(page, "hi", 8)
+    error = current(page).get_by_test_id("answer-error")
+    expect(error).to_contain_text("model 'no-such-model' is not served", timeout=20_000)
+    expect(error).to_contain_text("HTTP 404")
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "error")
+
+
 def test_phone_width_has_no_horizontal_scroll(browser: Browser, stack: RunningCluster) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 800})
     page = context.new_page()
     page.goto(stack.api_url + "/")
     expect(page.get_by_test_id("node")).to_have_count(3, timeout=15_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    ask(page, "Name three colors.", 24)  # an answer with its figures and per-stage table fits too
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "done", timeout=60_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     shot(page, "phone")
     context.close()

@@ -1,5 +1,5 @@
-// Incremental parser for server-sent events (text/event-stream): feed it chunks as they arrive,
-// get back the complete events. Handles CRLF, multi-line data and events split across chunks.
+// Incremental parser for server-sent events (text/event-stream): feed it text as it arrives, get back
+// the complete events. Handles CRLF and CR line ends, comments, multi-line data and events split anywhere.
 
 export interface SseEvent {
   event: string; // "message" when the stream names none
@@ -9,18 +9,22 @@ export interface SseEvent {
 export class SseParser {
   private buffer = "";
 
+  /** Adds a chunk of the stream; returns the events it completed. */
   push(chunk: string): SseEvent[] {
-    this.buffer += chunk.replace(/\r\n?/g, "\n");
+    this.buffer += chunk;
     const events: SseEvent[] = [];
-    let end = this.buffer.indexOf("\n\n");
-    while (end !== -1) {
-      const block = this.buffer.slice(0, end);
-      this.buffer = this.buffer.slice(end + 2);
-      const parsed = parseBlock(block);
+    for (;;) {
+      // a CR at the very end may be the first half of a CRLF: wait for the next chunk
+      const normalized = this.buffer.replace(/\r\n|\r(?!$)/g, "\n");
+      const end = normalized.indexOf("\n\n");
+      if (end === -1) {
+        this.buffer = normalized;
+        return events;
+      }
+      const parsed = parseBlock(normalized.slice(0, end));
+      this.buffer = normalized.slice(end + 2);
       if (parsed) events.push(parsed);
-      end = this.buffer.indexOf("\n\n");
     }
-    return events;
   }
 }
 

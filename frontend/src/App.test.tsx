@@ -1,0 +1,147 @@
+import { fireEvent, render, screen, waitFor, within } from "@testing-library/react";
+import { describe, expect, it, vi } from "vitest";
+import App from "./App";
+import { cluster, clusterModel, fakeFetch, json, sseResponse, sseText, THREE_STAGES } from "./test/fakeApi";
+import type { Cluster } from "./types";
+
+const MODELS = { data: [{ id: "smol", ready: true, max_model_len: 8192, num_stages: 3 }] };
+const READY = cluster([clusterModel(THREE_STAGES)]);
+const START = { id: "r1", model: "smol", promptTokens: 30, maxTokens: 64, nodeCount: 3,
+                stages: THREE_STAGES.map((r) => ({ node: r.node, address: r.address, layers: r.layers })) };
+const DONE = { text: "Paris is the capital.", processingTime: 900, queueTime: 0.3, timeToFirstToken: 210,
+               tokensPerSecond: 12.5, nodeCount: 3, usage: { prompt_tokens: 30, completion_tokens: 5 },
+               finish_reason: "stop", stages: START.stages.map((s, i) => ({ ...s, seconds: 0.1 * (i + 1) })) };
+
+function stack(overrides: Record<string, Parameters<typeof fakeFetch>[0][string]> = {}, clusterState: () => Cluster = () => READY) {
+  const f = vi.fn(fakeFetch({
+    "GET /v1/models": () => json(MODELS),
+    "GET /api/cluster": () => json(clusterState()),
+    ...overrides,
+  }));
+  vi.stubGlobal("fetch", f);
+  return f;
+}
+
+async function ask(text: string) {
+  const box = await screen.findByLabelText("Prompt");
+  await waitFor(() => expect((screen.getByLabelText("Model") as HTMLSelectElement).value).toBe("smol"));
+  fireEvent.change(box, { target: { value: text } });
+  fireEvent.keyDown(box, { key: "Enter", ctrlKey: true });
+}
+
+const current = () => within(screen.getByTestId("current-answer"));
+
+describe("App", () => {
+  it("streams an answer and fills in its figures, then lists it among earlier answers", async () => {
+    let release: (() => void) | undefined;
+    stack({ "POST /api/model/stream": () => {
+      const first = sseText([["start", START], ["first_token", { timeToFirstToken: 210, queueTime: 0.3 }],
+                             ["token", { text: "Paris", tokens: 1, elapsedMs: 230, tokensPerSecond: 0 }]]);
+      const body = new ReadableStream<Uint8Array>({ start(c) {
+        c.enqueue(new TextEncoder().encode(first));
+        release = () => { c.enqueue(new TextEncoder().encode(sseText([
+          ["token", { text: " is the capital.", tokens: 5, elapsedMs: 600, tokensPerSecond: 11 }], ["done", DONE]]))); c.close(); };
+      } });
+      return new Response(body);
+    } });
+    render(<App pollMs={20} />);
+    await ask("What is the capital of France?");
+    await waitFor(() => expect(current().getByTestId("answer-text").textContent).toBe("Paris▍"));
+    expect(current().getByTestId("answer").getAttribute("data-status")).toBe("streaming");
+    expect(current().getByTestId("ttft").textContent).toBe("210 ms");
+    expect(current().getByTestId("node-count").textContent).toBe("3");
+    expect(screen.getByRole("button", { name: "Cancel" })).toBeTruthy();
+    release!();
+    await waitFor(() => expect(current().getByTestId("answer").getAttribute("data-status")).toBe("done"));
+    expect(current().getByTestId("answer-text").textContent).toBe("Paris is the capital.");
+    expect(current().getByTestId("tps").textContent).toBe("12.5");
+    expect(current().getByTestId("total").textContent).toBe("900 ms");
+    expect(within(current().getByTestId("stage-times")).getAllByRole("row")).toHaveLength(4);
+
+    await ask("And of Spain?");
+    await waitFor(() => expect(screen.getByTestId("history").textContent).toContain("What is the capital of France?"));
+  });
+
+  it("Cancel aborts the request (the server then stops generating)", async () => {
+    let signal: AbortSignal | undefined;
+    stack({ "POST /api/model/stream": (init) => {
+      signal = init?.signal ?? undefined;
+      return sseResponse([sseText([["start", START], ["token", { text: "Once", tokens: 1, elapsedMs: 1, tokensPerSecond: 0 }]])],
+                         { close: false, signal });
+    } });
+    render(<App pollMs={20} />);
+    await ask("Tell me a long story.");
+    await waitFor(() => expect(current().getByTestId("answer-text").textContent).toContain("Once"));
+    fireEvent.click(screen.getByRole("button", { name: "Cancel" }));
+    await waitFor(() => expect(current().getByTestId("answer").getAttribute("data-status")).toBe("cancelled"));
+    expect(signal?.aborted).toBe(true);
+    expect(current().getByTestId("answer-text").textContent).toBe("Once");
+    expect(screen.queryByRole("button", { name: "Cancel" })).toBeNull();
+  });
+
+  it("shows the API's error message (before and during the stream)", async () => {
+    let calls = 0;
+    stack({ "POST /api/model/stream": () => ++calls === 1
+      ? json({ error: { message: "the prompt (9000 tokens) is longer than the context (8192)", code: 400 } }, 400)
+      : sseResponse([sseText([["start", START], ["error", { error: { message: "node2 is down", code: 503 } }]])]) });
+    render(<App pollMs={20} />);
+    await ask("x");
+    expect((await current().findByRole("alert")).textContent).toContain("longer than the context");
+    await ask("y");
+    await waitFor(() => expect(current().getByRole("alert").textContent).toBe("node2 is down (HTTP 503)"));
+  });
+
+  it("says when the API is down, and recovers when it is back", async () => {
+    let up = false;
+    const f = fakeFetch({ "GET /v1/models": () => json(MODELS), "GET /api/cluster": () => json(READY) });
+    vi.stubGlobal("fetch", (input: RequestInfo | URL, init?: RequestInit) =>
+      up ? f(input, init) : Promise.reject(new TypeError("Failed to fetch")));
+    render(<App pollMs={20} />);
+    expect((await screen.findByTestId("api-down")).textContent).toMatch(/API down: The Shardline API cannot be reached/);
+    expect(screen.getByTestId("connection").textContent).toBe("offline");
+    up = true;
+    await waitFor(() => expect(screen.queryByTestId("api-down")).toBeNull());
+    expect(await screen.findAllByTestId("node")).toHaveLength(3);
+    expect(screen.getByTestId("connection").textContent).toBe("live");
+  });
+
+  it("shows a loading model as loading, with the cluster's reason", async () => {
+    stack({ "GET /v1/models": () => json({ data: [{ id: "smol", ready: false }] }) },
+          () => cluster([clusterModel(THREE_STAGES.map((r) => ({ ...r, state: "loading" })),
+                                      { state: "loading", ready: false, unavailable_reason: "node3 is loading its shard" })]));
+    render(<App pollMs={20} />);
+    expect((await screen.findByTestId("model-unavailable")).textContent).toBe("smol is loading. node3 is loading its shard");
+    await waitFor(() => expect(screen.getByRole("option").textContent).toBe("smol (loading…)"));
+    expect(screen.getAllByTestId("node").map((n) => n.getAttribute("data-state"))).toEqual(["loading", "loading", "loading"]);
+  });
+
+  it("pulses the nodes whose micro-batch count grew between polls", async () => {
+    let batches = 0;
+    stack({}, () => cluster([clusterModel(THREE_STAGES.map((r, i) => ({ ...r, micro_batches: i === 1 ? (batches += 1) : 7 })))]));
+    render(<App pollMs={20} />);
+    await waitFor(() => expect(screen.getAllByTestId("activity").map((a) => a.getAttribute("data-active")))
+      .toEqual(["false", "true", "false"]));
+  });
+
+  it("asks for an API key on 401 and sends it once saved", async () => {
+    const f = stack();
+    const guarded = fakeFetch({ "GET /v1/models": () => json(MODELS), "GET /api/cluster": () => json(READY) });
+    f.mockImplementation(async (input, init) => new Headers(init?.headers).get("Authorization") === "Bearer k1"
+      ? guarded(input, init)
+      : json({ error: { message: "missing API key", type: "authentication_error", code: 401 } }, 401));
+    render(<App pollMs={20} />);
+    expect((await screen.findByTestId("api-down")).textContent).toContain("API key needed: missing API key");
+    fireEvent.change(screen.getByLabelText("API key"), { target: { value: "k1" } });
+    fireEvent.click(screen.getByRole("button", { name: "Save" }));
+    await waitFor(() => expect(screen.queryByTestId("api-down")).toBeNull());
+    expect(localStorage.getItem("shardline.apiKey")).toBe("k1");
+  });
+
+  it("keeps Send disabled with a hint while the prompt is empty", async () => {
+    stack();
+    render(<App pollMs={20} />);
+    await screen.findAllByTestId("node");
+    expect(screen.getByRole("button", { name: "Send" })).toHaveProperty("disabled", true);
+    expect(screen.getByTestId("empty-hint").textContent).toBe("Type a prompt to send.");
+  });
+});
