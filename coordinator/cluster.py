@@ -83,5 +83,4 @@ async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
     if engine.ready:
         logger.info("model %s ready on %d node(s)", model.name, len(ready))
     else:
-        engine.load_error = engine.unavailable_reason()
-        logger.error("model %s is unavailable: %s", model.name, engine.load_error)
+        logger.error("model %s is unavailable: %s", model.name, engine.unavailable_reason())

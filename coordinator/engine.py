@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -36,7 +36,6 @@ class FailoverStats:
     failovers: int = 0  # sequences moved to another route
     recoveries: int = 0  # of those, how many produced their next token
     last_recovery_seconds: float = 0.0  # loss seen -> next token, of the last recovered sequence
-    recovery_seconds: list[float] = field(default_factory=list)  # the last 100
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,6 @@ class ModelEngine:
         self.shard_load = shard_load
         self.loaded = False  # the first load finished (some replicas may have failed)
         self.draining = False  # being removed: admits nothing new
-        self.load_error = ""
         self.stats = FailoverStats()
         self.routes: list[Route] = []
         self._wakeup = asyncio.Event()
@@ -90,7 +88,7 @@ class ModelEngine:
 
     def unavailable_reason(self) -> str:
         if not self.loaded:
-            return self.load_error or "it is still loading"
+            return "it is still loading"
         parts = []
         for group in self.pipeline.groups:
             if not group.ready():
@@ -381,7 +379,6 @@ class ModelEngine:
         stats = self.stats
         stats.recoveries += 1
         stats.last_recovery_seconds = took
-        stats.recovery_seconds = [*stats.recovery_seconds[-99:], took]
         metrics.RECOVERIES.labels(self.name).inc()
         metrics.RECOVERY_SECONDS.labels(self.name).observe(took)
         logger.warning("request %s recovered on route %s: KV rebuilt and the next token out %.2f s after the loss",

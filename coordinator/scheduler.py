@@ -67,7 +67,7 @@ class Scheduler:
     @depth.setter
     def depth(self, depth: int) -> None:
         self.lane_routes = (self.lane_routes + [self.lane_routes[-1]] * depth)[:depth]
-        self.usable = {lane for lane in self.usable if lane < depth} | set(range(len(self.lane_routes)))
+        self.usable = set(range(depth))  # the engine narrows it to lanes whose nodes are ready
 
     @property
     def kv_reserved_tokens(self) -> int:
