@@ -29,6 +29,14 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  echo "chromium not installed: the browser tests need it (Debian: apt-get install chromium)"
+	# the multi-host test (network namespaces, NFQUEUE delay; needs root): iptables, ping, libnetfilter-queue
+	@[ "$$(dpkg-query -W -f='$${Status}\n' iptables iputils-ping libnetfilter-queue-dev 2>/dev/null | \
+	  grep -c 'install ok installed')" = 3 ] || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends iptables iputils-ping libnetfilter-queue-dev >/dev/null; } || \
+	  echo "iptables/libnetfilter-queue not installed: the multi-host test will install them or skip"
+	@$(PY) -c "import netfilterqueue" 2>/dev/null || $(PY) -m pip install --quiet netfilterqueue==1.1.0 || \
+	  echo "netfilterqueue not installed (needs libnetfilter-queue-dev and a C compiler): the multi-host test will try again"
 	@touch $@
 
 setup: $(SETUP_STAMP)

@@ -10,7 +10,7 @@ import uvicorn
 
 from api.main import create_app
 from api.security import api_keys_from, is_loopback
-from protos.config import ConfigError, load_config
+from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import add_log_args, setup_logging
 
 logger = logging.getLogger("api")
@@ -22,7 +22,7 @@ def _stopped(signum: int, frame: object) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m api", description=__doc__)
-    p.add_argument("--config", default="config.json")
+    p.add_argument("--config", default=default_config_path())
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     add_log_args(p)

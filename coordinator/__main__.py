@@ -12,7 +12,7 @@ from coordinator import metrics
 from coordinator.registry import ModelRegistry
 from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2_grpc
-from protos.config import ConfigError, load_config
+from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
     NOT_SERVING,
@@ -70,7 +70,7 @@ async def serve(config_path: str, host: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
-    p.add_argument("--config", default="config.json")
+    p.add_argument("--config", default=default_config_path())
     p.add_argument("--host", default=None, help="listen address (default: the host in coordinator.address)")
     add_log_args(p)
     args = p.parse_args()

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.prometheus_config import local_config, scrape_targets
 from protos import coordinator_pb2, coordinator_pb2_grpc
-from protos.config import Config, ConfigError, load_config
+from protos.config import Config, ConfigError, default_config_path, load_config
 from protos.runtime import add_log_args, setup_logging
 
 logger = logging.getLogger("shardline.up")
@@ -235,7 +235,7 @@ class Cluster:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="shardline up", description=__doc__)
-    p.add_argument("--config", default="config.json")
+    p.add_argument("--config", default=default_config_path())
     p.add_argument("--run-dir", default=None, help="folder for logs (default: .run/<timestamp>)")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for every process")
     p.add_argument("--prometheus", type=int, default=0, metavar="PORT",

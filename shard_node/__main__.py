@@ -1,15 +1,23 @@
-"""python -m shard_node --port 50051: a shard node; the coordinator tells it what to load."""
+"""python -m shard_node --port 50051: a shard node; the coordinator tells it what to load.
+
+With ``--config`` and ``--node-id`` (or ``--node-index``), its port, metrics port, memory budget and threads come
+from that node's entry in config.json (after ``SHARDLINE_ADDRESSES``); flags given on the command line win.
+Containers run ``python -m shard_node --host 0.0.0.0`` with SHARDLINE_CONFIG and SHARDLINE_NODE_ID (or, in a
+StatefulSet, SHARDLINE_NODE_INDEX from the pod's ordinal) in the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 
 import grpc
 import torch
 
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2_grpc
+from protos.config import CONFIG_ENV, ConfigError, NodeConfig, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
@@ -25,15 +33,24 @@ from shard_node.service import ShardNodeServicer
 logger = logging.getLogger("shard_node")
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m shard_node", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in containers)")
-    p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--node-id", default="", help="name used in logs and Info (default: node-<port>)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m shard_node", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=os.environ.get(CONFIG_ENV, ""),
+                   help="take this node's settings from config.json (default: $SHARDLINE_CONFIG; none = flags only)")
+    p.add_argument("--node-id", default=os.environ.get("SHARDLINE_NODE_ID", ""),
+                   help="this node's id: its entry in --config, and its name in logs and Info "
+                        "(default: $SHARDLINE_NODE_ID, else node-<port>)")
+    p.add_argument("--node-index", type=int, default=_env_int("SHARDLINE_NODE_INDEX"),
+                   help="with --config and no --node-id: the node at this position of `nodes` (0-based, a "
+                        "StatefulSet ordinal; default: $SHARDLINE_NODE_INDEX)")
+    p.add_argument("--host", default=None, help="address to listen on (default: the configured host, else "
+                                                 "127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=None, help="default: the configured port, else 50051")
     p.add_argument("--kv-cache-tokens", type=int, default=32768,
                    help="KV budget per shard when LoadShard does not give one")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--memory-mb", type=int, default=0,
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--memory-mb", type=int, default=None,
                    help="memory budget for shards (weights + KV budgets) in MiB; LoadShard beyond it is refused "
                         "(0 = no limit)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
@@ -44,9 +61,48 @@ def parse_args() -> argparse.Namespace:
                         "for new placements and replicas without a restart")
     p.add_argument("--advertise", default="",
                    help="the host:port the coordinator reaches this node at (default: --host:--port)")
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0 = off)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 = off)")
     add_log_args(p)
-    return p.parse_args()
+    args = p.parse_args(argv)
+    entry = _config_entry(p, args) if args.config else None
+    if entry is not None:
+        args.node_id = entry.id
+    defaults = {"host": entry.host if entry else "127.0.0.1", "port": entry.port if entry else 50051,
+                "threads": entry.threads if entry else 0, "memory_mb": entry.memory_mb if entry else 0,
+                "metrics_port": (entry.metrics_port or 0) if entry else 0}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"shard node: ${name} must be an integer, got {value!r}") from None
+
+
+def _config_entry(p: argparse.ArgumentParser, args: argparse.Namespace) -> NodeConfig:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        p.error(str(e))
+    ids = [n.id for n in config.nodes]
+    if args.node_id:
+        if args.node_id not in ids:
+            p.error(f"--node-id {args.node_id!r} is not in {args.config}; its nodes are {ids}")
+        return config.node(args.node_id)
+    if args.node_index is None:
+        p.error(f"--config needs --node-id or --node-index (or $SHARDLINE_NODE_ID / $SHARDLINE_NODE_INDEX) to pick "
+                f"this node among {ids}")
+    if not 0 <= args.node_index < len(ids):
+        p.error(f"--node-index {args.node_index} is out of range: {args.config} has {len(ids)} nodes {ids} "
+                f"(0-based)")
+    return config.nodes[args.node_index]
 
 
 async def join(coordinator: str, node_id: str, address: str) -> None:

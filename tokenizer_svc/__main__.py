@@ -9,7 +9,7 @@ import logging
 import grpc
 
 from protos import tokenizer_pb2_grpc
-from protos.config import ConfigError, load_config
+from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
@@ -54,7 +54,7 @@ async def serve(config_path: str, host: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m tokenizer_svc", description=__doc__)
-    p.add_argument("--config", default="config.json")
+    p.add_argument("--config", default=default_config_path())
     p.add_argument("--host", default=None)
     add_log_args(p)
     args = p.parse_args()

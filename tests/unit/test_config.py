@@ -33,6 +33,7 @@ def _base() -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def _no_cache_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHARDLINE_MODEL_CACHE", raising=False)
+    monkeypatch.delenv("SHARDLINE_ADDRESSES", raising=False)
 
 
 def test_repo_config_loads() -> None:
@@ -223,3 +224,58 @@ def test_coordinator_cli_exits_with_field_name(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "models[0].dtype" in proc.stderr
+
+
+# ----- SHARDLINE_ADDRESSES: one config.json for loopback, compose, Kubernetes and network namespaces
+
+
+def test_addresses_compose_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", "coordinator=coordinator, tokenizer=tokenizer,nodes={id}")
+    cfg = load_config(REPO / "config.json")
+    assert [n.address for n in cfg.nodes] == ["node1:50051", "node2:50052", "node3:50053"]
+    assert cfg.coordinator.address == "coordinator:50050"
+    assert cfg.tokenizer.address == "tokenizer:50054"
+    assert [n.metrics_port for n in cfg.nodes] == [9111, 9112, 9113]  # everything else as written
+
+
+def test_addresses_statefulset_style_and_per_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", "nodes=shard-node-{index}.shard-node:50051,node3=10.0.0.9")
+    cfg = load_config(REPO / "config.json")
+    assert [n.address for n in cfg.nodes] == ["shard-node-0.shard-node:50051", "shard-node-1.shard-node:50051",
+                                              "10.0.0.9:50053"]
+    assert cfg.coordinator.address == "127.0.0.1:50050"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("gateway=x", "unknown key 'gateway'"),
+    ("nodes", "entries must be key=host"),
+    ("nodes={name}", "bad placeholder"),
+    ("nodes=same:1", "must stay unique"),
+    ("coordinator=a:99999", "port in 1..65535"),
+    ("nodes={id},nodes=x", "given twice"),
+])
+def test_addresses_errors_name_the_problem(monkeypatch: pytest.MonkeyPatch, spec: str, message: str) -> None:
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", spec)
+    with pytest.raises(ConfigError, match="SHARDLINE_ADDRESSES") as e:
+        load_config(REPO / "config.json")
+    assert message in str(e.value)
+
+
+def test_shard_node_takes_its_entry_from_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shard_node.__main__ import parse_args
+
+    args = parse_args(["--config", str(REPO / "config.json"), "--node-id", "node2"])
+    assert (args.node_id, args.host, args.port, args.metrics_port) == ("node2", "127.0.0.1", 50052, 9112)
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", "nodes=shard-node-{index}.shard-node:50051")
+    monkeypatch.setenv("SHARDLINE_NODE_INDEX", "2")
+    args = parse_args(["--config", str(REPO / "config.json"), "--host", "0.0.0.0", "--memory-mb", "300"])
+    assert (args.node_id, args.host, args.port, args.memory_mb) == ("node3", "0.0.0.0", 50051, 300)
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(REPO / "config.json"), "--node-index", "3"])
+
+
+def test_healthcheck_fails_with_a_reason_when_nothing_serves() -> None:
+    r = subprocess.run([sys.executable, "-m", "protos.healthcheck", "tokenizer", "--address", "127.0.0.1:9",
+                        "--timeout", "1"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 1
+    assert "not serving" in r.stderr and "127.0.0.1:9" in r.stderr
