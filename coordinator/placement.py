@@ -75,20 +75,57 @@ def place(num_layers: int, sizes: ModelSizes, rooms: list[NodeRoom], replicas: i
     return Placement(tuple(tuple(r.node_id for r in g) for g in groups), tuple(ranges))
 
 
-def _bounded_split(num_layers: int, sizes: ModelSizes, free: list[int | None]) -> list[LayerRange]:
-    """Layers in proportion to what each stage can hold, never more than it can hold."""
+def fit_ranges(num_layers: int, sizes: ModelSizes, free: list[int | None], capacities: list[float],
+               head_cost: float = 0.0) -> list[LayerRange]:
+    """Ranges for stages already chosen (a configured model): the compute-balanced split when every stage fits
+    its free bytes (``None`` = no limit); else the split whose busiest stage (layers + LM head cost, over its
+    capacity) is least busy among those where every stage holds no more than it has room for."""
+    ranges = partition_layers(num_layers, capacities, head_cost)
+    if all(f is None or sizes.stage_bytes(r, num_layers) <= f for r, f in zip(ranges, free)):
+        return ranges
+    caps = _stage_caps(num_layers, sizes, free)
+    n = len(caps)
+    head = [0.0] * (n - 1) + [head_cost]
+    busy = [lambda c, i=i: (c + head[i]) / capacities[i] for i in range(n)]
+    counts: list[int] = []
+    for target in sorted({busy[i](k) for i in range(n) for k in range(1, caps[i] + 1)}):
+        counts = [max(1, min(caps[i], math.floor(target * capacities[i] - head[i] + 1e-9))) for i in range(n)]
+        if sum(counts) >= num_layers:
+            break
+    while sum(counts) > num_layers:  # a little over: take from the busiest stages
+        i = max((i for i in range(n) if counts[i] > 1), key=lambda i: busy[i](counts[i]))
+        counts[i] -= 1
+    return _ranges(counts)
+
+
+def _stage_caps(num_layers: int, sizes: ModelSizes, free: list[int | None]) -> list[int]:
+    """How many layers each stage can hold (at most all of them); DoesNotFit when they cannot hold the model."""
     n = len(free)
     caps = []
     for i, room in enumerate(free):
         extra = (sizes.first_extra_bytes if i == 0 else 0) + (sizes.last_extra_bytes if i == n - 1 else 0)
-        caps.append(num_layers if room is None else max(0, (room - extra) // sizes.per_layer))
-    total_free = sum(f for f in free if f is not None)
-    need = num_layers * sizes.per_layer + sizes.first_extra_bytes + sizes.last_extra_bytes
+        caps.append(num_layers if room is None else min(num_layers, max(0, (room - extra) // sizes.per_layer)))
     if sum(caps) < num_layers or any(c < 1 for c in caps):
+        total_free = sum(f for f in free if f is not None)
+        need = num_layers * sizes.per_layer + sizes.first_extra_bytes + sizes.last_extra_bytes
         raise DoesNotFit(f"the model needs about {need / 2**20:.0f} MiB (weights + KV budget) across its stages; "
                          f"the {n} stage(s) available have {total_free / 2**20:.0f} MiB free")
-    weights = [min(c, num_layers) for c in caps]
-    quotas = [num_layers * w / sum(weights) for w in weights]
+    return caps
+
+
+def _ranges(counts: list[int]) -> list[LayerRange]:
+    out, start = [], 0
+    for c in counts:
+        out.append(LayerRange(start, start + c))
+        start += c
+    return out
+
+
+def _bounded_split(num_layers: int, sizes: ModelSizes, free: list[int | None]) -> list[LayerRange]:
+    """Layers in proportion to what each stage can hold, never more than it can hold."""
+    caps = _stage_caps(num_layers, sizes, free)
+    n = len(caps)
+    quotas = [num_layers * c / sum(caps) for c in caps]
     counts = [max(1, min(caps[i], math.floor(q))) for i, q in enumerate(quotas)]
     order = sorted(range(n), key=lambda i: -(quotas[i] - math.floor(quotas[i])))
     while sum(counts) < num_layers:  # hand out the rest where there is room, largest remainder first
@@ -97,8 +134,4 @@ def _bounded_split(num_layers: int, sizes: ModelSizes, free: list[int | None]) -
     while sum(counts) > num_layers:
         i = max(range(n), key=lambda i: counts[i])
         counts[i] -= 1
-    out, start = [], 0
-    for c in counts:
-        out.append(LayerRange(start, start + c))
-        start += c
-    return out
+    return _ranges(counts)

