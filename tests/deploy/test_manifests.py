@@ -426,7 +426,7 @@ def test_k8s_probes(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
             assert c[probe]["grpc"]["port"] == grpc_port, f"{name} {probe}"
     api = pods["api"]["containers"][0]
     assert api["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/health"
 
 
 def test_k8s_pods_are_locked_down(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
