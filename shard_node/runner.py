@@ -126,7 +126,7 @@ class ShardRunner:
                 new[s.seq_id] = s.max_total_tokens
             else:
                 if s.seq_id not in self.kv or s.seq_id in released:
-                    raise BatchError("NOT_FOUND", f"{where} has no KV cache on this node (start_pos "
+                    raise BatchError("FAILED_PRECONDITION", f"{where} has no KV cache on this node (start_pos "
                                      f"{s.start_pos} > 0 needs an earlier prefill)")
                 entry = self.kv.get(s.seq_id)
                 if entry.owner != owner:
@@ -135,7 +135,7 @@ class ShardRunner:
                     raise BatchError("FAILED_PRECONDITION", f"{where}: start_pos {s.start_pos} but the cache "
                                      f"holds {entry.length} positions")
                 if s.start_pos + s.num_tokens > entry.capacity:
-                    raise BatchError("OUT_OF_RANGE", f"{where}: positions up to {s.start_pos + s.num_tokens} "
+                    raise BatchError("FAILED_PRECONDITION", f"{where}: positions up to {s.start_pos + s.num_tokens} "
                                      f"exceed the {entry.capacity} tokens reserved at prefill")
         total = sum(s.num_tokens for s in batch.slices)
         if self.is_first:

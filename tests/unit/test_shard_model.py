@@ -306,7 +306,7 @@ def test_validate_empty_batch_and_bad_counts(llama: Tiny) -> None:
 
 def test_validate_unknown_sequence_continuation(llama: Tiny) -> None:
     (r,) = llama.runners(SPLITS["whole"])
-    msg = _expect(r, _first_batch([_slice("ghost", 3, 1, 8)], [1]), "NOT_FOUND")
+    msg = _expect(r, _first_batch([_slice("ghost", 3, 1, 8)], [1]), "FAILED_PRECONDITION")
     assert "ghost" in msg
 
 
@@ -317,7 +317,7 @@ def test_validate_start_pos_mismatch_and_owner(llama: Tiny) -> None:
     assert "6" in msg and "4" in msg
     _expect(r, _first_batch([_slice("s", 4, 1, 10)], [5]), "FAILED_PRECONDITION", owner=2)  # another stream
     _expect(r, _first_batch([_slice("s", 0, 4, 10)], [1, 2, 3, 4]), "FAILED_PRECONDITION")  # prefill again
-    _expect(r, _first_batch([_slice("s", 4, 7, 10)], list(range(7))), "OUT_OF_RANGE")  # beyond reservation
+    _expect(r, _first_batch([_slice("s", 4, 7, 10)], list(range(7))), "FAILED_PRECONDITION")  # beyond reservation
     r.run(_first_batch([_slice("s", 4, 1, 10)], [5]), owner=1)  # the right continuation still works
 
 
