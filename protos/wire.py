@@ -23,6 +23,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 MAX_DIMS = 8
+MAX_DIM_SIZE = 2**31 - 1  # one dimension; anything a real shard exchanges is far smaller
+MAX_SPAN_BYTES = 2**62  # product of the non-zero dimensions x itemsize: beyond it torch's strides overflow
 
 
 class WireError(ValueError):
@@ -54,7 +56,11 @@ def tensor_from_proto(msg: common_pb2.Tensor, expected_shape: tuple[int | None, 
         raise WireError(f"tensor has {len(shape)} dimensions; at most {MAX_DIMS} allowed")
     if any(d < 0 for d in shape):
         raise WireError(f"tensor shape {list(shape)} has a negative dimension")
+    if any(d > MAX_DIM_SIZE for d in shape):
+        raise WireError(f"tensor shape {list(shape)} has a dimension over {MAX_DIM_SIZE}")
     itemsize = torch.empty(0, dtype=dtype).element_size()
+    if math.prod(max(d, 1) for d in shape) * itemsize > MAX_SPAN_BYTES:
+        raise WireError(f"tensor shape {list(shape)} is too large to describe (over {MAX_SPAN_BYTES} bytes)")
     expected_bytes = math.prod(shape) * itemsize
     if expected_bytes != len(msg.data):
         raise WireError(

@@ -202,6 +202,9 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                     reply.error_code, reply.error_message = "INVALID_ARGUMENT", str(e)
                 except BatchError as e:
                     reply.error_code, reply.error_message = e.code, str(e)
+                except Exception as e:  # noqa: BLE001 - a bug must cost one batch, not the stream of every sequence
+                    logger.exception("batch %d (%s) failed", req.batch_id, req.request_id or "-")
+                    reply.error_code, reply.error_message = "INTERNAL", f"node {self.node_id}: {type(e).__name__}: {e}"
                 else:
                     if result.hidden is not None:
                         reply.hidden.CopyFrom(wire.tensor_to_proto(result.hidden))
