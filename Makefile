@@ -11,7 +11,7 @@ UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html
 	frontend/tsconfig.json
 NPM := npm --yes --no-audit --no-fund --loglevel=error
 
-.PHONY: setup models up test unit protos lint clean bench dashboard ui
+.PHONY: setup models up test unit protos lint clean bench dashboard ui certs
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -69,6 +69,11 @@ unit: setup
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
+
+# a local CA, a certificate per service and a cluster token in certs/ (then set the config's "security" section;
+# see SECURITY.md). CERTS_ARGS passes flags, e.g. CERTS_ARGS="--san '*.shard-node' --force"
+certs: setup
+	$(PY) -m protos.certs --config $(CONFIG) --out certs $(CERTS_ARGS)
 
 # the Grafana dashboard JSON, from its builder (commit the result; a test checks they agree)
 dashboard: setup

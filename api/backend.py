@@ -9,7 +9,7 @@ import grpc
 
 from api.clients import CoordinatorClient, TokenizerClient
 from api.errors import ApiError, from_grpc
-from protos import coordinator_pb2
+from protos import coordinator_pb2, security
 from protos.config import Config
 
 
@@ -21,6 +21,8 @@ class Backend:
 
     @classmethod
     def connect(cls, config: Config) -> Backend:
+        """Clients of the tokenizer and the coordinator; TLS and the cluster token as the config says."""
+        security.install(security.load_for(config, "api"))
         return cls(config, TokenizerClient(config.tokenizer.address),
                    CoordinatorClient(config.coordinator.address, config.api.request_timeout_s))
 

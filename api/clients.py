@@ -6,14 +6,14 @@ import time
 
 import grpc
 
-from protos import coordinator_pb2, coordinator_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc, wire
+from protos import coordinator_pb2, coordinator_pb2_grpc, security, tokenizer_pb2, tokenizer_pb2_grpc, wire
 from protos.data_structures import SamplingParams
 from protos.runtime import GRPC_OPTIONS
 
 
 class TokenizerClient:
     def __init__(self, address: str, timeout_s: float = 30.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = security.aio_channel(address, GRPC_OPTIONS)
         self.stub = tokenizer_pb2_grpc.TokenizerStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -51,7 +51,7 @@ class TokenizerClient:
 
 class CoordinatorClient:
     def __init__(self, address: str, timeout_s: float = 300.0, models_ttl_s: float = 2.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = security.aio_channel(address, GRPC_OPTIONS)
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
         self.timeout_s = timeout_s
         self.models_ttl_s = models_ttl_s

@@ -11,7 +11,7 @@ import grpc
 from coordinator import metrics
 from coordinator.registry import ModelRegistry
 from coordinator.service import CoordinatorServicer
-from protos import coordinator_pb2_grpc
+from protos import coordinator_pb2_grpc, security
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
@@ -29,21 +29,23 @@ logger = logging.getLogger("coordinator")
 
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
+    sec = security.install(security.load_for(config, "coordinator"))
     registry = ModelRegistry(config)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
     servicer = CoordinatorServicer(registry)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health = add_health(server)
     port = config.coordinator.address.rsplit(":", 1)[1]
     address = f"{host or config.coordinator.address.rsplit(':', 1)[0]}:{port}"
-    if server.add_insecure_port(address) == 0:
+    if security.add_port(server, address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {address} (port in use?)")
     await server.start()
     if config.coordinator.metrics_port:
         metrics.register_state(servicer.snapshot)
         serve_metrics(config.coordinator.metrics_port, address.rsplit(":", 1)[0], "coordinator")
     await health.set("", NOT_SERVING)
-    logger.info("coordinator listening on %s; loading %d model(s)", address, len(config.models))
+    logger.info("coordinator listening on %s (%s); loading %d model(s)", address, sec.describe(),
+                len(config.models))
     await registry.start()
     engines = registry.engines
     await health.set("", SERVING)  # models that are not ready answer UNAVAILABLE with the reason

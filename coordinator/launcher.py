@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.prometheus_config import local_config, scrape_targets
-from protos import coordinator_pb2, coordinator_pb2_grpc
+from protos import coordinator_pb2, coordinator_pb2_grpc, security
 from protos.config import Config, ConfigError, default_config_path, load_config
 from protos.runtime import add_log_args, setup_logging
 
@@ -114,8 +114,8 @@ def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: s
     local = list(config.nodes)  # spare nodes too: models added at runtime and replicas are placed on them
     for node in local:
         threads = node.threads or auto_threads(len(local))
-        children.append(Child(node.id, [py, "-m", "shard_node", "--host", node.host, "--port", str(node.port),
-                                        "--node-id", node.id, "--threads", str(threads), "--memory-mb",
+        children.append(Child(node.id, [py, "-m", "shard_node", "--config", cfg, "--host", node.host, "--port",
+                                        str(node.port), "--node-id", node.id, "--threads", str(threads), "--memory-mb",
                                         str(node.memory_mb), "--metrics-port", str(node.metrics_port or 0),
                                         *log],
                               run_dir / f"{node.id}.log", env=NODE_ENV))
@@ -126,7 +126,7 @@ def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: s
 
 
 def grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
@@ -181,7 +181,7 @@ class Cluster:
             time.sleep(0.3)
 
     def describe(self) -> list[dict[str, object]]:
-        with grpc.insecure_channel(self.config.coordinator.address) as channel:
+        with security.channel(self.config.coordinator.address) as channel:
             reply = coordinator_pb2_grpc.CoordinatorStub(channel).ListModels(coordinator_pb2.ListModelsRequest(),
                                                                              timeout=10)
         return [{"model": m.name, "layers": m.num_layers,
@@ -246,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     config_path = Path(args.config).resolve()
     try:
         config = load_config(config_path)
+        sec = security.install(security.load_for(config, "client"))  # its health checks and ListModels
     except ConfigError as e:
         sys.exit(f"shardline up: {e}")
+    logger.info("links between services: %s", sec.describe())
     missing = [m.name for m in config.models if not (config.model_dir(m.name) / "config.json").is_file()]
     if missing:
         sys.exit(f"shardline up: model(s) {missing} not prepared in {config.model_cache_dir}; run "

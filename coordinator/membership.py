@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.engine import ModelEngine
-from protos import shard_pb2, shard_pb2_grpc
+from protos import security, shard_pb2, shard_pb2_grpc
 from protos.config import CoordinatorConfig, NodeConfig
 from protos.runtime import GRPC_OPTIONS
 
@@ -53,7 +53,7 @@ class Membership:
     def add_node(self, node: NodeConfig) -> NodeStatus:
         if node.id not in self.status:
             self.status[node.id] = NodeStatus(node)
-            self._channels[node.id] = grpc.aio.insecure_channel(node.address, options=GRPC_OPTIONS)
+            self._channels[node.id] = security.aio_channel(node.address, GRPC_OPTIONS)
             if self._started:
                 self._watch(node.id)
         return self.status[node.id]

@@ -23,7 +23,7 @@ from coordinator.engine import ModelEngine
 from coordinator.membership import Membership
 from coordinator.model_meta import read_model_meta
 from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, fit_ranges, place
-from protos import shard_pb2, shard_pb2_grpc, wire
+from protos import security, shard_pb2, shard_pb2_grpc, wire
 from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
 from protos.runtime import GRPC_OPTIONS
@@ -196,7 +196,7 @@ class ModelRegistry:
         meta = read_model_meta(self.config.model_dir(m.name), m.max_context)
         first = m.stages[0][0]
         deadline = time.monotonic() + self.config.coordinator.connect_timeout_s
-        async with grpc.aio.insecure_channel(self.nodes[first].address, options=GRPC_OPTIONS) as channel:
+        async with security.aio_channel(self.nodes[first].address, GRPC_OPTIONS) as channel:
             while True:
                 try:
                     sizes = await self._measure(channel, m, meta.num_layers, self.config.model_dir(m.name))

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from protos import shard_pb2, shard_pb2_grpc
+from protos import security, shard_pb2, shard_pb2_grpc
 from protos.config import NodeConfig
 from protos.runtime import GRPC_OPTIONS
 
@@ -36,7 +36,7 @@ class StageClient:
         # Called when a stream that carried micro-batches breaks: the node freed every KV cache it made.
         self.on_stream_lost: Callable[[StageClient, str], None] | None = None
         self._used = False  # the current stream carried a micro-batch
-        self.channel = grpc.aio.insecure_channel(node.address, options=GRPC_OPTIONS)
+        self.channel = security.aio_channel(node.address, GRPC_OPTIONS)
         self.stub = shard_pb2_grpc.ShardNodeStub(self.channel)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None

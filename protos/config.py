@@ -104,6 +104,19 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """Links between services (see SECURITY.md). Every field can also come from the environment:
+    SHARDLINE_TLS_CA, SHARDLINE_TLS_CERT, SHARDLINE_TLS_KEY, SHARDLINE_TLS_MUTUAL, SHARDLINE_CLUSTER_TOKEN_FILE, or
+    the token itself in SHARDLINE_CLUSTER_TOKEN."""
+
+    tls_ca: str = ""  # PEM of the CA that signed every service's certificate; set = TLS on every gRPC link
+    tls_cert: str = ""  # this service's certificate (PEM); {name} = coordinator, tokenizer, api, client or a node id
+    tls_key: str = ""  # its private key (PEM), {name} as above
+    tls_mutual: bool = False  # servers also require a client certificate signed by tls_ca (mutual TLS)
+    cluster_token_file: str = ""  # a file holding the shared token that every internal RPC must carry
+
+
+@dataclass(frozen=True)
 class Config:
     model_name: str  # the default model
     models: tuple[ModelConfig, ...]
@@ -112,6 +125,7 @@ class Config:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source_path: Path | None = None
 
     def model(self, name: str) -> ModelConfig:
@@ -259,7 +273,7 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
 
 def parse_config(raw: Any, source_path: Path | None = None) -> Config:
     _require(isinstance(raw, dict), "<root>", "must be a JSON object")
-    allowed = {"model_name", "models", "nodes", "model_cache_dir", "coordinator", "tokenizer", "api"}
+    allowed = {"model_name", "models", "nodes", "model_cache_dir", "coordinator", "tokenizer", "api", "security"}
     _check_keys(raw, allowed, "<root>")
     raw_nodes = raw.get("nodes")
     _require(isinstance(raw_nodes, list) and raw_nodes, "nodes", "must be a non-empty list")
@@ -284,7 +298,8 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
     _require(model_name in names, "model_name", f"{model_name!r} is not among the models {names}")
 
     sections: dict[str, Any] = {}
-    for key, cls in (("coordinator", CoordinatorConfig), ("tokenizer", TokenizerConfig), ("api", ApiConfig)):
+    for key, cls in (("coordinator", CoordinatorConfig), ("tokenizer", TokenizerConfig), ("api", ApiConfig),
+                     ("security", SecurityConfig)):
         sec = raw.get(key, {})
         _require(isinstance(sec, dict), key, "must be an object")
         allowed_keys = set(cls.__dataclass_fields__)
@@ -296,6 +311,10 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
                 _address(v, f"{key}.address")
             elif k == "host":
                 _require(isinstance(v, str) and v != "", f"{key}.host", "must be a host name or IP")
+            elif isinstance(default, bool):
+                _require(isinstance(v, bool), f"{key}.{k}", f"must be true or false, got {v!r}")
+            elif isinstance(default, str):
+                _require(isinstance(v, str), f"{key}.{k}", f"must be a string, got {v!r}")
             elif isinstance(default, tuple):
                 _require(isinstance(v, list) and all(isinstance(x, str) and x for x in v), f"{key}.{k}",
                          f"must be a list of non-empty strings, got {v!r}")

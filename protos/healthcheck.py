@@ -14,35 +14,37 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.config import ConfigError, default_config_path, load_config
+from protos import security
+from protos.config import Config, ConfigError, default_config_path, load_config
 
 ROLES = ("coordinator", "tokenizer", "node", "api")
 
 
-def local_port(role: str, config_path: str) -> int:
-    config = load_config(config_path)
+def local_target(role: str, config: Config) -> tuple[int, str]:
+    """(port, name) of the local service of ``role``: the name picks its certificate when TLS is on."""
     if role == "coordinator":
-        return int(config.coordinator.address.rsplit(":", 1)[1])
+        return int(config.coordinator.address.rsplit(":", 1)[1]), "coordinator"
     if role == "tokenizer":
-        return int(config.tokenizer.address.rsplit(":", 1)[1])
+        return int(config.tokenizer.address.rsplit(":", 1)[1]), "tokenizer"
     if role == "api":
-        return config.api.port
+        return config.api.port, "api"
     node_id = os.environ.get("SHARDLINE_NODE_ID", "")
     index = os.environ.get("SHARDLINE_NODE_INDEX", "")
     if node_id:
-        return config.node(node_id).port
+        return config.node(node_id).port, node_id
     if index.isdigit() and int(index) < len(config.nodes):
-        return config.nodes[int(index)].port
+        return config.nodes[int(index)].port, config.nodes[int(index)].id
     raise ConfigError("role node needs $SHARDLINE_NODE_ID or $SHARDLINE_NODE_INDEX (or --address) to find its port")
 
 
 def check_grpc(address: str, timeout_s: float) -> str | None:
     """None when SERVING, else what is wrong."""
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError as e:
@@ -69,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3.0, help="deadline of the check in seconds")
     args = p.parse_args(argv)
     try:
-        address = args.address or f"127.0.0.1:{local_port(args.role, args.config)}"
+        config = load_config(args.config) if not args.address or Path(args.config).is_file() else None
+        port, name = local_target(args.role, config) if config else (0, "client")
+        address = args.address or f"127.0.0.1:{port}"
+        security.install(security.load_for(config, name))
     except (ConfigError, KeyError) as e:
         sys.stderr.write(f"healthcheck {args.role}: {e}\n")
         return 1

@@ -16,8 +16,8 @@ import os
 import grpc
 import torch
 
-from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2_grpc
-from protos.config import CONFIG_ENV, ConfigError, NodeConfig, load_config
+from protos import coordinator_pb2, coordinator_pb2_grpc, security, shard_pb2_grpc
+from protos.config import CONFIG_ENV, Config, ConfigError, NodeConfig, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
@@ -64,9 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 = off)")
     add_log_args(p)
     args = p.parse_args(argv)
-    entry = _config_entry(p, args) if args.config else None
+    config = _load(p, args.config) if args.config else None
+    entry = _config_entry(p, args, config) if config else None
     if entry is not None:
         args.node_id = entry.id
+    try:
+        security.install(security.load_for(config, args.node_id or f"node-{args.port or 50051}"))
+    except ConfigError as e:
+        p.error(str(e))
     defaults = {"host": entry.host if entry else "127.0.0.1", "port": entry.port if entry else 50051,
                 "threads": entry.threads if entry else 0, "memory_mb": entry.memory_mb if entry else 0,
                 "metrics_port": (entry.metrics_port or 0) if entry else 0}
@@ -86,11 +91,14 @@ def _env_int(name: str) -> int | None:
         raise SystemExit(f"shard node: ${name} must be an integer, got {value!r}") from None
 
 
-def _config_entry(p: argparse.ArgumentParser, args: argparse.Namespace) -> NodeConfig:
+def _load(p: argparse.ArgumentParser, path: str) -> Config:
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as e:
         p.error(str(e))
+
+
+def _config_entry(p: argparse.ArgumentParser, args: argparse.Namespace, config: Config) -> NodeConfig:
     ids = [n.id for n in config.nodes]
     if args.node_id:
         if args.node_id not in ids:
@@ -108,7 +116,7 @@ def _config_entry(p: argparse.ArgumentParser, args: argparse.Namespace) -> NodeC
 async def join(coordinator: str, node_id: str, address: str) -> None:
     """Registers with the coordinator, retrying until it answers (it may start after this node)."""
     delay = 1.0
-    async with grpc.aio.insecure_channel(coordinator, options=GRPC_OPTIONS) as channel:
+    async with security.aio_channel(coordinator, GRPC_OPTIONS) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         while True:
             try:
@@ -130,20 +138,20 @@ async def join(coordinator: str, node_id: str, address: str) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{args.port}"
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
     servicer = ShardNodeServicer(node_id, args.kv_cache_tokens, args.memory_mb * 2**20)
     shard_pb2_grpc.add_ShardNodeServicer_to_server(servicer, server)
     health = add_health(server)
     address = f"{args.host}:{args.port}"
-    if server.add_insecure_port(address) == 0:
+    if security.add_port(server, address) == 0:
         raise SystemExit(f"shard node {node_id}: cannot listen on {address} (port in use?)")
     await server.start()
     if args.metrics_port:
         metrics.register_state(servicer.node_info)
         serve_metrics(args.metrics_port, args.host, "shard_node")
     await health.set("", SERVING)
-    logger.info("shard node %s listening on %s (torch %s, %d threads); waiting for LoadShard", node_id, address,
-                torch.__version__, torch.get_num_threads())
+    logger.info("shard node %s listening on %s (%s; torch %s, %d threads); waiting for LoadShard", node_id,
+                address, security.current().describe(), torch.__version__, torch.get_num_threads())
     joining = asyncio.create_task(join(args.join, node_id, args.advertise or address)) if args.join else None
     await wait_for_stop_signal()
     if joining:

@@ -8,7 +8,7 @@ import logging
 
 import grpc
 
-from protos import tokenizer_pb2_grpc
+from protos import security, tokenizer_pb2_grpc
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
@@ -28,21 +28,22 @@ logger = logging.getLogger("tokenizer_svc")
 
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
+    sec = security.install(security.load_for(config, "tokenizer"))
     tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models}, config.model_cache_dir)
     tokenizers.load_all()
     activity = ActivityTracker()
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[activity])
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[*security.server_interceptors(), activity])
     tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(tokenizers), server)
     health = add_health(server)
     default_host, port = config.tokenizer.address.rsplit(":", 1)
     address = f"{host or default_host}:{port}"
-    if server.add_insecure_port(address) == 0:
+    if security.add_port(server, address) == 0:
         raise SystemExit(f"tokenizer: cannot listen on {address} (port in use?)")
     await server.start()
     if config.tokenizer.metrics_port:
         serve_metrics(config.tokenizer.metrics_port, host or default_host, "tokenizer_svc")
     await health.set("", SERVING)
-    logger.info("tokenizer service listening on %s", address)
+    logger.info("tokenizer service listening on %s (%s)", address, sec.describe())
     await wait_for_stop_signal()
     await health.enter_graceful_shutdown()
     # streams still being answered decode every token here: serve until a second passes without a call
