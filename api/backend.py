@@ -11,6 +11,7 @@ from api.clients import CoordinatorClient, TokenizerClient
 from api.errors import ApiError, from_grpc
 from protos import coordinator_pb2, security
 from protos.config import Config
+from protos.runtime import set_max_message_mb
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Backend:
     def connect(cls, config: Config) -> Backend:
         """Clients of the tokenizer and the coordinator; TLS and the cluster token as the config says."""
         security.install(security.load_for(config, "api"))
+        set_max_message_mb(config.limits.grpc_max_message_mb)
         return cls(config, TokenizerClient(config.tokenizer.address),
                    CoordinatorClient(config.coordinator.address, config.api.request_timeout_s))
 
@@ -129,6 +131,13 @@ class Backend:
             prompt_param: str = "prompt", max_param: str = "max_tokens") -> int:
         """max_tokens for this prompt (the default, capped by the context when not given), or 400."""
         context = info.max_context
+        limits = self.config.limits
+        if prompt_len > limits.max_prompt_tokens:
+            raise ApiError(400, f"the prompt is {prompt_len} tokens; this server accepts at most "
+                           f"{limits.max_prompt_tokens} (limits.max_prompt_tokens)", prompt_param)
+        if max_tokens is not None and max_tokens > limits.max_new_tokens:
+            raise ApiError(400, f"{max_param} is {max_tokens}; this server generates at most {limits.max_new_tokens} "
+                           f"tokens per request (limits.max_new_tokens)", max_param)
         if prompt_len >= context:
             raise ApiError(400, f"the prompt is {prompt_len} tokens but the context of {info.name} is {context} "
                            f"tokens (at most {context - 1} prompt tokens, so that one can be generated)", prompt_param)
@@ -138,7 +147,7 @@ class Backend:
             if room < 1:
                 raise ApiError(400, f"the prompt is {prompt_len} tokens but the KV cache of {info.name} holds "
                                f"{kv} tokens per sequence", prompt_param)
-            return min(default or self.config.api.default_max_tokens, room)
+            return min(default or self.config.api.default_max_tokens, room, limits.max_new_tokens)
         if prompt_len + max_tokens > context:
             raise ApiError(400, f"{max_param} is {max_tokens} but the prompt is {prompt_len} tokens and the context of "
                            f"{info.name} is {context} tokens: at most {context - prompt_len} tokens can be "

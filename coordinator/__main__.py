@@ -20,6 +20,7 @@ from protos.runtime import (
     add_health,
     add_log_args,
     serve_metrics,
+    set_max_message_mb,
     setup_logging,
     wait_for_stop_signal,
 )
@@ -30,6 +31,7 @@ logger = logging.getLogger("coordinator")
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
     sec = security.install(security.load_for(config, "coordinator"))
+    set_max_message_mb(config.limits.grpc_max_message_mb)
     registry = ModelRegistry(config)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
     servicer = CoordinatorServicer(registry)

@@ -55,12 +55,13 @@ def build_engine(config: Config, model: ModelConfig, nodes: Mapping[str, NodeCon
     logger.info("model %s (%s, %d layers) split into %d stage(s): %s", model.name, meta.model_type,
                 meta.num_layers, len(groups), plan)
     coord = config.coordinator
+    max_seqs = config.limits.max_sequences_per_shard
     scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(groups),
                           max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
-                          max_batch_seqs=coord.max_batch_seqs)
+                          max_batch_seqs=coord.max_batch_seqs, max_running=max_seqs)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
-    load = ShardLoad(str(meta.path), model.dtype, model.device, model.kv_cache_tokens, coord.load_timeout_s)
+    load = ShardLoad(str(meta.path), model.dtype, model.device, model.kv_cache_tokens, coord.load_timeout_s, max_seqs)
     return ModelEngine(model.name, meta, Pipeline(model.name, groups), scheduler, load)
 
 

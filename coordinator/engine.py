@@ -47,6 +47,7 @@ class ShardLoad:
     device: str
     kv_cache_tokens: int
     timeout_s: float
+    max_sequences: int = 0  # per shard (0 = the node's default)
 
 
 class ModelEngine:
@@ -207,7 +208,8 @@ class ModelEngine:
         spec = self.shard_load
         req = shard_pb2.LoadShardRequest(
             model=self.name, model_path=spec.model_path, layers=wire.layer_range_to_proto(replica.layers),
-            dtype=spec.dtype, device=spec.device, kv_cache_tokens=spec.kv_cache_tokens)
+            dtype=spec.dtype, device=spec.device, kv_cache_tokens=spec.kv_cache_tokens,
+            max_sequences=spec.max_sequences)
         replica.state = "loading"
         started = time.monotonic()
         try:

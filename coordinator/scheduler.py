@@ -49,9 +49,10 @@ class MicroBatchPlan:
 
 class Scheduler:
     def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 256,
-                 max_batch_seqs: int = 128) -> None:
+                 max_batch_seqs: int = 128, max_running: int = 1024) -> None:
         self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget: more can never fit
         self.max_waiting = max_waiting
+        self.max_running = max_running  # sequences a shard holds at most (limits.max_sequences_per_shard)
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_seqs = max_batch_seqs
         self.waiting: deque[Request] = deque()
@@ -115,7 +116,7 @@ class Scheduler:
         admitted = []
         reserved = self.reserved_on()
         sizes = self._lane_sizes()
-        while self.waiting:
+        while self.waiting and len(self.running) < self.max_running:
             req = self.waiting[0]
             lanes = sorted(self.usable, key=lambda lane: (sizes[lane], lane))
             lane = next((x for x in lanes if self.lane_has_room(x, req.reserved_tokens, reserved)), None)

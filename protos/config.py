@@ -104,6 +104,17 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on what one request or peer can make a service hold (besides api.max_body_bytes and
+    coordinator.max_waiting)."""
+
+    max_prompt_tokens: int = 16384  # longer prompts get 400 (the model's context may be lower still)
+    max_new_tokens: int = 8192  # a request's max_tokens above it gets 400
+    max_sequences_per_shard: int = 1024  # sequences running at once per model (each shard holds one KV cache each)
+    grpc_max_message_mb: int = 128  # largest gRPC message any service sends or accepts
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     """Links between services (see SECURITY.md). Every field can also come from the environment:
     SHARDLINE_TLS_CA, SHARDLINE_TLS_CERT, SHARDLINE_TLS_KEY, SHARDLINE_TLS_MUTUAL, SHARDLINE_CLUSTER_TOKEN_FILE, or
@@ -126,6 +137,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source_path: Path | None = None
 
     def model(self, name: str) -> ModelConfig:
@@ -273,7 +285,8 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
 
 def parse_config(raw: Any, source_path: Path | None = None) -> Config:
     _require(isinstance(raw, dict), "<root>", "must be a JSON object")
-    allowed = {"model_name", "models", "nodes", "model_cache_dir", "coordinator", "tokenizer", "api", "security"}
+    allowed = {"model_name", "models", "nodes", "model_cache_dir", "coordinator", "tokenizer", "api", "security",
+               "limits"}
     _check_keys(raw, allowed, "<root>")
     raw_nodes = raw.get("nodes")
     _require(isinstance(raw_nodes, list) and raw_nodes, "nodes", "must be a non-empty list")
@@ -299,7 +312,7 @@ def parse_config(raw: Any, source_path: Path | None = None) -> Config:
 
     sections: dict[str, Any] = {}
     for key, cls in (("coordinator", CoordinatorConfig), ("tokenizer", TokenizerConfig), ("api", ApiConfig),
-                     ("security", SecurityConfig)):
+                     ("security", SecurityConfig), ("limits", LimitsConfig)):
         sec = raw.get(key, {})
         _require(isinstance(sec, dict), key, "must be an object")
         allowed_keys = set(cls.__dataclass_fields__)

@@ -13,7 +13,7 @@ import time
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # limits.grpc_max_message_mb sets it per process (set_max_message_mb)
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -22,6 +22,17 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+def set_max_message_mb(mb: int) -> None:
+    """The largest gRPC message this process sends or accepts, for every channel and server made after this.
+    GRPC_OPTIONS is edited in place: every module shares that one list."""
+    size = mb * 1024 * 1024
+    for i, (key, _) in enumerate(GRPC_OPTIONS):
+        if key in ("grpc.max_send_message_length", "grpc.max_receive_message_length"):
+            GRPC_OPTIONS[i] = (key, size)
+
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

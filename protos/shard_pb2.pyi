@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoadShardRequest(_message.Message):
-    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run")
+    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run", "max_sequences")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class LoadShardRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_path: str
     layers: _common_pb2.LayerRange
@@ -23,7 +24,8 @@ class LoadShardRequest(_message.Message):
     device: str
     kv_cache_tokens: int
     dry_run: bool
-    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ..., dry_run: bool = ...) -> None: ...
+    max_sequences: int
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ..., dry_run: bool = ..., max_sequences: _Optional[int] = ...) -> None: ...
 
 class UnloadShardRequest(_message.Message):
     __slots__ = ("model",)

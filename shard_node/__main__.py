@@ -24,6 +24,7 @@ from protos.runtime import (
     add_health,
     add_log_args,
     serve_metrics,
+    set_max_message_mb,
     setup_logging,
     wait_for_stop_signal,
 )
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         security.install(security.load_for(config, args.node_id or f"node-{args.port or 50051}"))
     except ConfigError as e:
         p.error(str(e))
+    if config:
+        set_max_message_mb(config.limits.grpc_max_message_mb)
     defaults = {"host": entry.host if entry else "127.0.0.1", "port": entry.port if entry else 50051,
                 "threads": entry.threads if entry else 0, "memory_mb": entry.memory_mb if entry else 0,
                 "metrics_port": (entry.metrics_port or 0) if entry else 0}

@@ -29,11 +29,15 @@ class SequenceCache:
     last_used: float = field(default_factory=time.monotonic)
 
 
+DEFAULT_MAX_SEQUENCES = 1024
+
+
 class KVCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity_tokens: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> None:
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.capacity_tokens = capacity_tokens
+        self.max_sequences = max_sequences
         self.dtype, self.device = dtype, device
         self._seqs: dict[str, SequenceCache] = {}
         self._lock = threading.Lock()
@@ -56,7 +60,12 @@ class KVCache:
     def check_fits(self, requests: dict[str, int], releasing: tuple[str, ...] = ()) -> None:
         """Raises CacheFull unless all of {seq_id: tokens} fit together once ``releasing`` is freed."""
         need = sum(requests.values())
-        freed = sum(self._seqs[s].capacity for s in set(releasing) if s in self._seqs)
+        released = [s for s in set(releasing) if s in self._seqs]
+        held = self.num_sequences - len(released) + len(requests)
+        if held > self.max_sequences:
+            raise CacheFull(f"{len(requests)} new sequence(s) would make {held} on this shard; it holds at most "
+                            f"{self.max_sequences} at once (limits.max_sequences_per_shard)")
+        freed = sum(self._seqs[s].capacity for s in released)
         free = self.capacity_tokens - self.used_tokens + freed
         if need > free:
             raise CacheFull(

@@ -11,7 +11,7 @@ import torch
 
 from protos.data_structures import LayerRange, SamplingParams
 from shard_node.architectures import ModelSpec, RaggedBatch
-from shard_node.kv_cache import CacheFull, KVCache, SequenceCache, UnknownSequence
+from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.sampler import sample_next
 from shard_node.shard_model import ShardModel
 from shard_node.weights import load_shard_weights
@@ -81,14 +81,15 @@ class ShardRunner:
     """One model's shard on this node: weights, KV cache, and the forward of a micro-batch."""
 
     def __init__(self, name: str, model_dir: Path, spec: ModelSpec, layers: LayerRange, dtype: torch.dtype,
-                 device: torch.device, kv_cache_tokens: int) -> None:
+                 device: torch.device, kv_cache_tokens: int, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> None:
         self.name, self.model_dir, self.spec, self.layers = name, model_dir, spec, layers
         self.dtype, self.device = dtype, device
         with torch.device("meta"):
             self.model = ShardModel(spec, layers)
         load_shard_weights(self.model, model_dir, dtype, device)
         self.model.eval()
-        self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device)
+        self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device,
+                          max_sequences)
 
     @property
     def is_first(self) -> bool:

@@ -21,7 +21,7 @@ from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import ALLOWED_DTYPES
 from shard_node import metrics
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
-from shard_node.runner import BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
+from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         loop = asyncio.get_running_loop()
         try:
             runner = await loop.run_in_executor(self.compute, lambda: ShardRunner(
-                request.model, model_dir, spec, layers, dtype, device, kv_tokens))
+                request.model, model_dir, spec, layers, dtype, device, kv_tokens,
+                request.max_sequences if request.max_sequences > 0 else DEFAULT_MAX_SEQUENCES))
         except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
         self.runners[request.model] = runner

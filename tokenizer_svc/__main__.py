@@ -17,6 +17,7 @@ from protos.runtime import (
     add_health,
     add_log_args,
     serve_metrics,
+    set_max_message_mb,
     setup_logging,
     wait_for_stop_signal,
 )
@@ -29,6 +30,7 @@ logger = logging.getLogger("tokenizer_svc")
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
     sec = security.install(security.load_for(config, "tokenizer"))
+    set_max_message_mb(config.limits.grpc_max_message_mb)
     tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models}, config.model_cache_dir)
     tokenizers.load_all()
     activity = ActivityTracker()

@@ -38,6 +38,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
     config["coordinator"]["health_timeout_s"] = 10.0  # the hung node must meet the API's deadline (504) first
     config["api"].update(api_keys=["another-key", KEY], cors_origins=[ORIGIN], max_body_bytes=4096,
                          request_timeout_s=TIMEOUT_S, ready_ttl_s=0.5, ready_timeout_s=TIMEOUT_S)
+    config["limits"] = {"max_prompt_tokens": 240, "max_new_tokens": 50}  # the tiny model's context is 256
     running = start_cluster(config, work)
     yield running
     running.stop()
@@ -45,6 +46,18 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
 
 def chat(**extra: object) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, **extra}
+
+
+def test_prompt_and_max_tokens_limits_are_400_naming_the_limit(guarded: RunningCluster) -> None:
+    r = httpx.post(f"{guarded.api_url}/v1/chat/completions", json=chat(max_tokens=51), headers=AUTH, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "limits.max_new_tokens" in r.json()["error"]["message"] and "50" in r.json()["error"]["message"]
+    r = httpx.post(f"{guarded.api_url}/api/model/process", headers=AUTH, timeout=30,
+                   json={"text": "word " * 250, "chat": False, "max_tokens": 4})
+    assert r.status_code == 400, r.text
+    assert "limits.max_prompt_tokens" in r.text and "240" in r.text
+    r = httpx.post(f"{guarded.api_url}/v1/chat/completions", json=chat(max_tokens=50), headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def test_health_needs_no_key_but_everything_else_does(guarded: RunningCluster) -> None:

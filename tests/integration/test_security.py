@@ -13,8 +13,7 @@ import grpc
 import httpx
 import pytest
 
-from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc, tokenizer_pb2
-from protos import tokenizer_pb2_grpc
+from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from protos.certs import make_all
 from protos.config import parse_config
 from protos.security import TOKEN_KEY

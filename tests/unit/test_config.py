@@ -279,3 +279,21 @@ def test_healthcheck_fails_with_a_reason_when_nothing_serves() -> None:
                         "--timeout", "1"], capture_output=True, text=True, cwd=REPO, timeout=30)
     assert r.returncode == 1
     assert "not serving" in r.stderr and "127.0.0.1:9" in r.stderr
+
+
+def test_limits_and_security_sections() -> None:
+    raw = _base()
+    raw["limits"] = {"max_prompt_tokens": 10, "max_sequences_per_shard": 3}
+    raw["security"] = {"tls_mutual": True, "cluster_token_file": "t"}
+    cfg = parse_config(raw)
+    assert cfg.limits.max_prompt_tokens == 10 and cfg.limits.max_sequences_per_shard == 3
+    assert cfg.limits.max_new_tokens == 8192 and cfg.limits.grpc_max_message_mb == 128
+    assert cfg.security.tls_mutual is True and cfg.security.cluster_token_file == "t"
+    for section, key, value, msg in (("limits", "max_new_tokens", 0, "positive"),
+                                     ("limits", "bogus", 1, "unknown key"),
+                                     ("security", "tls_mutual", "yes", "true or false"),
+                                     ("security", "tls_ca", 5, "string")):
+        bad = _base()
+        bad[section] = {key: value}
+        with pytest.raises(ConfigError, match=msg):
+            parse_config(bad)

@@ -97,3 +97,13 @@ def test_allocate_same_id_twice(kv: KVCache) -> None:
     with pytest.raises(ValueError, match="already has a KV cache"):
         kv.allocate("s", 10, owner=2)
     assert kv.get("s").owner == 1 and kv.used_tokens == 10
+
+
+def test_max_sequences_bounds_the_shard() -> None:
+    kv = KVCache(num_layers=1, num_kv_heads=1, head_dim=2, capacity_tokens=1000, dtype=torch.float32,
+                 device=torch.device("cpu"), max_sequences=2)
+    kv.allocate("a", 1, owner=1)
+    kv.allocate("b", 1, owner=1)
+    with pytest.raises(CacheFull, match="at most 2 at once"):
+        kv.allocate("c", 1, owner=1)
+    kv.check_fits({"c": 1}, releasing=("a",))  # room once "a" is released in the same batch

@@ -224,3 +224,13 @@ def test_requeued_requests_go_first_and_replay_prompt_and_output() -> None:
     plan = s.plan(a.lane)
     entry = next(e for e in plan.entries if e.request is a)
     assert entry.start_pos == 0 and list(entry.token_ids) == [0, 1, 2, 3, 4, 50, 51, 52] and entry.wants_token
+
+
+def test_max_running_bounds_admission_like_the_shards_do() -> None:
+    s = Scheduler(kv_capacity_tokens=1000, max_running=2)
+    for i in range(3):
+        s.add(_req(f"r{i}", 4, 4))
+    assert [r.request_id for r in s.admit()] == ["r0", "r1"]  # r2 waits, though KV has room
+    assert len(s.waiting) == 1
+    s.remove(s.running[0])
+    assert [r.request_id for r in s.admit()] == ["r2"]
