@@ -173,6 +173,37 @@ def test_kill_first_stage_under_concurrent_streams(failover_cluster: RunningClus
     wait_until(f"{victim} serving again", lambda: all_ready(cluster, REPLICATED))
 
 
+def test_hung_node_fails_over_within_the_health_deadline(failover_cluster: RunningCluster) -> None:
+    """SIGSTOP (a hang, not a crash: its connections stay open) of the node carrying a stream: the stream moves to
+    the replica once health checks time out, and goes on identically; after SIGCONT the node serves again."""
+    cluster = failover_cluster
+    wait_until("replicas ready", lambda: all_ready(cluster, REPLICATED))
+    undisturbed = stream_text(cluster, REPLICATED, 120)
+    before = model_state(cluster, REPLICATED)
+    stopped: list[int] = []
+
+    def stop_at_30(i: int) -> None:
+        if i == 30 and not stopped:
+            pid = cluster.node_pid(holder(cluster, ["a1", "a2"]))
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    try:
+        disturbed = stream_text(cluster, REPLICATED, 120, stop_at_30)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert stopped, "the stream ended before the hang"
+    assert disturbed == undisturbed
+    after = model_state(cluster, REPLICATED)
+    assert after["failovers"] == before["failovers"] + 1
+    # detection takes health_failures polls that each time out, plus one interval; far below rpc_timeout_s
+    bound = HEALTH_FAILURES * HEALTH_TIMEOUT_S + 2 * HEALTH_INTERVAL_S + 5
+    assert 0 < after["last_recovery_seconds"] < bound, after["last_recovery_seconds"]
+    wait_until("the resumed node serving again", lambda: all_ready(cluster, REPLICATED))
+    wait_until("KV freed everywhere", lambda: kv_empty(cluster, ["a1", "a2", "b1", "b2"]), 30)
+
+
 def test_without_a_replica_requests_end_with_503_naming_the_node(failover_cluster: RunningCluster) -> None:
     cluster = failover_cluster
     api = cluster.api_url
