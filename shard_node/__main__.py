@@ -153,6 +153,7 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.register_state(servicer.node_info)
         serve_metrics(args.metrics_port, args.host, "shard_node")
     await health.set("", SERVING)
+    trimmer = asyncio.create_task(servicer.trim_when_idle())
     logger.info("shard node %s listening on %s (%s; torch %s, %d threads); waiting for LoadShard", node_id,
                 address, security.current().describe(), torch.__version__, torch.get_num_threads())
     joining = asyncio.create_task(join(args.join, node_id, args.advertise or address)) if args.join else None
@@ -170,6 +171,7 @@ async def serve(args: argparse.Namespace) -> None:
     if left:
         logger.warning("shard node %s: %d sequence(s) still held after the drain timeout; the coordinator "
                        "replays them elsewhere", node_id, left)
+    trimmer.cancel()
     await server.stop(grace=1)
     servicer.compute.shutdown(wait=True, cancel_futures=True)
     logger.info("shard node %s stopped", node_id)

@@ -80,6 +80,19 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self.runners: dict[str, ShardRunner] = {}
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
+        self._cached_since_trim = False  # KV caches were allocated since the last return of memory to the OS
+
+    async def trim_when_idle(self, every_s: float = 2.0) -> None:
+        """Gives freed KV memory back to the OS once no sequence is held, so RSS falls back after a burst.
+
+        Caches are allocated per sequence; glibc keeps what they freed for reuse, and RSS would stay at the
+        high-water mark of the busiest moment. Runs on the compute thread, between micro-batches."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every_s)
+            if self._cached_since_trim and self.num_sequences() == 0:
+                self._cached_since_trim = False
+                await loop.run_in_executor(self.compute, release_memory)
 
     def memory_used_bytes(self, skip: str = "") -> int:
         """Weights + KV budgets of the shards held (but the one of model ``skip``)."""
@@ -207,6 +220,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                     logger.exception("batch %d (%s) failed", req.batch_id, req.request_id or "-")
                     reply.error_code, reply.error_message = "INTERNAL", f"node {self.node_id}: {type(e).__name__}: {e}"
                 else:
+                    self._cached_since_trim = True
                     if result.hidden is not None:
                         reply.hidden.CopyFrom(wire.tensor_to_proto(result.hidden))
                     reply.next_token_ids.extend(result.next_token_ids)
