@@ -342,7 +342,8 @@ def test_kustomize_output_passes_kubernetes_validate(k8s_rendered: str, k8s: dic
 
 def test_k8s_config_is_config_json(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     root = (ROOT / "config.json").read_text()
-    assert (ROOT / "k8s" / "config.json").read_text() == root, "k8s/config.json must be a copy of config.json"
+    assert (ROOT / "k8s" / "base" / "config.json").read_text() == root, \
+        "k8s/base/config.json must be a copy of config.json"
     maps = [d for (kind, _), d in k8s.items() if kind == "ConfigMap"]
     assert len(maps) == 1 and maps[0]["data"] == {"config.json": root}
 
@@ -445,3 +446,195 @@ def test_k8s_images_are_the_compose_images(k8s: dict[tuple[str, str], dict[str, 
     k8s_images = {c["image"] for pod in pod_specs(k8s).values() for c in containers(pod)}
     compose_images = {s["image"] for s in compose.values() if "build" in s}
     assert k8s_images == compose_images
+
+
+# ---------------------------------------------------------------- TLS: docker-compose.tls.yml and k8s/tls
+
+TLS_COMPOSE = ["-f", "docker-compose.yml", "-f", "docker-compose.tls.yml"]
+TLS_ENV = ("SHARDLINE_TLS_CA", "SHARDLINE_TLS_CERT", "SHARDLINE_TLS_KEY", "SHARDLINE_TLS_MUTUAL",
+           "SHARDLINE_CLUSTER_TOKEN_FILE")
+TLS_FILE_ENV = {"SHARDLINE_TLS_CA": "ca.pem", "SHARDLINE_TLS_CERT": "{name}.pem", "SHARDLINE_TLS_KEY": "{name}-key.pem",
+                "SHARDLINE_CLUSTER_TOKEN_FILE": "cluster-token"}  # variable -> the file of certs/ it must name
+K8S_TLS_DIR = "/etc/shardline/tls"
+K8S_TLS_WORKLOADS = {("Deployment", "coordinator"), ("Deployment", "tokenizer"), ("Deployment", "api"),
+                     ("StatefulSet", "shard-node")}
+HEALTH_ROLES = {"coordinator": "coordinator", "tokenizer": "tokenizer", "shard-node": "node"}  # probe ROLE per pod
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def certs_names(config: dict[str, Any]) -> set[str]:
+    """The files `make certs` writes for a deployment, but the CA's private key."""
+    from protos.certs import service_hosts
+
+    names = service_hosts(load_config(str(ROOT / "config.json")))
+    assert set(names) >= {"coordinator", "tokenizer", "api", *(n["id"] for n in config["nodes"])}
+    return {"ca.pem", "cluster-token", *(f"{n}.pem" for n in names), *(f"{n}-key.pem" for n in names)}
+
+
+@pytest.fixture(scope="module")
+def compose_tls() -> dict[str, Any]:
+    """The normalized model of docker-compose.yml + docker-compose.tls.yml, monitoring profile included."""
+    return json.loads(ok([tool("docker-compose"), *TLS_COMPOSE, "--profile", "monitoring", "config",
+                          "--format", "json"]))
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"]], ids=["default", "monitoring"])
+def test_compose_tls_config_is_valid(profile: list[str]) -> None:
+    ok([tool("docker-compose"), *TLS_COMPOSE, *profile, "config", "-q"])
+
+
+def test_compose_tls_gives_each_service_its_own_secrets(compose_tls: dict[str, Any], config: dict[str, Any]) -> None:
+    services, secrets = compose_tls["services"], compose_tls["secrets"]
+    secured = {"tokenizer", "coordinator", "api", *(n["id"] for n in config["nodes"])}
+    files = {name: Path(s["file"]) for name, s in secrets.items()}
+    for path in files.values():
+        assert path.parent == ROOT / "certs", path
+    assert {p.name for p in files.values()} <= certs_names(config)
+    assert "ca-key.pem" not in {p.name for p in files.values()}, "the CA's private key stays on the host"
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if name not in secured:
+            assert not service.get("secrets") and not set(TLS_ENV) & set(env), f"{name} needs no TLS"
+            continue
+        mounted = {}  # path in the container -> file of certs/
+        for s in service["secrets"]:
+            target = s.get("target", s["source"])
+            mounted[target if target.startswith("/") else f"/run/secrets/{target}"] = files[s["source"]].name
+        assert sorted(mounted.values()) == sorted({"ca.pem", "cluster-token", f"{name}.pem", f"{name}-key.pem"}), \
+            f"{name} must get the CA, the token and only its own certificate and key: {mounted}"
+        assert env["SHARDLINE_TLS_MUTUAL"] == "true", name
+        for var, file in TLS_FILE_ENV.items():
+            assert mounted.get(env[var]) == file.format(name=name), f"{name}: {var}={env[var]} is not {file}"
+        assert not any("{" in env[var] for var in TLS_FILE_ENV), f"{name}: fixed paths, one certificate per service"
+
+
+def test_compose_tls_changes_nothing_else(compose_tls: dict[str, Any], compose: dict[str, Any]) -> None:
+    assert set(compose_tls["services"]) == set(compose)
+    for name, service in compose_tls["services"].items():
+        service = {k: v for k, v in service.items() if k != "secrets"}
+        service["environment"] = {k: v for k, v in service.get("environment", {}).items() if k not in TLS_ENV}
+        base = dict(compose[name], environment=compose[name].get("environment", {}))
+        assert service == base, f"{name}: the TLS override changes more than environment and secrets"
+
+
+@pytest.fixture(scope="module")
+def k8s_secure_rendered() -> str:
+    """k8s/secure: the base (k8s/base) with the Component k8s/tls."""
+    overlay = yaml.safe_load((ROOT / "k8s" / "secure" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../base"] and overlay["components"] == ["../tls"]
+    return ok([tool("kubectl"), "kustomize", "k8s/secure"])
+
+
+@pytest.fixture(scope="module")
+def k8s_secure(k8s_secure_rendered: str) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(k8s_secure_rendered) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_k8s_tls_is_a_component() -> None:
+    component = yaml.safe_load((ROOT / "k8s" / "tls" / "kustomization.yaml").read_text())
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1" and component["kind"] == "Component"
+    assert "resources" not in component, "the Component only patches the stack of k8s/"
+
+
+def test_k8s_secure_passes_kubernetes_validate(k8s_secure_rendered: str, k8s_secure: dict[Any, Any],
+                                               k8s: dict[Any, Any]) -> None:
+    assert set(k8s_secure) == set(k8s)
+    out = ok([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, "-"], stdin=k8s_secure_rendered)
+    assert out.count(" passed for resource ") == len(k8s_secure), out
+
+
+def test_k8s_secure_workloads_mount_the_secret(k8s_secure: dict[tuple[str, str], dict[str, Any]],
+                                               config: dict[str, Any]) -> None:
+    for key, workload in k8s_secure.items():
+        if key[0] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        secret_volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+        if key not in K8S_TLS_WORKLOADS:
+            assert not secret_volumes and not any(set(TLS_ENV) & set(env_of(c)) for c in containers(pod)), key
+            continue
+        assert secret_volumes == {"tls": {"secretName": "shardline-tls", "defaultMode": 0o440}}, key
+        assert pod["securityContext"]["fsGroup"] == UID, f"{key}: group {UID} reads the 0440 files"
+        main, *_ = pod["containers"]
+        mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+        assert mounts[K8S_TLS_DIR] == {"name": "tls", "mountPath": K8S_TLS_DIR, "readOnly": True}, key
+        env = env_of(main)
+        assert env["SHARDLINE_TLS_MUTUAL"] == "true", key
+        for var, file in TLS_FILE_ENV.items():
+            assert env[var] == f"{K8S_TLS_DIR}/{file}", f"{key}: {var}={env[var]}"
+            assert file.format(name="node1") in certs_names(config), file
+        for init in pod.get("initContainers", []):  # waiting for the model cache dials no service
+            assert not set(TLS_ENV) & set(env_of(init)) and K8S_TLS_DIR not in {
+                m["mountPath"] for m in init.get("volumeMounts", [])}, f"{key}/{init['name']}"
+
+
+def test_k8s_secure_probes_are_exec_healthchecks(k8s_secure: dict[tuple[str, str], dict[str, Any]],
+                                                 k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    secure_pods, base_pods = pod_specs(k8s_secure), pod_specs(k8s)
+    for name, pod in secure_pods.items():
+        for c in containers(pod):
+            for probe in PROBES:
+                assert "grpc" not in c.get(probe, {}), f"{name}/{c['name']} {probe}: native gRPC cannot do TLS"
+    for name, role in HEALTH_ROLES.items():
+        c, base = secure_pods[name]["containers"][0], base_pods[name]["containers"][0]
+        for probe in PROBES:
+            assert c[probe]["exec"]["command"] == ["python", "-m", "protos.healthcheck", role], f"{name} {probe}"
+            assert c[probe]["timeoutSeconds"] >= 5, f"{name} {probe}: an exec probe starts Python"
+            rest = {k: v for k, v in c[probe].items() if k not in ("exec", "timeoutSeconds")}
+            assert rest == {k: v for k, v in base[probe].items() if k not in ("grpc", "timeoutSeconds")}, probe
+    api, base_api = secure_pods["api"]["containers"][0], base_pods["api"]["containers"][0]
+    assert all(api.get(p) == base_api.get(p) for p in PROBES), "the API serves HTTP: its probes stay httpGet"
+
+
+def test_k8s_secure_changes_only_tls(k8s_secure: dict[tuple[str, str], dict[str, Any]],
+                                     k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    for key, base in k8s.items():
+        secure = json.loads(json.dumps(k8s_secure[key]))
+        if key in K8S_TLS_WORKLOADS:
+            pod = secure["spec"]["template"]["spec"]
+            pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "tls"]
+            c = pod["containers"][0]
+            c["env"] = [e for e in c["env"] if e["name"] not in TLS_ENV]
+            c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "tls"]
+            base = json.loads(json.dumps(base))
+            for probe in PROBES:
+                c.pop(probe, None)
+                base["spec"]["template"]["spec"]["containers"][0].pop(probe, None)
+        assert secure == base, f"{key}: k8s/tls changes more than TLS"
+
+
+def test_k8s_base_keeps_grpc_probes_and_no_tls(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    pods = pod_specs(k8s)
+    for name in HEALTH_ROLES:
+        c = pods[name]["containers"][0]
+        for probe in PROBES:
+            assert c[probe]["grpc"]["port"] == container_ports(pods[name])["grpc"], f"{name} {probe}"
+    for name, pod in pods.items():
+        assert not any(set(TLS_ENV) & set(env_of(c)) for c in containers(pod)), name
+        assert not any("secret" in v for v in pod.get("volumes", [])), name
+
+
+def test_tls_healthcheck_and_certificates_fit_k8s(k8s_secure: dict[tuple[str, str], dict[str, Any]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exec probe of each pod checks the port it listens on with the certificate {name} picks, and
+    `SHARDLINE_ADDRESSES=<K8S_ADDRESSES> make certs` names every host the pods dial."""
+    from protos.certs import service_hosts
+    from protos.healthcheck import local_target
+
+    monkeypatch.setenv("SHARDLINE_ADDRESSES", K8S_ADDRESSES)
+    monkeypatch.delenv("SHARDLINE_NODE_ID", raising=False)
+    cfg = load_config(str(ROOT / "config.json"))
+    pods = pod_specs(k8s_secure)
+    hosts = service_hosts(cfg)
+    for name, role in HEALTH_ROLES.items():
+        port = container_ports(pods[name])["grpc"]
+        replicas = k8s_secure[("StatefulSet", name)]["spec"]["replicas"] if role == "node" else 1
+        for index in range(replicas):
+            monkeypatch.setenv("SHARDLINE_NODE_INDEX", str(index))
+            target_port, cert_name = local_target(role, cfg)
+            assert target_port == port, f"{name}: the probe checks {target_port}, the pod listens on {port}"
+            assert cert_name in hosts, cert_name
+    for service, address in (("coordinator", cfg.coordinator.address), ("tokenizer", cfg.tokenizer.address),
+                             *((n.id, n.address) for n in cfg.nodes)):
+        assert address.rsplit(":", 1)[0] in hosts[service], f"{service} is dialled at {address}"
