@@ -20,9 +20,8 @@ from fastapi.security import HTTPBearer
 from api.backend import Backend
 from api.errors import install_handlers
 from api.metrics import MetricsMiddleware, metrics_endpoint
-from api.openai_schemas import ChatCompletionChunk, CompletionChunk
 from api.readiness import Readiness
-from api.routes import cluster, health, models, native, openai
+from api.routes import SSE_MODELS, cluster, health, models, native, openai
 from api.routes.ui import mount_ui
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
 from protos.config import Config
@@ -82,10 +81,10 @@ def create_app(config: Config) -> FastAPI:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (ChatCompletionChunk, CompletionChunk):  # the SSE messages, documented too
+            for model in SSE_MODELS:  # what the event streams' data carries, documented too
                 js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(js.pop("$defs", {}))
-                components[model.__name__] = js
+                for name, definition in {**js.pop("$defs", {}), model.__name__: js}.items():
+                    components.setdefault(name, definition)  # FastAPI's own entries stay as they are
             app.openapi_schema = schema
         return app.openapi_schema
 

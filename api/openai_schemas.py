@@ -85,7 +85,8 @@ class SamplingRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def sampling(self) -> SamplingParams:
-        top_k = self.top_k if self.top_k and self.top_k > 0 else 0
+        # k at least the vocabulary size keeps every token, as off does (the wire's top_k is an int32)
+        top_k = self.top_k if self.top_k and 0 < self.top_k < 2**31 else 0
         seed = None if self.seed is None else self.seed % 2**64
         return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, top_k=top_k, seed=seed,

@@ -64,6 +64,39 @@ class ProcessResponse(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class StreamStage(BaseModel):
+    node: str = Field(..., description="node id")
+    address: str
+    layers: list[int] = Field(..., description="[start, end): the layers this stage runs")
+
+
+class StreamStart(BaseModel):
+    """Data of the ``start`` event of /api/model/stream: the request was accepted."""
+
+    id: str
+    model: str
+    promptTokens: int
+    maxTokens: int
+    nodeCount: int
+    stages: list[StreamStage]
+
+
+class StreamFirstToken(BaseModel):
+    """Data of the ``first_token`` event of /api/model/stream (milliseconds)."""
+
+    timeToFirstToken: float
+    queueTime: float
+
+
+class StreamToken(BaseModel):
+    """Data of a ``token`` event of /api/model/stream: one text delta."""
+
+    text: str
+    tokens: int = Field(..., description="tokens generated so far")
+    elapsedMs: float
+    tokensPerSecond: float
+
+
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -170,33 +203,57 @@ class ClusterResponse(BaseModel):
     models: list[ClusterModel]
 
 
+FOLDER = r"^[^/\x00]+$"  # one file name: no '/' and no NUL (the model cache's folder is named after it)
+LayerIndex = Annotated[int, Field(ge=0, lt=2**31)]  # a layer number (the wire's int32)
+NodeId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class AddModelRequest(BaseModel):
     """Body of POST /api/models: a model from the model cache, on the nodes named or placed by free memory."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[^/]+$", description="name clients will use")
-    source: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^/]+$",
-                               description="its folder in the model cache (default: name); prepare it with "
-                                           "`shardline models --name ... --source ...`")
+    name: str = Field(..., min_length=1, max_length=128, pattern=FOLDER, description="name clients will use")
+    source: str | None = Field(None, min_length=1, max_length=255, pattern=FOLDER,
+                               description="its folder in the model cache (default: name; at most 255 bytes as "
+                                           "UTF-8); prepare it with `shardline models --name ... --source ...`")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     replicas: int = Field(1, ge=1, le=16, description="nodes per layer range when the coordinator places it")
-    nodes: list[str | list[str]] | None = Field(
+    nodes: list[NodeId | Annotated[list[NodeId], Field(min_length=1)]] | None = Field(
         None, min_length=1, max_length=64,
         description="explicit placement, one entry per stage in layer order: a node id or a list of replicas")
-    layer_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]] | None = Field(
-        None, description="with nodes: [start, end) per stage, contiguous from 0")
+    layer_ranges: list[Annotated[list[LayerIndex], Field(min_length=2, max_length=2)]] | None = Field(
+        None, max_length=64, description="with nodes: [start, end) per stage, contiguous from 0")
     kv_cache_tokens: int = Field(32768, ge=1, le=10_000_000, description="KV budget of each shard, in tokens")
     max_context: int | None = Field(None, ge=1, le=10_000_000, description="cap on prompt + generated tokens")
 
-    @field_validator("nodes")
+    @field_validator("name", "source")
     @classmethod
-    def _check_nodes(cls, v: list[str | list[str]] | None) -> list[str | list[str]] | None:
-        for entry in v or []:
+    def _check_folder(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > 255:  # NAME_MAX: longer folder names cannot exist
+            raise ValueError(f"{len(v.encode())} bytes as UTF-8; a folder name has at most 255")
+        return v
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _check_nodes(cls, v: Any) -> Any:
+        """Before the types' own checks (the schema says the same), for a message that names the problem."""
+        flat: list[Any] = []
+        for entry in v if isinstance(v, list) else []:
             replicas = [entry] if isinstance(entry, str) else entry
-            if not replicas or any(not n for n in replicas):
+            if isinstance(replicas, list) and (not replicas or any(n == "" for n in replicas)):
                 raise ValueError("every stage needs at least one non-empty node id")
+            flat += replicas if isinstance(replicas, list) else []
+        if len({repr(n) for n in flat}) != len(flat):  # as config.json's models[].nodes
+            raise ValueError("lists a node twice: a node holds one stage of a model")
+        return v
+
+    @field_validator("layer_ranges")
+    @classmethod
+    def _check_layer_ranges(cls, v: list[list[int]] | None) -> list[list[int]] | None:
+        if any(start >= end for start, end in v or []):
+            raise ValueError("every range must be [start, end) with 0 <= start < end")
         return v
 
 
@@ -242,11 +299,14 @@ class RemoveModelResponse(BaseModel):
     nodes: list[NodeRss] = Field(default_factory=list, description="each node's memory before and after the unload")
 
 
+PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"  # 1 to 65535
+
+
 class RegisterNodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(..., min_length=1, max_length=128)
-    address: str = Field(..., pattern=r"^[^\s:]+:\d{1,5}$", description="host:port the coordinator can reach")
+    address: str = Field(..., pattern=r"^[^\s:]+:0*" + PORT, description="host:port the coordinator can reach")
 
 
 class RegisterNodeResponse(BaseModel):

@@ -28,8 +28,14 @@ def sse(data: Any, event: str | None = None) -> str:
     return f"{head}data: {payload}\n\n"
 
 
-def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+class EventStreamResponse(StreamingResponse):
+    """A streamed text/event-stream answer (as a route's response_class, it documents that media type)."""
+
+    media_type = "text/event-stream"
+
+
+def event_stream(events: AsyncIterator[str]) -> EventStreamResponse:
+    return EventStreamResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

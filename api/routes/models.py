@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from api.backend import Backend
-from api.errors import ApiError
 from api.routes import ERROR_RESPONSES, get_backend
 from api.schemas import (
     AddModelRequest,
@@ -52,10 +51,7 @@ async def list_models(backend: Backend = Depends(get_backend)) -> ModelsResponse
 async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backend)) -> JSONResponse:
     """Serves a model from the model cache. 201 once it is loaded (serving); 202 while it is pending."""
     stages = [coordinator_pb2.StageNodes(node_ids=[e] if isinstance(e, str) else e) for e in body.nodes or []]
-    ranges = [wire.layer_range_to_proto(LayerRange(*r)) for r in body.layer_ranges or [] if 0 <= r[0] < r[1]]
-    if body.layer_ranges and len(ranges) != len(body.layer_ranges):
-        raise ApiError(422, "invalid field 'layer_ranges': every range must be [start, end) with 0 <= start < end",
-                       "layer_ranges")
+    ranges = [wire.layer_range_to_proto(LayerRange(*r)) for r in body.layer_ranges or []]  # checked by the schema
     request = coordinator_pb2.AddModelRequest(
         name=body.name, source=body.source or body.name, dtype=body.dtype, device=body.device, replicas=body.replicas,
         stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0)

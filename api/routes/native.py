@@ -10,23 +10,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from api.backend import Backend
 from api.errors import ApiError
 from api.generation import Generation, TextChunk
-from api.routes import ERROR_RESPONSES, SSE_CONTENT, get_backend
+from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, get_backend, json_data, named_events, sse_content
 from api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
+    ErrorResponse,
     ProcessRequest,
     ProcessResponse,
     StageTime,
+    StreamFirstToken,
+    StreamStage,
+    StreamStart,
+    StreamToken,
     TokenizeRequest,
     TokenizeResponse,
     Usage,
 )
-from api.streaming import event_stream, sse, until_disconnected
+from api.streaming import EventStreamResponse, event_stream, sse, until_disconnected
 from protos import coordinator_pb2
 from protos.data_structures import SamplingParams
 
@@ -39,6 +43,9 @@ STREAM_DOC = """Server-sent events, each `event: <name>` + `data: <JSON>`:
 - `token`: `{text, tokens, elapsedMs, tokensPerSecond}` for each text delta
 - `done`: the same object as POST /api/model/process returns (text, timings, per-stage times, usage)
 - `error`: `{error: {message, type, param, code}}` if generation fails after the stream started"""
+STREAM_EVENTS = named_events({"start": json_data(StreamStart), "first_token": json_data(StreamFirstToken),
+                              "token": json_data(StreamToken), "done": json_data(ProcessResponse),
+                              "error": json_data(ErrorResponse)})
 
 
 async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_pb2.ModelInfo, Generation]:
@@ -97,31 +104,34 @@ async def process(body: ProcessRequest, request: Request, backend: Backend = Dep
     return _result(info, gen, text, last, body.metadata)
 
 
-@router.post("/api/model/stream", responses={**ERROR_RESPONSES, 200: {"description": STREAM_DOC,
-                                                                      "content": SSE_CONTENT}})
-async def stream(body: ProcessRequest, request: Request, backend: Backend = Depends(get_backend)) -> StreamingResponse:
+@router.post("/api/model/stream", response_class=EventStreamResponse, responses={
+    **JSON_ERROR_RESPONSES, 200: {"description": STREAM_DOC, "content": sse_content(STREAM_EVENTS)}})
+async def stream(body: ProcessRequest, request: Request, backend: Backend = Depends(get_backend)
+                 ) -> EventStreamResponse:
     """Like /api/model/process, but streams the answer as it is generated, with timing events (for the web UI).
     Closing the connection cancels the generation and frees its KV cache on every node."""
     info, gen = await _prepare(backend, body)
     await until_disconnected(request, gen.start())
 
     async def events() -> AsyncIterator[str]:
-        yield sse({"id": gen.request_id, "model": info.name, "promptTokens": len(gen.prompt_ids),
-                   "maxTokens": gen.max_tokens, "nodeCount": info.num_stages,
-                   "stages": [s.model_dump(exclude={"seconds"}) for s in _stages(info, [], [])]}, "start")
+        stages = [StreamStage(node=s.node, address=s.address, layers=s.layers) for s in _stages(info, [], [])]
+        yield sse(StreamStart(id=gen.request_id, model=info.name, promptTokens=len(gen.prompt_ids),
+                              maxTokens=gen.max_tokens, nodeCount=info.num_stages, stages=stages).model_dump(), "start")
         parts: list[str] = []
         first_sent = False
         try:
             async for chunk in gen.chunks():
                 if not first_sent and gen.times.first_token is not None:
                     first_sent = True
-                    yield sse({"timeToFirstToken": round((gen.times.ttft_s or 0) * 1000, 1),
-                               "queueTime": round(chunk.queue_seconds * 1000, 1)}, "first_token")
+                    yield sse(StreamFirstToken(timeToFirstToken=round((gen.times.ttft_s or 0) * 1000, 1),
+                                               queueTime=round(chunk.queue_seconds * 1000, 1)).model_dump(),
+                              "first_token")
                 if chunk.text:
                     parts.append(chunk.text)
-                    yield sse({"text": chunk.text, "tokens": chunk.completion_tokens,
-                               "elapsedMs": round((time.perf_counter() - gen.times.started) * 1000, 1),
-                               "tokensPerSecond": round(gen.times.decode_rate(chunk.completion_tokens), 2)}, "token")
+                    yield sse(StreamToken(
+                        text=chunk.text, tokens=chunk.completion_tokens,
+                        elapsedMs=round((time.perf_counter() - gen.times.started) * 1000, 1),
+                        tokensPerSecond=round(gen.times.decode_rate(chunk.completion_tokens), 2)).model_dump(), "token")
                 if chunk.finish_reason:
                     yield sse(_result(info, gen, "".join(parts), chunk, body.metadata).model_dump(), "done")
         except ApiError as e:

@@ -33,7 +33,7 @@ from api.openai_schemas import (
     SamplingRequest,
     UsageInfo,
 )
-from api.routes import ERROR_RESPONSES, SSE_CONTENT, get_backend
+from api.routes import ERROR_RESPONSES, get_backend, openai_events, sse_content
 from api.streaming import event_stream, sse, until_disconnected
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completio
 def _streamed(chunk_model: type) -> dict[int | str, dict[str, Any]]:
     doc = (f"JSON, or with `stream: true` server-sent events: `data: <{chunk_model.__name__} JSON>` messages, "
            "then `data: [DONE]`")
-    return {**ERROR_RESPONSES, 200: {"description": doc, "content": SSE_CONTENT}}
+    return {**ERROR_RESPONSES, 200: {"description": doc, "content": sse_content(openai_events(chunk_model))}}
 
 
 @router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
