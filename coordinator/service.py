@@ -131,7 +131,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             num_stages=len(engine.pipeline.groups), failovers=stats.failovers, recoveries=stats.recoveries,
             last_recovery_seconds=stats.last_recovery_seconds, state=state,
             unavailable_reason="" if engine.ready else engine.unavailable_reason(),
-            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting), source=engine.meta.path.name)
+            running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting), source=engine.meta.path.name,
+            max_waiting=engine.scheduler.max_waiting)
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
