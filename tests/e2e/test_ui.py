@@ -145,10 +145,10 @@ def test_errors_and_empty_input_are_clear(page: Page) -> None:
     unlabelled = page.evaluate("[...document.querySelectorAll('input, select, textarea')]"
                                ".filter((e) => !e.labels || e.labels.length === 0).map((e) => e.outerHTML)")
     assert unlabelled == [], unlabelled
-    ask(page, "hi", 20000)  # over the context: the API refuses it, and its message is shown
+    ask(page, "hi", 20000)  # over the server's limit: the API refuses it, and its message is shown
     error = current(page).get_by_test_id("answer-error")
     expect(error).to_contain_text("max_tokens is 20000", timeout=20_000)
-    expect(error).to_contain_text("context")
+    expect(error).to_contain_text("limits.max_new_tokens")
     shot(page, "error")
 
 
