@@ -11,7 +11,7 @@ UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html
 	frontend/tsconfig.json
 NPM := npm --yes --no-audit --no-fund --loglevel=error
 
-.PHONY: setup models up test unit protos lint clean bench dashboard ui certs
+.PHONY: setup models up test unit protos lint clean bench dashboard ui certs load
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -87,6 +87,11 @@ lint: setup
 bench: models
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+# the load test: 200 streaming clients for 60 s, then a burst of 1000, against its own loopback cluster; writes
+# bench/results/load.{md,json} and exits 1 when a requirement is not met (LOAD_ARGS, e.g. --quick)
+load: models
+	$(PY) -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf .run

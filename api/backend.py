@@ -3,7 +3,7 @@ checks that turn a request into a prompt that fits the model's context."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -14,24 +14,11 @@ from protos.config import Config
 from protos.runtime import set_max_message_mb
 
 
-class Ticket:
-    """A request counted on its way to the coordinator; ``release`` (idempotent) once it answered."""
-
-    def __init__(self, counts: dict[str, int], model: str) -> None:
-        self._counts, self._model, self._held = counts, model, True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._counts[self._model] -= 1
-
-
 @dataclass
 class Backend:
     config: Config
     tokenizer: TokenizerClient
     coordinator: CoordinatorClient
-    _arriving: dict[str, int] = field(default_factory=dict)  # per model: requests not yet answered by the coordinator
 
     @classmethod
     def connect(cls, config: Config) -> Backend:
@@ -75,20 +62,16 @@ class Backend:
             raise ApiError(503, f"model {name!r} is unavailable: {info.unavailable_reason or 'it is still loading'}")
         return info
 
-    def admission(self, info: coordinator_pb2.ModelInfo) -> Ticket:
-        """A place among the requests on their way to the coordinator, or 429 at once.
+    def check_queue(self, info: coordinator_pb2.ModelInfo) -> None:
+        """429 at once, before any tokenization, when the coordinator last said the model's queue is full.
 
-        Under a burst, the coordinator's queue bound (max_waiting) is met by requests that have not reached it yet:
-        each would first be tokenized, then refused. Counting them here refuses the surplus before any work, with
-        Retry-After. ``info.waiting`` is the coordinator's count (cached for a moment); the coordinator still
-        decides for the requests let through."""
-        arriving = self._arriving.get(info.name, 0)
-        if info.max_waiting and info.waiting + arriving >= info.max_waiting:
-            raise ApiError(429, f"model {info.name!r} has {info.waiting} request(s) waiting and {arriving} on their "
-                           f"way, the bound is {info.max_waiting} (coordinator.max_waiting); retry later",
+        Under a burst, every request would otherwise be tokenized before the coordinator refuses it. The count
+        is at most a moment old (the models list is cached), and a queue that is not full lets the request
+        through: the coordinator decides then, so nothing it would admit is turned away."""
+        if info.max_waiting and info.waiting >= info.max_waiting:
+            raise ApiError(429, f"{info.waiting} requests are already waiting for model {info.name!r}, the bound "
+                           f"(coordinator.max_waiting = {info.max_waiting}); retry later",
                            headers={"Retry-After": str(self.config.api.retry_after_s)})
-        self._arriving[info.name] = arriving + 1
-        return Ticket(self._arriving, info.name)
 
     async def add_model(self, request: coordinator_pb2.AddModelRequest) -> coordinator_pb2.ModelInfo:
         try:

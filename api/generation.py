@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from api.backend import Backend, Ticket
+from api.backend import Backend
 from api.errors import ApiError
 from protos import coordinator_pb2
 from protos.data_structures import SamplingParams
@@ -69,10 +69,8 @@ class GenerationTimes:
 
 class Generation:
     def __init__(self, backend: Backend, model: str, prompt_ids: list[int], max_tokens: int,
-                 sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False,
-                 ticket: Ticket | None = None) -> None:
+                 sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False) -> None:
         self.backend = backend
-        self.ticket = ticket  # its place among requests on their way to the coordinator (released once answered)
         self.model = model
         self.prompt_ids = prompt_ids
         self.max_tokens = max_tokens
@@ -92,13 +90,6 @@ class Generation:
         except BaseException:
             self.cancel()
             raise
-        finally:
-            self.release_ticket()
-
-    def release_ticket(self) -> None:
-        """Idempotent: the coordinator has answered (or the request will never reach it)."""
-        if self.ticket is not None:
-            self.ticket.release()
 
     async def _read(self) -> coordinator_pb2.GenerateResponse:
         assert self._call is not None

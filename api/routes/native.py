@@ -50,20 +50,16 @@ STREAM_EVENTS = named_events({"start": json_data(StreamStart), "first_token": js
 
 async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_pb2.ModelInfo, Generation]:
     info = await backend.model(body.model)
-    ticket = backend.admission(info)
-    try:
-        chat = await backend.has_chat_template(info.name) if body.chat is None else body.chat
-        if chat:
-            prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}])
-        else:
-            prompt_ids = await backend.encode(info.name, body.text)
-        max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
-    except BaseException:
-        ticket.release()
-        raise
+    backend.check_queue(info)
+    chat = await backend.has_chat_template(info.name) if body.chat is None else body.chat
+    if chat:
+        prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}])
+    else:
+        prompt_ids = await backend.encode(info.name, body.text)
+    max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
     sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
-                     body.ignore_eos, ticket)
+                     body.ignore_eos)
     logger.info("request %s: %s model=%s prompt=%d tokens max_tokens=%d", gen.request_id, "process", info.name,
                 len(prompt_ids), max_tokens)
     return info, gen
@@ -105,10 +101,7 @@ async def process(body: ProcessRequest, request: Request, backend: Backend = Dep
         await gen.start()
         return await gen.text()
 
-    try:
-        text, last = await until_disconnected(request, run())
-    finally:
-        gen.release_ticket()
+    text, last = await until_disconnected(request, run())
     return _result(info, gen, text, last, body.metadata)
 
 
@@ -119,10 +112,7 @@ async def stream(body: ProcessRequest, request: Request, backend: Backend = Depe
     """Like /api/model/process, but streams the answer as it is generated, with timing events (for the web UI).
     Closing the connection cancels the generation and frees its KV cache on every node."""
     info, gen = await _prepare(backend, body)
-    try:
-        await until_disconnected(request, gen.start())
-    finally:
-        gen.release_ticket()
+    await until_disconnected(request, gen.start())
 
     async def events() -> AsyncIterator[str]:
         stages = [StreamStage(node=s.node, address=s.address, layers=s.layers) for s in _stages(info, [], [])]

@@ -79,8 +79,6 @@ async def _first(request: Request, gen: Generation, chunks: AsyncIterator[TextCh
     except BaseException:
         gen.cancel()
         raise
-    finally:
-        gen.release_ticket()
 
 
 def _stream(gen: Generation, first: TextChunk, chunks: AsyncIterator[TextChunk], body: SamplingRequest,
@@ -139,18 +137,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
                            ) -> ChatCompletionResponse | StreamingResponse:
     """Chat completion: the messages go through the model's chat template."""
     info = await backend.model(body.model)
-    ticket = backend.admission(info)
-    try:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
-                    for m in body.messages]
-        prompt_ids = await backend.encode_chat(info.name, messages)
-        max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
-                                 max_param=body.limit_field)
-    except BaseException:
-        ticket.release()
-        raise
+    backend.check_queue(info)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+    prompt_ids = await backend.encode_chat(info.name, messages)
+    max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
+                             max_param=body.limit_field)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, ticket)
+                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
     logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id, info.name,
                 len(prompt_ids), max_tokens, body.stream)
     chunks = gen.chunks()
@@ -178,21 +171,17 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
                       ) -> CompletionResponse | StreamingResponse:
     """Text completion of `prompt` (text or token ids), without a chat template."""
     info = await backend.model(body.model)
-    ticket = backend.admission(info)
-    try:
-        prompt_text = body.prompt_text
-        prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
-        max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        echo = ""
-        if body.echo:
-            echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
-    except BaseException:
-        ticket.release()
-        raise
+    backend.check_queue(info)
+    prompt_text = body.prompt_text
+    prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
+    max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, ticket)
+                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
     logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
                 info.name, len(prompt_ids), max_tokens, body.stream)
+    echo = ""
+    if body.echo:
+        echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
     if body.stream:

@@ -1,5 +1,5 @@
-"""api/backend.py Backend.admission: a burst beyond the coordinator's queue bound gets 429 at once, before any
-tokenization, and every place is given back."""
+"""api/backend.py Backend.check_queue: once the coordinator reports a full queue, new generations get 429 with
+Retry-After at once (before tokenization); a queue with room lets them through to the coordinator."""
 
 from __future__ import annotations
 
@@ -14,29 +14,16 @@ from protos.config import parse_config
 def _backend() -> Backend:
     config = parse_config({"model_name": "m", "nodes": [{"id": "a", "address": "127.0.0.1:1"}],
                            "api": {"retry_after_s": 3}})
-    return Backend(config, tokenizer=None, coordinator=None)  # type: ignore[arg-type] - admission needs neither
+    return Backend(config, tokenizer=None, coordinator=None)  # type: ignore[arg-type] - not used here
 
 
-def test_requests_on_their_way_count_against_the_queue_bound() -> None:
-    backend = _backend()
-    info = coordinator_pb2.ModelInfo(name="m", waiting=1, max_waiting=4)
-    tickets = [backend.admission(info) for _ in range(3)]  # 1 waiting + 3 on their way = the bound
+def test_a_full_queue_is_refused_at_once() -> None:
     with pytest.raises(ApiError) as e:
-        backend.admission(info)
+        _backend().check_queue(coordinator_pb2.ModelInfo(name="m", waiting=4, max_waiting=4))
     assert e.value.status == 429 and e.value.headers == {"Retry-After": "3"}
-    assert "coordinator.max_waiting" in e.value.message and "3 on their way" in e.value.message
-    tickets[0].release()
-    tickets[0].release()  # idempotent: one place back, not two
-    backend.admission(info)
-    with pytest.raises(ApiError):
-        backend.admission(info)
-    for t in tickets:
-        t.release()
-    assert backend._arriving == {"m": 1}
+    assert "coordinator.max_waiting = 4" in e.value.message
 
 
-def test_no_bound_known_means_no_early_refusal() -> None:
-    backend = _backend()
-    info = coordinator_pb2.ModelInfo(name="m", waiting=500)  # max_waiting 0: an older coordinator
-    for _ in range(10):
-        backend.admission(info)
+@pytest.mark.parametrize(("waiting", "bound"), [(3, 4), (500, 0)])  # room; no bound known (an older coordinator)
+def test_a_queue_with_room_lets_requests_through(waiting: int, bound: int) -> None:
+    _backend().check_queue(coordinator_pb2.ModelInfo(name="m", waiting=waiting, max_waiting=bound))
