@@ -187,8 +187,8 @@ class ModelRegistry:
 
     async def _fit_budgets(self, m: ModelConfig) -> ModelConfig:
         """A configured model on nodes with memory budgets (``nodes[].memory_mb``) and no explicit layer_ranges:
-        the compute-balanced split if every stage fits its node's budget, else layers in proportion to what each
-        stage can hold (sizes measured by a dry-run LoadShard on its first node, waited for)."""
+        the compute-balanced split if every stage fits its node's budget, else the most even split where each
+        stage fits (sizes measured by a dry-run LoadShard on its first node, waited for)."""
         free = [min((self.nodes[n].memory_mb * 2**20 for n in replicas if self.nodes[n].memory_mb), default=None)
                 for replicas in m.stages]
         if m.layer_ranges is not None or all(f is None for f in free):
