@@ -10,8 +10,8 @@ import grpc
 from api.clients import CoordinatorClient, TokenizerClient
 from api.errors import ApiError, from_grpc
 from protos import coordinator_pb2, security
-from protos.config import Config
-from protos.runtime import set_max_message_mb
+from protos.config import PROMPT_CHARS_PER_TOKEN, Config
+from protos.runtime import client_message_bytes, set_max_message_bytes
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Backend:
     def connect(cls, config: Config) -> Backend:
         """Clients of the tokenizer and the coordinator; TLS and the cluster token as the config says."""
         security.install(security.load_for(config, "api"))
-        set_max_message_mb(config.limits.grpc_max_message_mb)
+        set_max_message_bytes(client_message_bytes(config.api.max_body_bytes, config.limits))  # requests only
         return cls(config, TokenizerClient(config.tokenizer.address),
                    CoordinatorClient(config.coordinator.address, config.api.request_timeout_s))
 
@@ -62,16 +62,28 @@ class Backend:
             raise ApiError(503, f"model {name!r} is unavailable: {info.unavailable_reason or 'it is still loading'}")
         return info
 
-    def check_queue(self, info: coordinator_pb2.ModelInfo) -> None:
-        """429 at once, before any tokenization, when the coordinator last said the model's queue is full.
+    async def check_queue(self, info: coordinator_pb2.ModelInfo) -> None:
+        """429 at once, before any tokenization, when the coordinator's queue for the model is full now.
 
-        Under a burst, every request would otherwise be tokenized before the coordinator refuses it. The count
-        is at most a moment old (the models list is cached), and a queue that is not full lets the request
-        through: the coordinator decides then, so nothing it would admit is turned away."""
-        if info.max_waiting and info.waiting >= info.max_waiting:
+        Under a burst, every request would otherwise be tokenized before the coordinator refuses it. ``info``
+        may come from the cached models list, seconds old: when it says full, the coordinator is asked again
+        (one call shared by the requests that arrive meanwhile) and only a queue full in that answer refuses.
+        Requests that finished, failed or were cancelled have left the coordinator's queue by then. A queue that
+        is not full lets the request through: the coordinator decides, so nothing it would admit is turned away."""
+        if not self._queue_full(info):
+            return
+        try:
+            info = (await self.coordinator.models_newer()).get(info.name, info)
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
+        if self._queue_full(info):
             raise ApiError(429, f"{info.waiting} requests are already waiting for model {info.name!r}, the bound "
                            f"(coordinator.max_waiting = {info.max_waiting}); retry later",
                            headers={"Retry-After": str(self.config.api.retry_after_s)})
+
+    @staticmethod
+    def _queue_full(info: coordinator_pb2.ModelInfo) -> bool:
+        return bool(info.max_waiting) and info.waiting >= info.max_waiting
 
     async def add_model(self, request: coordinator_pb2.AddModelRequest) -> coordinator_pb2.ModelInfo:
         try:
@@ -91,6 +103,15 @@ class Backend:
         except grpc.aio.AioRpcError as e:
             raise self.coordinator_error(e) from None
 
+    async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
+        """Forgets a node; 409 while a model has a shard on it, 404 for an unknown id."""
+        try:
+            return await self.coordinator.remove_node(node_id)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise ApiError(409, e.details() or "the node is in use") from None
+            raise self.coordinator_error(e) from None
+
     async def cluster(self) -> coordinator_pb2.ClusterInfo:
         try:
             return await self.coordinator.cluster()
@@ -106,13 +127,25 @@ class Backend:
             return model
         return info.source if info is not None and info.source else model
 
-    async def encode(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
+    def check_prompt_chars(self, chars: int, param: str) -> None:
+        """400 before any tokenization when a prompt has more characters than max_prompt_tokens tokens can hold."""
+        limits = self.config.limits
+        if chars > limits.max_prompt_chars:
+            raise ApiError(400, f"the prompt is {chars} characters; this server accepts at most "
+                           f"{limits.max_prompt_tokens} tokens (limits.max_prompt_tokens), so at most "
+                           f"{limits.max_prompt_chars} characters ({PROMPT_CHARS_PER_TOKEN} a token)", param)
+
+    async def encode(self, model: str, text: str, add_special_tokens: bool = True, param: str = "prompt"
+                     ) -> list[int]:
+        """Token ids of text; special-token strings in it are text, never control tokens."""
+        self.check_prompt_chars(len(text), param)
         try:
             return await self.tokenizer.encode(await self._tokenizer_of(model), text, add_special_tokens)
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 
-    async def encode_chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(self, model: str, messages: list[dict[str, str]], param: str = "messages") -> list[int]:
+        self.check_prompt_chars(sum(len(m["content"]) for m in messages), param)
         try:
             return await self.tokenizer.chat(await self._tokenizer_of(model), messages)
         except grpc.aio.AioRpcError as e:

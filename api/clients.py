@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -56,15 +57,31 @@ class CoordinatorClient:
         self.timeout_s = timeout_s
         self.models_ttl_s = models_ttl_s
         self._models: tuple[float, dict[str, coordinator_pb2.ModelInfo]] | None = None
+        self._listing: tuple[float, asyncio.Future[dict[str, coordinator_pb2.ModelInfo]]] | None = None
 
     async def models(self, fresh: bool = False) -> dict[str, coordinator_pb2.ModelInfo]:
         """Served models, cached for a moment so a burst of requests asks the coordinator once."""
         now = time.monotonic()
         if not fresh and self._models and now - self._models[0] < self.models_ttl_s:
             return self._models[1]
+        return await self.models_newer()
+
+    async def models_newer(self) -> dict[str, coordinator_pb2.ModelInfo]:
+        """Served models from a ListModels call that started after the cached list was asked for: one already
+        under way is shared, else a new one starts (so a burst of requests asks once at a time)."""
+        cached_at = self._models[0] if self._models else float("-inf")
+        call = self._listing
+        if call is None or call[1].done() or call[0] <= cached_at:
+            started = time.monotonic()
+            call = (started, asyncio.ensure_future(self._list_models(started)))
+            self._listing = call
+        return await asyncio.shield(call[1])
+
+    async def _list_models(self, started: float) -> dict[str, coordinator_pb2.ModelInfo]:
         reply = await self.stub.ListModels(coordinator_pb2.ListModelsRequest(), timeout=10.0)
         result = {m.name: m for m in reply.models}
-        self._models = (now, result)
+        if self._models is None or self._models[0] <= started:
+            self._models = (started, result)
         return result
 
     async def cluster(self) -> coordinator_pb2.ClusterInfo:
@@ -88,6 +105,9 @@ class CoordinatorClient:
         reply = await self.stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(node_id=node_id, address=address),
                                              timeout=10.0)
         return reply.added
+
+    async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
+        return await self.stub.RemoveNode(coordinator_pb2.RemoveNodeRequest(node_id=node_id), timeout=30.0)
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False

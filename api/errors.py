@@ -7,6 +7,8 @@ No user mistake becomes a 500: validation errors are 422 naming the field, backe
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
 from fastapi import FastAPI, Request
@@ -22,15 +24,17 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,  # a concurrent change won (a model removed while it was being added)
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 499,
 }
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
-               422: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable",
-               504: "timeout"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 408: "timeout", 409: "conflict_error",
+               413: "invalid_request_error", 414: "invalid_request_error", 415: "invalid_request_error",
+               421: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+               431: "invalid_request_error", 499: "cancelled", 503: "service_unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):
@@ -83,10 +87,24 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     return field, f"invalid field '{field}': {msg}"
 
 
-def install_handlers(app: FastAPI) -> None:
+def redact_paths(message: str, roots: Iterable[Path]) -> str:
+    """``message`` without the server's absolute folders: a path below a root (the model cache) is given relative
+    to it, the root itself by its setting's name."""
+    for root in roots:
+        prefix = str(root).rstrip("/")
+        if prefix:  # a cache at / has no prefix worth hiding
+            message = message.replace(prefix + "/", "").replace(prefix, "model_cache_dir")
+    return message
+
+
+def install_handlers(app: FastAPI, redact: tuple[Path, ...] = ()) -> None:
+    """``redact``: folders (the model cache) whose absolute paths never reach a client, whatever service wrote
+    the message."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return JSONResponse(error_body(exc.status, redact_paths(exc.message, redact), exc.param),
+                            status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,10 +126,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _grpc(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-        return from_grpc(exc, "a backend service").response()
+        error = from_grpc(exc, "a backend service")
+        return JSONResponse(error_body(error.status, redact_paths(error.message, redact)), status_code=error.status,
+                            headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(500, f"internal error in the Shardline API: {type(exc).__name__}: {exc}"),
-                            status_code=500)
+        # the exception's text may name server paths: it goes to the log only
+        return JSONResponse(error_body(500, f"internal error in the Shardline API ({type(exc).__name__}); the "
+                                       "API's log has the details"), status_code=500)

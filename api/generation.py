@@ -38,15 +38,55 @@ class TextChunk:
     failovers: int = 0  # times it moved to replicas after a node was lost
 
 
-def held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of text that could still grow into a stop string."""
-    longest = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                longest = max(longest, n)
-                break
-    return longest
+def _failure(stop: str) -> list[int]:
+    """KMP failure function: fail[i] = length of the longest proper prefix of stop[:i + 1] that is also its suffix."""
+    fail = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
+class StopScanner:
+    """Finds stop strings in text that arrives in deltas, keeping per stop string how much of it the text seen so
+    far ends with (Knuth-Morris-Pratt). Feeding a delta costs O(len(delta) * len(stops)) steps, amortised, however
+    long the text is or was held back: the held-back text is never searched again."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self._fail = [_failure(s) for s in stops]
+        self._matched = [0] * len(stops)  # per stop: the longest prefix of it that the text ends with
+        self.steps = 0  # comparisons made so far (tests count work with it)
+
+    def feed(self, delta: str) -> int | None:
+        """Adds delta to the text; returns where the earliest stop string found starts, counted back from the end of
+        the text (so it starts at len(text) - returned), or None while no stop string is complete."""
+        start: int | None = None
+        for k, stop in enumerate(self.stops):
+            fail, j = self._fail[k], self._matched[k]
+            for i, c in enumerate(delta):
+                self.steps += 1
+                while j and c != stop[j]:
+                    j = fail[j - 1]
+                    self.steps += 1
+                if c == stop[j]:
+                    j += 1
+                if j == len(stop):  # ends at delta[i]: starts len(delta) - i - 1 + len(stop) before the end
+                    back = len(delta) - i - 1 + len(stop)
+                    start = back if start is None else max(start, back)
+                    j = fail[j - 1]
+                    break
+            self._matched[k] = j
+        return start
+
+    @property
+    def held_back(self) -> int:
+        """Length of the longest tail of the text that could still grow into a stop string."""
+        return max(self._matched, default=0)
 
 
 @dataclass
@@ -107,9 +147,10 @@ class Generation:
 
     async def chunks(self) -> AsyncIterator[TextChunk]:
         """Text deltas; the last chunk has finish_reason. Raises ApiError (503 when a stage failed)."""
-        ids: list[int] = []
-        prefix = read = 0
+        window: list[int] = []  # ids from the detokenizer's prefix_offset on: all it still needs
+        prefix = read = 0  # offsets into window
         pending = ""  # decoded text not yet sent (could be the start of a stop string)
+        scanner = StopScanner(self.stops)
         n_prompt = len(self.prompt_ids)
         try:
             while True:
@@ -121,20 +162,22 @@ class Generation:
                 stats = dict(prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
                              queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
                              route=list(reply.route), failovers=reply.failovers)
+                back = None
                 if reply.token_ids:
-                    ids.extend(reply.token_ids)
-                    delta, prefix, read = await self.backend.decode_incremental(self.model, ids, prefix, read)
+                    window.extend(reply.token_ids)
+                    delta, prefix, read = await self.backend.decode_incremental(self.model, window, prefix, read)
+                    window, prefix, read = window[prefix:], 0, read - prefix  # the ids before prefix are done
                     pending += delta
-                hit = min(((pending.find(s), s) for s in self.stops if s in pending), default=None)
-                if hit is not None:
+                    back = scanner.feed(delta)
+                if back is not None:
                     self.times.finished = time.perf_counter()
-                    yield TextChunk(pending[:hit[0]], "stop", **stats)
+                    yield TextChunk(pending[:len(pending) - back], "stop", **stats)
                     return
                 if reply.finish_reason:
                     self.times.finished = time.perf_counter()
                     yield TextChunk(pending, FINISH_REASONS.get(reply.finish_reason, "stop"), **stats)
                     return
-                keep = held_back(pending, self.stops)
+                keep = scanner.held_back
                 out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
                 if out:
                     yield TextChunk(out, "", **stats)

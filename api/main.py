@@ -1,7 +1,10 @@
 """create_app(config): the FastAPI edge in front of the tokenizer service and the coordinator.
 
-Middleware, outermost first: CORS (origins from api.cors_origins), API keys (api.api_keys or
-SHARDLINE_API_KEYS; every route but /health), the request body limit (api.max_body_bytes).
+Middleware, outermost first: CORS (origins from api.cors_origins), metrics, the Host check (only while no keys
+are configured: loopback or api.allowed_hosts), API keys (api.api_keys or SHARDLINE_API_KEYS; admin keys from
+api.admin_keys or SHARDLINE_ADMIN_KEYS for the routes that change the cluster; every route but /health), JSON-only
+bodies (415), the request body limit (api.max_body_bytes). Header and URL sizes, the header timeout and the
+connection limit are enforced below ASGI, in api/protocol.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.readiness import Readiness
 from api.routes import SSE_MODELS, cluster, health, models, native, openai
 from api.routes.ui import mount_ui
-from api.security import ApiKeyMiddleware, BodyLimitMiddleware, api_keys_from
+from api.security import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ContentTypeMiddleware,
+    HostMiddleware,
+    admin_keys_from,
+    allowed_hosts_from,
+    api_keys_from,
+    is_loopback,
+)
 from protos.config import Config
 
 logger = logging.getLogger(__name__)
@@ -34,11 +46,14 @@ DESCRIPTION = """Pipeline-parallel LLM serving: each model's layers are split ac
 - **Shardline's own**: `/api/model/process`, `/api/model/stream` (SSE with timings), `/api/tokenize`,
   `/api/detokenize`.
 - **Cluster**: `/api/cluster` (nodes, models, layer ranges, replica states, KV use, failovers).
-- **Admin**: `POST/GET /api/models`, `DELETE /api/models/{name}` (models at runtime), `POST /api/nodes`.
+- **Admin**: `POST/GET /api/models`, `DELETE /api/models/{name}` (models at runtime), `POST /api/nodes`; once keys
+  are configured, the routes that change the cluster need an admin key (`SHARDLINE_ADMIN_KEYS`).
 - **Health**: `/health` (process up, no key needed), `/ready` (a generation through every stage works).
 - **Metrics**: `/metrics` (Prometheus; no key needed).
 
-When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`.
+When API keys are configured, every route but `/health` needs `Authorization: Bearer <key>`. Without keys, only
+requests whose `Host` is loopback (or in `api.allowed_hosts`) are answered. Request bodies must be
+`Content-Type: application/json` (else 415).
 Errors are JSON: `{"error": {"message", "type", "param", "code"}}`."""
 
 # Documents the Bearer key in /docs; ApiKeyMiddleware does the checking.
@@ -47,6 +62,7 @@ bearer = HTTPBearer(auto_error=False, description="an API key, when SHARDLINE_AP
 
 def create_app(config: Config) -> FastAPI:
     keys = api_keys_from(config.api.api_keys)
+    admin_keys = admin_keys_from(config.api.admin_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +74,7 @@ def create_app(config: Config) -> FastAPI:
         await backend.close()
 
     app = FastAPI(title="Shardline API", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
-    install_handlers(app)
+    install_handlers(app, redact=(config.model_cache_dir,))
     app.include_router(health.router)
     app.include_router(native.router, dependencies=[Depends(bearer)])
     app.include_router(openai.router, dependencies=[Depends(bearer)])
@@ -68,13 +84,18 @@ def create_app(config: Config) -> FastAPI:
     mount_ui(app)  # last: the UI answers only what no API route does
 
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(ContentTypeMiddleware)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)
+    if not (keys or admin_keys):  # keys protect; without them only loopback names (DNS rebinding)
+        named = () if is_loopback(config.api.host) or config.api.host in ("0.0.0.0", "::") else (config.api.host,)
+        app.add_middleware(HostMiddleware, allowed=allowed_hosts_from((*config.api.allowed_hosts, *named)))
     app.add_middleware(MetricsMiddleware)
     if config.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.api.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Retry-After"])
-    if keys:
-        logger.info("API keys are required on every route but /health (%d key(s) configured)", len(keys))
+    if keys or admin_keys:
+        logger.info("API keys are required on every route but /health (%d user key(s), %d admin key(s))", len(keys),
+                    len(admin_keys))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

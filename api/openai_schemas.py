@@ -12,9 +12,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protos.data_structures import SamplingParams
+from protos.data_structures import (
+    GREEDY_TEMPERATURE_EPS,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+    SamplingParams,
+)
 
 MAX_STOPS = 16
+MAX_STOP_CHARS = 256  # per stop string; also the native routes' bound (api/schemas.py)
+
+
+def check_stop_lengths(stops: list[str]) -> None:
+    """Stop strings are at most MAX_STOP_CHARS characters (the text held back while one may be starting)."""
+    for i, s in enumerate(stops):
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(f"stop string {i} is {len(s)} characters; the limit is {MAX_STOP_CHARS}")
 
 
 class StreamOptions(BaseModel):
@@ -30,11 +44,14 @@ class SamplingRequest(BaseModel):
 
     model: str | None = Field(None, description="a name from GET /v1/models; default: the config's model_name")
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 1; 0 = greedy")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling; default 1 (off)")
+    temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                      description=f"default 1; 0 (or below {GREEDY_TEMPERATURE_EPS:g}) = greedy")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                description="nucleus sampling; default 1 (off)")
     seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="same seed and input, same output")
-    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} stop strings, applied on the text; "
-                                         "the stop string itself is not returned")
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} stop strings of at most "
+                                         f"{MAX_STOP_CHARS} characters, applied on the text; the stop string itself "
+                                         "is not returned")
     n: int | None = Field(None, description="number of choices; only 1 is supported")
     stream: bool = Field(False, description="stream chunks as server-sent events, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
@@ -44,7 +61,8 @@ class SamplingRequest(BaseModel):
     user: str | None = Field(None, description="ignored")
     # Extras, as in vLLM:
     top_k: int | None = Field(None, ge=-1, description="extra: sample among the k most likely tokens; 0 or -1 = off")
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="extra: > 1 discourages repeats")
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+                                             allow_inf_nan=False, description="extra: > 1 discourages repeats")
     ignore_eos: bool = Field(False, description="extra: keep generating after EOS (benchmarks)")
 
     @field_validator("stop")
@@ -53,6 +71,7 @@ class SamplingRequest(BaseModel):
         stops = [v] if isinstance(v, str) else list(v or [])
         if len(stops) > MAX_STOPS or any(not s for s in stops):
             raise ValueError(f"stop must be a non-empty string or a list of at most {MAX_STOPS} non-empty strings")
+        check_stop_lengths(stops)
         return v
 
     @field_validator("n")

@@ -4,9 +4,29 @@ The OpenAI-compatible routes have theirs in api/openai_schemas.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
+from protos.addresses import split_address
+from protos.config import FOLDER_NAME_RULE, folder_name_problem
+from protos.data_structures import (
+    GREEDY_TEMPERATURE_EPS,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+)
+
+
+def _utf8_encodable(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuses what JSON can carry but the answer could not: lone surrogates (``"\\ud800"``)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text: a lone surrogate (\\ud800-\\udfff) is not allowed") from None
+    return value
 
 
 class ProcessRequest(BaseModel):
@@ -15,15 +35,18 @@ class ProcessRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., min_length=1, max_length=200_000, description="the prompt (or the user message when chat)")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="echoed back untouched")
+    metadata: Annotated[dict[str, Any], AfterValidator(_utf8_encodable)] = Field(
+        default_factory=dict, description="echoed back untouched (valid Unicode: no lone surrogates)")
     model: str | None = Field(None, description="model name; default: the config's model_name")
     max_tokens: int | None = Field(None, ge=1, le=32768, description="tokens to generate at most")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                               description=f"0 (or below {GREEDY_TEMPERATURE_EPS:g}) = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(0, ge=0, le=100_000, description="0 = off")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    stop: list[str] | str | None = Field(None, validate_default=True, description="stop sequences, applied on the text")
+    repetition_penalty: float = Field(1.0, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)
+    stop: list[str] | str | None = Field(None, validate_default=True, description=f"up to 16 stop sequences of at most "
+                                         f"{MAX_STOP_CHARS} characters, applied on the text")
     chat: bool | None = Field(None, description="apply the chat template (default: true when the model has one)")
     ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
 
@@ -33,6 +56,7 @@ class ProcessRequest(BaseModel):
         stops = [v] if isinstance(v, str) else list(v or [])
         if len(stops) > 16 or any(not s for s in stops):
             raise ValueError("stop must be at most 16 non-empty strings")
+        check_stop_lengths(stops)
         return stops
 
 
@@ -198,12 +222,22 @@ class ClusterNode(BaseModel):
     events: list[str] = Field(default_factory=list, description="recent state changes, newest last")
 
 
+class ClusterProcess(BaseModel):
+    name: str = Field(..., description="tokenizer, a node id, coordinator, api or prometheus")
+    state: str = Field(..., description="starting | running | restarting | failed (it crash-looped and the launcher "
+                                        "left it down) | stopped")
+    restarts: int = Field(..., description="restarts in a row, each exiting within restart_window_s of its start")
+    exit_code: int | None = Field(None, description="of its last exit, while it is not running")
+
+
 class ClusterResponse(BaseModel):
     nodes: list[ClusterNode]
     models: list[ClusterModel]
+    processes: list[ClusterProcess] = Field(
+        default_factory=list, description="the processes `shardline up` supervises (empty when it did not start "
+                                          "the API); after max_restarts quick restarts in a row one is left down")
 
 
-FOLDER = r"^[^/\x00]+$"  # one file name: no '/' and no NUL (the model cache's folder is named after it)
 LayerIndex = Annotated[int, Field(ge=0, lt=2**31)]  # a layer number (the wire's int32)
 NodeId = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -213,8 +247,9 @@ class AddModelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=FOLDER, description="name clients will use")
-    source: str | None = Field(None, min_length=1, max_length=255, pattern=FOLDER,
+    name: str = Field(..., min_length=1, max_length=128, description="name clients will use (a folder name: "
+                      "not '.', '..' or starting with '.', no '/', '\\' or control characters)")
+    source: str | None = Field(None, min_length=1, max_length=255,
                                description="its folder in the model cache (default: name; at most 255 bytes as "
                                            "UTF-8); prepare it with `shardline models --name ... --source ...`")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -231,8 +266,9 @@ class AddModelRequest(BaseModel):
     @field_validator("name", "source")
     @classmethod
     def _check_folder(cls, v: str | None) -> str | None:
-        if v is not None and len(v.encode()) > 255:  # NAME_MAX: longer folder names cannot exist
-            raise ValueError(f"{len(v.encode())} bytes as UTF-8; a folder name has at most 255")
+        problem = "" if v is None else folder_name_problem(v)
+        if problem:
+            raise ValueError(f"{problem}; allowed: {FOLDER_NAME_RULE}")
         return v
 
     @field_validator("nodes", mode="before")
@@ -299,16 +335,27 @@ class RemoveModelResponse(BaseModel):
     nodes: list[NodeRss] = Field(default_factory=list, description="each node's memory before and after the unload")
 
 
-PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"  # 1 to 65535
-
-
 class RegisterNodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(..., min_length=1, max_length=128)
-    address: str = Field(..., pattern=r"^[^\s:]+:0*" + PORT, description="host:port the coordinator can reach")
+    address: str = Field(..., max_length=300, description=(
+        "host:port the coordinator can reach (IPv6 in brackets: [::1]:50051); stored in a canonical spelling, and "
+        "an alias of a known node's address (localhost / 127.1 / [::ffff:127.0.0.1] ...) is refused (409)"))
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        split_address(v)  # ValueError naming what is allowed
+        return v
 
 
 class RegisterNodeResponse(BaseModel):
     id: str
     added: bool = Field(..., description="false when the node was already known")
+
+
+class RemoveNodeResponse(BaseModel):
+    id: str
+    address: str = Field(..., description="the address it had")
+    removed: bool = True

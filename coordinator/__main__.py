@@ -14,15 +14,17 @@ from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2_grpc, security
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
-    GRPC_OPTIONS,
     NOT_SERVING,
     SERVING,
     add_health,
     add_log_args,
+    client_message_bytes,
     serve_metrics,
+    server_options,
     set_max_message_mb,
     setup_logging,
     wait_for_stop_signal,
+    with_max_message_bytes,
 )
 
 logger = logging.getLogger("coordinator")
@@ -33,7 +35,9 @@ async def serve(config_path: str, host: str | None) -> None:
     sec = security.install(security.load_for(config, "coordinator"))
     set_max_message_mb(config.limits.grpc_max_message_mb)
     registry = ModelRegistry(config)
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
+    # clients send it prompts and admin calls, never activations: its server needs the cap of one request
+    client_cap = with_max_message_bytes(client_message_bytes(config.api.max_body_bytes, config.limits))
+    server = grpc.aio.server(options=server_options(client_cap), interceptors=security.server_interceptors())
     servicer = CoordinatorServicer(registry)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health = add_health(server)

@@ -138,9 +138,14 @@ class ModelEngine:
         self._wakeup.set()
 
     def cancel(self, req: Request) -> None:
-        if not req.is_finished:
-            req.cancelled = True
-            self._wakeup.set()
+        """Stops a request; one still waiting leaves the queue at once (it stops counting against max_waiting)."""
+        if req.is_finished:
+            return
+        req.cancelled = True
+        if req in self.scheduler.waiting and not req.in_flight:
+            self.scheduler.remove(req)
+            req.finish("cancelled")
+        self._wakeup.set()
 
     # ----- node events (from the stage clients and the membership monitor) --------------------------------
 
@@ -328,10 +333,16 @@ class ModelEngine:
     def _fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         logger.error("model %s: micro-batch of %d sequence(s) failed: %s", self.name, len(plan.entries), why)
         for entry in plan.entries:
-            req = entry.request
-            self.scheduler.remove(req)
-            self._release_later(req, route)
-            req.finish("error", why)
+            self._end_with_error(entry.request, route, why)
+
+    def _fail_one(self, req: Request, route: Route, why: str) -> None:
+        logger.error("model %s: request %s failed alone: %s", self.name, req.request_id, why)
+        self._end_with_error(req, route, why)
+
+    def _end_with_error(self, req: Request, route: Route, why: str) -> None:
+        self.scheduler.remove(req)
+        self._release_later(req, route)
+        req.finish("error", why)
 
     def _describe(self, error: StageError) -> str:
         """The failure with the node's address and layer range, so a user knows what is down."""
@@ -345,8 +356,11 @@ class ModelEngine:
             metrics.STAGE_SECONDS.labels(self.name, replica.node_id, phase).observe(seconds)
         metrics.BATCH_SEQS.labels(self.name).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.name).observe(plan.num_tokens)
-        for entry, token in zip(plan.entries, result.next_token_ids):
+        for i, (entry, token) in enumerate(zip(plan.entries, result.next_token_ids)):
             req = entry.request
+            if i in result.failed:  # this sequence alone failed on a node; the rest of the batch goes on
+                self._fail_one(req, route, result.failed[i])
+                continue
             req.num_computed += len(entry.token_ids)
             if len(req.stage_seconds) != len(result.stage_seconds):
                 req.stage_seconds = [0.0] * len(result.stage_seconds)

@@ -5,7 +5,9 @@ process's log under a run folder, and stops every child on Ctrl-C / SIGTERM (chi
 SIGTERM from the kernel if the launcher itself is killed, so none are orphaned). Once up, it
 supervises them like a process manager: a child that exits is started again after a backoff (1 s,
 doubling to 30 s; back to 1 s once it has run for a minute), and the coordinator loads a restarted
-node's shard again by itself.
+node's shard again by itself. A child that crash-loops (5 restarts in a row, each exiting within a minute
+of its start) is left down: the launcher says so in its log and in run/children.json, which /api/cluster
+shows. Each child's output goes to <run dir>/<name>.log, rotated at 20 MiB with 3 old files kept.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +40,71 @@ from protos.runtime import add_log_args, setup_logging
 logger = logging.getLogger("shardline.up")
 PR_SET_PDEATHSIG = 1
 BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0  # restart delays of a crashed child
+MAX_RESTARTS = 5  # restarts in a row, each exiting within BACKOFF_RESET_S of its start, before a child is left down
+LOG_MAX_BYTES, LOG_BACKUPS = 20 * 2**20, 3  # each child's log rotates at 20 MiB: <name>.log, .log.1 ... .log.3
+STATE_FILE = "children.json"  # in the run dir: each child's state and restarts
+STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # tells the API where that file is (its /api/cluster shows it)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    first_s: float = BACKOFF_FIRST_S  # delay before the first restart, doubling on each one in a row
+    max_s: float = BACKOFF_MAX_S  # the longest delay
+    reset_s: float = BACKOFF_RESET_S  # a child that ran this long was healthy: its count of restarts starts over
+    max_restarts: int = MAX_RESTARTS  # a child exiting again after this many restarts in a row is left down
+
+
+class RotatingLog:
+    """Bytes appended to ``path``; past ``max_bytes`` the file becomes path.1 (path.1 becomes path.2, ...), and
+    at most ``backups`` old files are kept, so a child's log never holds more than (backups + 1) * max_bytes."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._lock = threading.Lock()
+        self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        """Rotates first when ``data`` does not fit; data longer than max_bytes is split across files."""
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                if self._size and self._size + len(view) > self.max_bytes:
+                    self._rotate()
+                n = min(len(view), self.max_bytes - self._size)
+                self._file.write(view[:n])
+                self._size += n
+                view = view[n:]
+            self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def pump(self, stream: IO[bytes]) -> threading.Thread:
+        """Copies a child's output into this log from a thread, until the child closes it."""
+
+        def run() -> None:
+            with stream:
+                while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+                    self.write(chunk)
+
+        thread = threading.Thread(target=run, name=f"log-{self.path.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
 
 def die_with_parent() -> None:
@@ -54,14 +124,31 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     restart_at: float | None = None  # when a crashed child is due to start again
+    state: str = "starting"  # starting | running | restarting | failed (crash-looped, left down) | stopped
+    log: RotatingLog | None = None
+    _pump: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.started_at = time.monotonic()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=die_with_parent,
-                                        env={**os.environ, **self.env})
-        log.close()
+    def start(self, now: float | None = None) -> None:
+        self.started_at = time.monotonic() if now is None else now
+        if self.log is None:
+            self.log = RotatingLog(self.log_path)
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=die_with_parent, env={**os.environ, **self.env})
+        assert self.process.stdout is not None
+        self._pump = self.log.pump(self.process.stdout)
+        self.state = "running"
+
+    def flush_log(self, timeout_s: float = 5.0) -> None:
+        """Waits until the output of an exited child is in its log."""
+        if self._pump is not None:
+            self._pump.join(timeout_s)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "state": self.state, "restarts": self.restarts,
+                "pid": self.process.pid if self.process and self.alive else None,
+                "exit_code": None if self.process is None or self.alive else self.process.returncode,
+                "log": str(self.log_path)}
 
     @property
     def alive(self) -> bool:
@@ -121,7 +208,8 @@ def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: s
                               run_dir / f"{node.id}.log", env=NODE_ENV))
     children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, *log],
                           run_dir / "coordinator.log"))
-    children.append(Child("api", [py, "-m", "api", "--config", cfg, *log], run_dir / "api.log"))
+    children.append(Child("api", [py, "-m", "api", "--config", cfg, *log], run_dir / "api.log",
+                          env={STATE_ENV: str(run_dir / STATE_FILE)}))
     return children
 
 
@@ -143,16 +231,32 @@ def http_ok(url: str) -> bool:
 
 
 class Cluster:
-    def __init__(self, config: Config, children: list[Child], prometheus_port: int = 0) -> None:
+    def __init__(self, config: Config, children: list[Child], prometheus_port: int = 0,
+                 policy: RestartPolicy = RestartPolicy(), state_path: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.children = children
         self.prometheus_port = prometheus_port
+        self.policy = policy
+        self.state_path = state_path  # children.json, for /api/cluster
+        self.clock = clock
         self.stopping = False
 
     def start(self) -> None:
         for child in self.children:
             logger.info("starting %-11s log: %s", child.name, child.log_path)
-            child.start()
+            child.start(self.clock())
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Each child's state and restarts, replaced atomically (the API reads it for /api/cluster)."""
+        if self.state_path is None:
+            return
+        state = {"updated_unix": time.time(), "max_restarts": self.policy.max_restarts,
+                 "restart_window_s": self.policy.reset_s, "children": [c.describe() for c in self.children]}
+        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
 
     def wait_ready(self, timeout_s: float) -> None:
         cfg = self.config
@@ -189,24 +293,38 @@ class Cluster:
                             for s in m.stages]} for m in reply.models]
 
     def supervise(self) -> None:
-        """Restarts children that exited, with exponential backoff."""
-        now = time.monotonic()
+        """Restarts children that exited, with exponential backoff; leaves a crash-looping one down."""
+        now, policy, changed = self.clock(), self.policy, False
         for child in self.children:
-            if child.alive or self.stopping:
+            if child.alive or self.stopping or child.state == "failed":
                 continue
             if child.restart_at is None:
-                if now - child.started_at > BACKOFF_RESET_S:
+                changed = True
+                if now - child.started_at > policy.reset_s:
                     child.restarts = 0
-                delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** child.restarts)
-                child.restart_at = now + delay
                 code = child.process.returncode if child.process else "?"
-                logger.error("%s exited (code %s); restarting it in %.0f s (restart #%d). Last lines of %s:\n%s",
-                             child.name, code, delay, child.restarts + 1, child.log_path, child.log_tail())
+                child.flush_log(1.0)
+                if child.restarts >= policy.max_restarts:
+                    child.state = "failed"
+                    logger.error("%s exited (code %s) after %d restarts in a row, each within %.0f s of its start: "
+                                 "it is crash-looping, so it is left down (fix the cause, then start shardline up "
+                                 "again). Last lines of %s:\n%s", child.name, code, child.restarts, policy.reset_s,
+                                 child.log_path, child.log_tail())
+                    continue
+                delay = min(policy.max_s, policy.first_s * 2 ** child.restarts)
+                child.restart_at = now + delay
+                child.state = "restarting"
+                logger.error("%s exited (code %s); restarting it in %.0f s (restart #%d of at most %d in a row). "
+                             "Last lines of %s:\n%s", child.name, code, delay, child.restarts + 1,
+                             policy.max_restarts, child.log_path, child.log_tail())
             elif now >= child.restart_at:
                 child.restarts += 1
                 child.restart_at = None
                 logger.warning("restarting %s (restart #%d)", child.name, child.restarts)
-                child.start()
+                child.start(now)
+                changed = True
+        if changed:
+            self.write_state()
 
     def stop(self) -> None:
         """SIGTERM in reverse dependency order, each step waiting: the API (and Prometheus) first, so its streams
@@ -231,6 +349,11 @@ class Cluster:
                     child.process.kill()
                     code = child.process.wait()
                 logger.info("%s exited with code %s", child.name, code)
+                child.state = "failed" if child.state == "failed" else "stopped"
+                child.flush_log()
+                if child.log:
+                    child.log.close()
+        self.write_state()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     children = plan_children(config, config_path, run_dir, args.log_level, args.log_format)
     prometheus = prometheus_child(config, run_dir, args.prometheus) if args.prometheus else None
-    cluster = Cluster(config, children + ([prometheus] if prometheus else []), args.prometheus)
+    cluster = Cluster(config, children + ([prometheus] if prometheus else []), args.prometheus,
+                      state_path=run_dir / STATE_FILE)
 
     def on_signal(signum: int, frame: object) -> None:
         cluster.stopping = True

@@ -58,6 +58,17 @@ class Membership:
                 self._watch(node.id)
         return self.status[node.id]
 
+    async def remove_node(self, node_id: str) -> None:
+        """Stops polling a node and forgets it (its row in /api/cluster and its state gauges go with it)."""
+        task = self._tasks.pop(node_id, None)
+        self.status.pop(node_id, None)
+        channel = self._channels.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if channel is not None:
+            await channel.close()
+
     def channel(self, node_id: str) -> grpc.aio.Channel:
         return self._channels[node_id]
 

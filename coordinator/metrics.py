@@ -138,5 +138,22 @@ def init_model(model: str, nodes: list[str]) -> None:
         NODE_DOWN.labels(model, node)
 
 
+MODEL_SERIES = (TTFT, ITL, E2E, QUEUE, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESS, FAILURES, STAGE_SECONDS, BATCH_SEQS,
+                BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN)  # all have model_name
+NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN)  # those that also have node
+
+
+def forget_model(model: str) -> None:
+    """Deletes every series of a removed model (all its nodes included), so /metrics stops exporting them."""
+    for metric in MODEL_SERIES:
+        metric.remove_by_labels({"model_name": model})
+
+
+def forget_node(node: str) -> None:
+    """Deletes every series of a node removed from the cluster, whatever model it served."""
+    for metric in NODE_SERIES:
+        metric.remove_by_labels({"node": node})
+
+
 def register_state(snapshot: Callable[[], ClusterSnapshot]) -> None:
     REGISTRY.register(StateCollector(snapshot))

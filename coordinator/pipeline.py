@@ -96,8 +96,9 @@ Route = tuple[Replica, ...]  # one replica per stage group, in layer order
 
 @dataclass(frozen=True)
 class StepResult:
-    next_token_ids: list[int]  # one per entry; -1 for prefill chunks that sample nothing
+    next_token_ids: list[int]  # one per entry; -1 for prefill chunks that sample nothing (and failed entries)
     stage_seconds: list[float]  # compute time reported by each stage of the route
+    failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
 
 
 class Pipeline:
@@ -141,10 +142,14 @@ class Pipeline:
         request = self._request(plan, batch_id)
         token_ids = [t for e in plan.entries for t in e.token_ids]
         seconds: list[float] = []
+        failed: dict[str, str] = {}  # seq_id -> why it failed on some stage (later stages never see it)
         reply = None
         reached = 0
         try:
             for i, replica in enumerate(route):
+                if not request.seqs:  # every sequence failed on an earlier stage: nothing left to send
+                    replica.pending_release.extend(releases[i])
+                    continue
                 if i == 0:
                     request.token_ids.extend(token_ids)
                 else:
@@ -167,6 +172,8 @@ class Pipeline:
                 reply = await pending
                 replica.micro_batches += 1
                 seconds.append(reply.forward_seconds)
+                if reply.seq_errors:
+                    self._drop_failed(request, replica, reply, failed, last=i == len(route) - 1)
         except BaseException:
             first = max(reached - 1, 0)
             for replica, ids in zip(route[first:], releases[first:]):
@@ -176,10 +183,25 @@ class Pipeline:
             for replica, ticket in zip(route[reached:], tickets[reached:]):  # must not hold up later ones
                 await replica.order.pass_turn(ticket)
         assert reply is not None
-        if len(reply.next_token_ids) != len(plan.entries):
+        if len(reply.next_token_ids) != len(request.seqs) and request.seqs:
             raise RuntimeError(f"last stage returned {len(reply.next_token_ids)} tokens for "
-                               f"{len(plan.entries)} sequences")
-        return StepResult(list(reply.next_token_ids), seconds)
+                               f"{len(request.seqs)} sequences")
+        tokens = dict(zip((s.seq_id for s in request.seqs), reply.next_token_ids)) if request.seqs else {}
+        entries = plan.entries
+        return StepResult([tokens.get(e.request.seq_id, -1) for e in entries], seconds,
+                          {i: failed[e.request.seq_id] for i, e in enumerate(entries) if e.request.seq_id in failed})
+
+    def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
+                     failed: dict[str, str], last: bool) -> None:
+        """Sequences that failed alone on ``replica`` leave the micro-batch: its hidden output no longer has
+        their rows, and the stages after it never see them (the coordinator releases them everywhere)."""
+        for e in reply.seq_errors:
+            failed[e.seq_id] = f"{replica.describe(self.model)} failed: {e.code}: {e.message}"
+        if last:  # its tokens are one per sequence it was sent (-1 for the failed ones)
+            return
+        kept = [s for s in request.seqs if s.seq_id not in failed]
+        del request.seqs[:]
+        request.seqs.extend(kept)
 
     async def flush_releases(self, busy: set[Replica]) -> None:
         """Sends pending releases with a Release call to replicas no micro-batch is about to visit."""

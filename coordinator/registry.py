@@ -18,17 +18,27 @@ from pathlib import Path
 
 import grpc
 
+from coordinator import metrics
 from coordinator.cluster import build_engine, load_engine
 from coordinator.engine import ModelEngine
 from coordinator.membership import Membership
 from coordinator.model_meta import read_model_meta
 from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, fit_ranges, place
 from protos import security, shard_pb2, shard_pb2_grpc, wire
+from protos.addresses import canonical_address, endpoint_key
 from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
 from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
+
+
+def _endpoint(address: str) -> tuple[str, int]:
+    """What two addresses share when they reach the same node (an unparsable configured one: itself)."""
+    try:
+        return endpoint_key(address)
+    except ValueError:
+        return address, 0
 
 
 class RegistryError(ValueError):
@@ -64,6 +74,7 @@ class ModelRegistry:
         self._recheck = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one placement at a time, so two models never count the same free memory
+        self._loads: dict[str, asyncio.Task[None]] = {}  # models whose shards are being loaded (remove cancels it)
 
     async def start(self) -> None:
         """Loads the configured models, then watches the nodes and the pending models."""
@@ -77,6 +88,8 @@ class ModelRegistry:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+        for load in list(self._loads.values()):
+            load.cancel()
         await self.membership.stop()
         for engine in self.engines.values():
             await engine.stop()
@@ -88,21 +101,52 @@ class ModelRegistry:
 
     # ----- nodes ------------------------------------------------------------------------------------------
 
-    def register_node(self, node: NodeConfig) -> bool:
-        """A node that joined: polled from now on, and usable for placements. False if it was known."""
+    def register_node(self, node: NodeConfig) -> NodeConfig | None:
+        """A node that joined: polled from now on, and usable for placements. Returns it with its address in the
+        canonical spelling; None if it was known. An alias of a known node's address is refused."""
+        try:
+            node = replace(node, address=canonical_address(node.address))
+            security.check_link(node.address)
+        except security.TokenInClear as e:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        except ValueError as e:
+            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        key = _endpoint(node.address)
         known = self.nodes.get(node.id)
         if known is not None:
-            if known.address != node.address:
-                raise RegistryError(grpc.StatusCode.ALREADY_EXISTS,
-                                    f"node {node.id!r} is already registered at {known.address}")
-            return False
-        if any(n.address == node.address for n in self.nodes.values()):
-            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, f"address {node.address} belongs to another node")
+            if _endpoint(known.address) != key:
+                raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, (
+                    f"node {node.id!r} is already registered at {known.address}; remove it first "
+                    f"(DELETE /api/nodes/{node.id}) to register it at {node.address}"))
+            return None
+        other = next((n for n in self.nodes.values() if _endpoint(n.address) == key), None)
+        if other is not None:
+            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, (
+                f"address {node.address} reaches node {other.id!r} (registered at {other.address}); a node is "
+                "registered once"))
         self.nodes[node.id] = node
         self.membership.add_node(node)
         logger.info("node %s (%s) joined the cluster", node.id, node.address)
         self._recheck.set()
-        return True
+        return node
+
+    async def remove_node(self, node_id: str) -> NodeConfig:
+        """Forgets a node: no more polls or placements. Refused while a model (serving, loading or draining) has a
+        shard on it, even with other replicas: remove those models first; nothing is drained or moved here."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no node {node_id!r}; known: {sorted(self.nodes)}")
+        async with self._lock:  # never in the middle of a placement that may choose it
+            users = [name for name, e in self.engines.items() if e.pipeline.replica_on(node_id) is not None]
+            if users:
+                raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, (
+                    f"node {node_id!r} holds shards of model(s) {sorted(users)}; remove them first "
+                    "(DELETE /api/models/{name}), then the node"))
+            del self.nodes[node_id]
+            await self.membership.remove_node(node_id)
+        metrics.forget_node(node_id)  # its series leave /metrics
+        logger.info("node %s (%s) removed from the cluster", node_id, node.address)
+        return node
 
     def _ready_nodes(self) -> list[str]:
         return [n for n in self.nodes if self.membership.state(n) == "ready" and self.membership.status[n].info]
@@ -136,7 +180,7 @@ class ModelRegistry:
             read_model_meta(model_dir, m.max_context)
         except FileNotFoundError:
             raise RegistryError(grpc.StatusCode.NOT_FOUND, (
-                f"no model {m.source!r} in the model cache ({self.config.model_cache_dir}); prepare it first with "
+                f"no model {m.source!r} in the model cache (model_cache_dir); prepare it first with "
                 f"`shardline models --name {m.source} --source <folder, .gguf or package>`")) from None
         for nid in m.nodes:
             if nid not in self.nodes:
@@ -144,9 +188,12 @@ class ModelRegistry:
                                     f"unknown node {nid!r}; known: {sorted(self.nodes)}")
         if m.stages:
             await self._load(m)
-            return self.state(m.name)
-        self.pending[m.name] = PendingModel(request, "waiting for placement", time.time())
-        await self._try_place(m.name)
+        else:
+            self.pending[m.name] = PendingModel(request, "waiting for placement", time.time())
+            await self._try_place(m.name)
+        engine = self.engines.get(m.name)
+        if m.name not in self.pending and (engine is None or engine.draining):  # a DELETE won
+            raise RegistryError(grpc.StatusCode.ABORTED, f"model {m.name!r} was removed while it was being added")
         return self.state(m.name)
 
     async def _try_place(self, name: str) -> None:
@@ -157,6 +204,9 @@ class ModelRegistry:
             m = pending.request.model
             try:
                 placement = await self._place(pending.request)
+                if self.pending.get(name) is not pending:  # removed (and maybe added again) meanwhile
+                    logger.info("model %s was removed while it was being placed", name)
+                    return
             except DoesNotFit as e:
                 if pending.reason != str(e):
                     logger.info("model %s stays pending: %s (tried again every %.0f s)", name, e,
@@ -246,7 +296,15 @@ class ModelRegistry:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
         self.engines[m.name] = engine
-        await load_engine(m, engine)
+        load = asyncio.get_running_loop().create_task(load_engine(m, engine), name=f"load-{m.name}")
+        self._loads[m.name] = load
+        load.add_done_callback(lambda t: self._loads.pop(m.name) if self._loads.get(m.name) is t else None)
+        try:
+            await asyncio.shield(load)  # a caller that goes away does not stop the load; a removal does
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not load.cancelled() or (current is not None and current.cancelling()):
+                raise  # our caller was cancelled (the load goes on); else a removal cancelled the load
 
     async def remove(self, name: str, timeout_s: float) -> dict[str, tuple[int, int]]:
         """Stops admitting, lets in-flight requests finish for up to ``timeout_s``, unloads every shard.
@@ -263,6 +321,11 @@ class ModelRegistry:
         if engine.draining:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, f"model {name!r} is already being removed")
         engine.draining = True
+        load = self._loads.get(name)
+        if load is not None and not load.done():  # still loading: stop the load, then unload what it loaded
+            logger.info("model %s is removed while it loads: the load is cancelled", name)
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
         busy = len(engine.scheduler.running) + len(engine.scheduler.waiting)
         logger.info("removing model %s: %d request(s) may finish within %.0f s", name, busy, timeout_s)
         deadline = time.monotonic() + timeout_s
@@ -285,6 +348,7 @@ class ModelRegistry:
             freed[replica.node_id] = (before, after)
             await replica.client.close()
         del self.engines[name]
+        metrics.forget_model(name)  # its series (per node too) leave /metrics
         logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
             f"{n} {b / 1e6:.0f} -> {a / 1e6:.0f}" for n, (b, a) in freed.items()))
         self._recheck.set()  # its memory may let a pending model in

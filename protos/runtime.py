@@ -13,24 +13,66 @@ import time
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protos.config import LimitsConfig
+
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # limits.grpc_max_message_mb sets it per process (set_max_message_mb)
+KEEPALIVE_TIME_MS = 30_000  # every channel (and server) pings an idle connection this often
+KEEPALIVE_TIMEOUT_MS = 10_000  # a ping unanswered this long closes the connection (a dead peer is noticed)
+
+
+def keepalive_options(time_ms: int = KEEPALIVE_TIME_MS, timeout_ms: int = KEEPALIVE_TIMEOUT_MS
+                      ) -> list[tuple[str, int]]:
+    """Pings on idle connections, with or without calls in flight, without a cap on pings between data."""
+    return [("grpc.keepalive_time_ms", time_ms), ("grpc.keepalive_timeout_ms", timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+
+def ping_policy_options(client_time_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
+    """What a server accepts from clients of keepalive_options(client_time_ms): pings without calls (that is
+    keepalive_permit_without_calls, already in the server's own keepalive options) as often as every half period.
+    gRPC's default (one ping per 5 minutes without data, 2 strikes) answers 30 s pings with GOAWAY too_many_pings."""
+    return [("grpc.http2.min_ping_interval_without_data_ms", client_time_ms // 2),
+            ("grpc.http2.max_ping_strikes", 2)]
+
+
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+    *keepalive_options(),
 ]
+
+
+def server_options(base: list[tuple[str, int]] | None = None, client_time_ms: int = KEEPALIVE_TIME_MS
+                   ) -> list[tuple[str, int]]:
+    """Options of every gRPC server: ``base`` (default GRPC_OPTIONS, read now, so set_max_message_mb applies)
+    plus a ping policy that permits exactly what the clients' keepalive does."""
+    return [*(GRPC_OPTIONS if base is None else base), *ping_policy_options(client_time_ms)]
 
 
 def set_max_message_mb(mb: int) -> None:
     """The largest gRPC message this process sends or accepts, for every channel and server made after this.
     GRPC_OPTIONS is edited in place: every module shares that one list."""
-    size = mb * 1024 * 1024
-    for i, (key, _) in enumerate(GRPC_OPTIONS):
-        if key in ("grpc.max_send_message_length", "grpc.max_receive_message_length"):
-            GRPC_OPTIONS[i] = (key, size)
+    set_max_message_bytes(mb * 1024 * 1024)
+
+
+def set_max_message_bytes(size: int) -> None:
+    """As set_max_message_mb, in bytes."""
+    GRPC_OPTIONS[:] = with_max_message_bytes(size)
+
+
+def with_max_message_bytes(size: int, base: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """``base`` (default GRPC_OPTIONS) with another cap on the messages sent and accepted."""
+    return [(key, size) if key in ("grpc.max_send_message_length", "grpc.max_receive_message_length") else (key, v)
+            for key, v in (GRPC_OPTIONS if base is None else base)]
+
+
+def client_message_bytes(max_body_bytes: int, limits: LimitsConfig) -> int:
+    """Message cap of the links that carry one client request (API <-> tokenizer, API <-> coordinator): a prompt's
+    text (4 UTF-8 bytes a character at most), a request body turned into protobuf (never larger than its JSON), or
+    the ids and text of one prompt plus completion (64 bytes a token is generous), plus 1 MiB of headroom; never more
+    than limits.grpc_max_message_mb. Node traffic (activations, KV) keeps grpc_max_message_mb."""
+    need = max(4 * limits.max_prompt_chars, 4 * max_body_bytes, 64 * (limits.max_prompt_tokens + limits.max_new_tokens))
+    return min(need + 1024 * 1024, limits.grpc_max_message_mb * 1024 * 1024)
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -9,7 +9,8 @@ gRPC server it opens (``add_port`` + ``server_interceptors``) and every channel 
   ``tls_mutual`` servers also require a client certificate signed by the same CA.
 - Token: every RPC carries ``x-shardline-cluster-token``; servers refuse a missing or wrong one with
   UNAUTHENTICATED (constant-time compare). The standard health service is exempt, so orchestrator probes and
-  the container HEALTHCHECK work without secrets; it tells nothing but SERVING / NOT_SERVING.
+  the container HEALTHCHECK work without secrets; it tells nothing but SERVING / NOT_SERVING. A token without TLS
+  is sent to loopback addresses only (``check_link``): a process refuses to dial any other address with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from protos.addresses import is_local
 from protos.config import Config, ConfigError, SecurityConfig
 
 TOKEN_KEY = "x-shardline-cluster-token"
@@ -215,8 +217,23 @@ class _SyncToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
         return continuation(_with_token(details), request_iterator)
 
 
+class TokenInClear(ConfigError):
+    """The cluster token would travel in plaintext to another machine."""
+
+
+def check_link(address: str) -> None:
+    """Refuses (TokenInClear) to send the cluster token without TLS to an address beyond this machine: anyone on
+    the path could read it. Every client channel calls it; loopback and unix sockets are fine in plaintext."""
+    if _installed.token and not _installed.tls and not is_local(address):
+        raise TokenInClear(
+            f"{_installed.name or 'this service'}: will not send the cluster token in plaintext to {address}, "
+            f"which is not a loopback address; enable TLS (security.tls_ca, security.tls_cert and security.tls_key, "
+            f"or SHARDLINE_TLS_CA / _CERT / _KEY; `make certs` makes them), or use the token only on one machine")
+
+
 def aio_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel to another service, with TLS and the cluster token when this process has them."""
+    check_link(address)
     # one object per kind: grpc.aio files each interceptor under the first kind it matches
     interceptors = [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()] \
         if _installed.token else None
@@ -228,6 +245,7 @@ def aio_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.a
 
 def channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """The blocking variant of ``aio_channel`` (tools, tests, the launcher)."""
+    check_link(address)
     if _installed.tls:
         ch = grpc.secure_channel(address, _installed.channel_credentials(), options=list(options))
     else:

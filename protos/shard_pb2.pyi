@@ -78,7 +78,7 @@ class ForwardRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
-    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message")
+    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class ForwardResponse(_message.Message):
     FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_ERRORS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     hidden: _common_pb2.Tensor
     next_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -93,7 +94,18 @@ class ForwardResponse(_message.Message):
     forward_seconds: float
     error_code: str
     error_message: str
-    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    seq_errors: _containers.RepeatedCompositeFieldContainer[SeqError]
+    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ...) -> None: ...
+
+class SeqError(_message.Message):
+    __slots__ = ("seq_id", "code", "message")
+    SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    seq_id: str
+    code: str
+    message: str
+    def __init__(self, seq_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("model", "seq_ids")

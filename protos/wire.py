@@ -89,12 +89,14 @@ def sampling_to_proto(p: SamplingParams) -> common_pb2.SamplingParams:
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    """0 (unset in proto3) means the default for top_p and repetition_penalty; anything else is checked by
+    SamplingParams, so NaN, inf and out-of-range values raise SamplingError (INVALID_ARGUMENT for a caller)."""
     return SamplingParams(
         temperature=msg.temperature,
-        top_p=msg.top_p if msg.top_p > 0 else 1.0,
+        top_p=1.0 if msg.top_p == 0 else msg.top_p,
         top_k=msg.top_k,
         seed=msg.seed if msg.has_seed else None,
-        repetition_penalty=msg.repetition_penalty if msg.repetition_penalty > 0 else 1.0,
+        repetition_penalty=1.0 if msg.repetition_penalty == 0 else msg.repetition_penalty,
     )
 
 

@@ -17,13 +17,14 @@ import grpc
 import torch
 
 from protos import coordinator_pb2, coordinator_pb2_grpc, security, shard_pb2_grpc
-from protos.config import CONFIG_ENV, Config, ConfigError, NodeConfig, load_config
+from protos.config import CONFIG_ENV, Config, ConfigError, CoordinatorConfig, LimitsConfig, NodeConfig, load_config
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
     add_health,
     add_log_args,
     serve_metrics,
+    server_options,
     set_max_message_mb,
     setup_logging,
     wait_for_stop_signal,
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--advertise", default="",
                    help="the host:port the coordinator reaches this node at (default: --host:--port)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (0 = off)")
+    p.add_argument("--kv-idle-ttl", type=float, default=None, metavar="SECONDS",
+                   help="free a KV cache no micro-batch touched for this long (default: limits.kv_idle_ttl_s, 600)")
     add_log_args(p)
     args = p.parse_args(argv)
     config = _load(p, args.config) if args.config else None
@@ -77,11 +80,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         set_max_message_mb(config.limits.grpc_max_message_mb)
     defaults = {"host": entry.host if entry else "127.0.0.1", "port": entry.port if entry else 50051,
                 "threads": entry.threads if entry else 0, "memory_mb": entry.memory_mb if entry else 0,
-                "metrics_port": (entry.metrics_port or 0) if entry else 0}
+                "metrics_port": (entry.metrics_port or 0) if entry else 0,
+                "kv_idle_ttl": (config.limits if config else LimitsConfig()).kv_idle_ttl_s}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    _check_kv_idle_ttl(p, args.kv_idle_ttl, config)
     return args
+
+
+def _check_kv_idle_ttl(p: argparse.ArgumentParser, ttl_s: float, config: Config | None) -> None:
+    """The TTL must outlast any pause of a live sequence: one micro-batch may take coordinator.rpc_timeout_s on
+    each stage before the coordinator gives up on it."""
+    floor = (config.coordinator if config else CoordinatorConfig()).rpc_timeout_s
+    if not ttl_s > floor:
+        p.error(f"--kv-idle-ttl / limits.kv_idle_ttl_s must be above coordinator.rpc_timeout_s ({floor:.0f} s), or "
+                f"live sequences would lose their KV caches; got {ttl_s:g}")
 
 
 def _env_int(name: str) -> int | None:
@@ -126,7 +140,8 @@ async def join(coordinator: str, node_id: str, address: str) -> None:
                 reply = await stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(node_id=node_id, address=address),
                                                 timeout=10.0)
             except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+                if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS,
+                                grpc.StatusCode.FAILED_PRECONDITION):  # refused for good (alias, token in clear)
                     logger.error("coordinator %s refused to register %s: %s", coordinator, node_id, e.details())
                     return
                 logger.info("coordinator %s not reachable yet (%s); retrying in %.0f s", coordinator,
@@ -141,7 +156,7 @@ async def join(coordinator: str, node_id: str, address: str) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{args.port}"
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
+    server = grpc.aio.server(options=server_options(), interceptors=security.server_interceptors())
     servicer = ShardNodeServicer(node_id, args.kv_cache_tokens, args.memory_mb * 2**20)
     shard_pb2_grpc.add_ShardNodeServicer_to_server(servicer, server)
     health = add_health(server)
@@ -154,6 +169,7 @@ async def serve(args: argparse.Namespace) -> None:
         serve_metrics(args.metrics_port, args.host, "shard_node")
     await health.set("", SERVING)
     trimmer = asyncio.create_task(servicer.trim_when_idle())
+    reclaimer = asyncio.create_task(servicer.reclaim_idle_caches(args.kv_idle_ttl))
     logger.info("shard node %s listening on %s (%s; torch %s, %d threads); waiting for LoadShard", node_id,
                 address, security.current().describe(), torch.__version__, torch.get_num_threads())
     joining = asyncio.create_task(join(args.join, node_id, args.advertise or address)) if args.join else None
@@ -172,6 +188,7 @@ async def serve(args: argparse.Namespace) -> None:
         logger.warning("shard node %s: %d sequence(s) still held after the drain timeout; the coordinator "
                        "replays them elsewhere", node_id, left)
     trimmer.cancel()
+    reclaimer.cancel()
     await server.stop(grace=1)
     servicer.compute.shutdown(wait=True, cancel_futures=True)
     logger.info("shard node %s stopped", node_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ class SequenceCache:
     v: torch.Tensor
     length: int = 0  # positions filled
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
 
 
 DEFAULT_MAX_SEQUENCES = 1024
@@ -34,13 +35,15 @@ DEFAULT_MAX_SEQUENCES = 1024
 
 class KVCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity_tokens: int,
-                 dtype: torch.dtype, device: torch.device, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> None:
+                 dtype: torch.dtype, device: torch.device, max_sequences: int = DEFAULT_MAX_SEQUENCES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.capacity_tokens = capacity_tokens
         self.max_sequences = max_sequences
         self.dtype, self.device = dtype, device
         self._seqs: dict[str, SequenceCache] = {}
         self._lock = threading.Lock()
+        self._clock = clock
 
     @property
     def bytes_per_token(self) -> int:
@@ -82,6 +85,7 @@ class KVCache:
             entry = SequenceCache(seq_id, owner, max_tokens,
                                   torch.empty(shape, dtype=self.dtype, device=self.device),
                                   torch.empty(shape, dtype=self.dtype, device=self.device))
+            entry.last_used = self._clock()
             self._seqs[seq_id] = entry
             return entry
 
@@ -90,7 +94,7 @@ class KVCache:
             entry = self._seqs[seq_id]
         except KeyError:
             raise UnknownSequence(seq_id) from None
-        entry.last_used = time.monotonic()
+        entry.last_used = self._clock()
         return entry
 
     def release(self, seq_id: str) -> bool:
@@ -105,8 +109,9 @@ class KVCache:
             return len(gone)
 
     def release_idle(self, idle_s: float) -> list[str]:
-        """Frees caches untouched for idle_s seconds (a coordinator that vanished without closing)."""
-        cutoff = time.monotonic() - idle_s
+        """Frees caches untouched for idle_s seconds (a coordinator that vanished without closing its stream, or
+        lost track of a sequence whose Release failed). Every batch touching a sequence calls get()."""
+        cutoff = self._clock() - idle_s
         with self._lock:
             gone = [s for s, e in self._seqs.items() if e.last_used < cutoff]
             for s in gone:

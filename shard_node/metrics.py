@@ -22,6 +22,16 @@ BATCH_TOKENS = Histogram("shardline_node_batch_tokens", "rows (tokens) of one mi
                          ["model_name", "node"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 REFUSED = Counter("shardline_node_batches_refused", "micro-batches refused (nothing changed on the node)",
                   ["model_name", "node", "code"])
+KV_RECLAIMED = Counter("shardline_node_kv_caches_reclaimed", "KV caches freed because no micro-batch touched them for "
+                       "limits.kv_idle_ttl_s (their Release failed, or the coordinator lost track of them)",
+                       ["model_name", "node"])
+MODEL_SERIES = (FORWARD_SECONDS, BATCH_TOKENS, REFUSED, KV_RECLAIMED)  # every labelled series has model_name
+
+
+def forget_model(model: str) -> None:
+    """Deletes every series of a model this node no longer holds (UnloadShard), so they are not exported forever."""
+    for metric in MODEL_SERIES:
+        metric.remove_by_labels({"model_name": model})
 
 
 class NodeCollector(Collector):

@@ -36,6 +36,7 @@ class SliceInput:
     sampling: SamplingParams
     recent_token_ids: tuple[int, ...] = ()
     no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
+    invalid: str = ""  # why this slice cannot run (e.g. its sampling parameters); it fails alone
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,22 @@ class MicroBatch:
     release_seq_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RowError:
+    """One sequence of a micro-batch that could not run; the rest of the batch did."""
+
+    seq_id: str
+    code: str  # a gRPC status name
+    message: str
+
+
 @dataclass
 class BatchResult:
-    hidden: torch.Tensor | None = None  # [sum(num_tokens), D] for non-last stages
-    next_token_ids: list[int] = field(default_factory=list)  # last stage; -1 for no_sample slices
-    logits: torch.Tensor | None = None  # [num_slices, vocab] when asked
+    hidden: torch.Tensor | None = None  # [rows of the slices that ran, D] for non-last stages
+    next_token_ids: list[int] = field(default_factory=list)  # last stage: one per slice; -1 for no_sample / failed
+    logits: torch.Tensor | None = None  # [slices that ran and wanted a token, vocab] when asked
     forward_seconds: float = 0.0
+    row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
 
 
 @dataclass(frozen=True)
@@ -99,52 +110,27 @@ class ShardRunner:
     def is_last(self) -> bool:
         return self.model.is_last
 
-    def validate(self, batch: MicroBatch, owner: int) -> None:
-        """Checks everything before any state changes, so a refused batch leaves the node as it was."""
+    def validate(self, batch: MicroBatch, owner: int) -> dict[int, RowError]:
+        """Checks everything before any state changes. A problem of the batch as a whole (its shape, repeated
+        ids) raises BatchError and leaves the node as it was; a problem of one sequence (its position, its cache,
+        its sampling parameters, KV room) is returned as that row's error, and only that row is left out."""
         if not batch.slices:
             raise BatchError("INVALID_ARGUMENT", "micro-batch has no sequences")
         seen: set[str] = set()
-        new: dict[str, int] = {}
-        released = set(batch.release_seq_ids)
-        max_ctx = self.spec.max_positions
         for s in batch.slices:
-            where = f"sequence {s.seq_id!r}"
             if not s.seq_id:
                 raise BatchError("INVALID_ARGUMENT", "a sequence has an empty seq_id")
             if s.seq_id in seen:
-                raise BatchError("INVALID_ARGUMENT", f"{where} appears twice in one micro-batch")
+                raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id!r} appears twice in one micro-batch")
             seen.add(s.seq_id)
             if s.num_tokens < 1:
-                raise BatchError("INVALID_ARGUMENT", f"{where}: num_tokens must be >= 1, got {s.num_tokens}")
-            if s.start_pos < 0:
-                raise BatchError("INVALID_ARGUMENT", f"{where}: start_pos must be >= 0, got {s.start_pos}")
-            if s.start_pos == 0:
-                if s.seq_id in self.kv and s.seq_id not in released:
-                    raise BatchError("FAILED_PRECONDITION", f"{where} already has a KV cache; release it first")
-                if not s.num_tokens <= s.max_total_tokens <= max_ctx:
-                    raise BatchError("INVALID_ARGUMENT", f"{where}: max_total_tokens must be in "
-                                     f"[num_tokens={s.num_tokens}, {max_ctx}], got {s.max_total_tokens}")
-                new[s.seq_id] = s.max_total_tokens
-            else:
-                if s.seq_id not in self.kv or s.seq_id in released:
-                    raise BatchError("FAILED_PRECONDITION", f"{where} has no KV cache on this node (start_pos "
-                                     f"{s.start_pos} > 0 needs an earlier prefill)")
-                entry = self.kv.get(s.seq_id)
-                if entry.owner != owner:
-                    raise BatchError("FAILED_PRECONDITION", f"{where} belongs to another Forward stream")
-                if s.start_pos != entry.length:
-                    raise BatchError("FAILED_PRECONDITION", f"{where}: start_pos {s.start_pos} but the cache "
-                                     f"holds {entry.length} positions")
-                if s.start_pos + s.num_tokens > entry.capacity:
-                    raise BatchError("FAILED_PRECONDITION", f"{where}: positions up to {s.start_pos + s.num_tokens} "
-                                     f"exceed the {entry.capacity} tokens reserved at prefill")
+                raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id!r}: num_tokens must be >= 1, "
+                                 f"got {s.num_tokens}")
         total = sum(s.num_tokens for s in batch.slices)
         if self.is_first:
             if batch.token_ids is None or batch.token_ids.shape != (total,):
                 got = None if batch.token_ids is None else list(batch.token_ids.shape)
                 raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total}, got {got}")
-            if total and (int(batch.token_ids.min()) < 0 or int(batch.token_ids.max()) >= self.spec.vocab_size):
-                raise BatchError("INVALID_ARGUMENT", f"token ids must be in [0, {self.spec.vocab_size})")
         else:
             want = (total, self.spec.hidden_size)
             if batch.hidden is None or tuple(batch.hidden.shape) != want:
@@ -153,73 +139,156 @@ class ShardRunner:
             if batch.hidden.dtype != self.dtype:
                 raise BatchError("INVALID_ARGUMENT", f"hidden dtype {batch.hidden.dtype} does not match the "
                                  f"shard's {self.dtype}")
+        errors: dict[int, RowError] = {}
+        row = 0
+        for i, s in enumerate(batch.slices):
+            problem = self._row_problem(batch, s, owner, row)
+            if problem is not None:
+                errors[i] = RowError(s.seq_id, *problem)
+            row += s.num_tokens
+        self._check_room(batch, errors)
+        return errors
+
+    def _row_problem(self, batch: MicroBatch, s: SliceInput, owner: int, row: int) -> tuple[str, str] | None:
+        """(gRPC code, message) of what is wrong with one sequence's slice, or None."""
+        where = f"sequence {s.seq_id!r}"
+        if s.invalid:
+            return "INVALID_ARGUMENT", f"{where}: {s.invalid}"
+        if s.start_pos < 0:
+            return "INVALID_ARGUMENT", f"{where}: start_pos must be >= 0, got {s.start_pos}"
+        if s.start_pos == 0:
+            if s.seq_id in self.kv and s.seq_id not in batch.release_seq_ids:
+                return "FAILED_PRECONDITION", f"{where} already has a KV cache; release it first"
+            max_ctx = self.spec.max_positions
+            if not s.num_tokens <= s.max_total_tokens <= max_ctx:
+                return "INVALID_ARGUMENT", (f"{where}: max_total_tokens must be in [num_tokens={s.num_tokens}, "
+                                            f"{max_ctx}], got {s.max_total_tokens}")
+        else:
+            if s.seq_id not in self.kv or s.seq_id in batch.release_seq_ids:
+                return "FAILED_PRECONDITION", (f"{where} has no KV cache on this node (start_pos {s.start_pos} > 0 "
+                                               "needs an earlier prefill)")
+            entry = self.kv.get(s.seq_id)
+            if entry.owner != owner:
+                return "FAILED_PRECONDITION", f"{where} belongs to another Forward stream"
+            if s.start_pos != entry.length:
+                return "FAILED_PRECONDITION", (f"{where}: start_pos {s.start_pos} but the cache holds {entry.length} "
+                                               "positions")
+            if s.start_pos + s.num_tokens > entry.capacity:
+                return "FAILED_PRECONDITION", (f"{where}: positions up to {s.start_pos + s.num_tokens} exceed the "
+                                               f"{entry.capacity} tokens reserved at prefill")
+        if self.is_first and batch.token_ids is not None:
+            ids = batch.token_ids[row:row + s.num_tokens]
+            if int(ids.min()) < 0 or int(ids.max()) >= self.spec.vocab_size:
+                return "INVALID_ARGUMENT", f"{where}: token ids must be in [0, {self.spec.vocab_size})"
+        return None
+
+    def _check_room(self, batch: MicroBatch, errors: dict[int, RowError]) -> None:
+        """New sequences that do not fit the KV budget fail alone, in order: the first ones that fit go on."""
+        new = {i: s for i, s in enumerate(batch.slices) if s.start_pos == 0 and i not in errors}
         try:
-            self.kv.check_fits(new, batch.release_seq_ids)
-        except CacheFull as e:
-            raise BatchError("RESOURCE_EXHAUSTED", f"layers {self.layers}: {e}") from None
+            self.kv.check_fits({s.seq_id: s.max_total_tokens for s in new.values()}, batch.release_seq_ids)
+            return
+        except CacheFull:
+            pass
+        fitting: dict[str, int] = {}
+        for i, s in new.items():
+            try:
+                self.kv.check_fits({**fitting, s.seq_id: s.max_total_tokens}, batch.release_seq_ids)
+            except CacheFull as e:
+                errors[i] = RowError(s.seq_id, "RESOURCE_EXHAUSTED", f"layers {self.layers}: {e}")
+            else:
+                fitting[s.seq_id] = s.max_total_tokens
 
     @torch.inference_mode()
     def run(self, batch: MicroBatch, owner: int) -> BatchResult:
-        """One forward of every slice together: projections and MLPs see all rows at once."""
-        self.validate(batch, owner)
+        """One forward of every valid slice together: projections and MLPs see all rows at once.
+
+        Rows that failed (validation, sampling) are reported in ``row_errors`` and left out of ``hidden``;
+        ``next_token_ids`` keeps one entry per slice (-1 for those)."""
+        errors = self.validate(batch, owner)
         started = time.perf_counter()
         for seq_id in batch.release_seq_ids:
             self.kv.release(seq_id)
+        result = BatchResult(next_token_ids=[-1] * len(batch.slices) if self.is_last else [])
+        good: list[int] = []
+        rows_in: list[slice] = []
+        row = 0
+        for i, s in enumerate(batch.slices):
+            if i not in errors:
+                good.append(i)
+                rows_in.append(slice(row, row + s.num_tokens))
+            row += s.num_tokens
+        if good:
+            self._forward(batch, owner, good, rows_in, errors, result)
+        result.row_errors = [errors[i] for i in sorted(errors)]
+        result.forward_seconds = time.perf_counter() - started
+        return result
+
+    def _forward(self, batch: MicroBatch, owner: int, good: list[int], rows_in: list[slice],
+                 errors: dict[int, RowError], result: BatchResult) -> None:
+        slices = [batch.slices[i] for i in good]
         entries = []
-        for s in batch.slices:
+        for s in slices:
             try:
                 entries.append(self.kv.get(s.seq_id) if s.start_pos > 0 else
                                self.kv.allocate(s.seq_id, s.max_total_tokens, owner))
             except (CacheFull, UnknownSequence) as e:  # validated above; only a race could get here
                 raise BatchError("RESOURCE_EXHAUSTED" if isinstance(e, CacheFull) else "NOT_FOUND", str(e)) from e
         rows, positions, row = [], [], 0
-        for s in batch.slices:
+        for s in slices:
             rows.append(slice(row, row + s.num_tokens))
             positions.extend(range(s.start_pos, s.start_pos + s.num_tokens))
             row += s.num_tokens
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
-        ragged = RaggedBatch(tuple(rows), tuple(s.start_pos for s in batch.slices),
-                             tuple((e.k, e.v) for e in entries))
+        ragged = RaggedBatch(tuple(rows), tuple(s.start_pos for s in slices), tuple((e.k, e.v) for e in entries))
+        source = batch.token_ids if self.is_first else batch.hidden
+        assert source is not None
+        if len(good) < len(batch.slices):  # leave the failed rows out
+            source = torch.cat([source[r] for r in rows_in])
         if self.is_first:
-            x = self.model.embed(batch.token_ids.to(self.device), pos)
+            x = self.model.embed(source.to(self.device), pos)
         else:
-            x = batch.hidden.to(self.device)
+            x = source.to(self.device)
         x = self.model.forward_layers(x, pos, ragged)
-        for s, entry in zip(batch.slices, entries):
+        for s, entry in zip(slices, entries):
             entry.length = s.start_pos + s.num_tokens
-        result = BatchResult()
         if self.is_last:
-            self._sample(batch, entries, x, rows, result)
+            self._sample(batch, good, entries, x, rows, errors, result)
         else:
             result.hidden = x
-        result.forward_seconds = time.perf_counter() - started
-        return result
 
-    def _sample(self, batch: MicroBatch, entries: list[SequenceCache], x: torch.Tensor, rows: list[slice],
-                result: BatchResult) -> None:
-        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for)."""
-        wanted = [i for i, s in enumerate(batch.slices) if batch.return_logits or not s.no_sample]
-        result.next_token_ids = [-1] * len(batch.slices)
+    def _sample(self, batch: MicroBatch, good: list[int], entries: list[SequenceCache], x: torch.Tensor,
+                rows: list[slice], errors: dict[int, RowError], result: BatchResult) -> None:
+        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for).
+
+        ``good[k]`` is the batch index of the k-th computed slice; a row whose sampling fails fails alone."""
+        wanted = [k for k, i in enumerate(good) if batch.return_logits or not batch.slices[i].no_sample]
         if not wanted:
             return
-        last_rows = torch.tensor([rows[i].stop - 1 for i in wanted], device=x.device)
+        last_rows = torch.tensor([rows[k].stop - 1 for k in wanted], device=x.device)
         logits = self.model.logits(x.index_select(0, last_rows))
         if batch.return_logits:
             result.logits = logits
-        sampled = [j for j, i in enumerate(wanted) if not batch.slices[i].no_sample]
-        greedy = [j for j in sampled if self._is_plain_greedy(batch.slices[wanted[j]].sampling)]
+        sampled = [j for j, k in enumerate(wanted) if not batch.slices[good[k]].no_sample]
+        greedy = [j for j in sampled if self._is_plain_greedy(batch.slices[good[wanted[j]]].sampling)]
         if greedy:
             picks = torch.argmax(logits[greedy], dim=-1).tolist()
             for j, token in zip(greedy, picks):
-                result.next_token_ids[wanted[j]] = int(token)
+                result.next_token_ids[good[wanted[j]]] = int(token)
         for j in sampled:
-            i = wanted[j]
+            k = wanted[j]
+            i = good[k]
             if result.next_token_ids[i] >= 0:
                 continue
-            s, entry = batch.slices[i], entries[i]
-            if s.sampling.seed is not None and entry.generator is None:
-                entry.generator = torch.Generator().manual_seed(s.sampling.seed)
-            result.next_token_ids[i] = sample_next(logits[j], s.sampling, entry.generator, list(s.recent_token_ids))
+            s, entry = batch.slices[i], entries[k]
+            try:
+                if s.sampling.seed is not None and entry.generator is None:
+                    entry.generator = torch.Generator().manual_seed(s.sampling.seed)
+                result.next_token_ids[i] = sample_next(logits[j], s.sampling, entry.generator,
+                                                       list(s.recent_token_ids))
+            except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
+                logger.warning("sequence %s: %s", s.seq_id, e)
+                errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")
 
     @staticmethod
     def _is_plain_greedy(params: SamplingParams) -> bool:

@@ -28,4 +28,6 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         drop = cumulative - sorted_probs > params.top_p  # keep the smallest prefix reaching top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:  # NaN/inf in the hidden state, say
+        raise ValueError("sampling failed: the token probabilities are not finite")
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -19,6 +19,7 @@ import torch
 
 from protos import shard_pb2, shard_pb2_grpc, wire
 from protos.config import ALLOWED_DTYPES
+from protos.data_structures import SamplingParams
 from shard_node import metrics
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
 from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
@@ -78,6 +79,9 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self.default_kv_tokens = default_kv_tokens
         self.memory_budget_bytes = memory_budget_bytes  # weights + KV budgets it may hold; 0 = no limit
         self.runners: dict[str, ShardRunner] = {}
+        self._reserved: dict[int, tuple[str, int]] = {}  # loads under way: id -> (model, bytes), within the budget
+        self._reserve_ids = itertools.count(1)
+        self._budget_lock = asyncio.Lock()  # a check of the budget and its reservation are one step
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
         self._cached_since_trim = False  # KV caches were allocated since the last return of memory to the OS
@@ -94,10 +98,35 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 self._cached_since_trim = False
                 await loop.run_in_executor(self.compute, release_memory)
 
+    async def reclaim_idle_caches(self, ttl_s: float, every_s: float = 0.0) -> None:
+        """Every ``every_s`` (default ttl_s / 10, at least 1 s) frees the KV caches no micro-batch touched for
+        ``ttl_s`` seconds: a Release that failed, or a coordinator that lost track of a sequence while its Forward
+        stream stays open (a closed stream frees its caches at once). Runs on the compute thread, between
+        micro-batches, so a batch in progress always sees its caches."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every_s or max(1.0, ttl_s / 10))
+            await loop.run_in_executor(self.compute, self.release_idle_caches, ttl_s)
+
+    def release_idle_caches(self, ttl_s: float) -> int:
+        """One pass of reclaim_idle_caches: frees, logs and counts the caches idle for ttl_s seconds."""
+        freed = 0
+        for name, runner in list(self.runners.items()):
+            gone = runner.kv.release_idle(ttl_s)
+            if gone:
+                logger.warning("%s: freed %d KV cache(s) no micro-batch used for %.0f s (limits.kv_idle_ttl_s): %s",
+                               name, len(gone), ttl_s, ", ".join(gone[:10]) + (" ..." if len(gone) > 10 else ""))
+                metrics.KV_RECLAIMED.labels(name, self.node_id).inc(len(gone))
+                freed += len(gone)
+        if freed:
+            self._cached_since_trim = True  # trim_when_idle gives the memory back once nothing is held
+        return freed
+
     def memory_used_bytes(self, skip: str = "") -> int:
-        """Weights + KV budgets of the shards held (but the one of model ``skip``)."""
-        return sum(r.model.weight_bytes() + r.kv.capacity_tokens * r.kv.bytes_per_token
+        """Weights + KV budgets of the shards held and of the loads under way (but those of model ``skip``)."""
+        held = sum(r.model.weight_bytes() + r.kv.capacity_tokens * r.kv.bytes_per_token
                    for name, r in list(self.runners.items()) if name != skip)
+        return held + sum(size for name, size in list(self._reserved.values()) if name != skip)
 
     def num_sequences(self) -> int:
         return sum(r.kv.num_sequences for r in self.runners.values())
@@ -149,13 +178,18 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         if existing and existing.layers == layers and existing.model_dir == model_dir \
                 and wire.DTYPE_NAMES[existing.dtype] == request.dtype:
             return self.shard_info(existing)
-        others = self.memory_used_bytes(skip=request.model)
-        if self.memory_budget_bytes and others + size.total_bytes > self.memory_budget_bytes:
+        async with self._budget_lock:  # concurrent loads each count the others' reservations
+            others = self.memory_used_bytes(skip=request.model)
+            fits = not self.memory_budget_bytes or others + size.total_bytes <= self.memory_budget_bytes
+            if fits:
+                reservation = next(self._reserve_ids)
+                self._reserved[reservation] = (request.model, size.total_bytes)
+        if not fits:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
                 f"node {self.node_id}: {request.model} layers {layers} needs {size.total_bytes / 2**20:.0f} MiB "
                 f"(weights {size.weight_bytes / 2**20:.0f} + KV {size.kv_bytes / 2**20:.0f}) but only "
                 f"{(self.memory_budget_bytes - others) / 2**20:.0f} MiB of its {self.memory_budget_bytes / 2**20:.0f} "
-                f"MiB budget are free"))
+                f"MiB budget are free (loads under way count)"))
         logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, layers, spec.num_layers,
                     request.dtype, device, model_dir)
         loop = asyncio.get_running_loop()
@@ -165,6 +199,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 request.max_sequences if request.max_sequences > 0 else DEFAULT_MAX_SEQUENCES))
         except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
+        finally:  # failed or cancelled: the bytes are free again; loaded: the runner counts them from now on
+            self._reserved.pop(reservation, None)
         self.runners[request.model] = runner
         info = self.shard_info(runner)
         logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB)",
@@ -178,6 +214,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         runner = self.runners.pop(request.model, None)
         if runner is None:
             return shard_pb2.UnloadShardResponse(unloaded=False)
+        metrics.forget_model(request.model)
         before = rss_bytes()
         del runner
         await asyncio.get_running_loop().run_in_executor(self.compute, release_memory)
@@ -185,17 +222,37 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         return shard_pb2.UnloadShardResponse(unloaded=True)
 
     def _decode_batch(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> MicroBatch:
-        slices = tuple(
-            SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, wire.sampling_from_proto(s.sampling),
-                       tuple(s.recent_token_ids), s.no_sample)
-            for s in req.seqs
-        )
+        """The micro-batch, with every repeated field's length checked before it becomes a Python list."""
+        max_seqs = runner.kv.max_sequences
+        max_ctx = runner.spec.max_positions
+        if len(req.seqs) > max_seqs or len(req.release_seq_ids) > 2 * max_seqs:
+            raise BatchError("INVALID_ARGUMENT", f"a micro-batch carries at most {max_seqs} sequences and "
+                             f"{2 * max_seqs} releases, got {len(req.seqs)} and {len(req.release_seq_ids)}")
+        for s in req.seqs:
+            if not 0 <= s.num_tokens <= max_ctx or len(s.recent_token_ids) > max_ctx:
+                raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id[:64]!r}: num_tokens must be in [1, "
+                                 f"{max_ctx}] and recent_token_ids at most {max_ctx} long (the context), got "
+                                 f"{s.num_tokens} and {len(s.recent_token_ids)}")
+        total = sum(s.num_tokens for s in req.seqs)
+        if runner.is_first and len(req.token_ids) != total:
+            raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total} (the sum of "
+                             f"num_tokens), got {len(req.token_ids)}")
+        slices = tuple(self._slice(s) for s in req.seqs)
         token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None
         hidden = None
         if not runner.is_first:
-            total = sum(max(s.num_tokens, 0) for s in slices)
             hidden = wire.tensor_from_proto(req.hidden, (total, runner.spec.hidden_size))
         return MicroBatch(slices, token_ids, hidden, req.return_logits, tuple(req.release_seq_ids))
+
+    @staticmethod
+    def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
+        """One sequence's slice; invalid sampling parameters fail that sequence only (INVALID_ARGUMENT)."""
+        try:
+            sampling, invalid = wire.sampling_from_proto(s.sampling), ""
+        except ValueError as e:
+            sampling, invalid = SamplingParams(), str(e)
+        return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
+                          tuple(s.recent_token_ids), s.no_sample, invalid)
 
     async def Forward(self, request_iterator: AsyncIterator[shard_pb2.ForwardRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[shard_pb2.ForwardResponse]:
@@ -227,10 +284,15 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                     if result.logits is not None:
                         reply.logits.CopyFrom(wire.tensor_to_proto(result.logits))
                     reply.forward_seconds = result.forward_seconds
+                    for e in result.row_errors:
+                        reply.seq_errors.add(seq_id=e.seq_id, code=e.code, message=e.message)
+                        logger.warning("batch %d: sequence %s failed alone: %s %s", req.batch_id, e.seq_id, e.code,
+                                       e.message)
+                        metrics.REFUSED.labels(req.model, self.node_id, e.code).inc()
                 if reply.error_code:
                     logger.warning("batch %d (%s) refused: %s %s", req.batch_id, req.request_id or "-",
                                    reply.error_code, reply.error_message)
-                    metrics.REFUSED.labels(req.model, self.node_id, reply.error_code).inc()
+                    metrics.REFUSED.labels(self._model_label(req.model), self.node_id, reply.error_code).inc()
                 else:
                     phase = "prefill" if any(s.num_tokens > 1 or s.start_pos == 0 for s in req.seqs) else "decode"
                     logger.debug("batch %d (%s): %s of %d sequence(s) in %.1f ms", req.batch_id, req.request_id,
@@ -242,6 +304,11 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             freed = sum(r.kv.release_owner(owner) for r in self.runners.values())
             if freed:
                 logger.info("Forward stream %d closed: freed %d KV cache(s)", owner, freed)
+
+    def _model_label(self, model: str) -> str:
+        """Metric label of a request's model: only loaded models get series of their own (a caller can send any
+        name, and every name would otherwise become a series held until the process ends)."""
+        return model if model in self.runners else "(not loaded)"
 
     async def Release(self, request: shard_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
                       ) -> shard_pb2.ReleaseResponse:

@@ -11,13 +11,14 @@ import grpc
 from protos import security, tokenizer_pb2_grpc
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
-    GRPC_OPTIONS,
     SERVING,
     ActivityTracker,
     add_health,
     add_log_args,
+    client_message_bytes,
     serve_metrics,
-    set_max_message_mb,
+    server_options,
+    set_max_message_bytes,
     setup_logging,
     wait_for_stop_signal,
 )
@@ -30,12 +31,13 @@ logger = logging.getLogger("tokenizer_svc")
 async def serve(config_path: str, host: str | None) -> None:
     config = load_config(config_path)
     sec = security.install(security.load_for(config, "tokenizer"))
-    set_max_message_mb(config.limits.grpc_max_message_mb)
+    set_max_message_bytes(client_message_bytes(config.api.max_body_bytes, config.limits))  # text and ids only
     tokenizers = TokenizerSet({m.name: config.model_dir(m.name) for m in config.models}, config.model_cache_dir)
     tokenizers.load_all()
     activity = ActivityTracker()
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[*security.server_interceptors(), activity])
-    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(TokenizerServicer(tokenizers), server)
+    server = grpc.aio.server(options=server_options(), interceptors=[*security.server_interceptors(), activity])
+    tokenizer_pb2_grpc.add_TokenizerServicer_to_server(
+        TokenizerServicer(tokenizers, config.limits, config.tokenizer.max_concurrent), server)
     health = add_health(server)
     default_host, port = config.tokenizer.address.rsplit(":", 1)
     address = f"{host or default_host}:{port}"

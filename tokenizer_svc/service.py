@@ -1,23 +1,65 @@
-"""Tokenizer gRPC servicer: Encode, Decode, ApplyChatTemplate, DecodeIncremental, Info."""
+"""Tokenizer gRPC servicer: Encode, Decode, ApplyChatTemplate, DecodeIncremental, Info.
+
+Tokenizer work runs in worker threads, at most ``tokenizer.max_concurrent`` calls at once (others wait their
+turn), so that a long prompt never stalls the event loop that answers every other call. Inputs are bounded by
+``limits`` before they become Python lists or reach the tokenizer."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 from transformers import PreTrainedTokenizerBase
 
 from protos import tokenizer_pb2, tokenizer_pb2_grpc
+from protos.config import PROMPT_CHARS_PER_TOKEN, LimitsConfig
 from tokenizer_svc.detokenizer import decode_incremental
 from tokenizer_svc.metrics import timed
+from tokenizer_svc.text import TextEncoder
 from tokenizer_svc.tokenizers import TokenizerSet
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
-    def __init__(self, tokenizers: TokenizerSet) -> None:
+    def __init__(self, tokenizers: TokenizerSet, limits: LimitsConfig | None = None, max_concurrent: int = 4) -> None:
         self.tokenizers = tokenizers
+        self.limits = limits or LimitsConfig()
+        self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="tokenize")
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._encoders: dict[int, TextEncoder] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """fn(*args, **kwargs) in a worker thread once a slot is free."""
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def _encoder(self, tok: PreTrainedTokenizerBase) -> TextEncoder:
+        if id(tok) not in self._encoders:
+            self._encoders[id(tok)] = TextEncoder(tok)
+        return self._encoders[id(tok)]
+
+    async def _check_count(self, what: str, count: int, limit: int, rule: str, context: grpc.aio.ServicerContext
+                           ) -> None:
+        if count > limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is {count}; at most {limit} ({rule})")
+
+    async def _check_text(self, what: str, chars: int, context: grpc.aio.ServicerContext) -> None:
+        limit = self.limits.max_prompt_chars
+        await self._check_count(what, chars, limit, f"limits.max_prompt_tokens = {self.limits.max_prompt_tokens} "
+                                f"tokens of at most {PROMPT_CHARS_PER_TOKEN} characters", context)
+
+    async def _check_ids_count(self, count: int, context: grpc.aio.ServicerContext) -> None:
+        await self._check_count("the number of token_ids", count,
+                                self.limits.max_prompt_tokens + self.limits.max_new_tokens,
+                                "limits.max_prompt_tokens + limits.max_new_tokens", context)
 
     async def _tok(self, model: str, context: grpc.aio.ServicerContext) -> PreTrainedTokenizerBase:
         try:
@@ -37,23 +79,30 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.EncodeResponse:
         """Text to token ids."""
+        await self._check_text("the text's length in characters", len(request.text), context)
         tok = await self._tok(request.model, context)
-        ids = tok.encode(request.text, add_special_tokens=request.add_special_tokens)
+        ids = await self._run(self._encoder(tok).encode, request.text, request.add_special_tokens)
         return tokenizer_pb2.EncodeResponse(token_ids=ids)
 
     @timed
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.DecodeResponse:
         """Token ids to text."""
+        await self._check_ids_count(len(request.token_ids), context)
         tok = await self._tok(request.model, context)
         ids = list(request.token_ids)
         await self._check_ids(request.model, ids, context)
-        return tokenizer_pb2.DecodeResponse(text=tok.decode(ids, skip_special_tokens=request.skip_special_tokens))
+        text = await self._run(tok.decode, ids, skip_special_tokens=request.skip_special_tokens)
+        return tokenizer_pb2.DecodeResponse(text=text)
 
     @timed
     async def ApplyChatTemplate(self, request: tokenizer_pb2.ChatTemplateRequest,
                                 context: grpc.aio.ServicerContext) -> tokenizer_pb2.EncodeResponse:
         """Chat messages to prompt token ids with the model's own template."""
+        await self._check_count("the number of messages", len(request.messages), self.limits.max_prompt_tokens,
+                                "limits.max_prompt_tokens", context)
+        await self._check_text("the messages' length in characters",
+                               sum(len(m.content) + len(m.role) for m in request.messages), context)
         tok = await self._tok(request.model, context)
         if not tok.chat_template:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -62,24 +111,22 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         if not messages:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages is empty")
         try:
-            ids = tok.apply_chat_template(messages, add_generation_prompt=request.add_generation_prompt,
-                                          tokenize=True)
+            ids = await self._run(self._encoder(tok).encode_chat, messages, request.add_generation_prompt)
         except Exception as e:  # jinja errors from a template raise many types  # noqa: BLE001
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chat template failed: {e}")
-        if isinstance(ids, dict):
-            ids = ids["input_ids"]
-        return tokenizer_pb2.EncodeResponse(token_ids=list(ids))
+        return tokenizer_pb2.EncodeResponse(token_ids=ids)
 
     @timed
     async def DecodeIncremental(self, request: tokenizer_pb2.DecodeIncrementalRequest,
                                 context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeIncrementalResponse:
         """New text of ids[read_offset:], held back while a character is incomplete."""
+        await self._check_ids_count(len(request.token_ids), context)
         tok = await self._tok(request.model, context)
         ids = list(request.token_ids)
         await self._check_ids(request.model, ids, context)
         try:
-            text, prefix, read = decode_incremental(tok, ids, request.prefix_offset, request.read_offset,
-                                                    request.skip_special_tokens)
+            text, prefix, read = await self._run(decode_incremental, tok, ids, request.prefix_offset,
+                                                 request.read_offset, request.skip_special_tokens)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return tokenizer_pb2.DecodeIncrementalResponse(text=text, prefix_offset=prefix, read_offset=read)

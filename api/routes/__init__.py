@@ -16,9 +16,13 @@ from api.schemas import ErrorResponse, ProcessResponse, StreamFirstToken, Stream
 ERROR_DESCRIPTIONS = {
     400: "the request cannot be served as given (for example the prompt or max_tokens do not fit the context)",
     401: "missing or wrong API key (only when keys are configured)",
+    403: "a user key on a route that changes the cluster: it needs an admin key (SHARDLINE_ADMIN_KEYS)",
     404: "unknown model",
-    409: "the model or node already exists",
+    409: ("conflict: the model or node already exists (or an alias of a known node), the model was removed while it "
+          "loaded, or the node still holds a model's shard"),
     413: "request body too large (api.max_body_bytes)",
+    415: "the request body is not declared 'Content-Type: application/json'",
+    421: "a Host that is not loopback or in api.allowed_hosts, while the API runs without keys",
     422: "a field is invalid; the message names it",
     429: "the model's queue is full; retry after the Retry-After header's seconds",
     503: "the pipeline (or a service behind the API) is unavailable; the message names the node",

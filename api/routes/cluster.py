@@ -1,12 +1,24 @@
-"""GET /api/cluster: nodes, models, layer ranges, replica states, KV use and failovers (feeds the web UI)."""
+"""GET /api/cluster: nodes, models, layer ranges, replica states, KV use and failovers (feeds the web UI);
+DELETE /api/nodes/{node_id}: forget a node (admin)."""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
 from api.backend import Backend
 from api.routes import ERROR_RESPONSES, get_backend
-from api.schemas import ClusterModel, ClusterNode, ClusterReplica, ClusterResponse
+from api.schemas import (
+    ClusterModel,
+    ClusterNode,
+    ClusterProcess,
+    ClusterReplica,
+    ClusterResponse,
+    RemoveNodeResponse,
+)
 
 router = APIRouter(tags=["cluster"])
 
@@ -29,4 +41,29 @@ async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
                                  kv_capacity_tokens=s.kv_capacity_tokens, weight_bytes=s.weight_bytes,
                                  last_error=s.last_error, micro_batches=s.micro_batches) for s in m.stages])
               for m in info.models]
-    return ClusterResponse(nodes=nodes, models=models)
+    return ClusterResponse(nodes=nodes, models=models, processes=launcher_processes())
+
+
+LAUNCHER_STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # coordinator.launcher.STATE_ENV: set on the API it starts
+
+
+def launcher_processes() -> list[ClusterProcess]:
+    """The children of `shardline up` as its children.json says (a few hundred bytes), or none."""
+    path = os.environ.get(LAUNCHER_STATE_ENV, "")
+    if not path:
+        return []
+    try:
+        children = json.loads(Path(path).read_text())["children"]
+        return [ClusterProcess(name=c["name"], state=c["state"], restarts=c["restarts"], exit_code=c.get("exit_code"))
+                for c in children]
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or being replaced
+        return []
+
+
+@router.delete("/api/nodes/{node_id}", response_model=RemoveNodeResponse, responses=ERROR_RESPONSES)
+async def remove_node(node_id: str, backend: Backend = Depends(get_backend)) -> RemoveNodeResponse:
+    """Forgets a node: the coordinator stops polling it and places nothing on it; it leaves /api/cluster.
+    409 while a model (serving, loading or draining) has a shard on it, even with other replicas: remove
+    those models first. 404 for an unknown id."""
+    reply = await backend.remove_node(node_id)
+    return RemoveNodeResponse(id=node_id, address=reply.address)

@@ -50,12 +50,12 @@ STREAM_EVENTS = named_events({"start": json_data(StreamStart), "first_token": js
 
 async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_pb2.ModelInfo, Generation]:
     info = await backend.model(body.model)
-    backend.check_queue(info)
+    await backend.check_queue(info)
     chat = await backend.has_chat_template(info.name) if body.chat is None else body.chat
     if chat:
-        prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}])
+        prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}], "text")
     else:
-        prompt_ids = await backend.encode(info.name, body.text)
+        prompt_ids = await backend.encode(info.name, body.text, param="text")
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
     sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
@@ -147,7 +147,7 @@ async def tokenize(body: TokenizeRequest, backend: Backend = Depends(get_backend
     """Token ids of `text` under the model's tokenizer (through the tokenizer service; works while the
     pipeline is down)."""
     name = body.model or backend.config.model_name
-    ids = await backend.encode(name, body.text, body.add_special_tokens)
+    ids = await backend.encode(name, body.text, body.add_special_tokens, "text")
     try:
         info = (await backend.models()).get(name)
     except ApiError:

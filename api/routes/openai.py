@@ -137,7 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
                            ) -> ChatCompletionResponse | StreamingResponse:
     """Chat completion: the messages go through the model's chat template."""
     info = await backend.model(body.model)
-    backend.check_queue(info)
+    await backend.check_queue(info)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
     prompt_ids = await backend.encode_chat(info.name, messages)
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
@@ -171,7 +171,7 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
                       ) -> CompletionResponse | StreamingResponse:
     """Text completion of `prompt` (text or token ids), without a chat template."""
     info = await backend.model(body.model)
-    backend.check_queue(info)
+    await backend.check_queue(info)
     prompt_text = body.prompt_text
     prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)

@@ -46,8 +46,12 @@ async def index(request: Request) -> Response:
 async def asset(request: Request) -> Response:
     """A file of the build's assets folder; names carry a content hash, so they may be cached for good."""
     root = (UI_DIR / "assets").resolve()
-    path = (root / request.path_params["path"]).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / request.path_params["path"]).resolve()
+        found = path.is_relative_to(root) and path.is_file()
+    except (OSError, ValueError):  # a NUL byte (ValueError), a name too long for the file system (ENAMETOOLONG)
+        found = False
+    if not found:
         raise HTTPException(404)  # the API's JSON 404
     return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 

@@ -286,18 +286,42 @@ def test_compose_services(compose: dict[str, Any], config: dict[str, Any]) -> No
             assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
 
+def exposed(service: dict[str, Any]) -> set[int]:
+    return {int(p) for p in service.get("expose", [])}
+
+
 def test_compose_ports_match_config(compose: dict[str, Any], config: dict[str, Any]) -> None:
-    assert published(compose["coordinator"]) == {port_of(config["coordinator"]["address"])}
-    assert published(compose["tokenizer"]) == {port_of(config["tokenizer"]["address"])}
-    assert published(compose["api"]) == {config["api"]["port"]}
+    """Only the API and the UI are published; gRPC ports reach the compose network only; monitoring is loopback."""
+    assert exposed(compose["coordinator"]) == {port_of(config["coordinator"]["address"])}
+    assert exposed(compose["tokenizer"]) == {port_of(config["tokenizer"]["address"])}
     for node in config["nodes"]:
-        assert published(compose[node["id"]]) == {port_of(node["address"])}, node["id"]
+        assert exposed(compose[node["id"]]) == {port_of(node["address"])}, node["id"]
+    assert {name for name, s in compose.items() if s.get("ports")} == {"api", "frontend", "prometheus", "grafana"}
+    assert published(compose["api"]) == {config["api"]["port"]}
     assert published(compose["frontend"]) == {5173}
     assert published(compose["prometheus"]) == {9090}
     assert published(compose["grafana"]) == {3000}
+    for name in ("prometheus", "grafana", "api", "frontend"):  # API and UI: unless SHARDLINE_PUBLISH_ADDRESS says
+        assert {p.get("host_ip") for p in compose[name]["ports"]} == {"127.0.0.1"}, f"{name}: loopback only"
     for service in compose.values():
         for p in service.get("ports", []):
             assert int(p["published"]) == p["target"], "published ports are the ports the services listen on"
+
+
+def test_grafana_needs_an_admin_password() -> None:
+    """No default password: empty GRAFANA_ADMIN_PASSWORD makes the container exit with a message (a `:?` would
+    stop every compose command, monitoring or not)."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    assert raw["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    shell, flag, script = raw["entrypoint"]
+    assert (shell, flag) == ("sh", "-c") and script.endswith("exec /run.sh")  # the image's own entrypoint after
+    script = script.replace("$$", "$").replace("exec /run.sh", "echo started")
+    refused = subprocess.run(["sh", "-c", script], env={"PATH": os.environ["PATH"], "GF_SECURITY_ADMIN_PASSWORD": ""},
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "set GRAFANA_ADMIN_PASSWORD" in refused.stderr
+    started = subprocess.run(["sh", "-c", script], env={"PATH": os.environ["PATH"], "GF_SECURITY_ADMIN_PASSWORD": "x"},
+                             capture_output=True, text=True)
+    assert started.returncode == 0 and started.stdout.strip() == "started"
 
 
 def test_compose_addresses_resolve_to_service_names(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
@@ -306,7 +330,7 @@ def test_compose_addresses_resolve_to_service_names(compose: dict[str, Any], mon
         assert compose[name]["environment"]["SHARDLINE_ADDRESSES"] == COMPOSE_ADDRESSES, name
     monkeypatch.setenv("SHARDLINE_ADDRESSES", COMPOSE_ADDRESSES)
     cfg = load_config(str(ROOT / "config.json"))
-    targets = {name: {p["target"] for p in s.get("ports", [])} for name, s in compose.items()}
+    targets = {name: {p["target"] for p in s.get("ports", [])} | exposed(s) for name, s in compose.items()}
     for address in (cfg.coordinator.address, cfg.tokenizer.address, *(n.address for n in cfg.nodes)):
         host, port = address.rsplit(":", 1)
         assert host in compose, f"{address}: {host} is no compose service"
@@ -638,3 +662,138 @@ def test_tls_healthcheck_and_certificates_fit_k8s(k8s_secure: dict[tuple[str, st
     for service, address in (("coordinator", cfg.coordinator.address), ("tokenizer", cfg.tokenizer.address),
                              *((n.id, n.address) for n in cfg.nodes)):
         assert address.rsplit(":", 1)[0] in hosts[service], f"{service} is dialled at {address}"
+
+
+# ---------------------------------------------------------------- Kubernetes NetworkPolicies
+
+
+NAMESPACE = "shardline"
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+OUTSIDE = {  # endpoints that are not ours (their own egress is not ours to restrict): namespace, labels, ports
+    "internet": (None, {}, {(443, "TCP"), (80, "TCP")}),  # an address outside the cluster (clients, hf.co)
+    "prometheus": ("monitoring", PROMETHEUS, {(9090, "TCP")}),
+    "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}, {(53, "UDP"), (53, "TCP")}),
+}
+CHART_NODES = {"client": "internet", "api": "api", "tok": "tokenizer", "coord": "coordinator"}  # n1.. = shard-node
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is understood here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(peer: dict[str, Any], endpoint: tuple[str | None, dict[str, str]]) -> bool:
+    namespace, labels = endpoint
+    assert "ipBlock" not in peer, "no ipBlock peers: rules without `to`/`from` say 'anywhere'"
+    if namespace is None:  # an IP outside the cluster matches no pod or namespace selector
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+    else:
+        ns_ok = namespace == NAMESPACE
+    return ns_ok and _selects(peer.get("podSelector", {}), labels)
+
+
+def _rule_allows(rule: dict[str, Any], key: str, other: tuple[str | None, dict[str, str]], port: tuple[int, str]
+                 ) -> bool:
+    peers = rule.get(key)
+    ports = rule.get("ports")
+    peer_ok = not peers or any(_peer_matches(p, other) for p in peers)
+    port_ok = ports is None or any((p["port"], p.get("protocol", "TCP")) == port for p in ports)
+    return peer_ok and port_ok
+
+
+def network_flows(k8s: dict[tuple[str, str], dict[str, Any]]) -> set[tuple[str, str, int, str]]:
+    """Every (source, destination, port, protocol) the NetworkPolicies allow, between the workloads of the
+    namespace and the OUTSIDE endpoints, by the NetworkPolicy rules (a pod selected by no policy of a direction
+    is open in that direction; otherwise some rule of a policy selecting it must allow the flow)."""
+    policies = [d for (kind, _), d in k8s.items() if kind == "NetworkPolicy"]
+    ours = {name: (NAMESPACE, pod_labels, {(p["containerPort"], "TCP") for p in pod["containers"][0].get("ports", [])})
+            for name, pod, pod_labels in ((n, p, k8s_pod_labels(k8s, n)) for n, p in pod_specs(k8s).items())}
+    endpoints = {**ours, **OUTSIDE}
+
+    def allowed(of: str, direction: str, key: str, other: str, port: tuple[int, str]) -> bool:
+        if of not in ours:
+            return True
+        selecting = [p["spec"] for p in policies if direction in p["spec"]["policyTypes"]
+                     and _selects(p["spec"]["podSelector"], ours[of][1])]
+        rules = [r for spec in selecting for r in spec.get(direction.lower(), [])]
+        return not selecting or any(_rule_allows(r, key, endpoints[other][:2], port) for r in rules)
+
+    return {(src, dst, *port) for src in endpoints for dst in endpoints for port in endpoints[dst][2]
+            if (src in ours or dst in ours) and allowed(src, "Egress", "to", dst, port)
+            and allowed(dst, "Ingress", "from", src, port)}
+
+
+def k8s_pod_labels(k8s: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, str]:
+    (workload,) = [d for (kind, n), d in k8s.items() if n == name and kind in ("Deployment", "StatefulSet", "Job")]
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def chart_edges() -> set[tuple[str, str]]:
+    """The architecture chart of the README: (from, to) as workload names (the client is 'internet')."""
+    readme = (ROOT / "README.md").read_text()
+    chart = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    edges = set()
+    for a, b in re.findall(r"^\s*(\w+)\b.*?-->\|?.*?\|?\s*(\w+)(?:\[|\(|$)", chart, re.MULTILINE):
+        edges.add(tuple(CHART_NODES.get(x, "shard-node" if re.fullmatch(r"n\d+", x) else x) for x in (a, b)))
+    return edges  # type: ignore[return-value]
+
+
+def test_k8s_network_policies_allow_exactly_the_architecture(k8s: dict[tuple[str, str], dict[str, Any]],
+                                                             config: dict[str, Any]) -> None:
+    flows = network_flows(k8s)
+    coordinator, tokenizer = port_of(config["coordinator"]["address"]), port_of(config["tokenizer"]["address"])
+    api = config["api"]["port"]
+    chart = {("api", "tokenizer", tokenizer, "TCP"), ("api", "coordinator", coordinator, "TCP"),
+             ("coordinator", "shard-node", 50051, "TCP")}
+    metrics = {("prometheus", "coordinator", config["coordinator"]["metrics_port"], "TCP"),
+               ("prometheus", "tokenizer", config["tokenizer"]["metrics_port"], "TCP"),
+               ("prometheus", "shard-node", 9111, "TCP")}  # the API's /metrics is on its public port
+    public = {(src, dst, port, "TCP") for src in ("internet", "prometheus", "kube-dns")
+              for dst, port in (("api", api), ("frontend", 5173))}
+    ui = {("frontend", "api", api, "TCP")}
+    dns = {(w, "kube-dns", 53, proto) for w in pod_specs(k8s) for proto in ("UDP", "TCP")}
+    downloads = {("models", "internet", 443, "TCP")}
+    assert flows == chart | metrics | public | ui | dns | downloads, (
+        f"not allowed: {sorted((chart | metrics | public | ui | dns | downloads) - flows)}; "
+        f"allowed beyond the architecture: {sorted(flows - (chart | metrics | public | ui | dns | downloads))}")
+
+
+def test_k8s_network_policies_follow_the_readme_chart(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Each arrow of the chart is an allowed connection (an answer on a stream flows back on the connection its
+    caller opened: node -> coordinator), and no connection between the services is allowed that the chart lacks
+    (but the UI's, which the chart leaves out)."""
+    edges = chart_edges()
+    assert ("internet", "api") in edges and ("api", "tokenizer") in edges and ("coordinator", "shard-node") in edges
+    connections = {(src, dst) for src, dst, _, _ in network_flows(k8s)}
+    for a, b in edges:
+        assert (a, b) in connections or (b, a) in connections, f"the chart's {a} -> {b} is not allowed"
+    services = {"api", "tokenizer", "coordinator", "shard-node"}
+    between = {(a, b) for a, b in connections if a in services and b in services}
+    assert between <= edges, f"allowed but not in the chart: {sorted(between - edges)}"
+    assert ("shard-node", "coordinator") not in connections, "nodes answer on the coordinator's streams only"
+
+
+def test_k8s_network_policy_ports_are_config_ports(k8s: dict[tuple[str, str], dict[str, Any]],
+                                                   config: dict[str, Any]) -> None:
+    ports = {"coordinator": {port_of(config["coordinator"]["address"]), config["coordinator"]["metrics_port"]},
+             "tokenizer": {port_of(config["tokenizer"]["address"]), config["tokenizer"]["metrics_port"]},
+             "api": {config["api"]["port"]}, "frontend": {5173}, "shard-node": {50051, 9111}}
+    pods = pod_specs(k8s)
+    for (kind, name), policy in k8s.items():
+        if kind != "NetworkPolicy":
+            continue
+        spec = policy["spec"]
+        owner = spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+        for rule in spec.get("ingress", []):
+            for p in rule.get("ports", []):
+                assert owner in ports and p["port"] in ports[owner], f"{name}: ingress port {p['port']}"
+                assert p["port"] in container_ports(pods[owner]).values(), f"{name}: {owner} has no port {p['port']}"
+        for rule in spec.get("egress", []):
+            for peer in rule.get("to", []):
+                target = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+                if "namespaceSelector" in peer or target is None:
+                    continue
+                for p in rule["ports"]:
+                    assert p["port"] in ports[target], f"{name}: egress to {target} on {p['port']}"

@@ -22,7 +22,8 @@ def app_client(monkeypatch: pytest.MonkeyPatch, ui_dir: Path, keys: tuple[str, .
     config = parse_config({"model_name": "m", "models": [{"name": "m"}],
                            "nodes": [{"id": "n1", "address": "127.0.0.1:1"}],
                            "api": {"api_keys": list(keys)}})
-    return TestClient(create_app(config))  # no `with`: the lifespan (backend connections) does not run
+    # no `with`: the lifespan (backend connections) does not run; a loopback Host, as a local browser sends
+    return TestClient(create_app(config), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_the_build_is_served_at_the_root(client: TestClient) -> None:
     ("GET", "/nope"), ("GET", "/assets/missing.js"), ("GET", "/assets/..%2f..%2findex.html"),
 ])
 def test_unknown_routes_keep_their_json_404(client: TestClient, method: str, path: str) -> None:
-    r = client.request(method, path)
+    r = client.request(method, path, json={} if method == "POST" else None)  # a body must be JSON (else 415)
     assert r.status_code == 404, r.text
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"]["type"] == "not_found_error"

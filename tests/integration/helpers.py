@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
+from typing import IO
 
 import grpc
 import torch
@@ -52,3 +54,14 @@ def grpc_generate(address: str, model: str, prompt_ids: list[int], max_tokens: i
 def node_info(address: str) -> shard_pb2.NodeInfo:
     with grpc.insecure_channel(address) as channel:
         return shard_pb2_grpc.ShardNodeStub(channel).Info(shard_pb2.InfoRequest(), timeout=10)
+
+
+def stop_process(proc: subprocess.Popen, log: IO[bytes] | None = None, timeout_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; closes its log file."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if log is not None:
+        log.close()

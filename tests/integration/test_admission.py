@@ -53,7 +53,7 @@ def test_waits_for_room_then_full_queue_is_429(small_cluster: RunningCluster) ->
             hog_tokens = list((await hog.read()).token_ids)  # it runs now
             waiter = stub.Generate(_request(10, 20), timeout=120)  # 30 more cannot fit: it waits
             waiter_replies = asyncio.ensure_future(_collect(waiter))
-            await asyncio.sleep(0.02)
+            await _until_waiting(stub, 1)  # the waiter is in the queue (however slow the machine)
             with pytest.raises(grpc.aio.AioRpcError) as exc:  # the queue (max_waiting = 1) is full
                 await _collect(stub.Generate(_request(5, 5), timeout=30))
             async with httpx.AsyncClient(timeout=30) as client:
@@ -77,3 +77,13 @@ def test_waits_for_room_then_full_queue_is_429(small_cluster: RunningCluster) ->
 
 async def _collect(call: grpc.aio.UnaryStreamCall) -> list[coordinator_pb2.GenerateResponse]:
     return [reply async for reply in call]
+
+
+async def _until_waiting(stub: coordinator_pb2_grpc.CoordinatorStub, count: int, timeout_s: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        models = (await stub.ListModels(coordinator_pb2.ListModelsRequest(), timeout=10)).models
+        if any(m.name == MODEL and m.waiting >= count for m in models):
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"no {count} request(s) waiting for {MODEL}"
+        await asyncio.sleep(0.01)

@@ -61,6 +61,9 @@ def test_stop_leaves_no_orphans(tmp_path: Path, smol_dir: Path, how: signal.Sign
         assert logs == ["a.log", "api.log", "b.log", "coordinator.log", "tokenizer.log"]
         layout = json.loads((cluster.run_dir / "ready.json").read_text())["models"][0]["stages"]
         assert [s["layers"] for s in layout] == [[0, 3], [3, 4]]  # the LM head weighs on the last node
+        processes = httpx.get(f"{cluster.api_url}/api/cluster", timeout=30).json()["processes"]
+        assert {(p["name"], p["state"], p["restarts"]) for p in processes} == {
+            (n, "running", 0) for n in ("tokenizer", "a", "b", "coordinator", "api")}  # from run/children.json
         cluster.launcher.send_signal(how)
         cluster.launcher.wait(timeout=30)
         assert _wait_gone(pids) == []

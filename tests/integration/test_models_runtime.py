@@ -207,3 +207,36 @@ def test_a_node_that_joins_later_is_used_for_new_placements(runtime_cluster: Run
     finally:
         os.kill(late.pid, signal.SIGTERM)
         assert late.wait(timeout=30) == 0  # graceful stop: exit 0
+
+
+def test_nodes_register_once_under_any_spelling_and_can_be_removed(runtime_cluster: RunningCluster) -> None:
+    api = runtime_cluster.api_url
+    port = runtime_cluster.node_address("m1").rsplit(":", 1)[1]
+    for alias in (f"LOCALHOST:0{port}", f"127.1:{port}", f"[::ffff:127.0.0.1]:{port}"):
+        r = httpx.post(f"{api}/api/nodes", json={"id": "alias", "address": alias}, timeout=30)
+        assert r.status_code == 409 and "'m1'" in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{api}/api/nodes", json={"id": "m1", "address": "127.0.0.1:1"}, timeout=30)
+    assert r.status_code == 409 and "already registered" in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{api}/api/nodes", json={"id": "v6", "address": "::1:5"}, timeout=30)
+    assert r.status_code == 422 and "brackets" in r.json()["error"]["message"], r.text
+    r = httpx.delete(f"{api}/api/nodes/m1", timeout=30)
+    assert r.status_code == 409 and BASE in r.json()["error"]["message"], r.text
+    assert httpx.delete(f"{api}/api/nodes/nope", timeout=30).status_code == 404
+
+    r = httpx.post(f"{api}/api/nodes", json={"id": "ghost", "address": f"[0::1]:{free_port()}"}, timeout=30)
+    assert r.status_code == 200 and r.json()["added"], r.text
+    nodes = {n["id"]: n for n in httpx.get(f"{api}/api/cluster", timeout=10).json()["nodes"]}
+    assert nodes["ghost"]["address"].startswith("[::1]:")
+    r = httpx.delete(f"{api}/api/nodes/ghost", timeout=30)
+    assert r.status_code == 200 and r.json()["address"] == nodes["ghost"]["address"], r.text
+    assert "ghost" not in [n["id"] for n in httpx.get(f"{api}/api/cluster", timeout=10).json()["nodes"]]
+
+
+@pytest.mark.parametrize(("body", "param"), [({"name": ".."}, "name"), ({"name": ".x.partial"}, "name"),
+                                             ({"name": "a\nb"}, "name"), ({"name": "ok", "source": "."}, "source"),
+                                             ({"name": "ok", "source": "/etc"}, "source")])
+def test_model_names_that_are_not_one_visible_folder_are_refused(runtime_cluster: RunningCluster, body: dict,
+                                                                   param: str) -> None:
+    r = httpx.post(f"{runtime_cluster.api_url}/api/models", json=body, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+    assert "allowed" in r.json()["error"]["message"]

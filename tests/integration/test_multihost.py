@@ -126,7 +126,9 @@ def multihost(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Itera
             cmd = dockerfile_cmd(image)
             assert cmd[0] == "python", f"docker/{image}.Dockerfile: CMD should start with python, got {cmd}"
             child = Child(host, [*hosts.exec_prefix(host), sys.executable, *cmd[1:]], work / f"{host}.log",
-                          env=container_env(host, config_path, smol_dir))
+                          env={**container_env(host, config_path, smol_dir),
+                               # the test reaches the API by its address; without keys a Host must be allowed
+                               **({"SHARDLINE_ALLOWED_HOSTS": hosts.ip("api")} if host == "api" else {})})
             child.start()
             children.append(child)
         api_port = config["api"]["port"]

@@ -38,11 +38,14 @@ def test_closing_the_stream_frees_its_caches(cluster: RunningCluster) -> None:
         assert len(first.next_token_ids) == 1
         assert list(wire.tensor_from_proto(first.logits).shape) == [1, 49152]
         assert _sequences(address) == 1
-        # a bad batch is refused with a reason and leaves the stream and the cache as they were
+        # a sequence with a bad position fails alone, with a reason, and leaves the stream and the cache as they were
         outbox.put(shard_pb2.ForwardRequest(model=MODEL, batch_id=2, token_ids=[1], seqs=[
             shard_pb2.SequenceSlice(seq_id="direct-1", start_pos=7, num_tokens=1)]))
         refused = next(replies)
-        assert refused.error_code == "FAILED_PRECONDITION" and "holds 3 positions" in refused.error_message
+        assert not refused.error_code and list(refused.next_token_ids) == [-1]
+        (error,) = refused.seq_errors
+        assert (error.seq_id, error.code) == ("direct-1", "FAILED_PRECONDITION")
+        assert "holds 3 positions" in error.message
         outbox.put(shard_pb2.ForwardRequest(model=MODEL, batch_id=3, token_ids=[first.next_token_ids[0]], seqs=[
             shard_pb2.SequenceSlice(seq_id="direct-1", start_pos=3, num_tokens=1)]))
         assert not next(replies).error_code

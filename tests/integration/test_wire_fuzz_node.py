@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from protos import common_pb2, shard_pb2, shard_pb2_grpc, wire
 from protos.data_structures import LayerRange
 from tests.conftest import ROOT, free_port, make_tiny_model
-from tests.integration.helpers import node_info
+from tests.integration.helpers import node_info, stop_process
 
 pytestmark = pytest.mark.cluster
 
@@ -54,12 +54,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterator[s
         yield address
         assert proc.poll() is None, f"the node died:\n{(work / 'node.log').read_text()[-3000:]}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(proc, log)
 
 
 SEQ_IDS = st.sampled_from(["a", "b", "c", "", "x" * 300])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from protos.data_structures import LayerRange, SamplingParams
+from protos import common_pb2, wire
+from protos.data_structures import GREEDY_TEMPERATURE_EPS, LayerRange, SamplingError, SamplingParams
 from shard_node.architectures import ModelSpec
 from shard_node.runner import BatchError, BatchResult, MicroBatch, ShardRunner, SliceInput
 from shard_node.sampler import sample_next
@@ -280,12 +281,20 @@ def _first_batch(slices: Sequence[SliceInput], ids: Sequence[int], release: tupl
 
 
 def _expect(runner: ShardRunner, batch: MicroBatch, code: str, owner: int = 1) -> str:
+    """The batch is refused as a whole (BatchError), or its one sequence fails alone; either way nothing changed."""
     before = (runner.kv.num_sequences, runner.kv.used_tokens)
-    with pytest.raises(BatchError) as exc:
-        runner.run(batch, owner)
-    assert exc.value.code == code, str(exc.value)
+    try:
+        result = runner.run(batch, owner)
+    except BatchError as e:
+        assert e.code == code, str(e)
+        message = str(e)
+    else:
+        assert len(batch.slices) == 1 and len(result.row_errors) == 1, result
+        assert result.row_errors[0].code == code, result.row_errors
+        assert result.hidden is None and result.next_token_ids in ([], [-1])
+        message = result.row_errors[0].message
     assert (runner.kv.num_sequences, runner.kv.used_tokens) == before  # refused batches change nothing
-    return str(exc.value)
+    return message
 
 
 def test_validate_duplicate_seq_ids(llama: Tiny) -> None:
@@ -412,3 +421,81 @@ def test_repetition_penalty_demotes_seen_tokens() -> None:
     assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, [3]) == 7
     assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, []) == 3
     assert lg[3] == 5.0  # the caller's logits are not modified
+
+
+# ------------------------------------------------------------------ one sequence's failure fails that sequence only
+
+
+def test_bad_row_fails_alone_and_the_others_match_a_clean_run(llama: Tiny) -> None:
+    """A prefill whose slice is bad (unknown cache, invalid sampling, no KV room) costs only that slice: the
+    good slices of the same micro-batch produce exactly what they produce without it."""
+    prompt_a, prompt_b = _prompt(6, seed=11), _prompt(5, seed=12)
+    clean = _chain(llama.runners(SPLITS["1+2+1"]), [_slice("a", 0, 6, 20), _slice("b", 0, 5, 20)],
+                   prompt_a + prompt_b).next_token_ids
+    runners = llama.runners(SPLITS["1+2+1"], kv_tokens=45)
+    bad = [_slice("ghost", 3, 2, 20),  # continuation of a cache that does not exist
+           SliceInput("nan", 0, 2, 8, GREEDY, invalid="temperature must be a finite number in [0, 2], got nan"),
+           _slice("huge", 0, 3, 40)]  # 20 + 20 + 40 tokens do not fit the 45-token budget
+    slices = [bad[0], _slice("a", 0, 6, 20), bad[1], bad[2], _slice("b", 0, 5, 20)]
+    ids = [7, 8] + prompt_a + [1, 2] + [3, 4, 5] + prompt_b
+    hidden, errors = None, {}
+    for r in runners:  # as the coordinator does: failed sequences leave the micro-batch for the next stages
+        result = r.run(MicroBatch(tuple(slices), torch.tensor(ids) if r.is_first else None, hidden), owner=1)
+        errors.update({e.seq_id: e.code for e in result.row_errors})
+        slices = [s for s in slices if s.seq_id not in errors]
+        hidden = result.hidden
+    assert errors == {"ghost": "FAILED_PRECONDITION", "nan": "INVALID_ARGUMENT", "huge": "RESOURCE_EXHAUSTED"}
+    assert [s.seq_id for s in slices] == ["a", "b"] and result.next_token_ids == clean
+    assert all(set(r.kv._seqs) == {"a", "b"} for r in runners)  # nothing was allocated for the failed ones
+
+
+def test_sampling_failure_fails_that_row_only(llama: Tiny) -> None:
+    """The last stage's sampler raising for one sequence (here: NaN probabilities) fails that sequence alone."""
+    (r,) = llama.runners(SPLITS["whole"])
+    broken = SamplingParams(temperature=1.0, seed=1)
+    slices = (_slice("ok", 0, 3, 8), _slice("bad", 0, 3, 8, broken))
+    original = r.model.logits
+
+    def nan_for_the_second_row(x: torch.Tensor) -> torch.Tensor:
+        out = original(x)
+        out[1] = float("nan")
+        return out
+
+    r.model.logits = nan_for_the_second_row  # type: ignore[method-assign]
+    result = r.run(_first_batch(slices, [1, 2, 3, 4, 5, 6]), owner=1)
+    assert [(e.seq_id, e.code) for e in result.row_errors] == [("bad", "INTERNAL")]
+    assert "not finite" in result.row_errors[0].message
+    assert result.next_token_ids[0] >= 0 and result.next_token_ids[1] == -1
+
+
+# ------------------------------------------------------------------ sampling parameters
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature", float("nan")), ("temperature", float("inf")), ("temperature", -1.0), ("temperature", 1e30),
+    ("top_p", float("nan")), ("top_p", 0.0), ("top_p", 1.5),
+    ("repetition_penalty", float("nan")), ("repetition_penalty", 1e-39), ("repetition_penalty", float("inf")),
+    ("repetition_penalty", 0.0), ("top_k", -1),
+])
+def test_sampling_params_refuse_nan_inf_and_overflow(field: str, value: float) -> None:
+    with pytest.raises(SamplingError) as exc:
+        SamplingParams(**{field: value})
+    assert exc.value.field == field and field in str(exc.value) and "]" in str(exc.value)
+
+
+def test_tiny_temperature_is_greedy() -> None:
+    """A temperature below GREEDY_TEMPERATURE_EPS (1e-39, say) decodes greedily instead of overflowing."""
+    lg = _logits(5)
+    for t in (1e-39, 1e-6):
+        p = SamplingParams(temperature=t, seed=3)
+        assert p.is_greedy and sample_next(lg, p, torch.Generator().manual_seed(3)) == int(lg.argmax())
+    assert not SamplingParams(temperature=GREEDY_TEMPERATURE_EPS).is_greedy
+
+
+def test_wire_sampling_refuses_nan_and_negative_instead_of_defaulting() -> None:
+    """0 means unset on the wire; NaN or a negative value is an error, never silently the default."""
+    for bad in (dict(top_p=float("nan")), dict(top_p=-0.5), dict(repetition_penalty=float("nan")),
+                dict(repetition_penalty=-2.0), dict(temperature=float("inf"))):
+        with pytest.raises(SamplingError):
+            wire.sampling_from_proto(common_pb2.SamplingParams(**bad))
+    assert wire.sampling_from_proto(common_pb2.SamplingParams()) == SamplingParams()
