@@ -137,7 +137,7 @@ class ApiConfig:
     max_header_bytes: int = 65_536  # a request head (headers) larger than this gets 431
     max_url_bytes: int = 8192  # a request target (path and query) longer than this gets 414
     header_timeout_s: float = 10.0  # a connection whose request head is not complete by then is closed (408)
-    max_connections: int = 512  # open connections at once; requests beyond get 503 (uvicorn's limit_concurrency)
+    max_connections: int = 4096  # open connections at once; requests beyond get 503 (uvicorn's limit_concurrency)
 
 
 PROMPT_CHARS_PER_TOKEN = 32  # limits.max_prompt_chars: prompts longer than this many characters a token get 400

@@ -220,6 +220,8 @@ class ShardRunner:
             row += s.num_tokens
         if good:
             self._forward(batch, owner, good, rows_in, errors, result)
+        elif not self.is_last:  # every sequence failed: no rows go on
+            result.hidden = torch.empty(0, self.spec.hidden_size, dtype=self.dtype, device=self.device)
         result.row_errors = [errors[i] for i in sorted(errors)]
         result.forward_seconds = time.perf_counter() - started
         return result

@@ -122,8 +122,11 @@ def test_malformed_frames_are_refused_with_a_reason(node: str, batch: list[shard
             allowed = REFUSALS | ({"NOT_FOUND"} if req.model not in (FIRST, MIDDLE) else set())
             assert reply.error_code in allowed, (reply.error_code, reply.error_message, req)
             assert reply.error_message
-        elif req.model == MIDDLE:  # it was valid after all: the output has the declared shape
-            rows = sum(s.num_tokens for s in req.seqs)
+            continue
+        failed = {e.seq_id for e in reply.seq_errors}  # sequences that failed alone, each with a reason
+        assert all(e.code in REFUSALS and e.message for e in reply.seq_errors), reply.seq_errors
+        if req.model == MIDDLE:  # the batch was valid as a whole: the output has the rows of the others
+            rows = sum(s.num_tokens for s in req.seqs if s.seq_id not in failed)
             assert list(wire.tensor_from_proto(reply.hidden).shape) == [rows, HIDDEN]
 
 
