@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from api.backend import Backend
-from api.errors import ApiError
+from api.errors import ApiError, redact_paths
 from protos import coordinator_pb2
 from protos.data_structures import SamplingParams
 
@@ -156,7 +156,8 @@ class Generation:
             while True:
                 reply = await self._read()
                 if reply.finish_reason in ("error", "cancelled"):
-                    raise ApiError(503, f"generation failed: {reply.error or reply.finish_reason}")
+                    why = redact_paths(reply.error or reply.finish_reason, (self.backend.config.model_cache_dir,))
+                    raise ApiError(503, f"generation failed: {why}")  # may reach a started stream: no server paths
                 if reply.token_ids and self.times.first_token is None:
                     self.times.first_token = time.perf_counter()
                 stats = dict(prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,

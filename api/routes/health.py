@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.errors import error_body
+from api.errors import error_body, redact_paths
 from api.readiness import Readiness
 from api.routes import ERROR_RESPONSES
 from api.schemas import HealthResponse, ModelReadiness, ReadyResponse
@@ -29,12 +29,13 @@ async def ready(request: Request) -> JSONResponse:
     the last few seconds (api.ready_ttl_s). 503 otherwise, naming the model and the node at fault."""
     readiness: Readiness = request.app.state.readiness
     report = await readiness.report()
+    cache = (request.app.state.backend.config.model_cache_dir,)  # node errors may name its folders: never shown
     body = ReadyResponse(
         status="ready" if report.ready else "unavailable",
         checked_seconds_ago=round(time.monotonic() - report.checked_at, 3),
-        models=[ModelReadiness(model=p.model, ready=p.ready, detail=p.detail, probe_ms=p.probe_ms)
+        models=[ModelReadiness(model=p.model, ready=p.ready, detail=redact_paths(p.detail, cache), probe_ms=p.probe_ms)
                 for p in report.models]).model_dump()
     if report.ready:
         return JSONResponse(body)
-    why = "; ".join(f"{p.model}: {p.detail}" for p in report.models if not p.ready)
+    why = redact_paths("; ".join(f"{p.model}: {p.detail}" for p in report.models if not p.ready), cache)
     return JSONResponse({**body, **error_body(503, f"not ready: {why}")}, status_code=503)

@@ -217,3 +217,37 @@ def test_the_edge_settings_are_checked(tmp_path: Path) -> None:
                      ("admin_keys", [""])):
         with pytest.raises(ConfigError, match=f"api.{key}"):
             parse_config(raw_config(tmp_path, **{key: bad}))
+
+
+def test_an_error_inside_a_started_stream_names_no_server_path(tmp_path: Path) -> None:
+    """A generation that fails after its stream started (an SSE error event) says why without the cache's path."""
+    from types import SimpleNamespace
+
+    from api.generation import Generation
+    from protos import coordinator_pb2
+    from protos.data_structures import SamplingParams
+
+    config = parse_config(raw_config(tmp_path))
+    cache = str(config.model_cache_dir)
+    replies = [coordinator_pb2.GenerateResponse(prompt_tokens=1),
+               coordinator_pb2.GenerateResponse(finish_reason="error", error=f"cannot read {cache}/m/model.bin")]
+
+    class Call:
+        async def read(self) -> coordinator_pb2.GenerateResponse:
+            return replies.pop(0)
+
+        def cancel(self) -> None:
+            pass
+
+    backend = SimpleNamespace(config=config, coordinator=SimpleNamespace(generate=lambda *a, **k: Call()))
+
+    async def run() -> ApiError:
+        gen = Generation(backend, "m", [1], 4, SamplingParams(), [], "r1")  # type: ignore[arg-type]
+        await gen.start()
+        with pytest.raises(ApiError) as failed:
+            async for _ in gen.chunks():
+                pass
+        return failed.value
+
+    error = asyncio.run(run())
+    assert error.status == 503 and "m/model.bin" in error.message and cache not in error.message
