@@ -2,8 +2,8 @@
 protos/wire.py + ForwardRequest/ForwardResponse over a bidi gRPC stream, to an echo node and back.
 
 Server side (``python -m bench.hop serve --host H --port P --lifetime S``): implements ShardNode.Forward only,
-decodes each request's hidden tensor with wire.tensor_from_proto and answers it re-encoded with
-wire.tensor_to_proto (what a node does around its compute). Client side (``measure_hop``): encodes, writes,
+decodes each request's hidden tensor with tensors.tensor_from_proto and answers it re-encoded with
+tensors.tensor_to_proto (what a node does around its compute). Client side (``measure_hop``): encodes, writes,
 reads, decodes, timing each round trip; plus the encode / decode cost alone, in process.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from bench.procs import PY, Child, free_ports, log
 from bench.stats import percentile
-from protos import shard_pb2, shard_pb2_grpc, wire
+from protos import shard_pb2, shard_pb2_grpc, tensors
 from protos.runtime import GRPC_OPTIONS
 
 
@@ -42,8 +42,8 @@ class HopResult:
 class EchoNode(shard_pb2_grpc.ShardNodeServicer):
     async def Forward(self, request_iterator, context):  # type: ignore[no-untyped-def]
         async for req in request_iterator:
-            t = wire.tensor_from_proto(req.hidden)
-            yield shard_pb2.ForwardResponse(batch_id=req.batch_id, hidden=wire.tensor_to_proto(t))
+            t = tensors.tensor_from_proto(req.hidden)
+            yield shard_pb2.ForwardResponse(batch_id=req.batch_id, hidden=tensors.tensor_to_proto(t))
 
 
 async def _serve(host: str, port: int, lifetime_s: float) -> None:
@@ -79,18 +79,18 @@ async def _measure(address: str, where: str, batches: list[int], hidden: int, me
             rtts: list[float] = []
             for i in range(warmup + messages):
                 t0 = time.perf_counter()
-                req = shard_pb2.ForwardRequest(model="echo", batch_id=i, hidden=wire.tensor_to_proto(x))
+                req = shard_pb2.ForwardRequest(model="echo", batch_id=i, hidden=tensors.tensor_to_proto(x))
                 await call.write(req)
                 reply = await call.read()
-                y = wire.tensor_from_proto(reply.hidden, (b, hidden))
+                y = tensors.tensor_from_proto(reply.hidden, (b, hidden))
                 t1 = time.perf_counter()
                 if i >= warmup:
                     rtts.append((t1 - t0) * 1e6)
             await call.done_writing()
             assert torch.equal(x, y), "echo changed the tensor"
-            proto = wire.tensor_to_proto(x)
-            enc = _timed(lambda x=x: shard_pb2.ForwardRequest(model="echo", hidden=wire.tensor_to_proto(x)), 200)
-            dec = _timed(lambda proto=proto, b=b: wire.tensor_from_proto(proto, (b, hidden)), 200)
+            proto = tensors.tensor_to_proto(x)
+            enc = _timed(lambda x=x: shard_pb2.ForwardRequest(model="echo", hidden=tensors.tensor_to_proto(x)), 200)
+            dec = _timed(lambda proto=proto, b=b: tensors.tensor_from_proto(proto, (b, hidden)), 200)
             out.append(HopResult(where, b, hidden, b * hidden * 4, messages, percentile(rtts, 50), percentile(rtts, 99),
                                  sum(rtts) / len(rtts), enc, dec))
             r = out[-1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from protos import shard_pb2, shard_pb2_grpc, wire
+from protos import shard_pb2, shard_pb2_grpc, tensors, wire
 from protos.config import ALLOWED_DTYPES
 from protos.data_structures import SamplingParams
 from shard_node import metrics
@@ -135,7 +135,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         spec = runner.spec
         return shard_pb2.ShardInfo(
             model=runner.name, layers=wire.layer_range_to_proto(runner.layers), num_layers_total=spec.num_layers,
-            dtype=wire.DTYPE_NAMES[runner.dtype], device=str(runner.device), architecture=spec.model_type,
+            dtype=tensors.DTYPE_NAMES[runner.dtype], device=str(runner.device), architecture=spec.model_type,
             has_embedding=runner.model.embed_tokens is not None, has_head=runner.is_last,
             weight_bytes=runner.model.weight_bytes(), layer_weight_bytes=runner.model.layer_weight_bytes(),
             kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
@@ -165,7 +165,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         except (ValueError, UnsupportedArchitecture) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         kv_tokens = request.kv_cache_tokens or self.default_kv_tokens
-        dtype = wire.DTYPES[request.dtype]
+        dtype = tensors.DTYPES[request.dtype]
         size = shard_size(spec, layers, dtype, kv_tokens)
         if request.dry_run:
             return shard_pb2.ShardInfo(
@@ -176,7 +176,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 kv_capacity_bytes=size.kv_bytes, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size)
         existing = self.runners.get(request.model)
         if existing and existing.layers == layers and existing.model_dir == model_dir \
-                and wire.DTYPE_NAMES[existing.dtype] == request.dtype:
+                and tensors.DTYPE_NAMES[existing.dtype] == request.dtype:
             return self.shard_info(existing)
         async with self._budget_lock:  # concurrent loads each count the others' reservations
             others = self.memory_used_bytes(skip=request.model)
@@ -241,7 +241,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None
         hidden = None
         if not runner.is_first:
-            hidden = wire.tensor_from_proto(req.hidden, (total, runner.spec.hidden_size))
+            hidden = tensors.tensor_from_proto(req.hidden, (total, runner.spec.hidden_size))
         return MicroBatch(slices, token_ids, hidden, req.return_logits, tuple(req.release_seq_ids))
 
     @staticmethod
@@ -279,10 +279,10 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 else:
                     self._cached_since_trim = True
                     if result.hidden is not None:
-                        reply.hidden.CopyFrom(wire.tensor_to_proto(result.hidden))
+                        reply.hidden.CopyFrom(tensors.tensor_to_proto(result.hidden))
                     reply.next_token_ids.extend(result.next_token_ids)
                     if result.logits is not None:
-                        reply.logits.CopyFrom(wire.tensor_to_proto(result.logits))
+                        reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
                     reply.forward_seconds = result.forward_seconds
                     for e in result.row_errors:
                         reply.seq_errors.add(seq_id=e.seq_id, code=e.code, message=e.message)

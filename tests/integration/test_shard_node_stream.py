@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from protos import shard_pb2, shard_pb2_grpc, wire
+from protos import shard_pb2, shard_pb2_grpc, tensors
 from tests.conftest import RunningCluster
 from tests.integration.helpers import node_info
 
@@ -36,7 +36,7 @@ def test_closing_the_stream_frees_its_caches(cluster: RunningCluster) -> None:
         first = next(replies)
         assert not first.error_code, first.error_message
         assert len(first.next_token_ids) == 1
-        assert list(wire.tensor_from_proto(first.logits).shape) == [1, 49152]
+        assert list(tensors.tensor_from_proto(first.logits).shape) == [1, 49152]
         assert _sequences(address) == 1
         # a sequence with a bad position fails alone, with a reason, and leaves the stream and the cache as they were
         outbox.put(shard_pb2.ForwardRequest(model=MODEL, batch_id=2, token_ids=[1], seqs=[

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protos import common_pb2, shard_pb2, shard_pb2_grpc, wire
+from protos import common_pb2, shard_pb2, shard_pb2_grpc, tensors, wire
 from protos.data_structures import LayerRange
 from tests.conftest import ROOT, free_port, make_tiny_model
 from tests.integration.helpers import node_info, stop_process
@@ -127,7 +127,7 @@ def test_malformed_frames_are_refused_with_a_reason(node: str, batch: list[shard
         assert all(e.code in REFUSALS and e.message for e in reply.seq_errors), reply.seq_errors
         if req.model == MIDDLE:  # the batch was valid as a whole: the output has the rows of the others
             rows = sum(s.num_tokens for s in req.seqs if s.seq_id not in failed)
-            assert list(wire.tensor_from_proto(reply.hidden).shape) == [rows, HIDDEN]
+            assert list(tensors.tensor_from_proto(reply.hidden).shape) == [rows, HIDDEN]
 
 
 def test_node_is_unharmed_after_the_fuzzing(node: str) -> None:
@@ -139,6 +139,6 @@ def test_node_is_unharmed_after_the_fuzzing(node: str) -> None:
         stub = shard_pb2_grpc.ShardNodeStub(channel)
         (reply,) = list(stub.Forward(iter([_valid_prefill("after")]), timeout=DEADLINE_S))
     assert not reply.error_code
-    assert list(wire.tensor_from_proto(reply.hidden).shape) == [3, HIDDEN]
+    assert list(tensors.tensor_from_proto(reply.hidden).shape) == [3, HIDDEN]
     time.sleep(0.2)
     assert node_info(node).rss_bytes < rss_before + 64 * 2**20

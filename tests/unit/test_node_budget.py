@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from protos import shard_pb2, wire
+from protos import shard_pb2, tensors, wire
 from protos.data_structures import LayerRange
 from shard_node import service
 from shard_node.architectures import ModelSpec
@@ -49,7 +49,8 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def one_shard_bytes() -> int:
-    return shard_size(ModelSpec.from_hf_config(CONFIG), LayerRange(0, 2), wire.DTYPES["float32"], KV_TOKENS).total_bytes
+    spec = ModelSpec.from_hf_config(CONFIG)
+    return shard_size(spec, LayerRange(0, 2), tensors.DTYPES["float32"], KV_TOKENS).total_bytes
 
 
 def load(node: service.ShardNodeServicer, model: str, model_dir: Path) -> Any:

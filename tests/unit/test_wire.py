@@ -1,4 +1,4 @@
-"""protos/wire.py: tensors and sampling params to protobuf and back, with strict decoding."""
+"""protos/wire.py and protos/tensors.py: tensors and sampling params to protobuf and back, with strict decoding."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import torch
 
 from protos import common_pb2
 from protos.data_structures import LayerRange, SamplingParams
+from protos.tensors import MAX_DIMS, dtype_from_name, tensor_from_proto, tensor_to_proto
 from protos.wire import (
-    MAX_DIMS,
     WireError,
-    dtype_from_name,
     layer_range_from_proto,
     layer_range_to_proto,
     sampling_from_proto,
     sampling_to_proto,
-    tensor_from_proto,
-    tensor_to_proto,
 )
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32]

@@ -11,12 +11,12 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from protos import common_pb2, wire
+from protos import common_pb2, tensors, wire
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 DIMS = st.one_of(st.integers(min_value=0, max_value=64), st.integers(min_value=-4, max_value=-1),
                  st.sampled_from([2**31, 2**32 + 1, 2**62, 2**63 - 1]), INT64)
-DTYPE_NAMES = st.one_of(st.sampled_from([*wire.DTYPES, "", "float64", "uint8", "FLOAT32", "float32 ", "bool"]),
+DTYPE_NAMES = st.one_of(st.sampled_from([*tensors.DTYPES, "", "float64", "uint8", "FLOAT32", "float32 ", "bool"]),
                         st.text(max_size=12))
 SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -29,8 +29,8 @@ def frames() -> st.SearchStrategy[common_pb2.Tensor]:
 @st.composite
 def consistent_frames(draw: st.DrawFn) -> common_pb2.Tensor:
     """Frames whose byte count matches (so decoding gets past the size check), with zero-size huge shapes too."""
-    dtype = draw(st.sampled_from(list(wire.DTYPES)))
-    itemsize = torch.empty(0, dtype=wire.DTYPES[dtype]).element_size()
+    dtype = draw(st.sampled_from(list(tensors.DTYPES)))
+    itemsize = torch.empty(0, dtype=tensors.DTYPES[dtype]).element_size()
     shape = draw(st.lists(st.integers(min_value=0, max_value=6), min_size=0, max_size=4))
     if draw(st.booleans()) and shape:
         shape[draw(st.integers(0, len(shape) - 1))] = 0
@@ -41,12 +41,12 @@ def consistent_frames(draw: st.DrawFn) -> common_pb2.Tensor:
 
 def _check(frame: common_pb2.Tensor) -> None:
     try:
-        t = wire.tensor_from_proto(frame)
+        t = tensors.tensor_from_proto(frame)
     except wire.WireError as e:
         assert str(e), "a refusal must say why"
         return
     assert list(t.shape) == list(frame.shape)
-    assert t.dtype == wire.DTYPES[frame.dtype]
+    assert t.dtype == tensors.DTYPES[frame.dtype]
     assert t.numel() * t.element_size() == len(frame.data), "decoded more than the frame carried"
 
 
@@ -65,8 +65,8 @@ def test_any_frame_decodes_exactly_or_is_refused(frame: common_pb2.Tensor) -> No
 @SETTINGS
 @given(consistent_frames())
 def test_frames_with_matching_bytes_round_trip(frame: common_pb2.Tensor) -> None:
-    t = wire.tensor_from_proto(frame)
-    assert wire.tensor_to_proto(t).data == frame.data
+    t = tensors.tensor_from_proto(frame)
+    assert tensors.tensor_to_proto(t).data == frame.data
     assert list(t.shape) == list(frame.shape)
 
 
@@ -74,7 +74,7 @@ def test_frames_with_matching_bytes_round_trip(frame: common_pb2.Tensor) -> None
 @given(frames(), st.lists(st.one_of(st.none(), st.integers(0, 8)), max_size=4))
 def test_expected_shape_is_enforced(frame: common_pb2.Tensor, expected: list[int | None]) -> None:
     try:
-        t = wire.tensor_from_proto(frame, tuple(expected))
+        t = tensors.tensor_from_proto(frame, tuple(expected))
     except wire.WireError:
         return
     assert len(t.shape) == len(expected)
@@ -84,4 +84,4 @@ def test_expected_shape_is_enforced(frame: common_pb2.Tensor, expected: list[int
 @pytest.mark.parametrize("name", ["float64", "", "torch.float32", "uint8"])
 def test_unknown_dtype_names_list_what_is_allowed(name: str) -> None:
     with pytest.raises(wire.WireError, match="allowed: float32, float16, bfloat16"):
-        wire.tensor_from_proto(common_pb2.Tensor(data=b"", shape=[0], dtype=name))
+        tensors.tensor_from_proto(common_pb2.Tensor(data=b"", shape=[0], dtype=name))
