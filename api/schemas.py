@@ -11,7 +11,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
 from protos.addresses import split_address
-from protos.config import FOLDER_NAME_RULE, folder_name_problem
+from protos.config import (
+    DEFAULT_KV_CACHE_TOKENS,
+    DEVICE_PATTERN,
+    DEVICE_RULE,
+    FOLDER_NAME_RULE,
+    folder_name_problem,
+)
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_REPETITION_PENALTY,
@@ -253,14 +259,15 @@ class AddModelRequest(BaseModel):
                                description="its folder in the model cache (default: name; at most 255 bytes as "
                                            "UTF-8); prepare it with `shardline models --name ... --source ...`")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    device: str = Field("cpu", pattern=rf"^({DEVICE_PATTERN.pattern})$", description=f"{DEVICE_RULE}")
     replicas: int = Field(1, ge=1, le=16, description="nodes per layer range when the coordinator places it")
     nodes: list[NodeId | Annotated[list[NodeId], Field(min_length=1)]] | None = Field(
         None, min_length=1, max_length=64,
         description="explicit placement, one entry per stage in layer order: a node id or a list of replicas")
     layer_ranges: list[Annotated[list[LayerIndex], Field(min_length=2, max_length=2)]] | None = Field(
         None, max_length=64, description="with nodes: [start, end) per stage, contiguous from 0")
-    kv_cache_tokens: int = Field(32768, ge=1, le=10_000_000, description="KV budget of each shard, in tokens")
+    kv_cache_tokens: int = Field(DEFAULT_KV_CACHE_TOKENS, ge=1, le=10_000_000,
+                                 description="KV budget of each shard, in tokens")
     max_context: int | None = Field(None, ge=1, le=10_000_000, description="cap on prompt + generated tokens")
 
     @field_validator("name", "source")

@@ -19,9 +19,11 @@ from coordinator.scheduler import NeverFits, QueueFull
 from protos import coordinator_pb2, coordinator_pb2_grpc, wire
 from protos.config import (
     ALLOWED_DTYPES,
+    DEFAULT_KV_CACHE_TOKENS,
     FOLDER_NAME_RULE,
     ModelConfig,
     NodeConfig,
+    device_problem,
     folder_name_problem,
     text_problem,
 )
@@ -192,8 +194,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             problem = f"{field} {folder_name_problem(value)}; allowed: {FOLDER_NAME_RULE}"
         elif dtype not in ALLOWED_DTYPES:
             problem = f"dtype must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}"
-        elif not (device == "cpu" or device.startswith("cuda")):
-            problem = f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        elif device_problem(device):
+            problem = device_problem(device)
         elif not 0 <= request.replicas <= MAX_REPLICAS:
             problem = f"replicas must be in 1..{MAX_REPLICAS}, got {request.replicas}"
         elif request.kv_cache_tokens < 0 or request.max_context < 0:
@@ -210,7 +212,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         model = ModelConfig(name, source, dtype, device, stages, ranges,
-                            request.kv_cache_tokens or 32768, request.max_context or None)
+                            request.kv_cache_tokens or DEFAULT_KV_CACHE_TOKENS, request.max_context or None)
         try:
             await self.registry.add(ModelRequest(model, request.replicas or 1))
         except RegistryError as e:

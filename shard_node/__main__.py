@@ -17,7 +17,16 @@ import grpc
 import torch
 
 from protos import coordinator_pb2, coordinator_pb2_grpc, security, shard_pb2_grpc
-from protos.config import CONFIG_ENV, Config, ConfigError, CoordinatorConfig, LimitsConfig, NodeConfig, load_config
+from protos.config import (
+    CONFIG_ENV,
+    DEFAULT_KV_CACHE_TOKENS,
+    Config,
+    ConfigError,
+    CoordinatorConfig,
+    LimitsConfig,
+    NodeConfig,
+    load_config,
+)
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
@@ -49,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=None, help="address to listen on (default: the configured host, else "
                                                  "127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=None, help="default: the configured port, else 50051")
-    p.add_argument("--kv-cache-tokens", type=int, default=32768,
+    p.add_argument("--kv-cache-tokens", type=int, default=DEFAULT_KV_CACHE_TOKENS,
                    help="KV budget per shard when LoadShard does not give one")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (0 = torch default)")
     p.add_argument("--memory-mb", type=int, default=None,
