@@ -58,10 +58,6 @@ class StageClient:
                                         timeout=self.rpc_timeout_s)
         return reply.released
 
-    async def forward(self, request: shard_pb2.ForwardRequest) -> shard_pb2.ForwardResponse:
-        """Sends one micro-batch and waits for its reply."""
-        return await (await self.send(request))
-
     async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
         """Writes one micro-batch on the Forward stream; returns an awaitable of its reply.
 
