@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protos.data_structures import SAMPLING_RANGES
+
 logger = logging.getLogger(__name__)
 
 GRPC_TO_HTTP = {
@@ -84,6 +86,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
         return "body", f"the request body is not valid JSON: {first.get('ctx', {}).get('error', msg)}"
     if first.get("type") == "missing":
         return field, f"missing field '{field}'"
+    if field in SAMPLING_RANGES:  # NaN, inf or out of range: say what is allowed
+        return field, f"invalid field '{field}': {msg}; allowed: {SAMPLING_RANGES[field]}"
     return field, f"invalid field '{field}': {msg}"
 
 

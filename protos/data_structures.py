@@ -35,6 +35,14 @@ MAX_REPETITION_PENALTY = 10.0
 MAX_TOP_K = 2**31 - 1  # int32 on the wire
 
 
+SAMPLING_RANGES = {  # what each field allows, as the messages of every path say it
+    "temperature": f"a finite number in [0, {MAX_TEMPERATURE:g}] (below {GREEDY_TEMPERATURE_EPS:g}: greedy)",
+    "top_p": "a finite number in (0, 1]",
+    "top_k": f"an integer in [0, {MAX_TOP_K}] (0 = off)",
+    "repetition_penalty": f"a finite number in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}]",
+}
+
+
 class SamplingError(ValueError):
     """A sampling parameter out of range: ``field`` names it, the message says what is allowed."""
 

@@ -251,3 +251,23 @@ def test_an_error_inside_a_started_stream_names_no_server_path(tmp_path: Path) -
 
     error = asyncio.run(run())
     assert error.status == 503 and "m/model.bin" in error.message and cache not in error.message
+
+
+@pytest.mark.parametrize(("route", "field", "value", "allowed"), [
+    ("/v1/chat/completions", "temperature", "NaN", "[0, 2]"),
+    ("/v1/chat/completions", "temperature", "Infinity", "[0, 2]"),
+    ("/v1/completions", "repetition_penalty", "1e-39", "[0.01, 10]"),
+    ("/v1/completions", "top_p", "-Infinity", "(0, 1]"),
+    ("/api/model/process", "temperature", "1e39", "[0, 2]"),
+    ("/api/model/process", "repetition_penalty", "NaN", "[0.01, 10]"),
+])
+def test_sampling_values_that_overflow_are_422_naming_field_and_range(tmp_path: Path, route: str, field: str,
+                                                                     value: str, allowed: str) -> None:
+    body = ('{"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "text": "hi", '
+            f'"{field}": {value}}}')
+    if route == "/api/model/process":
+        body = f'{{"text": "hi", "{field}": {value}}}'
+    r = client(tmp_path).post(route, content=body.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == field and allowed in error["message"], error
