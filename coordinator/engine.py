@@ -335,10 +335,6 @@ class ModelEngine:
         for entry in plan.entries:
             self._end_with_error(entry.request, route, why)
 
-    def _fail_one(self, req: Request, route: Route, why: str) -> None:
-        logger.error("model %s: request %s failed alone: %s", self.name, req.request_id, why)
-        self._end_with_error(req, route, why)
-
     def _end_with_error(self, req: Request, route: Route, why: str) -> None:
         self.scheduler.remove(req)
         self._release_later(req, route)
@@ -351,42 +347,40 @@ class ModelEngine:
         return f"{where} failed: {error.code}: {error.message}"
 
     def _deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
+        """Publishes what the scheduler made of a micro-batch: tokens and ends to the requests, releases to the
+        nodes, figures to the metrics."""
+        self._observe_batch(plan, route, result)
+        outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed)
+        for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
+            logger.error("model %s: request %s failed alone: %s", self.name, req.request_id, why)
+            self._release_later(req, route)
+            req.finish("error", why)
+        for req, token, reason in outcome.tokens:
+            self._observe_token(req, route)
+            if reason:
+                self._release_later(req, route)
+                req.finish(reason, token_ids=(token,))
+            else:
+                req.events.put_nowait(TokenEvent((token,)))
+
+    def _observe_batch(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         phase = "decode" if all(e.request.prefill_done for e in plan.entries) else "prefill"
         for replica, seconds in zip(route, result.stage_seconds):
             metrics.STAGE_SECONDS.labels(self.name, replica.node_id, phase).observe(seconds)
         metrics.BATCH_SEQS.labels(self.name).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.name).observe(plan.num_tokens)
-        for i, (entry, token) in enumerate(zip(plan.entries, result.next_token_ids)):
-            req = entry.request
-            if i in result.failed:  # this sequence alone failed on a node; the rest of the batch goes on
-                self._fail_one(req, route, result.failed[i])
-                continue
-            req.num_computed += len(entry.token_ids)
-            if len(req.stage_seconds) != len(result.stage_seconds):
-                req.stage_seconds = [0.0] * len(result.stage_seconds)
-            req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, result.stage_seconds)]
-            if not entry.wants_token:
-                continue  # a prefill chunk; the next one follows in this lane's next micro-batch
-            if req.cancelled or req.is_finished:
-                continue  # drained at the next tick
-            now = time.monotonic()
-            if req.first_token_time is None:
-                req.first_token_time = now
-                metrics.TTFT.labels(self.name).observe(now - req.arrival_time)
-            else:
-                metrics.ITL.labels(self.name).observe(now - req.last_token_time)
-            req.last_token_time = now
-            if req.failover_started is not None:
-                self._recovered(req, route)
-            req.output_ids.append(token)
-            metrics.GENERATION_TOKENS.labels(self.name).inc()
-            reason = self._finish_reason(req, token)
-            if reason:
-                self.scheduler.remove(req)
-                self._release_later(req, route)
-                req.finish(reason, token_ids=(token,))
-            else:
-                req.events.put_nowait(TokenEvent((token,)))
+
+    def _observe_token(self, req: Request, route: Route) -> None:
+        now = time.monotonic()
+        if req.first_token_time is None:
+            req.first_token_time = now
+            metrics.TTFT.labels(self.name).observe(now - req.arrival_time)
+        else:
+            metrics.ITL.labels(self.name).observe(now - req.last_token_time)
+        req.last_token_time = now
+        if req.failover_started is not None:
+            self._recovered(req, route)
+        metrics.GENERATION_TOKENS.labels(self.name).inc()
 
     def _recovered(self, req: Request, route: Route) -> None:
         assert req.failover_started is not None
@@ -399,12 +393,3 @@ class ModelEngine:
         metrics.RECOVERY_SECONDS.labels(self.name).observe(took)
         logger.warning("request %s recovered on route %s: KV rebuilt and the next token out %.2f s after the loss",
                        req.request_id, "/".join(r.node_id for r in route), took)
-
-    def _finish_reason(self, req: Request, token: int) -> str:
-        if token in req.eos_token_ids:
-            return "eos"
-        if token in req.stop_token_ids:
-            return "stop"
-        if len(req.output_ids) >= req.max_tokens:
-            return "length"
-        return ""

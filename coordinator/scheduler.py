@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coordinator.request import Request, RequestStatus
 
@@ -45,6 +45,25 @@ class MicroBatchPlan:
     @property
     def num_tokens(self) -> int:
         return sum(len(e.token_ids) for e in self.entries)
+
+
+@dataclass
+class StepOutcome:
+    """What one micro-batch did to its requests; the engine publishes it (events, releases, metrics)."""
+
+    tokens: list[tuple[Request, int, str]] = field(default_factory=list)  # (request, new token, finish reason or "")
+    failed: list[tuple[Request, str]] = field(default_factory=list)  # (request, why): it failed alone on a node
+
+
+def finish_reason(req: Request, token: int) -> str:
+    """Why ``req`` ends with ``token`` (already in its output): eos, stop, length; "" while it goes on."""
+    if token in req.eos_token_ids:
+        return "eos"
+    if token in req.stop_token_ids:
+        return "stop"
+    if len(req.output_ids) >= req.max_tokens:
+        return "length"
+    return ""
 
 
 class Scheduler:
@@ -184,6 +203,31 @@ class Scheduler:
         for e in entries:
             e.request.in_flight = True
         return MicroBatchPlan(lane, tuple(entries))
+
+    def postprocess(self, plan: MicroBatchPlan, next_token_ids: list[int], stage_seconds: list[float],
+                    failed: dict[int, str]) -> StepOutcome:
+        """The bookkeeping of a micro-batch that came back, no I/O: positions now in the KV cache, time per stage,
+        each wanted token appended to its request's output, and finish detection. Requests that finished or
+        failed (``failed``: entry index -> why) leave the scheduler; cancelled ones are drained at the next tick."""
+        out = StepOutcome()
+        for i, (entry, token) in enumerate(zip(plan.entries, next_token_ids)):
+            req = entry.request
+            if i in failed:
+                self.remove(req)
+                out.failed.append((req, failed[i]))
+                continue
+            req.num_computed += len(entry.token_ids)
+            if len(req.stage_seconds) != len(stage_seconds):
+                req.stage_seconds = [0.0] * len(stage_seconds)
+            req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, stage_seconds)]
+            if not entry.wants_token or req.cancelled or req.is_finished:
+                continue  # a prefill chunk (the next follows in this lane), or a request drained at the next tick
+            req.output_ids.append(token)
+            reason = finish_reason(req, token)
+            if reason:
+                self.remove(req)
+            out.tokens.append((req, token, reason))
+        return out
 
     def remove(self, req: Request) -> None:
         if req in self.running:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.request import Request, RequestStatus
-from coordinator.scheduler import NeverFits, QueueFull, Scheduler
+from coordinator.scheduler import BatchEntry, MicroBatchPlan, NeverFits, QueueFull, Scheduler
 from protos.data_structures import SamplingParams
 
 
@@ -234,3 +234,41 @@ def test_max_running_bounds_admission_like_the_shards_do() -> None:
     assert len(s.waiting) == 1
     s.remove(s.running[0])
     assert [r.request_id for r in s.admit()] == ["r2"]
+
+
+# ------------------------------------------------------------------ postprocess: bookkeeping and finish detection
+
+
+def _running(s: Scheduler, *reqs: Request) -> None:
+    for r in reqs:
+        s.add(r)
+    s.admit()
+
+
+def test_postprocess_appends_tokens_and_detects_each_finish() -> None:
+    s = Scheduler(kv_capacity_tokens=1000)
+    goes_on, eos, length = _req("on", 3, 5), _req("eos", 3, 5), _req("len", 3, 1)
+    stop = Request(request_id="stop", seq_id="seq-stop", prompt_ids=[1, 2, 3], max_tokens=5,
+                   sampling=SamplingParams(), stop_token_ids=frozenset({7}), eos_token_ids=frozenset({2}))
+    _running(s, goes_on, eos, length, stop)
+    plan = MicroBatchPlan(0, tuple(BatchEntry(r, 0, (1, 2, 3), True) for r in (goes_on, eos, length, stop)))
+    out = s.postprocess(plan, [9, 2, 9, 7], [0.5, 0.25], {})
+    assert [(r.request_id, t, why) for r, t, why in out.tokens] == [
+        ("on", 9, ""), ("eos", 2, "eos"), ("len", 9, "length"), ("stop", 7, "stop")]
+    assert s.running == [goes_on]  # the finished ones left the scheduler
+    assert goes_on.output_ids == [9] and goes_on.num_computed == 3 and goes_on.stage_seconds == [0.5, 0.25]
+
+
+def test_postprocess_prefill_chunks_cancelled_and_failed_entries() -> None:
+    s = Scheduler(kv_capacity_tokens=1000)
+    chunk, cancelled, failed = _req("chunk", 8, 4), _req("cancel", 3, 4), _req("fail", 3, 4)
+    _running(s, chunk, cancelled, failed)
+    cancelled.cancelled = True
+    plan = MicroBatchPlan(0, (BatchEntry(chunk, 0, (1, 2, 3, 4), False), BatchEntry(cancelled, 0, (1, 2, 3), True),
+                              BatchEntry(failed, 0, (1, 2, 3), True)))
+    out = s.postprocess(plan, [-1, 5, -1], [0.1], {2: "node n1 failed: INVALID_ARGUMENT: bad"})
+    assert out.tokens == [] and [(r.request_id, why) for r, why in out.failed] == [("fail", "node n1 failed: "
+                                                                                    "INVALID_ARGUMENT: bad")]
+    assert chunk.num_computed == 4 and chunk.output_ids == []  # the next chunk follows
+    assert cancelled.output_ids == [] and cancelled in s.running  # drained at the engine's next tick
+    assert failed not in s.running
