@@ -140,16 +140,19 @@ class ShardRunner:
                 raise BatchError("INVALID_ARGUMENT", f"hidden dtype {batch.hidden.dtype} does not match the "
                                  f"shard's {self.dtype}")
         errors: dict[int, RowError] = {}
+        ids = batch.token_ids if self.is_first else None  # checked per row only when some id is out of range
+        check_ids = ids is not None and total > 0 and (int(ids.min()) < 0 or int(ids.max()) >= self.spec.vocab_size)
         row = 0
         for i, s in enumerate(batch.slices):
-            problem = self._row_problem(batch, s, owner, row)
+            problem = self._row_problem(batch, s, owner, row, check_ids)
             if problem is not None:
                 errors[i] = RowError(s.seq_id, *problem)
             row += s.num_tokens
         self._check_room(batch, errors)
         return errors
 
-    def _row_problem(self, batch: MicroBatch, s: SliceInput, owner: int, row: int) -> tuple[str, str] | None:
+    def _row_problem(self, batch: MicroBatch, s: SliceInput, owner: int, row: int, check_ids: bool
+                     ) -> tuple[str, str] | None:
         """(gRPC code, message) of what is wrong with one sequence's slice, or None."""
         where = f"sequence {s.seq_id!r}"
         if s.invalid:
@@ -176,7 +179,7 @@ class ShardRunner:
             if s.start_pos + s.num_tokens > entry.capacity:
                 return "FAILED_PRECONDITION", (f"{where}: positions up to {s.start_pos + s.num_tokens} exceed the "
                                                f"{entry.capacity} tokens reserved at prefill")
-        if self.is_first and batch.token_ids is not None:
+        if check_ids and batch.token_ids is not None:
             ids = batch.token_ids[row:row + s.num_tokens]
             if int(ids.min()) < 0 or int(ids.max()) >= self.spec.vocab_size:
                 return "INVALID_ARGUMENT", f"{where}: token ids must be in [0, {self.spec.vocab_size})"
