@@ -54,15 +54,15 @@ $(UI_BUILD): $(UI_DEPS) $(UI_SOURCES)
 ui: $(UI_BUILD)
 
 models: setup
-	$(PY) -m coordinator.models --config $(CONFIG)
+	$(PY) -m ops.models --config $(CONFIG)
 
 up: models ui
-	$(PY) -m coordinator.launcher --config $(CONFIG) --prometheus 9090
+	$(PY) -m ops.launcher --config $(CONFIG) --prometheus 9090
 
 # the fast lane first (everything that starts no cluster), then the cluster tests; each prints its slowest tests
 test: setup ui
 	cd frontend && $(NPM) test
-	$(PY) -m coordinator.models --config config.json
+	$(PY) -m ops.models --config config.json
 	$(PY) -m pytest tests -m "not cluster" --durations=10
 	$(PY) -m pytest tests -m cluster --durations=15
 
@@ -75,7 +75,7 @@ protos: setup
 # a local CA, a certificate per service and a cluster token in certs/ (then set the config's "security" section;
 # see SECURITY.md). CERTS_ARGS passes flags, e.g. CERTS_ARGS="--san '*.shard-node' --force"
 certs: setup
-	$(PY) -m protos.certs --config $(CONFIG) --out certs $(CERTS_ARGS)
+	$(PY) -m ops.certs --config $(CONFIG) --out certs $(CERTS_ARGS)
 
 # the Grafana dashboard JSON, from its builder (commit the result; a test checks they agree)
 dashboard: setup
@@ -83,6 +83,7 @@ dashboard: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Shardline vs transformers vs llama.cpp (+ a network-namespace variant): writes bench/results/latest.{md,json}
 # and throughput.png. BENCH_ARGS passes flags, e.g. make bench BENCH_ARGS=--quick (see python -m bench --help).

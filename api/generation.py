@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import grpc
 
@@ -23,13 +24,14 @@ from protos.data_structures import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # coordinator -> OpenAI
+FinishReason = Literal["stop", "length"]  # OpenAI's
+FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length"}  # coordinator -> OpenAI
 
 
 @dataclass
 class TextChunk:
     text: str
-    finish_reason: str = ""  # "" | stop | length (OpenAI's)
+    finish_reason: FinishReason | Literal[""] = ""  # "" until the last chunk
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens generated so far
     queue_seconds: float = 0.0  # time the request waited for KV room before its prefill started
@@ -145,7 +147,7 @@ class Generation:
         if self._call is not None:
             self._call.cancel()  # no-op when finished
 
-    async def chunks(self) -> AsyncIterator[TextChunk]:
+    async def chunks(self) -> AsyncGenerator[TextChunk, None]:
         """Text deltas; the last chunk has finish_reason. Raises ApiError (503 when a stage failed)."""
         window: list[int] = []  # ids from the detokenizer's prefix_offset on: all it still needs
         prefix = read = 0  # offsets into window
@@ -160,9 +162,9 @@ class Generation:
                     raise ApiError(503, f"generation failed: {why}")  # may reach a started stream: no server paths
                 if reply.token_ids and self.times.first_token is None:
                     self.times.first_token = time.perf_counter()
-                stats = dict(prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
-                             queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
-                             route=list(reply.route), failovers=reply.failovers)
+                stats = TextChunk("", prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
+                                  queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
+                                  route=list(reply.route), failovers=reply.failovers)  # each chunk's usage
                 back = None
                 if reply.token_ids:
                     window.extend(reply.token_ids)
@@ -172,16 +174,16 @@ class Generation:
                     back = scanner.feed(delta)
                 if back is not None:
                     self.times.finished = time.perf_counter()
-                    yield TextChunk(pending[:len(pending) - back], "stop", **stats)
+                    yield replace(stats, text=pending[:len(pending) - back], finish_reason="stop")
                     return
                 if reply.finish_reason:
                     self.times.finished = time.perf_counter()
-                    yield TextChunk(pending, FINISH_REASONS.get(reply.finish_reason, "stop"), **stats)
+                    yield replace(stats, text=pending, finish_reason=FINISH_REASONS.get(reply.finish_reason, "stop"))
                     return
                 keep = scanner.held_back
                 out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
                 if out:
-                    yield TextChunk(out, "", **stats)
+                    yield replace(stats, text=out)
         finally:
             self.cancel()  # stops generation when the client left or a stop string hit
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.security import HTTPBearer
 
 from api.backend import Backend
+from api.deps import bearer
 from api.errors import install_handlers
 from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.readiness import Readiness
@@ -56,13 +56,9 @@ requests whose `Host` is loopback (or in `api.allowed_hosts`) are answered. Requ
 `Content-Type: application/json` (else 415).
 Errors are JSON: `{"error": {"message", "type", "param", "code"}}`."""
 
-# Documents the Bearer key in /docs; ApiKeyMiddleware does the checking.
-bearer = HTTPBearer(auto_error=False, description="an API key, when SHARDLINE_API_KEYS or api.api_keys is set")
 
-
-def create_app(config: Config) -> FastAPI:
-    keys = api_keys_from(config.api.api_keys)
-    admin_keys = admin_keys_from(config.api.admin_keys)
+def lifespan_for(config: Config) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Connects the backend on startup (what api/deps.py hands to the routes) and closes it on shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,16 +69,27 @@ def create_app(config: Config) -> FastAPI:
         yield
         await backend.close()
 
-    app = FastAPI(title="Shardline API", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
+    return lifespan
+
+
+def create_app(config: Config) -> FastAPI:
+    app = FastAPI(title="Shardline API", version="0.1.0", lifespan=lifespan_for(config), description=DESCRIPTION)
+    app.state.config = config
     install_handlers(app, redact=(config.model_cache_dir,))
     app.include_router(health.router)
-    app.include_router(native.router, dependencies=[Depends(bearer)])
-    app.include_router(openai.router, dependencies=[Depends(bearer)])
-    app.include_router(cluster.router, dependencies=[Depends(bearer)])
-    app.include_router(models.router, dependencies=[Depends(bearer)])
+    for group in (native, openai, cluster, models):
+        app.include_router(group.router, dependencies=[Depends(bearer)])
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     mount_ui(app)  # last: the UI answers only what no API route does
+    add_middleware(app, config)
+    app.openapi = openapi_with_events(app)  # type: ignore[method-assign]
+    return app
 
+
+def add_middleware(app: FastAPI, config: Config) -> None:
+    """The middleware stack; the last added is the outermost."""
+    keys = api_keys_from(config.api.api_keys)
+    admin_keys = admin_keys_from(config.api.admin_keys)
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
     app.add_middleware(ContentTypeMiddleware)
     app.add_middleware(ApiKeyMiddleware, keys=keys, admin_keys=admin_keys)
@@ -97,6 +104,10 @@ def create_app(config: Config) -> FastAPI:
         logger.info("API keys are required on every route but /health (%d user key(s), %d admin key(s))", len(keys),
                     len(admin_keys))
 
+
+def openapi_with_events(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """app.openapi: FastAPI's schema plus the models that only the event streams' data carries."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
@@ -109,5 +120,4 @@ def create_app(config: Config) -> FastAPI:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    return openapi

@@ -1,5 +1,5 @@
-"""Request and response shapes of the OpenAI-compatible routes (/v1/chat/completions, /v1/completions,
-/v1/models), as the official ``openai`` client sends and reads them.
+"""Request shapes of the OpenAI-compatible routes (/v1/chat/completions, /v1/completions), as the official
+``openai`` client sends them; the responses are in api/openai_responses.py.
 
 Fields OpenAI defines but Shardline cannot honour are refused with 422 naming the field (never
 silently ignored when they would change the output); unknown fields are ignored, as vLLM does.
@@ -7,7 +7,6 @@ silently ignored when they would change the output); unknown fields are ignored,
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -214,12 +213,13 @@ class CompletionRequest(SamplingRequest):
         if isinstance(v, list):
             if not v:
                 raise ValueError("prompt is an empty list")
-            if isinstance(v[0], (str, list)) and len(v) != 1:
+            first = v[0]
+            if isinstance(first, (str, list)) and len(v) != 1:
                 raise ValueError(f"prompt holds {len(v)} prompts; send one prompt per request")
-            if isinstance(v[0], list) and not v[0]:
+            if isinstance(first, list) and not first:
                 raise ValueError("prompt is an empty list of token ids")
-            ids = v[0] if isinstance(v[0], list) else v
-            if ids and isinstance(ids[0], int) and not all(0 <= t < 2**31 for t in ids):
+            ids = first if isinstance(first, list) else v  # a validated list holds one kind: texts or ids
+            if not all(0 <= t < 2**31 for t in ids if isinstance(t, int)):
                 raise ValueError("token ids must be >= 0 (and below the model's vocabulary size)")
         elif not v:
             raise ValueError("prompt is empty")
@@ -257,105 +257,8 @@ class CompletionRequest(SamplingRequest):
 
     @property
     def prompt_token_ids(self) -> list[int]:
+        """The prompt's token ids (read when ``prompt_text`` is None: the prompt was given as ids)."""
         first = self.prompt[0] if isinstance(self.prompt, list) else None
-        return list(first) if isinstance(first, list) else [int(t) for t in self.prompt]  # type: ignore[union-attr]
-
-
-class UsageInfo(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, prompt: int, completion: int) -> UsageInfo:
-        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def now() -> int:
-    return int(time.time())
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-
-
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int = 0
-    delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """One SSE ``data:`` message of a streamed chat completion."""
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: UsageInfo | None = Field(None, description="only in the last chunk, with stream_options.include_usage")
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo
-
-
-class CompletionChunk(BaseModel):
-    """One SSE ``data:`` message of a streamed text completion."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = Field(None, description="only in the last chunk, with stream_options.include_usage")
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "shardline"
-    max_model_len: int = Field(..., description="context length in tokens")
-    ready: bool = Field(..., description="every stage is loaded and up")
-    num_stages: int = Field(..., description="nodes its layers are split across")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+        if isinstance(first, list):
+            return list(first)
+        return [int(t) for t in self.prompt if not isinstance(t, list)]  # one flat list of ids here

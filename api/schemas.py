@@ -1,23 +1,16 @@
 """Pydantic models of Shardline's own routes (/api/..., /health, /ready) and of errors.
 
-The OpenAI-compatible routes have theirs in api/openai_schemas.py."""
+The OpenAI-compatible routes have theirs in api/openai_schemas.py, the admin routes (models and nodes added and
+removed at runtime) in api/admin_schemas.py."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
-from protos.addresses import split_address
-from protos.config import (
-    DEFAULT_KV_CACHE_TOKENS,
-    DEVICE_PATTERN,
-    DEVICE_RULE,
-    FOLDER_NAME_RULE,
-    folder_name_problem,
-)
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_REPETITION_PENALTY,
@@ -242,127 +235,3 @@ class ClusterResponse(BaseModel):
     processes: list[ClusterProcess] = Field(
         default_factory=list, description="the processes `shardline up` supervises (empty when it did not start "
                                           "the API); after max_restarts quick restarts in a row one is left down")
-
-
-LayerIndex = Annotated[int, Field(ge=0, lt=2**31)]  # a layer number (the wire's int32)
-NodeId = Annotated[str, Field(min_length=1, max_length=128)]
-
-
-class AddModelRequest(BaseModel):
-    """Body of POST /api/models: a model from the model cache, on the nodes named or placed by free memory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., min_length=1, max_length=128, description="name clients will use (a folder name: "
-                      "not '.', '..' or starting with '.', no '/', '\\' or control characters)")
-    source: str | None = Field(None, min_length=1, max_length=255,
-                               description="its folder in the model cache (default: name; at most 255 bytes as "
-                                           "UTF-8); prepare it with `shardline models --name ... --source ...`")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: str = Field("cpu", pattern=rf"^({DEVICE_PATTERN.pattern})$", description=f"{DEVICE_RULE}")
-    replicas: int = Field(1, ge=1, le=16, description="nodes per layer range when the coordinator places it")
-    nodes: list[NodeId | Annotated[list[NodeId], Field(min_length=1)]] | None = Field(
-        None, min_length=1, max_length=64,
-        description="explicit placement, one entry per stage in layer order: a node id or a list of replicas")
-    layer_ranges: list[Annotated[list[LayerIndex], Field(min_length=2, max_length=2)]] | None = Field(
-        None, max_length=64, description="with nodes: [start, end) per stage, contiguous from 0")
-    kv_cache_tokens: int = Field(DEFAULT_KV_CACHE_TOKENS, ge=1, le=10_000_000,
-                                 description="KV budget of each shard, in tokens")
-    max_context: int | None = Field(None, ge=1, le=10_000_000, description="cap on prompt + generated tokens")
-
-    @field_validator("name", "source")
-    @classmethod
-    def _check_folder(cls, v: str | None) -> str | None:
-        problem = "" if v is None else folder_name_problem(v)
-        if problem:
-            raise ValueError(f"{problem}; allowed: {FOLDER_NAME_RULE}")
-        return v
-
-    @field_validator("nodes", mode="before")
-    @classmethod
-    def _check_nodes(cls, v: Any) -> Any:
-        """Before the types' own checks (the schema says the same), for a message that names the problem."""
-        flat: list[Any] = []
-        for entry in v if isinstance(v, list) else []:
-            replicas = [entry] if isinstance(entry, str) else entry
-            if isinstance(replicas, list) and (not replicas or any(n == "" for n in replicas)):
-                raise ValueError("every stage needs at least one non-empty node id")
-            flat += replicas if isinstance(replicas, list) else []
-        if len({repr(n) for n in flat}) != len(flat):  # as config.json's models[].nodes
-            raise ValueError("lists a node twice: a node holds one stage of a model")
-        return v
-
-    @field_validator("layer_ranges")
-    @classmethod
-    def _check_layer_ranges(cls, v: list[list[int]] | None) -> list[list[int]] | None:
-        if any(start >= end for start, end in v or []):
-            raise ValueError("every range must be [start, end) with 0 <= start < end")
-        return v
-
-
-class PlacementEntry(BaseModel):
-    stage: int
-    layers: list[int] = Field(..., description="[start, end)")
-    node: str
-    state: str = Field(..., description="loading | ready | draining | down")
-    weight_bytes: int
-    kv_capacity_tokens: int
-
-
-class NodeMemoryInfo(BaseModel):
-    node: str
-    budget_bytes: int | None = Field(None, description="weights + KV budgets it may hold (None = no limit)")
-    used_bytes: int = Field(..., description="weights + KV budgets of the shards it holds")
-    rss_bytes: int
-
-
-class ModelStatus(BaseModel):
-    name: str
-    state: str = Field(..., description="pending | loading | serving | unavailable | draining")
-    source: str = ""
-    reason: str = Field("", description="why it is pending or unavailable")
-    num_layers: int = 0
-    placement: list[PlacementEntry] = Field(default_factory=list)
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelStatus]
-    nodes: list[NodeMemoryInfo]
-
-
-class NodeRss(BaseModel):
-    node: str
-    rss_before_bytes: int
-    rss_after_bytes: int
-
-
-class RemoveModelResponse(BaseModel):
-    name: str
-    removed: bool = True
-    nodes: list[NodeRss] = Field(default_factory=list, description="each node's memory before and after the unload")
-
-
-class RegisterNodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(..., min_length=1, max_length=128)
-    address: str = Field(..., max_length=300, description=(
-        "host:port the coordinator can reach (IPv6 in brackets: [::1]:50051); stored in a canonical spelling, and "
-        "an alias of a known node's address (localhost / 127.1 / [::ffff:127.0.0.1] ...) is refused (409)"))
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, v: str) -> str:
-        split_address(v)  # ValueError naming what is allowed
-        return v
-
-
-class RegisterNodeResponse(BaseModel):
-    id: str
-    added: bool = Field(..., description="false when the node was already known")
-
-
-class RemoveNodeResponse(BaseModel):
-    id: str
-    address: str = Field(..., description="the address it had")
-    removed: bool = True

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.procs import REPO, CpuMeter, log, run_worker
+from bench.agreement import greedy_agreement
+from bench.machine import machine_info
+from bench.options import parse_args
+from bench.procs import CpuMeter, log, run_worker
 from bench.report import (
     HF,
     LLAMACPP,
@@ -27,71 +28,10 @@ from bench.report import (
     compute_ratios,
     plot,
     write_json,
-    write_markdown,
 )
+from bench.report_md import write_markdown
 from bench.stats import RequestTrace, Round, summarize
-from bench.workload import DEFAULT_MODEL_DIR, Workload, build_workload
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true",
-                   help="development run: 16 tokens, concurrency 1 and 8, short prompt only, fewer hop messages")
-    p.add_argument("--tokens", type=int, default=None, help="new tokens per request (default 128; --quick 16)")
-    p.add_argument("--concurrency", default=None, help="comma list (default 1,8,32; --quick 1,8)")
-    p.add_argument("--prompts", default=None, help="comma list of short,long (default both; --quick short)")
-    p.add_argument("--requests", type=int, default=3, help="sequential requests at concurrency 1 (default 3)")
-    p.add_argument("--node-threads", type=int, default=0,
-                   help="torch threads per shard node (0 = cores // nodes, at least 1)")
-    p.add_argument("--pipeline-depth", type=int, default=None,
-                   help="micro-batches in flight (default: the coordinator's rule, see the README)")
-    p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
-    p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
-    p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
-    p.add_argument("--skip-shardline", action="store_true")
-    p.add_argument("--skip-transformers", action="store_true")
-    p.add_argument("--skip-llamacpp", action="store_true")
-    p.add_argument("--skip-netns", action="store_true")
-    p.add_argument("--skip-hop", action="store_true")
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
-    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where latest.{json,md} and the PNG go")
-    args = p.parse_args(argv)
-    args.tokens = args.tokens or (16 if args.quick else 128)
-    args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32")).split(",")]
-    args.prompts = [k.strip() for k in (args.prompts or ("short" if args.quick else "short,long")).split(",")]
-    args.netns_prompts = [k.strip() for k in args.netns_prompts.split(",") if k.strip() in args.prompts] or \
-        args.prompts[:1]
-    args.hop_messages = args.hop_messages or (200 if args.quick else 1000)
-    for k in args.prompts:
-        if k not in ("short", "long"):
-            p.error(f"unknown prompt kind {k!r}; use short and/or long")
-    return args
-
-
-def _git(*a: str) -> str:
-    r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
-    return r.stdout.rstrip() if r.returncode == 0 else ""  # keep porcelain's leading status columns
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    cpu_model = ""
-    try:
-        cpu_model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = 0.0
-    try:
-        mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) / 1024**2
-    except (OSError, StopIteration):
-        pass
-    dirty = [ln for ln in _git("status", "--porcelain").splitlines() if ln and not ln[3:].startswith("bench/")]
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem, 1),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(dirty), "git_dirty_files": dirty[:20]}
+from bench.workload import Workload, build_workload
 
 
 def _rounds(raw: list[list[dict[str, Any]]]) -> list[Round]:
@@ -104,7 +44,7 @@ class Bench:
         self.w = workload
         self.run_dir = run_dir
         cpus = os.cpu_count() or 1
-        from bench.shardline_runner import auto_threads
+        from bench.shardline_cluster import auto_threads
 
         self.node_threads = args.node_threads or auto_threads(cpus, 3)
         self.rep = BenchReport(settings={k: v for k, v in vars(args).items()}, machine=machine_info(),
@@ -143,7 +83,9 @@ class Bench:
         self.rep.hop += [r.__dict__ for r in res]
 
     def shardline(self) -> None:
-        from bench.shardline_runner import NodePlan, ShardlineCluster, free_ports, measure
+        from bench.shardline_cluster import NodePlan, ShardlineCluster
+        from bench.shardline_runner import measure
+        from ops.ports import free_ports
 
         ports = free_ports(3)
         nodes = [NodePlan(f"node{i + 1}", "127.0.0.1", ports[i]) for i in range(3)]
@@ -219,9 +161,7 @@ class Bench:
             "concurrency": "1 only (sequential requests)", "load": f"{out['load_s']:.1f} s"})
 
     def netns(self) -> None:
-        from bench.hop import measure_hop
-        from bench.netns import NetnsUnavailable, Topology, ensure_prerequisites, measure_delay
-        from bench.shardline_runner import NodePlan, ShardlineCluster, measure
+        from bench.netns import NetnsUnavailable, Topology, ensure_prerequisites
 
         try:
             installed = ensure_prerequisites()
@@ -245,33 +185,47 @@ class Bench:
                 self.rep.skipped["netns"] = str(e)
                 log(f"  network variant skipped: {e}")
                 return
-            self.rep.netns["delay_check_before"] = measure_delay(topo)
-            topo.start_delay()
-            check = measure_delay(topo)
-            self.rep.netns["delay_check"] = check
-            log(f"  delay check: TCP RTT p50 {check['tcp_rtt_p50_ms']:.2f} ms (before "
-                f"{self.rep.netns['delay_check_before']['tcp_rtt_p50_ms']:.2f} ms), ping -U avg "
-                f"{check['ping_U_avg_ms']} ms")
-            if not self.args.skip_hop:
-                res = measure_hop(self.run_dir, [1, 8, 32], 576, max(50, self.args.hop_messages // 5),
-                                  where=f"netns ({d:g} ms each way)", host=topo.node_ip(1), prefix=topo.prefix(1),
-                                  warmup=10)
-                self.rep.hop += [r.__dict__ for r in res]
-            nodes = [NodePlan(f"node{i}", topo.node_ip(i), 50051, topo.prefix(i)) for i in (1, 2, 3)]
-            cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads,
-                                       self.args.pipeline_depth)
-            log(f"  starting 3 shard nodes in namespaces + coordinator; logs in {cluster.run_dir}")
-            try:
-                cluster.start()
-                results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE_NETNS, self.args.netns_prompts,
-                                                      self.args.concurrency))
-            finally:
-                cluster.stop()
-            self.rep.runs += results
-            self.rep.memory[SHARDLINE_NETNS] = memory
+            self._netns_delay(topo)
+            self._netns_shardline(topo)
         finally:
             topo.close()
             log("  namespaces, veths, iptables rules and delay daemons removed")
+
+    def _netns_delay(self, topo: Any) -> None:
+        """The delay is in place (TCP RTT before / after), then the hop measured through it."""
+        from bench.hop import measure_hop
+        from bench.netns import measure_delay
+
+        d = self.args.delay_ms
+        self.rep.netns["delay_check_before"] = measure_delay(topo)
+        topo.start_delay()
+        check = measure_delay(topo)
+        self.rep.netns["delay_check"] = check
+        log(f"  delay check: TCP RTT p50 {check['tcp_rtt_p50_ms']:.2f} ms (before "
+            f"{self.rep.netns['delay_check_before']['tcp_rtt_p50_ms']:.2f} ms), ping -U avg "
+            f"{check['ping_U_avg_ms']} ms")
+        if not self.args.skip_hop:
+            res = measure_hop(self.run_dir, [1, 8, 32], 576, max(50, self.args.hop_messages // 5),
+                              where=f"netns ({d:g} ms each way)", host=topo.node_ip(1), prefix=topo.prefix(1),
+                              warmup=10)
+            self.rep.hop += [r.__dict__ for r in res]
+
+    def _netns_shardline(self, topo: Any) -> None:
+        from bench.shardline_cluster import NodePlan, ShardlineCluster
+        from bench.shardline_runner import measure
+
+        nodes = [NodePlan(f"node{i}", topo.node_ip(i), 50051, topo.prefix(i)) for i in (1, 2, 3)]
+        cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads,
+                                   self.args.pipeline_depth)
+        log(f"  starting 3 shard nodes in namespaces + coordinator; logs in {cluster.run_dir}")
+        try:
+            cluster.start()
+            results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE_NETNS, self.args.netns_prompts,
+                                                  self.args.concurrency))
+        finally:
+            cluster.stop()
+        self.rep.runs += results
+        self.rep.memory[SHARDLINE_NETNS] = memory
 
     # ---------------------------------------------------------------------------------------- output
 
@@ -288,39 +242,11 @@ class Bench:
             self.rep.errors["plot"] = f"matplotlib missing: {e}"
 
     def checks(self) -> dict[str, Any]:
-        import json
-
-        cfg = json.loads((Path(self.w.model_dir) / "config.json").read_text())
-        eos = cfg.get("eos_token_id", [])
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        out: dict[str, Any] = {}
-        for prompt in self.args.prompts:
-            base = self.rep.find(HF, prompt, 1)
-            if base is None:
-                continue
-            ref = base.extra.get("first_tokens", [])
-            for system in (SHARDLINE, LLAMACPP, SHARDLINE_NETNS):
-                r = self.rep.find(system, prompt, 1)
-                if r is None:
-                    continue
-                got = r.extra.get("first_tokens", [])
-                n = min(len(ref), len(got))
-                same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), n)
-                key = f"{system} vs transformers, {prompt} prompt, first {n} greedy tokens"
-                if same == n:
-                    out[key] = "all identical"
-                elif got[same] in eos_ids:
-                    out[key] = (f"identical up to EOS at position {same} (transformers with min_new_tokens masks "
-                                f"EOS and picks the runner-up; Shardline with ignore_eos emits EOS and goes on)")
-                else:
-                    out[key] = f"{same} identical, first difference at position {same}" + (
-                        " (llama.cpp multiplies Q4_1 weights with 8-bit-quantized activations; where the top "
-                        "two logits nearly tie, greedy picks can differ)" if system == LLAMACPP else "")
-        return out
+        return greedy_agreement(self.rep, Path(self.w.model_dir), self.args.prompts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -332,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (quick)' if args.quick else ''}; logs in {run_dir}")
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
-        sys.exit(f"bench: model not prepared in {model_dir}; run `python -m coordinator.models --config config.json`")
+        sys.exit(f"bench: model not prepared in {model_dir}; run `python -m ops.models --config config.json`")
     workload = build_workload(model_dir, args.tokens, args.concurrency, args.prompts, args.requests)
     log("  prompts: " + ", ".join(f"{p.kind} {len(p.token_ids)} tokens" for p in workload.prompts))
     bench = Bench(args, workload, run_dir)

@@ -19,8 +19,9 @@ from pathlib import Path
 import grpc
 import torch
 
-from bench.procs import PY, Child, free_ports, log
+from bench.procs import PY, Child, log
 from bench.stats import percentile
+from ops.ports import free_ports
 from protos import shard_pb2, shard_pb2_grpc, tensors
 from protos.runtime import GRPC_OPTIONS
 

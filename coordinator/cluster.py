@@ -7,12 +7,12 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from coordinator.engine import ModelEngine, ShardLoad
+from coordinator.engine import ModelEngine
 from coordinator.model_meta import ModelMeta, read_model_meta
+from coordinator.node_client import ModelLoad, NodeClients
 from coordinator.partition import check_explicit_ranges, partition_layers
 from coordinator.pipeline import Pipeline, Replica, StageGroup
 from coordinator.scheduler import Scheduler
-from coordinator.stage_client import StageClient
 from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
 
@@ -39,17 +39,14 @@ def default_depth(stage_hosts: list[tuple[str, int]]) -> int:
     return max(1, sum(min(len(stages), max(stages)) for stages in per_host.values()))
 
 
-def build_engine(config: Config, model: ModelConfig, nodes: Mapping[str, NodeConfig] | None = None,
-                 model_dir: Path | None = None) -> ModelEngine:
+def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model_dir: Path | None = None
+                 ) -> ModelEngine:
     """Reads the prepared model and plans its split; raises with a clear message if it cannot.
 
-    ``nodes``: every known node by id (default: the config's); ``model_dir``: default the cache's folder of
-    the model's name."""
-    nodes = nodes if nodes is not None else {n.id: n for n in config.nodes}
+    ``clients``: every known node's client by id; ``model_dir``: default the cache's folder of the model's name."""
     meta = read_model_meta(model_dir or config.model_dir(model.name), model.max_context)
-    ranges = plan_ranges(nodes, model, meta)
-    timeout = config.coordinator.rpc_timeout_s
-    groups = [StageGroup(r, [Replica(StageClient(nodes[n], model.name, timeout), r) for n in replicas])
+    ranges = plan_ranges(clients.nodes, model, meta)
+    groups = [StageGroup(r, [Replica(clients[n], model.name, r) for n in replicas])
               for replicas, r in zip(model.stages, ranges)]
     plan = ", ".join(f"{'+'.join(x.node_id for x in g.replicas)} {g.layers}" for g in groups)
     logger.info("model %s (%s, %d layers) split into %d stage(s): %s", model.name, meta.model_type,
@@ -61,7 +58,7 @@ def build_engine(config: Config, model: ModelConfig, nodes: Mapping[str, NodeCon
                           max_batch_seqs=coord.max_batch_seqs, max_running=max_seqs)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
-    load = ShardLoad(str(meta.path), model.dtype, model.device, model.kv_cache_tokens, coord.load_timeout_s, max_seqs)
+    load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs)
     return ModelEngine(model.name, meta, Pipeline(model.name, groups), scheduler, load)
 
 
@@ -69,17 +66,18 @@ async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
     """Sends LoadShard to every replica (waiting for nodes to come up), then starts the engine. Replicas that
     failed are loaded again when their node answers (see Membership)."""
     replicas = engine.pipeline.replicas
-    await asyncio.gather(*(engine.load_replica(r) for r in replicas))
+    await asyncio.gather(*(engine.replicas.load(r) for r in replicas))
     ready = [r for r in replicas if r.usable]
     if model.pipeline_depth is None and ready:
-        infos = await asyncio.gather(*(r.client.info(10.0) for r in ready), return_exceptions=True)
-        if not any(isinstance(i, BaseException) for i in infos):  # else keep one per stage
-            engine.set_depth(default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in infos]))
+        infos = await asyncio.gather(*(r.client.info() for r in ready), return_exceptions=True)
+        answered = [i for i in infos if not isinstance(i, BaseException)]
+        if len(answered) == len(infos):  # else keep one per stage
+            engine.set_depth(default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in answered]))
     else:
         engine.set_depth(engine.depth)
     logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.depth,
                 "" if model.pipeline_depth else " (one per stage, at most one per core of a shared machine)")
-    engine.loaded = True
+    engine.mark_loaded()
     engine.start()
     if engine.ready:
         logger.info("model %s ready on %d node(s)", model.name, len(ready))

@@ -1,9 +1,10 @@
-"""Cluster membership: polls every node's gRPC health service and Info, and tells the engines.
+"""Cluster membership: polls every node's gRPC health service and Info, and publishes node events.
 
 States of a node: ``loading`` (a shard is being loaded), ``ready``, ``draining`` (its health service
 says NOT_SERVING: it is shutting down and takes no new sequences), ``down`` (``health_failures``
-consecutive polls failed, or its stream broke). A node that answers again is checked for its shards:
-the engines load a missing shard again by themselves, so a restarted node serves with nothing else
+consecutive polls failed, or its stream broke). Each change is published as a ``NodeEvent`` to the
+subscribers (the registry hands them to the engines); every healthy poll publishes ``up`` with the node's
+Info, so an engine loads a missing shard again by itself and a restarted node serves with nothing else
 restarted.
 """
 
@@ -14,16 +15,28 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.engine import ModelEngine
-from protos import security, shard_pb2, shard_pb2_grpc
+from coordinator.node_client import NodeClients
+from protos import shard_pb2
 from protos.config import CoordinatorConfig, NodeConfig
-from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """What a poll found: ``up`` (with its Info), ``draining`` (NOT_SERVING) or ``down`` (with why)."""
+
+    node_id: str
+    kind: Literal["up", "draining", "down"]
+    info: shard_pb2.NodeInfo | None = None
+    why: str = ""
+
+
+NodeListener = Callable[[NodeEvent], None]
 
 
 @dataclass
@@ -39,21 +52,29 @@ class NodeStatus:
 
 
 class Membership:
-    def __init__(self, nodes: list[NodeConfig], engines: Callable[[], list[ModelEngine]],
-                 config: CoordinatorConfig) -> None:
+    def __init__(self, clients: NodeClients, config: CoordinatorConfig,
+                 loading: Callable[[str], bool] = lambda node_id: False) -> None:
         self.config = config
-        self.engines = engines  # the current engines (models come and go)
+        self.clients = clients  # the registry's: one per node, shared with the pipelines
+        self.loading = loading  # a shard is being loaded on that node
         self.status: dict[str, NodeStatus] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._listeners: list[NodeListener] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one poller per node: a hung node delays no other
         self._started = False
-        for node in nodes:
-            self.add_node(node)
+        for node_id in clients:
+            self.add_node(clients[node_id].node)
+
+    def subscribe(self, listener: NodeListener) -> None:
+        self._listeners.append(listener)
+
+    def _publish(self, event: NodeEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
 
     def add_node(self, node: NodeConfig) -> NodeStatus:
         if node.id not in self.status:
             self.status[node.id] = NodeStatus(node)
-            self._channels[node.id] = security.aio_channel(node.address, GRPC_OPTIONS)
+            self.clients.add(node)
             if self._started:
                 self._watch(node.id)
         return self.status[node.id]
@@ -62,15 +83,9 @@ class Membership:
         """Stops polling a node and forgets it (its row in /api/cluster and its state gauges go with it)."""
         task = self._tasks.pop(node_id, None)
         self.status.pop(node_id, None)
-        channel = self._channels.pop(node_id, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if channel is not None:
-            await channel.close()
-
-    def channel(self, node_id: str) -> grpc.aio.Channel:
-        return self._channels[node_id]
 
     def _watch(self, node_id: str) -> None:
         self._tasks[node_id] = asyncio.get_running_loop().create_task(self._run(self.status[node_id]),
@@ -83,10 +98,7 @@ class Membership:
             return "down"
         if st.health == "not_serving":
             return "draining"
-        replicas = [e.pipeline.replica_on(node_id) for e in self.engines()]
-        if any(r is not None and r.state == "loading" for r in replicas):
-            return "loading"
-        if st.health == "unknown":
+        if self.loading(node_id) or st.health == "unknown":
             return "loading"
         return "ready"
 
@@ -96,10 +108,10 @@ class Membership:
             self._watch(node_id)
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for channel in self._channels.values():
-            await channel.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, st: NodeStatus) -> None:
         while True:
@@ -113,13 +125,10 @@ class Membership:
             await asyncio.sleep(max(0.05, self.config.health_interval_s - (time.monotonic() - started)))
 
     async def poll(self, st: NodeStatus) -> None:
-        channel = self._channels[st.node.id]
-        timeout = self.config.health_timeout_s
+        client = self.clients[st.node.id]
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            info = await shard_pb2_grpc.ShardNodeStub(channel).Info(shard_pb2.InfoRequest(), timeout=timeout) \
-                if serving else None
+            serving = await client.check_health()
+            info = await client.info(client.deadlines.health_s) if serving else None
         except grpc.aio.AioRpcError as e:
             self._failed(st, f"health check failed: {e.code().name}: {e.details()}")
             return
@@ -129,15 +138,13 @@ class Membership:
             if st.health != "not_serving":
                 self._event(st, "draining (health: NOT_SERVING)")
             st.health = "not_serving"
-            for engine in self.engines():
-                engine.node_draining(st.node.id)
+            self._publish(NodeEvent(st.node.id, "draining"))
             return
         if was_down or st.health != "serving":
             self._event(st, "up" + (f" after {time.time() - st.down_since:.1f} s down" if st.down_since else ""))
             st.down_since = None
         st.health, st.info = "serving", info
-        for engine in self.engines():
-            engine.node_up(st.node.id, info)
+        self._publish(NodeEvent(st.node.id, "up", info=info))
 
     def _failed(self, st: NodeStatus, why: str) -> None:
         st.failures += 1
@@ -148,8 +155,7 @@ class Membership:
         if st.down_since is None:
             st.down_since = time.time()
             self._event(st, f"down: {why}")
-        for engine in self.engines():
-            engine.node_down(st.node.id, f"node down: {why}")
+        self._publish(NodeEvent(st.node.id, "down", why=f"node down: {why}"))
 
     def _event(self, st: NodeStatus, what: str) -> None:
         level = logging.INFO if what.startswith("up") else logging.WARNING

@@ -92,12 +92,13 @@ class StateCollector(Collector):
                 for state in NODE_STATES:
                     replica.add_metric([m.name, r.node, state], 1.0 if r.state == state else 0.0)
         up = GaugeMetricFamily("shardline_node_up", "1 when the node answers its health checks", labels=["node"])
-        state = GaugeMetricFamily("shardline_node_state", "1 for the state the node is in", labels=["node", "state"])
+        node_state = GaugeMetricFamily("shardline_node_state", "1 for the state the node is in",
+                                       labels=["node", "state"])
         for n in snap.nodes:
             up.add_metric([n.node], 1.0 if n.state != "down" else 0.0)
             for s in NODE_STATES:
-                state.add_metric([n.node, s], 1.0 if n.state == s else 0.0)
-        yield from (running, waiting, in_flight, depth, kv_used, kv_cap, replica, up, state)
+                node_state.add_metric([n.node, s], 1.0 if n.state == s else 0.0)
+        yield from (running, waiting, in_flight, depth, kv_used, kv_cap, replica, up, node_state)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from coordinator import metrics
+from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
-from coordinator.stage_client import StageClient, StageError
 from protos import shard_pb2, wire
 from protos.data_structures import LayerRange
 
@@ -56,7 +56,8 @@ class IssueOrder:
 class Replica:
     """One node's shard of one layer range of a model."""
 
-    client: StageClient
+    client: NodeClient
+    model: str
     layers: LayerRange
     kv_capacity_tokens: int = 0
     state: str = "loading"  # loading | ready | draining | down
@@ -72,12 +73,21 @@ class Replica:
         return self.client.node.id
 
     @property
+    def stream(self) -> ForwardStream:
+        """This model's Forward stream to the node."""
+        return self.client.stream(self.model)
+
+    @property
     def usable(self) -> bool:
         return self.state == "ready"
 
-    def describe(self, model: str) -> str:
+    def take_releases(self) -> list[str]:
+        taken, self.pending_release = self.pending_release, []
+        return taken
+
+    def describe(self) -> str:
         return f"node {self.node_id} ({self.client.node.address}, layers {self.layers.start}-{self.layers.end - 1} " \
-               f"of {model})"
+               f"of {self.model})"
 
 
 @dataclass(eq=False)
@@ -101,6 +111,16 @@ class StepResult:
     failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
 
 
+@dataclass
+class _Relay:
+    """How far one micro-batch got along its route."""
+
+    reached: int = 0  # stages whose turn was taken (written to, or given up)
+    reply: shard_pb2.ForwardResponse | None = None  # the last stage's reply so far
+    seconds: list[float] = field(default_factory=list)  # compute time per stage
+    failed: dict[str, str] = field(default_factory=dict)  # seq_id -> why it failed on some stage
+
+
 class Pipeline:
     def __init__(self, model: str, groups: list[StageGroup]) -> None:
         self.model = model
@@ -113,6 +133,12 @@ class Pipeline:
 
     def replica_on(self, node_id: str) -> Replica | None:
         return next((r for r in self.replicas if r.node_id == node_id), None)
+
+    def describe_error(self, error: StageError) -> str:
+        """The failure with the node's address and layer range, so a user knows what is down."""
+        replica = self.replica_on(error.node_id)
+        where = replica.describe() if replica else f"node {error.node_id}"
+        return f"{where} failed: {error.code}: {error.message}"
 
     def _request(self, plan: MicroBatchPlan, batch_id: int) -> shard_pb2.ForwardRequest:
         slices = []
@@ -133,62 +159,64 @@ class Pipeline:
 
         Must be called in issue order (the engine calls it synchronously up to its first await).
         """
-        batch_id = next(self._batch_ids)
         tickets = [r.order.take() for r in route]
-        releases = []
-        for r in route:
-            releases.append(r.pending_release)
-            r.pending_release = []
-        request = self._request(plan, batch_id)
-        token_ids = [t for e in plan.entries for t in e.token_ids]
-        seconds: list[float] = []
-        failed: dict[str, str] = {}  # seq_id -> why it failed on some stage (later stages never see it)
-        reply = None
-        reached = 0
+        releases = [r.take_releases() for r in route]
+        request = self._request(plan, next(self._batch_ids))
+        request.token_ids.extend(t for e in plan.entries for t in e.token_ids)
+        relay = _Relay()
         try:
-            for i, replica in enumerate(route):
-                if not request.seqs:  # every sequence failed on an earlier stage: nothing left to send
-                    replica.pending_release.extend(releases[i])
-                    continue
-                if i == 0:
-                    request.token_ids.extend(token_ids)
-                else:
-                    del request.token_ids[:]
-                    request.hidden.CopyFrom(reply.hidden)  # relayed as bytes; never decoded here
-                    metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(reply.hidden.data))
-                del request.release_seq_ids[:]
-                request.release_seq_ids.extend(releases[i])
-                await replica.order.wait_turn(tickets[i])
-                if replica.state == "down":  # lost while this micro-batch was on its way: do not wait on it
-                    reached = i + 1
-                    await replica.order.pass_turn(tickets[i])
-                    raise StageError(replica.node_id, "UNAVAILABLE", replica.last_error or "node is down",
-                                     stream_lost=True)
-                try:
-                    pending = await replica.client.send(request)
-                finally:
-                    reached = i + 1
-                    await replica.order.pass_turn(tickets[i])
-                reply = await pending
-                replica.micro_batches += 1
-                seconds.append(reply.forward_seconds)
-                if reply.seq_errors:
-                    self._drop_failed(request, replica, reply, failed, last=i == len(route) - 1)
+            for i in range(len(route)):
+                await self._stage(i, route, request, releases[i], tickets[i], relay)
         except BaseException:
-            first = max(reached - 1, 0)
+            first = max(relay.reached - 1, 0)
             for replica, ids in zip(route[first:], releases[first:]):
                 replica.pending_release.extend(ids)  # may not have arrived; release ids are idempotent
             raise
         finally:
-            for replica, ticket in zip(route[reached:], tickets[reached:]):  # must not hold up later ones
+            for replica, ticket in zip(route[relay.reached:], tickets[relay.reached:]):  # must not hold up later ones
                 await replica.order.pass_turn(ticket)
+        return self._result(plan, request, relay)
+
+    async def _stage(self, i: int, route: Sequence[Replica], request: shard_pb2.ForwardRequest, releases: list[str],
+                     ticket: int, relay: _Relay) -> None:
+        """Sends the micro-batch to stage ``i`` in its ticket's turn and waits for its reply."""
+        replica = route[i]
+        if not request.seqs:  # every sequence failed on an earlier stage: nothing left to send
+            replica.pending_release.extend(releases)
+            return
+        if i > 0:
+            assert relay.reply is not None
+            del request.token_ids[:]
+            request.hidden.CopyFrom(relay.reply.hidden)  # relayed as bytes; never decoded here
+            metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(relay.reply.hidden.data))
+        del request.release_seq_ids[:]
+        request.release_seq_ids.extend(releases)
+        await replica.order.wait_turn(ticket)
+        if replica.state == "down":  # lost while this micro-batch was on its way: do not wait on it
+            relay.reached = i + 1
+            await replica.order.pass_turn(ticket)
+            raise StageError(replica.node_id, "UNAVAILABLE", replica.last_error or "node is down", stream_lost=True)
+        try:
+            pending = await replica.stream.send(request)
+        finally:
+            relay.reached = i + 1
+            await replica.order.pass_turn(ticket)
+        relay.reply = reply = await pending
+        replica.micro_batches += 1
+        relay.seconds.append(reply.forward_seconds)
+        if reply.seq_errors:
+            self._drop_failed(request, replica, reply, relay.failed, last=i == len(route) - 1)
+
+    @staticmethod
+    def _result(plan: MicroBatchPlan, request: shard_pb2.ForwardRequest, relay: _Relay) -> StepResult:
+        reply, failed = relay.reply, relay.failed
         assert reply is not None
         if len(reply.next_token_ids) != len(request.seqs) and request.seqs:
             raise RuntimeError(f"last stage returned {len(reply.next_token_ids)} tokens for "
                                f"{len(request.seqs)} sequences")
         tokens = dict(zip((s.seq_id for s in request.seqs), reply.next_token_ids)) if request.seqs else {}
         entries = plan.entries
-        return StepResult([tokens.get(e.request.seq_id, -1) for e in entries], seconds,
+        return StepResult([tokens.get(e.request.seq_id, -1) for e in entries], relay.seconds,
                           {i: failed[e.request.seq_id] for i, e in enumerate(entries) if e.request.seq_id in failed})
 
     def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
@@ -196,7 +224,7 @@ class Pipeline:
         """Sequences that failed alone on ``replica`` leave the micro-batch: its hidden output no longer has
         their rows, and the stages after it never see them (the coordinator releases them everywhere)."""
         for e in reply.seq_errors:
-            failed[e.seq_id] = f"{replica.describe(self.model)} failed: {e.code}: {e.message}"
+            failed[e.seq_id] = f"{replica.describe()} failed: {e.code}: {e.message}"
         if last:  # its tokens are one per sequence it was sent (-1 for the failed ones)
             return
         kept = [s for s in request.seqs if s.seq_id not in failed]
@@ -210,7 +238,7 @@ class Pipeline:
             r.pending_release = []
         if not todo:
             return
-        results = await asyncio.gather(*(r.client.release(ids) for r, ids in todo if r.state != "down"),
+        results = await asyncio.gather(*(r.client.release(self.model, ids) for r, ids in todo if r.state != "down"),
                                        return_exceptions=True)
         for (r, ids), res in zip([t for t in todo if t[0].state != "down"], results):
             if isinstance(res, BaseException):

@@ -13,40 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import grpc
 
 from coordinator import metrics
 from coordinator.cluster import build_engine, load_engine
 from coordinator.engine import ModelEngine
-from coordinator.membership import Membership
+from coordinator.membership import Membership, NodeEvent
 from coordinator.model_meta import read_model_meta
-from coordinator.placement import DoesNotFit, ModelSizes, NodeRoom, Placement, fit_ranges, place
-from protos import security, shard_pb2, shard_pb2_grpc, wire
-from protos.addresses import canonical_address, endpoint_key
+from coordinator.node_client import Deadlines, NodeClient, NodeClients
+from coordinator.node_names import RegistryError, check_new_node
+from coordinator.placement import DoesNotFit, NodeRoom, Placement, place
+from coordinator.sizing import fit_budgets, measure, model_load
 from protos.config import Config, ModelConfig, NodeConfig
-from protos.data_structures import LayerRange
-from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
-
-
-def _endpoint(address: str) -> tuple[str, int]:
-    """What two addresses share when they reach the same node (an unparsable configured one: itself)."""
-    try:
-        return endpoint_key(address)
-    except ValueError:
-        return address, 0
-
-
-class RegistryError(ValueError):
-    """A request the registry refuses; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -65,12 +47,17 @@ class PendingModel:
 
 
 class ModelRegistry:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clients: NodeClients | None = None) -> None:
+        """``clients``: the pool of node clients (default: real ones to the configured nodes)."""
         self.config = config
         self.nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
         self.engines: dict[str, ModelEngine] = {}
         self.pending: dict[str, PendingModel] = {}
-        self.membership = Membership(list(config.nodes), lambda: list(self.engines.values()), config.coordinator)
+        self.clients = clients if clients is not None else NodeClients(Deadlines.from_config(config.coordinator))
+        for node in config.nodes:
+            self.clients.add(node)
+        self.membership = Membership(self.clients, config.coordinator, self._loading_on)
+        self.membership.subscribe(self._on_node_event)
         self._recheck = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one placement at a time, so two models never count the same free memory
@@ -79,8 +66,8 @@ class ModelRegistry:
     async def start(self) -> None:
         """Loads the configured models, then watches the nodes and the pending models."""
         for m in self.config.models:
-            m = await self._fit_budgets(m)
-            self.engines[m.name] = build_engine(self.config, m, self.nodes)
+            m = await fit_budgets(self.config, self.clients, m)
+            self.engines[m.name] = build_engine(self.config, m, self.clients)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
         self.membership.start()
         self._task = asyncio.get_running_loop().create_task(self._recheck_loop(), name="pending-models")
@@ -95,35 +82,24 @@ class ModelRegistry:
             await engine.stop()
 
     async def close(self) -> None:
-        for engine in self.engines.values():
-            for r in engine.pipeline.replicas:
-                await r.client.close()
+        await self.clients.close()
+
+    def _on_node_event(self, event: NodeEvent) -> None:
+        for engine in list(self.engines.values()):
+            engine.on_node_event(event)
+
+    def _loading_on(self, node_id: str) -> bool:
+        return any(e.loading_on(node_id) for e in self.engines.values())
 
     # ----- nodes ------------------------------------------------------------------------------------------
 
     def register_node(self, node: NodeConfig) -> NodeConfig | None:
         """A node that joined: polled from now on, and usable for placements. Returns it with its address in the
         canonical spelling; None if it was known. An alias of a known node's address is refused."""
-        try:
-            node = replace(node, address=canonical_address(node.address))
-            security.check_link(node.address)
-        except security.TokenInClear as e:
-            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-        except ValueError as e:
-            raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        key = _endpoint(node.address)
-        known = self.nodes.get(node.id)
-        if known is not None:
-            if _endpoint(known.address) != key:
-                raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, (
-                    f"node {node.id!r} is already registered at {known.address}; remove it first "
-                    f"(DELETE /api/nodes/{node.id}) to register it at {node.address}"))
+        checked = check_new_node(self.nodes, node)
+        if checked is None:
             return None
-        other = next((n for n in self.nodes.values() if _endpoint(n.address) == key), None)
-        if other is not None:
-            raise RegistryError(grpc.StatusCode.ALREADY_EXISTS, (
-                f"address {node.address} reaches node {other.id!r} (registered at {other.address}); a node is "
-                "registered once"))
+        node = checked
         self.nodes[node.id] = node
         self.membership.add_node(node)
         logger.info("node %s (%s) joined the cluster", node.id, node.address)
@@ -144,6 +120,7 @@ class ModelRegistry:
                     "(DELETE /api/models/{name}), then the node"))
             del self.nodes[node_id]
             await self.membership.remove_node(node_id)
+            await self.clients.remove(node_id)
         metrics.forget_node(node_id)  # its series leave /metrics
         logger.info("node %s (%s) removed from the cluster", node_id, node.address)
         return node
@@ -231,67 +208,13 @@ class ModelRegistry:
         ready = self._ready_nodes()
         if not ready:
             raise DoesNotFit("no node is ready")
-        sizes = await self._measure(self.membership.channel(ready[0]), m, meta.num_layers,
-                                    self.config.model_dir(m.source))
+        load = model_load(m, self.config.model_dir(m.source))
+        sizes = await measure(self.clients[ready[0]], load, meta.num_layers)
         return place(meta.num_layers, sizes, [self._room(n) for n in ready], request.replicas, meta.head_cost)
-
-    async def _fit_budgets(self, m: ModelConfig) -> ModelConfig:
-        """A configured model on nodes with memory budgets (``nodes[].memory_mb``) and no explicit layer_ranges:
-        the compute-balanced split if every stage fits its node's budget, else the most even split where each
-        stage fits (sizes measured by a dry-run LoadShard on its first node, waited for)."""
-        free = [min((self.nodes[n].memory_mb * 2**20 for n in replicas if self.nodes[n].memory_mb), default=None)
-                for replicas in m.stages]
-        if m.layer_ranges is not None or all(f is None for f in free):
-            return m
-        meta = read_model_meta(self.config.model_dir(m.name), m.max_context)
-        first = m.stages[0][0]
-        deadline = time.monotonic() + self.config.coordinator.connect_timeout_s
-        async with security.aio_channel(self.nodes[first].address, GRPC_OPTIONS) as channel:
-            while True:
-                try:
-                    sizes = await self._measure(channel, m, meta.num_layers, self.config.model_dir(m.name))
-                    break
-                except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                        logger.error("model %s: could not measure its size on %s to fit the memory budgets (%s: "
-                                     "%s); splitting by compute only", m.name, first, e.code().name, e.details())
-                        return m
-                    await asyncio.sleep(1.0)
-        capacities = [min(self.nodes[n].capacity for n in replicas) for replicas in m.stages]
-        try:
-            ranges = fit_ranges(meta.num_layers, sizes, free, capacities, meta.head_cost)
-        except DoesNotFit as e:
-            logger.error("model %s does not fit the memory budgets of its nodes: %s", m.name, e)
-            return m
-        plan = ", ".join(f"{'+'.join(r)} {rng} ({sizes.stage_bytes(rng, meta.num_layers) / 2**20:.0f} of "
-                         f"{f / 2**20 if f else float('inf'):.0f} MiB)" for r, rng, f in zip(m.stages, ranges, free))
-        logger.info("model %s: split to fit the nodes' memory budgets: %s", m.name, plan)
-        return replace(m, layer_ranges=tuple(ranges))
-
-    async def _measure(self, channel: grpc.aio.Channel, m: ModelConfig, num_layers: int, model_dir: Path
-                       ) -> ModelSizes:
-        """Exact bytes of one layer, its KV budget, and the first and last stage's extras, from a node."""
-        stub = shard_pb2_grpc.ShardNodeStub(channel)
-
-        async def size(start: int, end: int) -> shard_pb2.ShardInfo:
-            req = shard_pb2.LoadShardRequest(
-                model=m.name, model_path=str(model_dir), dry_run=True, dtype=m.dtype,
-                device=m.device, kv_cache_tokens=m.kv_cache_tokens,
-                layers=wire.layer_range_to_proto(LayerRange(start, end)))
-            return await stub.LoadShard(req, timeout=30.0)
-
-        if num_layers == 1:
-            only = await size(0, 1)
-            return ModelSizes(only.weight_bytes, only.kv_capacity_bytes, 0, 0)
-        first, last = await size(0, 1), await size(num_layers - 1, num_layers)
-        middle = await size(1, 2) if num_layers > 2 else None
-        layer = middle.layer_weight_bytes if middle else first.layer_weight_bytes
-        return ModelSizes(layer, first.kv_capacity_bytes, first.weight_bytes - first.layer_weight_bytes,
-                          last.weight_bytes - last.layer_weight_bytes)
 
     async def _load(self, m: ModelConfig) -> None:
         try:
-            engine = build_engine(self.config, m, self.nodes, self.config.model_dir(m.source))
+            engine = build_engine(self.config, m, self.clients, self.config.model_dir(m.source))
         except ValueError as e:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
@@ -320,7 +243,7 @@ class ModelRegistry:
                                 f"served: {sorted(self.engines)}, pending: {sorted(self.pending)}")
         if engine.draining:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, f"model {name!r} is already being removed")
-        engine.draining = True
+        engine.start_draining()
         load = self._loads.get(name)
         if load is not None and not load.done():  # still loading: stop the load, then unload what it loaded
             logger.info("model %s is removed while it loads: the load is cancelled", name)
@@ -335,24 +258,26 @@ class ModelRegistry:
         if left:
             logger.warning("model %s: %d request(s) did not finish within %.0f s; they end now", name, left, timeout_s)
         await engine.stop(f"model {name} was removed")
-        freed: dict[str, tuple[int, int]] = {}
-        for replica in engine.pipeline.replicas:
-            before = after = 0
-            replica.client.end_stream()  # the node's stream handler holds the shard until its stream ends
-            try:
-                before = (await replica.client.info()).rss_bytes
-                await replica.client.unload()
-                after = (await replica.client.info()).rss_bytes
-            except grpc.aio.AioRpcError as e:
-                logger.warning("unloading %s from %s failed: %s", name, replica.node_id, e.details())
-            freed[replica.node_id] = (before, after)
-            await replica.client.close()
+        freed = {r.node_id: await self._unload(name, r.client) for r in engine.pipeline.replicas}
         del self.engines[name]
         metrics.forget_model(name)  # its series (per node too) leave /metrics
         logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
             f"{n} {b / 1e6:.0f} -> {a / 1e6:.0f}" for n, (b, a) in freed.items()))
         self._recheck.set()  # its memory may let a pending model in
         return freed
+
+    @staticmethod
+    async def _unload(model: str, client: NodeClient) -> tuple[int, int]:
+        """Unloads ``model``'s shard from a node; its RSS before and after (0 when it did not answer)."""
+        before = after = 0
+        client.close_stream(model)  # the node's stream handler holds the shard until its stream ends
+        try:
+            before = (await client.info()).rss_bytes
+            await client.unload(model)
+            after = (await client.info()).rss_bytes
+        except grpc.aio.AioRpcError as e:
+            logger.warning("unloading %s from %s failed: %s", model, client.node_id, e.details())
+        return before, after
 
     async def _recheck_loop(self) -> None:
         while True:

@@ -89,6 +89,17 @@ class Scheduler:
         self.lane_routes = (self.lane_routes + [self.lane_routes[-1]] * depth)[:depth]
         self.usable = set(range(depth))  # the engine narrows it to lanes whose nodes are ready
 
+    def set_lanes(self, routes: list[tuple[str, ...]], usable: set[int], node_capacity: dict[str, int] | None = None,
+                  kv_capacity_tokens: int | None = None) -> None:
+        """The lanes as the engine's replicas see them: each lane's nodes (one per stage), the lanes whose every
+        node is ready, each node's KV budget, and the smallest ready budget (None: unchanged)."""
+        self.lane_routes = list(routes)
+        self.usable = set(usable)
+        if node_capacity is not None:
+            self.node_capacity = dict(node_capacity)
+        if kv_capacity_tokens is not None:
+            self.kv_capacity_tokens = kv_capacity_tokens
+
     @property
     def kv_reserved_tokens(self) -> int:
         return sum(r.reserved_tokens for r in self.running)

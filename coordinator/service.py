@@ -13,22 +13,14 @@ import grpc
 
 from coordinator import metrics
 from coordinator.engine import ModelEngine
+from coordinator.model_meta import ModelMeta
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
 from protos import coordinator_pb2, coordinator_pb2_grpc, wire
-from protos.config import (
-    ALLOWED_DTYPES,
-    DEFAULT_KV_CACHE_TOKENS,
-    FOLDER_NAME_RULE,
-    ModelConfig,
-    NodeConfig,
-    device_problem,
-    folder_name_problem,
-    text_problem,
-)
-
-MAX_REPLICAS = 16
+from protos.config import ModelConfig, NodeConfig
+from protos.model_spec import SpecProblem, text_problem
+from protos.model_spec_proto import spec_from_add_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +43,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             serving = sorted(n for n, e in self.engines.items() if not e.draining)
             why = "is being removed" if engine else "is not served here"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} {why}; available: {serving}")
+            raise AssertionError("abort raises")  # pragma: no cover
         if not engine.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"model {name!r} is unavailable: {engine.unavailable_reason()}")
@@ -64,7 +57,30 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt_token_ids holds "
                                 f"{len(request.prompt_token_ids)} ids; at most {limit} (limits.max_prompt_tokens)")
         engine = await self._engine_for(request.model, context)
-        meta = engine.meta
+        req = await self._new_request(request, engine.meta, context)
+        try:
+            engine.submit(req)
+        except NeverFits as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except QueueFull as e:
+            logger.warning("request %s refused: %s", req.request_id, e)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {request.model!r} is busy: {e}")
+        logger.info("request %s: %s, %d prompt tokens, max_tokens %d", req.request_id, request.model,
+                    req.num_prompt_tokens, request.max_tokens)
+        try:
+            async for reply in self._replies(request.model, req):
+                yield reply
+        except asyncio.CancelledError:
+            engine.cancel(req)  # the client went away: stop within one step, free KV on every node
+            raise
+        finally:
+            if not req.is_finished:
+                engine.cancel(req)
+
+    @staticmethod
+    async def _new_request(request: coordinator_pb2.GenerateRequest, meta: ModelMeta,
+                           context: grpc.aio.ServicerContext) -> Request:
+        """The request to queue, or INVALID_ARGUMENT naming what is wrong with it."""
         prompt = list(request.prompt_token_ids)
         problem = ""
         if not prompt:
@@ -84,42 +100,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         request_id = request.request_id or uuid.uuid4().hex[:12]
-        req = Request(
+        return Request(
             request_id=request_id, seq_id=f"{request_id}-{uuid.uuid4().hex[:8]}", prompt_ids=prompt,
             max_tokens=request.max_tokens, sampling=sampling, stop_token_ids=frozenset(request.stop_token_ids),
             eos_token_ids=frozenset() if request.ignore_eos else frozenset(meta.eos_token_ids),
         )
-        try:
-            engine.submit(req)
-        except NeverFits as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except QueueFull as e:
-            logger.warning("request %s refused: %s", request_id, e)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"model {request.model!r} is busy: {e}")
-        logger.info("request %s: %s, %d prompt tokens, max_tokens %d", request_id, request.model, len(prompt),
-                    request.max_tokens)
-        completion = 0
-        try:
-            yield coordinator_pb2.GenerateResponse(prompt_tokens=len(prompt))  # accepted
-            while True:
-                event = await req.events.get()
-                completion += len(event.token_ids)
-                if event.finish_reason:  # logged and counted first: the client may close on the last message
-                    logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", request_id,
-                                event.finish_reason, completion, req.queue_seconds)
-                    self._observe_finish(request.model, req)
-                yield coordinator_pb2.GenerateResponse(
-                    token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
-                    prompt_tokens=len(prompt), completion_tokens=completion, queue_seconds=req.queue_seconds,
-                    stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers)
-                if event.finish_reason:
-                    return
-        except asyncio.CancelledError:
-            engine.cancel(req)  # the client went away: stop within one step, free KV on every node
-            raise
-        finally:
-            if not req.is_finished:
-                engine.cancel(req)
+
+    async def _replies(self, model: str, req: Request) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
+        """The "accepted" message, then one per token event; the last carries the finish reason."""
+        prompt_tokens, completion = req.num_prompt_tokens, 0
+        yield coordinator_pb2.GenerateResponse(prompt_tokens=prompt_tokens)  # accepted
+        while True:
+            event = await req.events.get()
+            completion += len(event.token_ids)
+            if event.finish_reason:  # logged and counted first: the client may close on the last message
+                logger.info("request %s finished (%s) after %d tokens; %.3f s in the queue", req.request_id,
+                            event.finish_reason, completion, req.queue_seconds)
+                self._observe_finish(model, req)
+            yield coordinator_pb2.GenerateResponse(
+                token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
+                prompt_tokens=prompt_tokens, completion_tokens=completion, queue_seconds=req.queue_seconds,
+                stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers)
+            if event.finish_reason:
+                return
 
     @staticmethod
     def _observe_finish(model: str, req: Request) -> None:
@@ -186,38 +189,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def AddModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
                        ) -> coordinator_pb2.ModelInfo:
         """Serves a model from the model cache; it answers once the model is serving, unavailable or pending."""
-        problem = ""
-        name, dtype, device = request.name, request.dtype or "float32", request.device or "cpu"
-        source = request.source or name
-        if folder_name_problem(name) or folder_name_problem(source):
-            field, value = ("name", name) if folder_name_problem(name) else ("source", source)
-            problem = f"{field} {folder_name_problem(value)}; allowed: {FOLDER_NAME_RULE}"
-        elif dtype not in ALLOWED_DTYPES:
-            problem = f"dtype must be one of {list(ALLOWED_DTYPES)}, got {dtype!r}"
-        elif device_problem(device):
-            problem = device_problem(device)
-        elif not 0 <= request.replicas <= MAX_REPLICAS:
-            problem = f"replicas must be in 1..{MAX_REPLICAS}, got {request.replicas}"
-        elif request.kv_cache_tokens < 0 or request.max_context < 0:
-            problem = "kv_cache_tokens and max_context must be >= 0"
-        elif request.layer_ranges and len(request.layer_ranges) != len(request.stages):
-            problem = f"layer_ranges must give one range per stage ({len(request.stages)})"
-        stages = tuple(tuple(s.node_ids) for s in request.stages)
-        if not problem and any(not s for s in stages):
-            problem = "every stage needs at least one node"
         try:
-            ranges = tuple(wire.layer_range_from_proto(r) for r in request.layer_ranges) or None
-        except ValueError as e:
-            problem = problem or str(e)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        model = ModelConfig(name, source, dtype, device, stages, ranges,
-                            request.kv_cache_tokens or DEFAULT_KV_CACHE_TOKENS, request.max_context or None)
+            spec = spec_from_add_model(request)
+        except SpecProblem as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        model = ModelConfig.from_spec(spec)
         try:
-            await self.registry.add(ModelRequest(model, request.replicas or 1))
+            await self.registry.add(ModelRequest(model, spec.replicas))
         except RegistryError as e:
             await context.abort(e.code, str(e))
-        return next(m for m in self.all_models() if m.name == name)
+        return next(m for m in self.all_models() if m.name == spec.name)
 
     async def RemoveModel(self, request: coordinator_pb2.RemoveModelRequest, context: grpc.aio.ServicerContext
                           ) -> coordinator_pb2.RemoveModelResponse:

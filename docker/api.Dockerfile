@@ -4,18 +4,18 @@
 # Set SHARDLINE_API_KEYS when the API is reachable beyond your machine.
 
 FROM python:3.11.11-slim-bookworm AS builder
-ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-RUN pip install --no-cache-dir .
+# only this service's extra (pyproject.toml): no torch, no transformers
+RUN pip install --no-cache-dir "./[api]"
 
 FROM python:3.11.11-slim-bookworm
 RUN groupadd --system --gid 10001 shardline \
@@ -24,6 +24,7 @@ RUN groupadd --system --gid 10001 shardline \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY protos ./protos
+COPY ops ./ops
 COPY api ./api
 ENV PATH=/opt/venv/bin:$PATH \
     SHARDLINE_CONFIG=/etc/shardline/config.json \
@@ -33,5 +34,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "protos.healthcheck", "api"]
+    CMD ["python", "-m", "ops.healthcheck", "api"]
 CMD ["python", "-m", "api", "--host", "0.0.0.0"]

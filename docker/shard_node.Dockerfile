@@ -15,11 +15,13 @@ RUN python -m venv /opt/venv \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-RUN pip install --no-cache-dir .
+# only this service's extra (pyproject.toml)
+RUN pip install --no-cache-dir "./[node]"
 
 FROM python:3.11.11-slim-bookworm
 RUN groupadd --system --gid 10001 shardline \
@@ -29,6 +31,7 @@ RUN groupadd --system --gid 10001 shardline \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY protos ./protos
+COPY ops ./ops
 COPY shard_node ./shard_node
 ENV PATH=/opt/venv/bin:$PATH \
     SHARDLINE_CONFIG=/etc/shardline/config.json \
@@ -39,5 +42,5 @@ VOLUME /models
 USER 10001:10001
 EXPOSE 50051 9111
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "protos.healthcheck", "node"]
+    CMD ["python", "-m", "ops.healthcheck", "node"]
 CMD ["python", "-m", "shard_node", "--host", "0.0.0.0"]

@@ -4,18 +4,18 @@
 # (filled by the `models` target of docker/coordinator.Dockerfile). No model is baked in.
 
 FROM python:3.11.11-slim-bookworm AS builder
-ARG TORCH_VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-RUN pip install --no-cache-dir .
+# only this service's extra (pyproject.toml): no torch, no transformers
+RUN pip install --no-cache-dir "./[tokenizer]"
 
 FROM python:3.11.11-slim-bookworm
 RUN groupadd --system --gid 10001 shardline \
@@ -25,6 +25,7 @@ RUN groupadd --system --gid 10001 shardline \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY protos ./protos
+COPY ops ./ops
 COPY tokenizer_svc ./tokenizer_svc
 ENV PATH=/opt/venv/bin:$PATH \
     SHARDLINE_CONFIG=/etc/shardline/config.json \
@@ -35,5 +36,5 @@ VOLUME /models
 USER 10001:10001
 EXPOSE 50054 9102
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "protos.healthcheck", "tokenizer"]
+    CMD ["python", "-m", "ops.healthcheck", "tokenizer"]
 CMD ["python", "-m", "tokenizer_svc", "--host", "0.0.0.0"]

@@ -5,7 +5,7 @@ gRPC server it opens (``add_port`` + ``server_interceptors``) and every channel 
 ``channel``) follow it. With nothing configured, links are plaintext without a token, as before.
 
 - TLS: servers present ``tls_cert``/``tls_key``; clients verify them against ``tls_ca`` and the host name they
-  dial (so certificates carry every name a service is reached by: ``python -m protos.certs`` makes them). With
+  dial (so certificates carry every name a service is reached by: ``python -m ops.certs`` makes them). With
   ``tls_mutual`` servers also require a client certificate signed by the same CA.
 - Token: every RPC carries ``x-shardline-cluster-token``; servers refuse a missing or wrong one with
   UNAUTHENTICATED (constant-time compare). The standard health service is exempt, so orchestrator probes and
@@ -72,7 +72,7 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).expanduser().read_bytes()
     except OSError as e:
         raise ConfigError(f"security: cannot read the {what} {path!r}: {e.strerror}; `make certs` (python -m "
-                          f"protos.certs) makes a local CA and certificates") from None
+                          f"ops.certs) makes a local CA and certificates") from None
 
 
 def load_security(sec: SecurityConfig, name: str) -> ClusterSecurity:

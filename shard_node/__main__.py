@@ -19,7 +19,6 @@ import torch
 from protos import coordinator_pb2, coordinator_pb2_grpc, security, shard_pb2_grpc
 from protos.config import (
     CONFIG_ENV,
-    DEFAULT_KV_CACHE_TOKENS,
     Config,
     ConfigError,
     CoordinatorConfig,
@@ -27,6 +26,7 @@ from protos.config import (
     NodeConfig,
     load_config,
 )
+from protos.model_spec import DEFAULT_KV_CACHE_TOKENS
 from protos.runtime import (
     GRPC_OPTIONS,
     SERVING,
@@ -44,7 +44,7 @@ from shard_node.service import ShardNodeServicer
 logger = logging.getLogger("shard_node")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shard_node", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.environ.get(CONFIG_ENV, ""),
@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-idle-ttl", type=float, default=None, metavar="SECONDS",
                    help="free a KV cache no micro-batch touched for this long (default: limits.kv_idle_ttl_s, 600)")
     add_log_args(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; with --config, what they leave out comes from this node's entry (flags win)."""
+    p = _parser()
     args = p.parse_args(argv)
     config = _load(p, args.config) if args.config else None
     entry = _config_entry(p, args, config) if config else None

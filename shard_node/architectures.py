@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protos.hf_config import int_field
+
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "smollm", "smollm3")
 SUPPORTED_MODEL_TYPES = (*LLAMA_FAMILY, "gpt2")
 
@@ -41,21 +43,21 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> ModelSpec:
+        """From a checkpoint's config.json as protos.hf_config reads it; HfConfigError names a missing field."""
         model_type = cfg.get("model_type", "")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedArchitecture(
-                f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+            raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported; supported: "
+                                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
         if model_type == "gpt2":
-            hidden, heads = cfg["n_embd"], cfg["n_head"]
-            return cls(model_type, cfg["n_layer"], hidden, heads, heads, hidden // heads, cfg["vocab_size"],
-                       cfg.get("n_positions", 1024), cfg.get("tie_word_embeddings", True), cfg)
-        hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        return cls(
-            model_type, cfg["num_hidden_layers"], hidden, heads, cfg.get("num_key_value_heads") or heads,
-            cfg.get("head_dim") or hidden // heads, cfg["vocab_size"], cfg.get("max_position_embeddings", 2048),
-            cfg.get("tie_word_embeddings", False), cfg,
-        )
+            hidden, heads = int_field(cfg, "n_embd"), int_field(cfg, "n_head")
+            return cls(model_type, int_field(cfg, "n_layer"), hidden, heads, heads, hidden // heads,
+                       int_field(cfg, "vocab_size"), int_field(cfg, "n_positions", default=1024),
+                       cfg.get("tie_word_embeddings", True), cfg)
+        hidden, heads = int_field(cfg, "hidden_size"), int_field(cfg, "num_attention_heads")
+        return cls(model_type, int_field(cfg, "num_hidden_layers"), hidden, heads,
+                   int_field(cfg, "num_key_value_heads", default=0) or heads,
+                   int_field(cfg, "head_dim", default=0) or hidden // heads, int_field(cfg, "vocab_size"),
+                   int_field(cfg, "max_position_embeddings", default=2048), cfg.get("tie_word_embeddings", False), cfg)
 
     @property
     def layer_prefix(self) -> str:
@@ -100,10 +102,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, sc
             key_pos = torch.arange(k.shape[1], device=q.device)
             query_pos = torch.arange(start_pos, start_pos + num_q, device=q.device)
             mask = key_pos[None, :] <= query_pos[:, None]
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, is_causal=is_causal, scale=scale,
-        enable_gqa=q.shape[0] != k.shape[0],
-    )
+    out = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask,
+                                         is_causal=is_causal, scale=scale, enable_gqa=q.shape[0] != k.shape[0])
     return out.squeeze(0).transpose(0, 1).reshape(num_q, -1)
 
 
@@ -146,6 +146,8 @@ class RotaryEmbedding(nn.Module):
     own initialisers, imported only then (the import costs a node about 70 MB of memory).
     """
 
+    inv_freq: torch.Tensor  # a buffer (registered below)
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         rope_scaling = spec.raw.get("rope_scaling") or {}
@@ -159,7 +161,8 @@ class RotaryEmbedding(nn.Module):
             from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
             hf_config = AutoConfig.for_model(**spec.raw)
-            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](  # type: ignore[operator]
+                hf_config, torch.device("cpu"))  # transformers' table is inferred as dict[str, function]: uncallable
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

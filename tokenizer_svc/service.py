@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
-from transformers import PreTrainedTokenizerBase
 
 from protos import tokenizer_pb2, tokenizer_pb2_grpc
 from protos.config import PROMPT_CHARS_PER_TOKEN, LimitsConfig
 from tokenizer_svc.detokenizer import decode_incremental
 from tokenizer_svc.metrics import timed
+from tokenizer_svc.model_tokenizer import ModelTokenizer
 from tokenizer_svc.text import TextEncoder
 from tokenizer_svc.tokenizers import TokenizerSet
 
@@ -41,7 +41,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    def _encoder(self, tok: PreTrainedTokenizerBase) -> TextEncoder:
+    def _encoder(self, tok: ModelTokenizer) -> TextEncoder:
         if id(tok) not in self._encoders:
             self._encoders[id(tok)] = TextEncoder(tok)
         return self._encoders[id(tok)]
@@ -61,7 +61,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                                 self.limits.max_prompt_tokens + self.limits.max_new_tokens,
                                 "limits.max_prompt_tokens + limits.max_new_tokens", context)
 
-    async def _tok(self, model: str, context: grpc.aio.ServicerContext) -> PreTrainedTokenizerBase:
+    async def _tok(self, model: str, context: grpc.aio.ServicerContext) -> ModelTokenizer:
         try:
             return self.tokenizers.get(model)
         except KeyError:
@@ -69,6 +69,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
                                 f"{sorted(self.tokenizers.model_dirs)}")
         except (OSError, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"tokenizer of {model!r} cannot load: {e}")
+        raise AssertionError("abort raises")  # pragma: no cover
 
     async def _check_ids(self, model: str, ids: list[int], context: grpc.aio.ServicerContext) -> None:
         vocab = self.tokenizers.vocab_sizes[model]

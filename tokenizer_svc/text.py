@@ -7,7 +7,8 @@ import re
 import secrets
 
 from tokenizers import Tokenizer
-from transformers import PreTrainedTokenizerBase
+
+from tokenizer_svc.model_tokenizer import ModelTokenizer
 
 
 class TextEncoder:
@@ -15,21 +16,16 @@ class TextEncoder:
     (``encode_special_tokens``), so the shared tokenizer's settings never flip between threads. ``encode_batch``
     releases the GIL while it works."""
 
-    def __init__(self, tok: PreTrainedTokenizerBase) -> None:
+    def __init__(self, tok: ModelTokenizer) -> None:
         self.tok = tok
-        backend = getattr(tok, "backend_tokenizer", None)
-        self._text: Tokenizer | None = None
-        if backend is not None:
-            self._text = Tokenizer.from_str(backend.to_str())
-            self._text.encode_special_tokens = True
-        self.special_ids = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
+        self._text = Tokenizer.from_str(tok.tokenizer.to_str())
+        self._text.encode_special_tokens = True
+        self.special_ids = dict(tok.special_ids)
         names = sorted(self.special_ids, key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, names))) if names else None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of text, special-token strings included as text."""
-        if self._text is None:  # a slow (Python) tokenizer: it honours the flag per call
-            return self.tok.encode(text, add_special_tokens=add_special_tokens, split_special_tokens=True)
         return self._text.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def spells_special(self, text: str) -> bool:
@@ -44,13 +40,12 @@ class TextEncoder:
         text, and each of the template's special tokens becomes its id. Raises ValueError when the template
         changes message contents (then the placeholders cannot stand for them)."""
         if not any(self.spells_special(m["content"]) for m in messages):
-            ids = self.tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        rendered = self.tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+            return self.tok.apply_chat_template(messages, add_generation_prompt)
+        rendered = self.tok.render_chat(messages, add_generation_prompt)
         nonce = secrets.token_hex(8)
         marks = {f"\x00{nonce}:{i}\x00": m["content"] for i, m in enumerate(messages)}
-        skeleton = self.tok.apply_chat_template([{**m, "content": mark} for m, mark in zip(messages, marks)],
-                                                add_generation_prompt=add_generation_prompt, tokenize=False)
+        skeleton = self.tok.render_chat([{**m, "content": mark} for m, mark in zip(messages, marks)],
+                                        add_generation_prompt)
         parts = re.split("(" + "|".join(map(re.escape, marks)) + ")", skeleton)
         if "".join(marks.get(p, p) for p in parts) != rendered:
             raise ValueError("a message spells a special token (such as <|im_end|>) and this model's chat template "

@@ -1,4 +1,4 @@
-"""Loads each model's tokenizer from the model cache (never from a hub)."""
+"""Loads each model's tokenizer from the model cache (never from a hub), without transformers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from tokenizer_svc.model_tokenizer import ModelTokenizer, load_model_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ class TokenizerSet:
     def __init__(self, model_dirs: dict[str, Path], cache_dir: Path | None = None) -> None:
         self.model_dirs = model_dirs
         self.cache_dir = cache_dir
-        self._loaded: dict[str, PreTrainedTokenizerBase] = {}
+        self._loaded: dict[str, ModelTokenizer] = {}
         self.eos_ids: dict[str, list[int]] = {}
-        self.vocab_sizes: dict[str, int] = {}  # len(tokenizer) costs ~12 ms per call, so it is read once
+        self.vocab_sizes: dict[str, int] = {}
 
     def known(self) -> set[str]:
         return set(self.model_dirs) | set(self._loaded)
@@ -33,7 +33,7 @@ class TokenizerSet:
             except (OSError, ValueError) as e:
                 logger.error("tokenizer of %s not loaded: %s", name, e)
 
-    def get(self, name: str) -> PreTrainedTokenizerBase:
+    def get(self, name: str) -> ModelTokenizer:
         if name in self._loaded:
             return self._loaded[name]
         path = self.model_dirs.get(name)
@@ -43,16 +43,16 @@ class TokenizerSet:
                 path = candidate
         if path is None:
             raise KeyError(name)
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = load_model_tokenizer(path)
         self._loaded[name] = tok
         self.eos_ids[name] = self._eos_ids(path, tok)
-        self.vocab_sizes[name] = len(tok)
-        logger.info("tokenizer of %s loaded from %s (vocab %d, chat template: %s)", name, path, len(tok),
+        self.vocab_sizes[name] = tok.vocab_size
+        logger.info("tokenizer of %s loaded from %s (vocab %d, chat template: %s)", name, path, tok.vocab_size,
                     "yes" if tok.chat_template else "no")
         return tok
 
     @staticmethod
-    def _eos_ids(path: Path, tok: PreTrainedTokenizerBase) -> list[int]:
+    def _eos_ids(path: Path, tok: ModelTokenizer) -> list[int]:
         gen = path / "generation_config.json"
         value: Any = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
         if value is None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
 from pydantic import BaseModel
 
-from api.backend import Backend
-from api.openai_schemas import ChatCompletionChunk, CompletionChunk
+from api.openai_responses import ChatCompletionChunk, CompletionChunk
 from api.schemas import ErrorResponse, ProcessResponse, StreamFirstToken, StreamStart, StreamToken
 
 ERROR_DESCRIPTIONS = {
@@ -49,8 +47,8 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def json_data(*models: type[BaseModel]) -> dict[str, Any]:
     """An event's ``data``: a JSON document, one of ``models`` (JSON Schema's contentMediaType / contentSchema)."""
     refs = [_ref(m) for m in models]
-    return {"type": "string", "contentMediaType": "application/json",
-            "contentSchema": refs[0] if len(refs) == 1 else {"anyOf": refs}}
+    schema: dict[str, Any] = {"anyOf": refs} if len(refs) > 1 else refs[0]
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
 
 
 def sse_content(event: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +70,3 @@ def openai_events(chunk: type[BaseModel]) -> dict[str, Any]:
     """One event of an OpenAI stream: ``data: <chunk JSON>`` (or an error object), the last one ``data: [DONE]``."""
     return {"type": "object", "required": ["data"], "properties": {
         "data": {"anyOf": [{"const": SSE_DONE}, json_data(chunk, ErrorResponse)]}}}
-
-
-async def get_backend(request: Request) -> Backend:
-    return request.app.state.backend

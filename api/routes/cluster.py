@@ -9,16 +9,11 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
+from api.admin_schemas import RemoveNodeResponse
 from api.backend import Backend
-from api.routes import ERROR_RESPONSES, get_backend
-from api.schemas import (
-    ClusterModel,
-    ClusterNode,
-    ClusterProcess,
-    ClusterReplica,
-    ClusterResponse,
-    RemoveNodeResponse,
-)
+from api.deps import get_backend
+from api.routes import ERROR_RESPONSES
+from api.schemas import ClusterModel, ClusterNode, ClusterProcess, ClusterReplica, ClusterResponse
 
 router = APIRouter(tags=["cluster"])
 
@@ -44,7 +39,7 @@ async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
     return ClusterResponse(nodes=nodes, models=models, processes=launcher_processes())
 
 
-LAUNCHER_STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # coordinator.launcher.STATE_ENV: set on the API it starts
+LAUNCHER_STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # ops.plan.STATE_ENV: set on the API the launcher starts
 
 
 def launcher_processes() -> list[ClusterProcess]:

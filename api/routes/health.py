@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from api.deps import get_config, get_readiness
 from api.errors import error_body, redact_paths
 from api.readiness import Readiness
 from api.routes import ERROR_RESPONSES
 from api.schemas import HealthResponse, ModelReadiness, ReadyResponse
+from protos.config import Config
 
 router = APIRouter(tags=["health"])
 
@@ -24,12 +26,11 @@ async def health() -> HealthResponse:
 @router.get("/ready", response_model=ReadyResponse,
             responses={503: {"model": ReadyResponse, "description": "some model cannot generate; the detail says why"},
                        401: ERROR_RESPONSES[401]})
-async def ready(request: Request) -> JSONResponse:
+async def ready(readiness: Readiness = Depends(get_readiness), config: Config = Depends(get_config)) -> JSONResponse:
     """Ready only when a one-token generation through every stage of every served model succeeded within
     the last few seconds (api.ready_ttl_s). 503 otherwise, naming the model and the node at fault."""
-    readiness: Readiness = request.app.state.readiness
     report = await readiness.report()
-    cache = (request.app.state.backend.config.model_cache_dir,)  # node errors may name its folders: never shown
+    cache = (config.model_cache_dir,)  # node errors may name its folders: never shown
     body = ReadyResponse(
         status="ready" if report.ready else "unavailable",
         checked_seconds_ago=round(time.monotonic() - report.checked_at, 3),

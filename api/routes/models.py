@@ -8,9 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from api.backend import Backend
-from api.routes import ERROR_RESPONSES, get_backend
-from api.schemas import (
+from api.admin_schemas import (
     AddModelRequest,
     ModelsResponse,
     ModelStatus,
@@ -21,6 +19,9 @@ from api.schemas import (
     RegisterNodeResponse,
     RemoveModelResponse,
 )
+from api.backend import Backend
+from api.deps import get_backend
+from api.routes import ERROR_RESPONSES
 from protos import coordinator_pb2, wire
 from protos.data_structures import LayerRange
 

@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from api.backend import Backend
+from api.deps import get_backend
 from api.errors import ApiError
 from api.generation import Generation, TextChunk
-from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, get_backend, json_data, named_events, sse_content
+from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, json_data, named_events, sse_content
 from api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -58,6 +59,7 @@ async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_
         prompt_ids = await backend.encode(info.name, body.text, param="text")
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
     sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
+    assert isinstance(body.stop, list)  # ProcessRequest._check_stop stores every stop as a list
     gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
                      body.ignore_eos)
     logger.info("request %s: %s model=%s prompt=%d tokens max_tokens=%d", gen.request_id, "process", info.name,

@@ -9,31 +9,30 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.backend import Backend
+from api.deps import get_backend, get_started_at
 from api.errors import ApiError, error_body
-from api.generation import Generation, TextChunk
-from api.openai_schemas import (
+from api.generation import FinishReason, Generation, TextChunk
+from api.openai_responses import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionChoice,
     CompletionChunk,
-    CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
-    SamplingRequest,
     UsageInfo,
 )
-from api.routes import ERROR_RESPONSES, get_backend, openai_events, sse_content
+from api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from api.routes import ERROR_RESPONSES, openai_events, sse_content
 from api.streaming import event_stream, sse, until_disconnected
 
 logger = logging.getLogger(__name__)
@@ -48,27 +47,27 @@ def _streamed(chunk_model: type) -> dict[int | str, dict[str, Any]]:
 
 
 @router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
-async def list_models(request: Request, backend: Backend = Depends(get_backend)) -> ModelList:
+async def list_models(backend: Backend = Depends(get_backend), created: int = Depends(get_started_at)) -> ModelList:
     """The models the coordinator serves."""
     models = await backend.models()
-    created = request.app.state.started_at
     return ModelList(data=[ModelCard(id=name, created=created, max_model_len=m.max_context, ready=m.ready,
                                      num_stages=m.num_stages) for name, m in models.items()
                            if m.state not in ("pending", "draining")])
 
 
 @router.get("/models/{model:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
-async def get_model(model: str, request: Request, backend: Backend = Depends(get_backend)) -> ModelCard:
+async def get_model(model: str, backend: Backend = Depends(get_backend), created: int = Depends(get_started_at)
+                    ) -> ModelCard:
     """One served model."""
     models = await backend.models()
     if model not in models or models[model].state in ("pending", "draining"):
         raise ApiError(404, f"model {model!r} is not served; available: {sorted(models)}", "model")
     m = models[model]
-    return ModelCard(id=model, created=request.app.state.started_at, max_model_len=m.max_context, ready=m.ready,
+    return ModelCard(id=model, created=created, max_model_len=m.max_context, ready=m.ready,
                      num_stages=m.num_stages)
 
 
-async def _first(request: Request, gen: Generation, chunks: AsyncIterator[TextChunk]) -> TextChunk:
+async def _first(request: Request, gen: Generation, chunks: AsyncGenerator[TextChunk, None]) -> TextChunk:
     """Starts the generation and waits for its first text (or its end); cancelled if the client leaves."""
     async def run() -> TextChunk:
         await gen.start()
@@ -81,8 +80,8 @@ async def _first(request: Request, gen: Generation, chunks: AsyncIterator[TextCh
         raise
 
 
-def _stream(gen: Generation, first: TextChunk, chunks: AsyncIterator[TextChunk], body: SamplingRequest,
-            make: Callable[[str, str | None, UsageInfo | None], dict[str, Any]],
+def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk, None], body: SamplingRequest,
+            make: Callable[[str, FinishReason | None, UsageInfo | None], dict[str, Any]],
             opening: dict[str, Any] | None = None) -> StreamingResponse:
     """SSE of OpenAI chunks; ``make(text, finish_reason, usage)`` builds one chunk's JSON."""
     async def events() -> AsyncIterator[str]:
@@ -118,7 +117,8 @@ def _log_done(gen: Generation, last: TextChunk) -> None:
                 "-" if times.ttft_s is None else f"{times.ttft_s * 1000:.0f}", (end - times.started) * 1000)
 
 
-async def _collect(first: TextChunk, chunks: AsyncIterator[TextChunk], request: Request) -> tuple[str, TextChunk]:
+async def _collect(first: TextChunk, chunks: AsyncGenerator[TextChunk, None], request: Request
+                   ) -> tuple[str, TextChunk]:
     async def rest() -> tuple[str, TextChunk]:
         parts, last = [first.text], first
         while not last.finish_reason:
@@ -149,7 +149,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
     if body.stream:
-        def make(text: str, finish: str | None, usage: UsageInfo | None) -> dict[str, Any]:
+        def make(text: str, finish: FinishReason | None, usage: UsageInfo | None) -> dict[str, Any]:
             out = ChatCompletionChunk(id=gen.request_id, model=info.name, choices=[], usage=usage).model_dump()
             delta = {"content": text} if text else {}  # OpenAI leaves out what a delta does not change
             if usage is None:
@@ -160,6 +160,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
         opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         return _stream(gen, first, chunks, body, make, opening)
     text, last = await _collect(first, chunks, request)
+    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return ChatCompletionResponse(
         id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),
@@ -185,13 +186,14 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
     if body.stream:
-        def make(text: str, finish: str | None, usage: UsageInfo | None) -> dict[str, Any]:
+        def make(text: str, finish: FinishReason | None, usage: UsageInfo | None) -> dict[str, Any]:
             choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]
             return CompletionChunk(id=gen.request_id, model=info.name, choices=choices,
                                    usage=usage).model_dump(exclude_none=False)
 
         return _stream(gen, first, chunks, body, make, make(echo, None, None) if echo else None)
     text, last = await _collect(first, chunks, request)
+    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return CompletionResponse(
         id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),

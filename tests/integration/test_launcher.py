@@ -79,7 +79,7 @@ def test_bad_config_fails_with_the_field(tmp_path: Path) -> None:
     cfg["nodes"][1]["address"] = "nowhere"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "coordinator.launcher", "--config", str(path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "ops.launcher", "--config", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "nodes[1].address" in proc.stderr

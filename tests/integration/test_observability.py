@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.prometheus_config import scrape_targets
+from ops.prometheus_config import scrape_targets
 from prometheus.grafana.build_dashboard import OUT as DASHBOARD
 from prometheus.grafana.build_dashboard import build
 from protos.config import load_config

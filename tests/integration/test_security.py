@@ -1,4 +1,4 @@
-"""Links between services with mutual TLS and a cluster token (certificates from `python -m protos.certs`, as
+"""Links between services with mutual TLS and a cluster token (certificates from `python -m ops.certs`, as
 `make certs` runs it): the whole stack serves through them, and a client without the token, with a wrong one,
 without a certificate, with a certificate of another CA, or in plaintext is refused on every internal service."""
 
@@ -13,8 +13,8 @@ import grpc
 import httpx
 import pytest
 
+from ops.certs import make_all
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
-from protos.certs import make_all
 from protos.config import parse_config
 from protos.security import TOKEN_KEY
 from tests.conftest import ROOT, RunningCluster, start_cluster, tiny_cluster_config
@@ -28,7 +28,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
     work = tmp_path_factory.mktemp("security")
     config = tiny_cluster_config(work, smol_dir, MODEL, ["node1", "node2"], kv_tokens=2048, seed=11)
     certs = work / "certs"
-    r = subprocess.run([sys.executable, "-m", "protos.certs", "--config", "-", "--out", str(certs)],
+    r = subprocess.run([sys.executable, "-m", "ops.certs", "--config", "-", "--out", str(certs)],
                        capture_output=True, text=True, cwd=ROOT)  # no such config: the CLI must say so
     assert r.returncode != 0 and "config" in r.stderr
     make_all(parse_config(config), certs, [])
@@ -112,11 +112,11 @@ def test_a_client_without_the_right_certificate_is_refused(secured: tuple[Runnin
 
 
 def test_health_checks_need_no_token_but_tls(secured: tuple[RunningCluster, Path]) -> None:
-    """The container HEALTHCHECK (python -m protos.healthcheck) works against a secured service."""
+    """The container HEALTHCHECK (python -m ops.healthcheck) works against a secured service."""
     cluster, _ = secured
     for role, address in (("coordinator", cluster.coordinator_address), ("tokenizer", cluster.tokenizer_address),
                           ("node", cluster.node_address("node2"))):
-        r = subprocess.run([sys.executable, "-m", "protos.healthcheck", role, "--config", str(cluster.config_path),
+        r = subprocess.run([sys.executable, "-m", "ops.healthcheck", role, "--config", str(cluster.config_path),
                             "--address", address], capture_output=True, text=True, cwd=ROOT, timeout=60,
                            env={"SHARDLINE_NODE_ID": "node2", "PATH": "/usr/bin:/bin"})
         assert r.returncode == 0, (role, r.stderr)

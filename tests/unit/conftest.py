@@ -14,7 +14,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The prepared default model folder (prepared here once if `make test` has not done it)."""
-    from coordinator.models import is_prepared, prepare_model
+    from ops.models import is_prepared, prepare_model
 
     target = MODEL_CACHE / DEFAULT_MODEL
     if not is_prepared(target):

