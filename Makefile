@@ -59,15 +59,16 @@ models: setup
 up: models ui
 	$(PY) -m ops.launcher --config $(CONFIG) --prometheus 9090
 
-# the fast lane first (everything that starts no cluster), then the cluster tests; each prints its slowest tests
+# the fast lane first (everything that starts no cluster; two pytest workers), then the cluster tests one at a time
+# (they are CPU-bound: two workers made them no faster here); each lane prints its slowest tests
 test: setup ui
 	cd frontend && $(NPM) test
 	$(PY) -m ops.models --config config.json
-	$(PY) -m pytest tests -m "not cluster" --durations=10
+	$(PY) -m pytest tests -m "not cluster" -n 2 --durations=10
 	$(PY) -m pytest tests -m cluster --durations=15
 
 unit: setup
-	$(PY) -m pytest tests -m "not cluster" --durations=10
+	$(PY) -m pytest tests -m "not cluster" -n 2 --durations=10
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/*.proto
