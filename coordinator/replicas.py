@@ -63,12 +63,11 @@ class ReplicaSet:
 
     # ----- lanes ------------------------------------------------------------------------------------------
 
-    def set_depth(self, depth: int) -> int:
+    def set_depth(self, depth: int) -> None:
         """``depth`` lanes, at least one per replica of the most replicated range, spread over the replicas."""
         depth = max(depth, max(len(g.replicas) for g in self.pipeline.groups))
         self.routes = [self._spread_route(lane, only_ready=False) for lane in range(depth)]
         self.sync()
-        return depth
 
     def _spread_route(self, lane: int, only_ready: bool = True) -> Route:
         out = []

@@ -84,11 +84,6 @@ class Scheduler:
     def depth(self) -> int:
         return len(self.lane_routes)
 
-    @depth.setter
-    def depth(self, depth: int) -> None:
-        self.lane_routes = (self.lane_routes + [self.lane_routes[-1]] * depth)[:depth]
-        self.usable = set(range(depth))  # the engine narrows it to lanes whose nodes are ready
-
     def set_lanes(self, routes: list[tuple[str, ...]], usable: set[int], node_capacity: dict[str, int] | None = None,
                   kv_capacity_tokens: int | None = None) -> None:
         """The lanes as the engine's replicas see them: each lane's nodes (one per stage), the lanes whose every
