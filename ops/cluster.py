@@ -25,7 +25,7 @@ from ops.supervisor import RestartPolicy, restart_exited
 from protos.config import Config
 
 logger = logging.getLogger("shardline.up")
-POLL_S = 0.3  # between two rounds of readiness probes
+POLL_S = 0.2  # between two rounds of readiness probes
 
 
 class StageLayout(TypedDict):

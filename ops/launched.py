@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-POLL_S = 0.5  # between two looks for ready.json
+POLL_S = 0.1  # between two looks for ready.json
 STOP_TIMEOUT_S = 30.0
 
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 import grpc
 import torch
@@ -215,6 +216,17 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     asyncio.run(serve(args))
+    exit_now()
+
+
+def exit_now() -> None:
+    """Exits without the interpreter's teardown, once serving stopped cleanly: every sequence was drained and the
+    server closed, so nothing is left to finalize, and Python's final garbage collections plus torch's operator
+    deregistration took 2-3 s of CPU (measured), delaying every stop and rolling restart by as much."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,7 @@ class ShardSize:
 
 def shard_size(spec: ModelSpec, layers: LayerRange, dtype: torch.dtype, kv_cache_tokens: int) -> ShardSize:
     """Exact bytes a shard would hold, from its modules built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = ShardModel(spec, layers)
+    model = ShardModel.on_meta(spec, layers)
     elem = torch.empty(0, dtype=dtype).element_size()
     weights = sum(p.numel() for p in model.parameters()) * elem
     layer_weights = sum(p.numel() for p in model.layers.parameters()) * elem
@@ -95,8 +94,7 @@ class ShardRunner:
                  device: torch.device, kv_cache_tokens: int, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> None:
         self.name, self.model_dir, self.spec, self.layers = name, model_dir, spec, layers
         self.dtype, self.device = dtype, device
-        with torch.device("meta"):
-            self.model = ShardModel(spec, layers)
+        self.model = ShardModel.on_meta(spec, layers)
         load_shard_weights(self.model, model_dir, dtype, device)
         self.model.eval()
         self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device,
