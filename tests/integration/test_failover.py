@@ -152,15 +152,24 @@ def test_kill_first_stage_under_concurrent_streams(failover_cluster: RunningClus
     cluster = failover_cluster
     wait_until("replicas ready", lambda: all_ready(cluster, REPLICATED))
     prompts = [[1, 2, 3, 4 + i] + [100 + 7 * i + j for j in range(20)] for i in range(4)]
-    undisturbed = [grpc_generate(cluster.coordinator_address, REPLICATED, p, 60)[0] for p in prompts]
-    results: list[list[int] | None] = [None] * 4
 
-    def run(i: int) -> None:
-        results[i] = grpc_generate(cluster.coordinator_address, REPLICATED, prompts[i], 60)[0]
+    def generate_all() -> list[threading.Thread]:
+        results[:] = [None] * 4
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
+        def run(i: int) -> None:
+            results[i] = grpc_generate(cluster.coordinator_address, REPLICATED, prompts[i], 60)[0]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        return threads
+
+    results: list[list[int] | None] = []
+    for t in generate_all():  # undisturbed (greedy output does not depend on batching: see test_batching)
+        t.join(timeout=180)
+    undisturbed = list(results)
+    assert all(undisturbed), undisturbed
+    threads = generate_all()
     wait_until("every stream decoding", lambda: sum(
         s.num_sequences for n in ("a1", "a2") for s in node_info(cluster.node_address(n)).shards) == 4, 60)
     time.sleep(1.0)
