@@ -13,9 +13,11 @@ from pydantic.json_schema import JsonDict
 from protos.addresses import split_address
 from protos.model_spec import (
     ALLOWED_DTYPES,
+    ALLOWED_QUANTIZATIONS,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_KV_CACHE_TOKENS,
+    DEFAULT_QUANTIZATION,
     DEFAULT_REPLICAS,
     DEVICE_PATTERN,
     DEVICE_RULE,
@@ -34,6 +36,7 @@ from protos.model_spec import (
     check_max_context,
     check_name,
     check_nodes,
+    check_quantization,
     check_replicas,
 )
 
@@ -72,6 +75,9 @@ class AddModelRequest(BaseModel):
                           "with `shardline models --name ... --source ...`")
     dtype: Annotated[StrictStr, _rule(check_dtype)] = Field(DEFAULT_DTYPE, json_schema_extra={
         "enum": list(ALLOWED_DTYPES)})
+    quantization: Annotated[StrictStr, _rule(check_quantization)] = Field(
+        DEFAULT_QUANTIZATION, json_schema_extra={"enum": list(ALLOWED_QUANTIZATIONS)},
+        description="of the linear layers' weights: none (in dtype) or int8 (weight-only, a quarter of float32)")
     device: Annotated[StrictStr, _rule(check_device)] = Field(
         DEFAULT_DEVICE, description=DEVICE_RULE, json_schema_extra={"pattern": rf"^({DEVICE_PATTERN.pattern})$"})
     replicas: Annotated[StrictInt, _rule(check_replicas)] = Field(
@@ -118,6 +124,8 @@ class ModelStatus(BaseModel):
     name: str
     state: str = Field(..., description="pending | loading | serving | unavailable | draining")
     source: str = ""
+    dtype: str = ""
+    quantization: str = ""
     reason: str = Field("", description="why it is pending or unavailable")
     num_layers: int = 0
     placement: list[PlacementEntry] = Field(default_factory=list)

@@ -58,7 +58,8 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
                           max_batch_seqs=coord.max_batch_seqs, max_running=max_seqs)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
-    load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs)
+    load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
+                     model.quantization)
     return ModelEngine(model.name, meta, Pipeline(model.name, groups), scheduler, load)
 
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import security, shard_pb2, shard_pb2_grpc, wire
 from protos.config import CoordinatorConfig, NodeConfig
 from protos.data_structures import LayerRange
+from protos.model_spec import DEFAULT_QUANTIZATION
 from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,13 @@ class ShardLoad:
     kv_cache_tokens: int
     max_sequences: int = 0  # per shard (0 = the node's default)
     dry_run: bool = False
+    quantization: str = DEFAULT_QUANTIZATION
 
     def to_proto(self) -> shard_pb2.LoadShardRequest:
         return shard_pb2.LoadShardRequest(
             model=self.model, model_path=self.model_path, layers=wire.layer_range_to_proto(self.layers),
             dtype=self.dtype, device=self.device, kv_cache_tokens=self.kv_cache_tokens,
-            max_sequences=self.max_sequences, dry_run=self.dry_run)
+            max_sequences=self.max_sequences, dry_run=self.dry_run, quantization=self.quantization)
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,11 @@ class ModelLoad:
     device: str
     kv_cache_tokens: int
     max_sequences: int = 0  # per shard (0 = the node's default)
+    quantization: str = DEFAULT_QUANTIZATION
 
     def shard(self, layers: LayerRange, dry_run: bool = False) -> ShardLoad:
         return ShardLoad(self.model, self.model_path, layers, self.dtype, self.device, self.kv_cache_tokens,
-                         self.max_sequences, dry_run)
+                         self.max_sequences, dry_run, self.quantization)
 
 
 class StageError(RuntimeError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -193,8 +193,7 @@ class ModelRegistry:
             except (grpc.aio.AioRpcError, ValueError) as e:
                 pending.reason = f"cannot place it now: {e}"
                 return
-            placed = ModelConfig(m.name, m.source, m.dtype, m.device, placement.stages, placement.ranges,
-                                 m.kv_cache_tokens, m.max_context, m.pipeline_depth)
+            placed = replace(m, stages=placement.stages, layer_ranges=placement.ranges)
             logger.info("model %s placed: %s", name, ", ".join(
                 f"{'+'.join(nodes)} {r}" for nodes, r in zip(placement.stages, placement.ranges)))
             try:

@@ -149,6 +149,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             unavailable_reason="" if engine.ready else engine.unavailable_reason(),
             running=len(engine.scheduler.running), waiting=len(engine.scheduler.waiting), source=engine.meta.path.name,
             max_waiting=engine.scheduler.max_waiting)
+        if engine.replicas.model_load is not None:
+            model.dtype, model.quantization = engine.replicas.model_load.dtype, engine.replicas.model_load.quantization
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
@@ -168,6 +170,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         for name, p in self.registry.pending.items():
             out.append(coordinator_pb2.ModelInfo(name=name, state="pending", unavailable_reason=p.reason,
                                                  source=p.request.model.source, dtype=p.request.model.dtype,
+                                                 quantization=p.request.model.quantization,
                                                  pending_since_unix=p.since))
         return out
 

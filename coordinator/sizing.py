@@ -24,7 +24,7 @@ MEASURE_RETRY_S = 1.0  # a node that is not up yet is asked again this much late
 
 def model_load(m: ModelConfig, model_dir: Path) -> ModelLoad:
     """What a dry-run LoadShard of ``m`` sends (``model_dir``: its folder in the model cache)."""
-    return ModelLoad(m.name, str(model_dir), m.dtype, m.device, m.kv_cache_tokens)
+    return ModelLoad(m.name, str(model_dir), m.dtype, m.device, m.kv_cache_tokens, quantization=m.quantization)
 
 
 async def measure(client: NodeClient, load: ModelLoad, num_layers: int) -> ModelSizes:

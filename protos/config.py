@@ -34,6 +34,7 @@ from protos.model_spec import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_KV_CACHE_TOKENS,
+    DEFAULT_QUANTIZATION,
     CheckedSpec,
     SpecProblem,
     check_model_spec,
@@ -72,6 +73,7 @@ class ModelConfig:
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
+    quantization: str = DEFAULT_QUANTIZATION  # of the linear layers' weights ("none", "int8")
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -83,7 +85,7 @@ class ModelConfig:
         """From a spec that passed protos/model_spec.py's rules (config.json, AddModel)."""
         ranges = None if spec.layer_ranges is None else tuple(LayerRange(*r) for r in spec.layer_ranges)
         return cls(spec.name, spec.source, spec.dtype, spec.device, spec.stages, ranges, spec.kv_cache_tokens,
-                   spec.max_context, spec.pipeline_depth)
+                   spec.max_context, spec.pipeline_depth, spec.quantization)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ from typing import Any, Literal
 
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
+# How a shard holds its linear layers' weights: "none" (in ``dtype``), "int8" (weight-only, one scale per output
+# channel; activations stay in ``dtype``, the matmul runs in bfloat16). See shard_node/quantize.py.
+ALLOWED_QUANTIZATIONS = ("none", "int8")
+DEFAULT_QUANTIZATION = "none"
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
 DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
@@ -40,10 +44,10 @@ FOLDER_NAME_RULE = ("a folder name of the model cache: at most 255 bytes as UTF-
                     "with '.', without '/', '\\' or control characters")
 
 Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
-CONFIG_FIELDS = ("name", "source", "dtype", "device", "nodes", "layer_ranges", "kv_cache_tokens", "max_context",
-                 "pipeline_depth")
-REQUEST_FIELDS = ("name", "source", "dtype", "device", "replicas", "nodes", "layer_ranges", "kv_cache_tokens",
-                  "max_context")
+CONFIG_FIELDS = ("name", "source", "dtype", "quantization", "device", "nodes", "layer_ranges", "kv_cache_tokens",
+                 "max_context", "pipeline_depth")
+REQUEST_FIELDS = ("name", "source", "dtype", "quantization", "device", "replicas", "nodes", "layer_ranges",
+                  "kv_cache_tokens", "max_context")
 
 
 class SpecProblem(ValueError):
@@ -67,6 +71,7 @@ class CheckedSpec:
     name: str
     source: str
     dtype: str = DEFAULT_DTYPE
+    quantization: str = DEFAULT_QUANTIZATION
     device: str = DEFAULT_DEVICE
     stages: tuple[tuple[str, ...], ...] = ()  # per stage, in layer order: its replicas' node ids (() = placed)
     layer_ranges: tuple[tuple[int, int], ...] | None = None  # explicit split, one [start, end) per stage
@@ -152,6 +157,12 @@ def check_dtype(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_quantization(value: object) -> str:
+    if value not in ALLOWED_QUANTIZATIONS:
+        raise SpecProblem("quantization", f"must be one of {list(ALLOWED_QUANTIZATIONS)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def check_device(value: object) -> str:
     if device_problem(value):
         raise SpecProblem("device", device_problem(value))
@@ -224,11 +235,12 @@ def check_layer_ranges(value: object, num_stages: int | None) -> tuple[tuple[int
 
 
 SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs no other field
-    "name": check_name, "dtype": check_dtype, "device": check_device, "kv_cache_tokens": check_kv_cache_tokens,
-    "max_context": check_max_context, "pipeline_depth": check_pipeline_depth, "replicas": check_replicas,
+    "name": check_name, "dtype": check_dtype, "quantization": check_quantization, "device": check_device,
+    "kv_cache_tokens": check_kv_cache_tokens, "max_context": check_max_context,
+    "pipeline_depth": check_pipeline_depth, "replicas": check_replicas,
 }
-DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "device": DEFAULT_DEVICE, "max_context": None,
-                            "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
+DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "quantization": DEFAULT_QUANTIZATION, "device": DEFAULT_DEVICE,
+                            "max_context": None, "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
                             "replicas": DEFAULT_REPLICAS}
 
 

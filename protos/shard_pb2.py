@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/shard.proto\x12\tshardline\x1a\x13protos/common.proto\"\xbc\x01\n\x10LoadShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x01(\x0b\x32\x15.shardline.LayerRange\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x17\n\x0fkv_cache_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x15\n\rmax_sequences\x18\x08 \x01(\x05\"#\n\x12UnloadShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\'\n\x13UnloadShardResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xba\x01\n\rSequenceSlice\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x11\n\tstart_pos\x18\x02 \x01(\x05\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\x05\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.shardline.SamplingParams\x12\x18\n\x10recent_token_ids\x18\x06 \x03(\x05\x12\x11\n\tno_sample\x18\x07 \x01(\x08\"\xd3\x01\n\x0e\x46orwardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12&\n\x04seqs\x18\x03 \x03(\x0b\x32\x18.shardline.SequenceSlice\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12!\n\x06hidden\x18\x05 \x01(\x0b\x32\x11.shardline.Tensor\x12\x15\n\rreturn_logits\x18\x06 \x01(\x08\x12\x17\n\x0frelease_seq_ids\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xee\x01\n\x0f\x46orwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x06hidden\x18\x02 \x01(\x0b\x32\x11.shardline.Tensor\x12\x16\n\x0enext_token_ids\x18\x03 \x03(\x05\x12!\n\x06logits\x18\x04 \x01(\x0b\x32\x11.shardline.Tensor\x12\x17\n\x0f\x66orward_seconds\x18\x05 \x01(\x01\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\'\n\nseq_errors\x18\x08 \x03(\x0b\x32\x13.shardline.SeqError\"9\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"0\n\x0eReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07seq_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\r\n\x0bInfoRequest\"\xfa\x02\n\tShardInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x01(\x0b\x32\x15.shardline.LayerRange\x12\x18\n\x10num_layers_total\x18\x03 \x01(\x05\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12\x15\n\rhas_embedding\x18\x07 \x01(\x08\x12\x10\n\x08has_head\x18\x08 \x01(\x08\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x1a\n\x12layer_weight_bytes\x18\n \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x0b \x01(\x03\x12\x16\n\x0ekv_used_tokens\x18\x0c \x01(\x03\x12\x15\n\rnum_sequences\x18\r \x01(\x05\x12\x13\n\x0bhidden_size\x18\x0e \x01(\x05\x12\x12\n\nvocab_size\x18\x0f \x01(\x05\x12\x19\n\x11kv_capacity_bytes\x18\x10 \x01(\x03\"\xb0\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x06shards\x18\x02 \x03(\x0b\x32\x14.shardline.ShardInfo\x12\x11\n\trss_bytes\x18\x03 \x01(\x03\x12\x0f\n\x07host_id\x18\x04 \x01(\t\x12\x11\n\tcpu_count\x18\x05 \x01(\x05\x12\x1b\n\x13memory_budget_bytes\x18\x06 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x03\x32\xd6\x02\n\tShardNode\x12>\n\tLoadShard\x12\x1b.shardline.LoadShardRequest\x1a\x14.shardline.ShardInfo\x12L\n\x0bUnloadShard\x12\x1d.shardline.UnloadShardRequest\x1a\x1e.shardline.UnloadShardResponse\x12\x44\n\x07\x46orward\x12\x19.shardline.ForwardRequest\x1a\x1a.shardline.ForwardResponse(\x01\x30\x01\x12@\n\x07Release\x12\x19.shardline.ReleaseRequest\x1a\x1a.shardline.ReleaseResponse\x12\x33\n\x04Info\x12\x16.shardline.InfoRequest\x1a\x13.shardline.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/shard.proto\x12\tshardline\x1a\x13protos/common.proto\"\xd2\x01\n\x10LoadShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x01(\x0b\x32\x15.shardline.LayerRange\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x17\n\x0fkv_cache_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x15\n\rmax_sequences\x18\x08 \x01(\x05\x12\x14\n\x0cquantization\x18\t \x01(\t\"#\n\x12UnloadShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\'\n\x13UnloadShardResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xba\x01\n\rSequenceSlice\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x11\n\tstart_pos\x18\x02 \x01(\x05\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x18\n\x10max_total_tokens\x18\x04 \x01(\x05\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.shardline.SamplingParams\x12\x18\n\x10recent_token_ids\x18\x06 \x03(\x05\x12\x11\n\tno_sample\x18\x07 \x01(\x08\"\xd3\x01\n\x0e\x46orwardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12&\n\x04seqs\x18\x03 \x03(\x0b\x32\x18.shardline.SequenceSlice\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12!\n\x06hidden\x18\x05 \x01(\x0b\x32\x11.shardline.Tensor\x12\x15\n\rreturn_logits\x18\x06 \x01(\x08\x12\x17\n\x0frelease_seq_ids\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xee\x01\n\x0f\x46orwardResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x06hidden\x18\x02 \x01(\x0b\x32\x11.shardline.Tensor\x12\x16\n\x0enext_token_ids\x18\x03 \x03(\x05\x12!\n\x06logits\x18\x04 \x01(\x0b\x32\x11.shardline.Tensor\x12\x17\n\x0f\x66orward_seconds\x18\x05 \x01(\x01\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\'\n\nseq_errors\x18\x08 \x03(\x0b\x32\x13.shardline.SeqError\"9\n\x08SeqError\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"0\n\x0eReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07seq_ids\x18\x02 \x03(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\r\n\x0bInfoRequest\"\xa0\x03\n\tShardInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06layers\x18\x02 \x01(\x0b\x32\x15.shardline.LayerRange\x12\x18\n\x10num_layers_total\x18\x03 \x01(\x05\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12\x15\n\rhas_embedding\x18\x07 \x01(\x08\x12\x10\n\x08has_head\x18\x08 \x01(\x08\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x1a\n\x12layer_weight_bytes\x18\n \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x0b \x01(\x03\x12\x16\n\x0ekv_used_tokens\x18\x0c \x01(\x03\x12\x15\n\rnum_sequences\x18\r \x01(\x05\x12\x13\n\x0bhidden_size\x18\x0e \x01(\x05\x12\x12\n\nvocab_size\x18\x0f \x01(\x05\x12\x19\n\x11kv_capacity_bytes\x18\x10 \x01(\x03\x12\x14\n\x0cquantization\x18\x11 \x01(\t\x12\x0e\n\x06kernel\x18\x12 \x01(\t\"\xb0\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x06shards\x18\x02 \x03(\x0b\x32\x14.shardline.ShardInfo\x12\x11\n\trss_bytes\x18\x03 \x01(\x03\x12\x0f\n\x07host_id\x18\x04 \x01(\t\x12\x11\n\tcpu_count\x18\x05 \x01(\x05\x12\x1b\n\x13memory_budget_bytes\x18\x06 \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x07 \x01(\x03\x32\xd6\x02\n\tShardNode\x12>\n\tLoadShard\x12\x1b.shardline.LoadShardRequest\x1a\x14.shardline.ShardInfo\x12L\n\x0bUnloadShard\x12\x1d.shardline.UnloadShardRequest\x1a\x1e.shardline.UnloadShardResponse\x12\x44\n\x07\x46orward\x12\x19.shardline.ForwardRequest\x1a\x1a.shardline.ForwardResponse(\x01\x30\x01\x12@\n\x07Release\x12\x19.shardline.ReleaseRequest\x1a\x1a.shardline.ReleaseResponse\x12\x33\n\x04Info\x12\x16.shardline.InfoRequest\x1a\x13.shardline.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.shard_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADSHARDREQUEST']._serialized_start=55
-  _globals['_LOADSHARDREQUEST']._serialized_end=243
-  _globals['_UNLOADSHARDREQUEST']._serialized_start=245
-  _globals['_UNLOADSHARDREQUEST']._serialized_end=280
-  _globals['_UNLOADSHARDRESPONSE']._serialized_start=282
-  _globals['_UNLOADSHARDRESPONSE']._serialized_end=321
-  _globals['_SEQUENCESLICE']._serialized_start=324
-  _globals['_SEQUENCESLICE']._serialized_end=510
-  _globals['_FORWARDREQUEST']._serialized_start=513
-  _globals['_FORWARDREQUEST']._serialized_end=724
-  _globals['_FORWARDRESPONSE']._serialized_start=727
-  _globals['_FORWARDRESPONSE']._serialized_end=965
-  _globals['_SEQERROR']._serialized_start=967
-  _globals['_SEQERROR']._serialized_end=1024
-  _globals['_RELEASEREQUEST']._serialized_start=1026
-  _globals['_RELEASEREQUEST']._serialized_end=1074
-  _globals['_RELEASERESPONSE']._serialized_start=1076
-  _globals['_RELEASERESPONSE']._serialized_end=1111
-  _globals['_INFOREQUEST']._serialized_start=1113
-  _globals['_INFOREQUEST']._serialized_end=1126
-  _globals['_SHARDINFO']._serialized_start=1129
-  _globals['_SHARDINFO']._serialized_end=1507
-  _globals['_NODEINFO']._serialized_start=1510
-  _globals['_NODEINFO']._serialized_end=1686
-  _globals['_SHARDNODE']._serialized_start=1689
-  _globals['_SHARDNODE']._serialized_end=2031
+  _globals['_LOADSHARDREQUEST']._serialized_end=265
+  _globals['_UNLOADSHARDREQUEST']._serialized_start=267
+  _globals['_UNLOADSHARDREQUEST']._serialized_end=302
+  _globals['_UNLOADSHARDRESPONSE']._serialized_start=304
+  _globals['_UNLOADSHARDRESPONSE']._serialized_end=343
+  _globals['_SEQUENCESLICE']._serialized_start=346
+  _globals['_SEQUENCESLICE']._serialized_end=532
+  _globals['_FORWARDREQUEST']._serialized_start=535
+  _globals['_FORWARDREQUEST']._serialized_end=746
+  _globals['_FORWARDRESPONSE']._serialized_start=749
+  _globals['_FORWARDRESPONSE']._serialized_end=987
+  _globals['_SEQERROR']._serialized_start=989
+  _globals['_SEQERROR']._serialized_end=1046
+  _globals['_RELEASEREQUEST']._serialized_start=1048
+  _globals['_RELEASEREQUEST']._serialized_end=1096
+  _globals['_RELEASERESPONSE']._serialized_start=1098
+  _globals['_RELEASERESPONSE']._serialized_end=1133
+  _globals['_INFOREQUEST']._serialized_start=1135
+  _globals['_INFOREQUEST']._serialized_end=1148
+  _globals['_SHARDINFO']._serialized_start=1151
+  _globals['_SHARDINFO']._serialized_end=1567
+  _globals['_NODEINFO']._serialized_start=1570
+  _globals['_NODEINFO']._serialized_end=1746
+  _globals['_SHARDNODE']._serialized_start=1749
+  _globals['_SHARDNODE']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LoadShardRequest(_message.Message):
-    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run", "max_sequences")
+    __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run", "max_sequences", "quantization")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class LoadShardRequest(_message.Message):
     KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_path: str
     layers: _common_pb2.LayerRange
@@ -25,7 +26,8 @@ class LoadShardRequest(_message.Message):
     kv_cache_tokens: int
     dry_run: bool
     max_sequences: int
-    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ..., dry_run: bool = ..., max_sequences: _Optional[int] = ...) -> None: ...
+    quantization: str
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_tokens: _Optional[int] = ..., dry_run: bool = ..., max_sequences: _Optional[int] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class UnloadShardRequest(_message.Message):
     __slots__ = ("model",)
@@ -126,7 +128,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size", "kv_capacity_bytes")
+    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size", "kv_capacity_bytes", "quantization", "kernel")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +145,8 @@ class ShardInfo(_message.Message):
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     KV_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
     model: str
     layers: _common_pb2.LayerRange
     num_layers_total: int
@@ -159,7 +163,9 @@ class ShardInfo(_message.Message):
     hidden_size: int
     vocab_size: int
     kv_capacity_bytes: int
-    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ...) -> None: ...
+    quantization: str
+    kernel: str
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., kernel: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "shards", "rss_bytes", "host_id", "cpu_count", "memory_budget_bytes", "memory_used_bytes")

@@ -12,10 +12,32 @@ import torch
 from protos import shard_pb2, tensors, wire
 from protos.data_structures import LayerRange
 from protos.hf_config import HfConfigError, ModelNotPrepared, read_hf_config
-from protos.model_spec import DEFAULT_DEVICE, SpecProblem, check_dtype
+from protos.model_spec import DEFAULT_DEVICE, DEFAULT_QUANTIZATION, SpecProblem, check_dtype, check_quantization
 from shard_node.architectures import ModelSpec, UnsupportedArchitecture
 from shard_node.host import pick_device
-from shard_node.runner import ShardSize, shard_size
+from shard_node.quantize import kernel_description, quantize_shard
+from shard_node.shard_model import ShardModel
+
+
+@dataclass(frozen=True)
+class ShardSize:
+    weight_bytes: int
+    layer_weight_bytes: int
+    kv_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes
+
+
+def shard_size(spec: ModelSpec, layers: LayerRange, dtype: torch.dtype, kv_cache_tokens: int,
+               quantization: str = DEFAULT_QUANTIZATION) -> ShardSize:
+    """Exact bytes a shard would hold, from its modules built (and quantized) on the meta device."""
+    model = ShardModel.on_meta(spec, layers).to(dtype)  # as loaded: in dtype, then quantized
+    quantize_shard(model, quantization)
+    elem = torch.empty(0, dtype=dtype).element_size()
+    kv = kv_cache_tokens * 2 * layers.length * spec.num_kv_heads * spec.head_dim * elem
+    return ShardSize(model.weight_bytes(), model.layer_weight_bytes(), kv)
 
 
 class LoadRefused(Exception):
@@ -36,6 +58,7 @@ class LoadPlan:
     device: torch.device
     kv_tokens: int
     size: ShardSize
+    quantization: str = DEFAULT_QUANTIZATION
 
     @property
     def dtype(self) -> torch.dtype:
@@ -49,7 +72,8 @@ class LoadPlan:
             dtype=self.dtype_name, device=str(self.device), architecture=spec.model_type,
             has_embedding=layers.start == 0, has_head=layers.end == spec.num_layers, weight_bytes=size.weight_bytes,
             layer_weight_bytes=size.layer_weight_bytes, kv_capacity_tokens=self.kv_tokens,
-            kv_capacity_bytes=size.kv_bytes, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size)
+            kv_capacity_bytes=size.kv_bytes, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
+            quantization=self.quantization, kernel=kernel_description(self.quantization, self.device))
 
 
 def plan_load(request: shard_pb2.LoadShardRequest, default_kv_tokens: int) -> LoadPlan:
@@ -59,6 +83,7 @@ def plan_load(request: shard_pb2.LoadShardRequest, default_kv_tokens: int) -> Lo
     model_dir = Path(request.model_path)
     try:
         dtype_name = check_dtype(request.dtype)
+        quantization = check_quantization(request.quantization or DEFAULT_QUANTIZATION)
         spec = ModelSpec.from_hf_config(read_hf_config(model_dir))
         layers = wire.layer_range_from_proto(request.layers)
         if layers.end > spec.num_layers:
@@ -69,5 +94,5 @@ def plan_load(request: shard_pb2.LoadShardRequest, default_kv_tokens: int) -> Lo
     except (SpecProblem, HfConfigError, UnsupportedArchitecture, ValueError) as e:
         raise LoadRefused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
     kv_tokens = request.kv_cache_tokens or default_kv_tokens
-    size = shard_size(spec, layers, tensors.DTYPES[dtype_name], kv_tokens)
-    return LoadPlan(request.model, model_dir, spec, layers, dtype_name, device, kv_tokens, size)
+    size = shard_size(spec, layers, tensors.DTYPES[dtype_name], kv_tokens, quantization)
+    return LoadPlan(request.model, model_dir, spec, layers, dtype_name, device, kv_tokens, size, quantization)

@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from protos.data_structures import LayerRange, SamplingParams
+from protos.model_spec import DEFAULT_QUANTIZATION
 from shard_node.architectures import ModelSpec, RaggedBatch
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
+from shard_node.quantize import kernel_description, quantize_shard
 from shard_node.sampler import sample_next
 from shard_node.shard_model import ShardModel
 from shard_node.weights import load_shard_weights
@@ -66,36 +68,18 @@ class BatchResult:
     row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
 
 
-@dataclass(frozen=True)
-class ShardSize:
-    weight_bytes: int
-    layer_weight_bytes: int
-    kv_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weight_bytes + self.kv_bytes
-
-
-def shard_size(spec: ModelSpec, layers: LayerRange, dtype: torch.dtype, kv_cache_tokens: int) -> ShardSize:
-    """Exact bytes a shard would hold, from its modules built on the meta device (nothing allocated)."""
-    model = ShardModel.on_meta(spec, layers)
-    elem = torch.empty(0, dtype=dtype).element_size()
-    weights = sum(p.numel() for p in model.parameters()) * elem
-    layer_weights = sum(p.numel() for p in model.layers.parameters()) * elem
-    kv = kv_cache_tokens * 2 * layers.length * spec.num_kv_heads * spec.head_dim * elem
-    return ShardSize(weights, layer_weights, kv)
-
-
 class ShardRunner:
     """One model's shard on this node: weights, KV cache, and the forward of a micro-batch."""
 
     def __init__(self, name: str, model_dir: Path, spec: ModelSpec, layers: LayerRange, dtype: torch.dtype,
-                 device: torch.device, kv_cache_tokens: int, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> None:
+                 device: torch.device, kv_cache_tokens: int, max_sequences: int = DEFAULT_MAX_SEQUENCES,
+                 quantization: str = DEFAULT_QUANTIZATION) -> None:
         self.name, self.model_dir, self.spec, self.layers = name, model_dir, spec, layers
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.quantization = dtype, device, quantization
         self.model = ShardModel.on_meta(spec, layers)
         load_shard_weights(self.model, model_dir, dtype, device)
+        quantize_shard(self.model, quantization)
+        self.kernel = kernel_description(quantization, device)
         self.model.eval()
         self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device,
                           max_sequences)

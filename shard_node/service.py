@@ -93,6 +93,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
             num_sequences=runner.kv.num_sequences, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
             kv_capacity_bytes=runner.kv.capacity_tokens * runner.kv.bytes_per_token,
+            quantization=runner.quantization, kernel=runner.kernel,
         )
 
     async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
@@ -106,25 +107,25 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             return plan.dry_run_info()
         existing = self.runners.get(request.model)
         if existing and existing.layers == plan.layers and existing.model_dir == plan.model_dir \
-                and tensors.DTYPE_NAMES[existing.dtype] == request.dtype:
+                and tensors.DTYPE_NAMES[existing.dtype] == request.dtype and existing.quantization == plan.quantization:
             return self.shard_info(existing)
         reservation = await self._reserve(plan, context)
-        logger.info("loading %s layers %s of %d (%s, %s) from %s", request.model, plan.layers, plan.spec.num_layers,
-                    request.dtype, plan.device, plan.model_dir)
+        logger.info("loading %s layers %s of %d (%s, quantization %s, %s) from %s", request.model, plan.layers,
+                    plan.spec.num_layers, request.dtype, plan.quantization, plan.device, plan.model_dir)
         max_sequences = request.max_sequences if request.max_sequences > 0 else DEFAULT_MAX_SEQUENCES
         try:
             runner = await asyncio.get_running_loop().run_in_executor(self.compute, lambda: ShardRunner(
                 request.model, plan.model_dir, plan.spec, plan.layers, plan.dtype, plan.device, plan.kv_tokens,
-                max_sequences))
+                max_sequences, plan.quantization))
         except (CheckpointError, UnsupportedArchitecture, ValueError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.model}: {e}")
         finally:  # failed or cancelled: the bytes are free again; loaded: the runner counts them from now on
             self._reserved.pop(reservation, None)
         self.runners[request.model] = runner
         info = self.shard_info(runner)
-        logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB)",
+        logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB); %s",
                     request.model, plan.layers, info.weight_bytes / 1e6, info.layer_weight_bytes / 1e6,
-                    plan.kv_tokens, plan.kv_tokens * runner.kv.bytes_per_token / 1e6)
+                    plan.kv_tokens, plan.kv_tokens * runner.kv.bytes_per_token / 1e6, runner.kernel)
         return info
 
     async def _reserve(self, plan: LoadPlan, context: grpc.aio.ServicerContext) -> int:

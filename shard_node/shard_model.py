@@ -63,7 +63,8 @@ class ShardModel(nn.Module):
             nn.Embedding(spec.max_positions, spec.hidden_size) if self.is_first and spec.model_type == "gpt2" else None
         )
         self.norm = make_final_norm(spec) if self.is_last else None
-        self.lm_head = (
+        # An nn.Linear, or after quantize_shard any module mapping [N, D] -> [N, vocab] (e.g. Int8Linear).
+        self.lm_head: nn.Module | None = (
             nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
             if self.is_last and not spec.tie_word_embeddings else None
         )
@@ -93,8 +94,9 @@ class ShardModel(nn.Module):
         return keys
 
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # token_ids, positions: [T] -> [T, D]
-        assert self.embed_tokens is not None and self.is_first
+        # token_ids, positions: [T] -> [T, D]; only the first shard embeds (a quantized tied last shard may have
+        # dropped embed_tokens, which it held only as the head)
+        assert self.embed_tokens is not None and self.is_first, "only the first shard embeds tokens"
         x = self.embed_tokens(token_ids)
         if self.position_embed is not None:
             x = x + self.position_embed(positions)
@@ -114,9 +116,11 @@ class ShardModel(nn.Module):
         # hidden: [N, D] -> [N, vocab] in float32
         assert self.norm is not None
         h = self.norm(hidden)
+        if self.lm_head is not None and not isinstance(self.lm_head, nn.Linear):
+            return self.lm_head(h).float()  # a quantized head
         head = self.lm_head if self.lm_head is not None else self.embed_tokens  # tied: the embedding is the head
-        assert head is not None
-        return (h @ head.weight.T).float()
+        assert isinstance(head, (nn.Linear, nn.Embedding))
+        return (h @ head.weight.T).float()  # the float path, kept as is: bit-identical to transformers in fp32
 
     def layer_weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.layers.parameters())

@@ -29,8 +29,8 @@ router = APIRouter(tags=["admin"])
 
 
 def _status(m: coordinator_pb2.ModelInfo) -> ModelStatus:
-    return ModelStatus(name=m.name, state=m.state, source=m.source, reason=m.unavailable_reason,
-                       num_layers=m.num_layers, placement=[
+    return ModelStatus(name=m.name, state=m.state, source=m.source, dtype=m.dtype, quantization=m.quantization,
+                       reason=m.unavailable_reason, num_layers=m.num_layers, placement=[
                            PlacementEntry(stage=s.stage, layers=[s.layers.start, s.layers.end], node=s.node_id,
                                           state=s.state, weight_bytes=s.weight_bytes,
                                           kv_capacity_tokens=s.kv_capacity_tokens) for s in m.stages])
@@ -54,7 +54,8 @@ async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backen
     stages = [coordinator_pb2.StageNodes(node_ids=[e] if isinstance(e, str) else e) for e in body.nodes or []]
     ranges = [wire.layer_range_to_proto(LayerRange(*r)) for r in body.layer_ranges or []]  # checked by the schema
     request = coordinator_pb2.AddModelRequest(
-        name=body.name, source=body.source or body.name, dtype=body.dtype, device=body.device, replicas=body.replicas,
+        name=body.name, source=body.source or body.name, dtype=body.dtype, quantization=body.quantization,
+        device=body.device, replicas=body.replicas,
         stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0)
     info = await backend.add_model(request)
     status = _status(info)

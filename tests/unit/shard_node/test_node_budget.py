@@ -16,7 +16,8 @@ from protos import shard_pb2, tensors, wire
 from protos.data_structures import LayerRange
 from shard_node import service
 from shard_node.architectures import ModelSpec
-from shard_node.runner import shard_size
+from shard_node.load_plan import shard_size
+from shard_node.quantize import kernel_description
 from tests.unit.fakes import Aborted, FakeContext
 
 CONFIG = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
@@ -28,16 +29,17 @@ def fake_runner(fail: set[str]) -> Any:
     """Stands for ShardRunner: holds the exact bytes the real one would, loads nothing (or fails by model)."""
 
     def make(name: str, model_dir: Path, spec: ModelSpec, layers: LayerRange, dtype: Any, device: Any,
-             kv_tokens: int, max_sequences: int) -> SimpleNamespace:
+             kv_tokens: int, max_sequences: int, quantization: str) -> SimpleNamespace:
         if name in fail:
             raise ValueError("truncated checkpoint")
-        size = shard_size(spec, layers, dtype, kv_tokens)
+        size = shard_size(spec, layers, dtype, kv_tokens, quantization)
         model = SimpleNamespace(weight_bytes=lambda: size.weight_bytes, layer_weight_bytes=lambda: 0,
                                 embed_tokens=None)
         kv = SimpleNamespace(capacity_tokens=kv_tokens, bytes_per_token=size.kv_bytes // kv_tokens, used_tokens=0,
                              num_sequences=0)
         return SimpleNamespace(name=name, model_dir=model_dir, spec=spec, layers=layers, dtype=dtype,
-                               device=device, model=model, kv=kv, is_last=True)
+                               device=device, model=model, kv=kv, is_last=True, quantization=quantization,
+                               kernel=kernel_description(quantization, device))
 
     return make
 

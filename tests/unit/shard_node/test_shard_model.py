@@ -7,7 +7,7 @@ through one, two or three ShardRunner stages chained by hand (what the coordinat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,8 @@ SPLITS: dict[str, list[tuple[int, int]]] = {
     "2+2": [(0, 2), (2, 4)],
     "1+2+1": [(0, 1), (1, 3), (3, 4)],
 }
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _llama_like(cls_name: str, config_name: str, **extra: object) -> Callable[[], torch.nn.Module]:
@@ -62,15 +64,6 @@ ARCHS: dict[str, Callable[[], torch.nn.Module]] = {
     "mistral": _llama_like("MistralForCausalLM", "MistralConfig"),
     "gpt2": _gpt2,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny matmuls are dominated by intra-op thread hand-offs: one thread is ~3x faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
