@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -27,10 +28,12 @@ from bench.report import (
     BenchReport,
     compute_ratios,
     plot,
+    shardline_system,
     write_json,
 )
 from bench.report_md import write_markdown
 from bench.stats import RequestTrace, Round, summarize
+from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload, build_workload
 
 
@@ -82,28 +85,42 @@ class Bench:
         res = measure_hop(self.run_dir, [1, 8, 32], hidden, self.args.hop_messages)
         self.rep.hop += [r.__dict__ for r in res]
 
-    def shardline(self) -> None:
+    def shardline(self, fmt: WeightFormat = FLOAT32) -> None:
         from bench.shardline_cluster import NodePlan, ShardlineCluster
         from bench.shardline_runner import measure
         from ops.ports import free_ports
 
+        system = shardline_system(fmt)
         ports = free_ports(3)
         nodes = [NodePlan(f"node{i + 1}", "127.0.0.1", ports[i]) for i in range(3)]
-        cluster = ShardlineCluster(self.w, self.run_dir / "shardline", nodes, self.node_threads,
-                                   self.args.pipeline_depth)
-        self.rep.systems[SHARDLINE] = {"processes": "3 shard nodes + coordinator on loopback",
-                                       "threads per node": self.node_threads,
-                                       "pipeline depth": self.args.pipeline_depth or "default",
-                                       "dtype": "float32", "clients": "gRPC Generate, one channel"}
+        cluster = ShardlineCluster(self.w, self.run_dir / system.replace(" ", "-"), nodes, self.node_threads,
+                                   self.args.pipeline_depth, fmt)
+        self.rep.systems[system] = {"processes": "3 shard nodes + coordinator on loopback",
+                                    "threads per node": self.node_threads,
+                                    "pipeline depth": self.args.pipeline_depth or "default",
+                                    "dtype": fmt.dtype, "quantization": fmt.quantization,
+                                    "clients": "gRPC Generate, one channel"}
         log(f"  starting 3 shard nodes ({self.node_threads} thread(s) each) + coordinator; logs in {cluster.run_dir}")
         try:
             cluster.start()
-            results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE, self.args.prompts,
+            results, memory = asyncio.run(measure(cluster, self.w, system, self.args.prompts,
                                                   self.args.concurrency))
         finally:
             cluster.stop()
         self.rep.runs += results
-        self.rep.memory[SHARDLINE] = memory
+        self.rep.memory[system] = memory
+
+    def format_quality(self) -> None:
+        """Greedy agreement with float32 and perplexity of every format, in-process on one ShardRunner each."""
+        from dataclasses import asdict
+
+        from bench.formats import measure
+
+        formats = [f for f in self.args.formats if f != FLOAT32]
+        for quality in measure(Path(self.w.model_dir), formats, n_new=32):
+            self.rep.formats.append(asdict(quality))
+            log(f"  {quality.dtype}+{quality.quantization}: perplexity {quality.perplexity:.2f}, identical "
+                f"{quality.identical_share:.0%}, tokens to divergence mean {quality.mean_tokens_to_divergence:.1f}")
 
     def transformers(self) -> None:
         spec = {"model_dir": self.w.model_dir, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
@@ -265,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parts: list[tuple[str, Callable[[], None], bool]] = [
         ("hop", bench.hop, args.skip_hop),
         (SHARDLINE, bench.shardline, args.skip_shardline),
+        *[(shardline_system(f), functools.partial(bench.shardline, f), args.skip_shardline)
+          for f in args.formats if f != FLOAT32],
+        ("formats", bench.format_quality, args.skip_formats),
         (HF, bench.transformers, args.skip_transformers),
         (LLAMACPP, bench.llamacpp, args.skip_llamacpp),
         ("netns", bench.netns, args.skip_netns),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bench.weight_formats import WeightFormat, parse_formats
 from protos.data_structures import LayerRange, SamplingParams
 from shard_node.architectures import ModelSpec, RaggedBatch
 from shard_node.runner import MicroBatch, ShardRunner, SliceInput
@@ -32,6 +33,7 @@ PROMPTS = (  # chat questions of several kinds: facts, arithmetic, code, instruc
     "Describe a cat to someone who has never seen one.",
 )
 GREEDY = SamplingParams()
+
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,17 @@ def text_ids(model_dir: Path) -> list[int]:
     return load_model_tokenizer(model_dir).encode(PERPLEXITY_TEXT.read_text())
 
 
-def measure(model_dir: Path, formats: list[tuple[str, str]], n_new: int) -> list[FormatQuality]:
-    """float32 first (the reference), then every (dtype, quantization) of ``formats``."""
+def measure(model_dir: Path, formats: list[WeightFormat], n_new: int) -> list[FormatQuality]:
+    """float32 first (the reference), then every format of ``formats``."""
     prompts, text = chat_prompts(model_dir), text_ids(model_dir)
     base = load_runner(model_dir)
     reference = [greedy(base, p, n_new) for p in prompts]
     out = [compare(reference, reference, base, text, "float32", "none")]
     del base
-    for dtype, quantization in formats:
-        runner = load_runner(model_dir, dtype, quantization)
-        out.append(compare(reference, [greedy(runner, p, n_new) for p in prompts], runner, text, dtype,
-                           quantization))
+    for fmt in formats:
+        runner = load_runner(model_dir, fmt.dtype, fmt.quantization)
+        out.append(compare(reference, [greedy(runner, p, n_new) for p in prompts], runner, text, fmt.dtype,
+                           fmt.quantization))
     return out
 
 
@@ -119,9 +121,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path(".cache/models/smollm2-135m-instruct"))
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
+    p.add_argument("--formats", default="bfloat16,float32+int8,bfloat16+int8", type=parse_formats,
+                   help="comma list of dtype[+quantization] compared with float32")
     args = p.parse_args()
-    for quality in measure(args.model_dir, [("bfloat16", "none"), ("float32", "int8"), ("bfloat16", "int8")],
-                           args.tokens):
+    for quality in measure(args.model_dir, args.formats, args.tokens):
         print(json.dumps(asdict(quality)))  # noqa: T201
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.procs import REPO
+from bench.weight_formats import parse_formats
 from bench.workload import DEFAULT_MODEL_DIR
 
 
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
     p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
     p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
+    p.add_argument("--formats", default="bfloat16+int8", type=parse_formats,
+                   help="weight formats Shardline also runs in, besides float32 (comma list of dtype[+quantization])")
+    p.add_argument("--skip-formats", action="store_true", help="skip the formats' accuracy (agreement, perplexity)")
     p.add_argument("--skip-shardline", action="store_true")
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--skip-llamacpp", action="store_true")

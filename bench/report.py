@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import RunResult, ratio
+from bench.weight_formats import FLOAT32, WeightFormat
 
 SHARDLINE, HF, LLAMACPP, SHARDLINE_NETNS = "shardline", "transformers", "llama.cpp", "shardline-netns"
+
+
+def shardline_system(fmt: WeightFormat) -> str:
+    """The report's name of Shardline in a weight format: 'shardline' in float32, 'shardline bfloat16+int8'."""
+    return SHARDLINE if fmt == FLOAT32 else f"{SHARDLINE} {fmt.label}"
 
 
 @dataclass
@@ -29,6 +35,7 @@ class BenchReport:
     ratios: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     cpu_use: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> bench vs other processes
+    formats: list[dict[str, Any]] = field(default_factory=list)  # bench.formats.FormatQuality per weight format
 
     def find(self, system: str, prompt: str, c: int) -> RunResult | None:
         return next((r for r in self.runs if r.system == system and r.prompt == prompt and r.concurrency == c), None)
@@ -68,8 +75,25 @@ def compute_ratios(rep: BenchReport) -> dict[str, Any]:
             d["top_aggregate_shardline_over_llamacpp_c1"] = ratio(st and st.aggregate_tps, l1 and l1.aggregate_tps)
             sn = rep.find(SHARDLINE_NETNS, prompt, top)
             d["top_aggregate_netns_over_loopback"] = ratio(sn and sn.aggregate_tps, st and st.aggregate_tps)
+        for system in sorted({r.system for r in rep.runs if r.system.startswith(f"{SHARDLINE} ")}):
+            d.update(_format_ratios(rep, system, prompt, top))
         out[prompt] = d
     return out
+
+
+def _format_ratios(rep: BenchReport, system: str, prompt: str, top: int | None) -> dict[str, float | None]:
+    """Shardline in another weight format against transformers and llama.cpp (same keys, with the format)."""
+    label = system.split(" ", 1)[1]
+    s1, h1, l1 = (rep.find(s, prompt, 1) for s in (system, HF, LLAMACPP))
+    d = {f"c1_decode_tps_{label}_over_transformers": ratio(s1 and s1.decode_tps_per_stream_mean,
+                                                           h1 and h1.decode_tps_per_stream_mean),
+         f"c1_decode_tps_{label}_over_llamacpp": ratio(s1 and s1.decode_tps_per_stream_mean,
+                                                       l1 and l1.decode_tps_per_stream_mean)}
+    if top is not None:
+        st, ht = rep.find(system, prompt, top), rep.find(HF, prompt, top)
+        d[f"top_aggregate_{label}_over_transformers_batch"] = ratio(st and st.aggregate_tps, ht and ht.aggregate_tps)
+        d[f"top_aggregate_{label}_over_llamacpp_c1"] = ratio(st and st.aggregate_tps, l1 and l1.aggregate_tps)
+    return d
 
 
 def _clean(x: Any) -> Any:

@@ -9,8 +9,8 @@ from bench.stats import RunResult
 
 
 def write_markdown(rep: BenchReport, path: Path) -> None:
-    L = (_header_lines(rep) + _systems_lines(rep) + _runs_lines(rep) + _memory_section(rep) + _hop_lines(rep)
-         + _netns_section(rep) + _footer_lines(rep))
+    L = (_header_lines(rep) + _systems_lines(rep) + _runs_lines(rep) + _formats_lines(rep) + _memory_section(rep)
+         + _hop_lines(rep) + _netns_section(rep) + _footer_lines(rep))
     path.write_text("\n".join(L))
 
 
@@ -79,6 +79,27 @@ def _runs_lines(rep: BenchReport) -> list[str]:
     return L
 
 
+def _formats_lines(rep: BenchReport) -> list[str]:
+    """Accuracy of each weight format against float32, and its speed against the peers (same run)."""
+    L: list[str] = []
+    if rep.formats:
+        L += ["## Weight formats: accuracy (bench/formats.py, in-process, against float32)", "",
+              "| format | perplexity (bench/data/perplexity.txt) | answers identical to float32 | tokens before the "
+              "first difference, mean / min |", "|---|---:|---:|---:|"]
+        for q in rep.formats:
+            label = q["dtype"] if q["quantization"] == "none" else f"{q['dtype']}+{q['quantization']}"
+            L.append(f"| {label} | {q['perplexity']:.2f} | {q['identical_share']:.0%} | "
+                     f"{q['mean_tokens_to_divergence']:.1f} / {q['min_tokens_to_divergence']} |")
+        L.append("")
+    ratios = [(prompt, k, v) for prompt, d in rep.ratios.items() for k, v in d.items()
+              if "+" in k or k.startswith(("c1_decode_tps_bfloat16", "c1_decode_tps_float16"))]
+    if ratios:
+        L += ["## Weight formats: speed ratios (same run)", "", "| prompt | ratio | value |", "|---|---|---:|"]
+        L += [f"| {prompt} | {k} | {_x(v)} |" for prompt, k, v in ratios]
+        L.append("")
+    return L
+
+
 def _hop_lines(rep: BenchReport) -> list[str]:
     L: list[str] = []
     if rep.hop:
@@ -142,7 +163,8 @@ def _memory_section(rep: BenchReport) -> list[str]:
     L.append("")
     L.append("| system | process | peak RSS | weights held | peak KV reserved (tokens → bytes) |")
     L.append("|---|---|---:|---:|---:|")
-    for system in (SHARDLINE, SHARDLINE_NETNS):
+    formats = sorted(s for s in rep.memory if s.startswith(f"{SHARDLINE} "))
+    for system in (SHARDLINE, *formats, SHARDLINE_NETNS):
         mem = rep.memory.get(system)
         if not mem:
             continue

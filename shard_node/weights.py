@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 from tqdm import tqdm
 
 from shard_node.shard_model import ShardModel
@@ -33,27 +35,60 @@ def checkpoint_files(model_dir: Path) -> dict[str, Path]:
         return {name: single for name in f.keys()}
 
 
+LayerLoaded = Callable[[nn.Module], None]  # called with each transformer block once its tensors are in
+
+
 def load_shard_weights(model: ShardModel, model_dir: Path, dtype: torch.dtype, device: torch.device,
-                       show_progress: bool = True) -> None:
-    """Copies this shard's tensors in; the model must have been built on the meta device."""
+                       show_progress: bool = True, on_layer_loaded: LayerLoaded | None = None) -> None:
+    """Copies this shard's tensors in; the model must have been built on the meta device.
+
+    One unit at a time (a transformer block, the embedding, the norm, the head), each file opened for that unit
+    only: pages of the checkpoint read to convert a tensor to ``dtype`` leave the process with the unit, and
+    ``on_layer_loaded`` (e.g. quantization) runs before the next block is read, so a node never holds the whole
+    shard in float when it keeps it in fewer bytes."""
     locations = checkpoint_files(model_dir)
     wanted = model.checkpoint_keys()
     missing = [ck for ck in wanted.values() if ck not in locations]
     if missing:
         raise CheckpointError(f"checkpoint {model_dir} lacks {len(missing)} tensor(s) of this shard, "
                               f"e.g. {missing[:3]}")
-    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
-    for local, ck in wanted.items():
-        by_file[locations[ck]].append((local, ck))
-    state: dict[str, torch.Tensor] = {}
     bar = tqdm(total=len(wanted), desc=f"loading layers {model.layer_range}", unit="tensor",
                disable=not show_progress, mininterval=0.5)
-    for path, names in by_file.items():
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for local, ck in names:
-                state[local] = f.get_tensor(ck).to(device=device, dtype=dtype)
-                bar.update(1)
+    for unit, names in _units(wanted).items():
+        state = _read(names, locations, dtype, device, bar)
+        if unit in model.layers:
+            block = model.layers[unit]
+            block.load_state_dict({local.split(".", 2)[2]: t for local, t in state.items()}, strict=True, assign=True)
+            if on_layer_loaded is not None:
+                on_layer_loaded(block)
+        else:
+            model.load_state_dict(state, strict=False, assign=True)
+        del state
     bar.close()
-    model.load_state_dict(state, strict=True, assign=True)
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError(f"checkpoint {model_dir} left {len(left)} parameter(s) unset, e.g. {left[:3]}")
     if model.rotary is not None:
         model.rotary.to(device)
+
+
+def _units(wanted: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """(local, checkpoint) names grouped by what loads together: "17" for layers.17.*, else the tensor's name."""
+    units: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for local, ck in wanted.items():
+        units[local.split(".")[1] if local.startswith("layers.") else local].append((local, ck))
+    return units
+
+
+def _read(names: list[tuple[str, str]], locations: dict[str, Path], dtype: torch.dtype, device: torch.device,
+          bar: tqdm) -> dict[str, torch.Tensor]:
+    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for local, ck in names:
+        by_file[locations[ck]].append((local, ck))
+    state: dict[str, torch.Tensor] = {}
+    for path, in_file in by_file.items():
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for local, ck in in_file:
+                state[local] = f.get_tensor(ck).to(device=device, dtype=dtype)
+                bar.update(1)
+    return state
