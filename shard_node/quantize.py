@@ -46,7 +46,8 @@ def packed_kernel_available(device: torch.device) -> bool:
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor, requires_grad=False)
+    """A parameter as is (so two modules can share one: a tied head and its embedding), or a new frozen one."""
+    return tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, requires_grad=False)
 
 
 class Int8Linear(nn.Module):
@@ -96,6 +97,24 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table as int8 rows with one bf16 scale per row (the layout of Int8Linear, so a tied head shares
+    it); a lookup dequantizes only the rows it reads, into ``dtype`` (the shard's activations)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.qweight, self.scales, self.dtype = _frozen(qweight), _frozen(scales), dtype
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
+        table = Int8Linear.from_float(embedding.weight, None)
+        return cls(table.qweight, table.scales, embedding.weight.dtype)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qweight.index_select(0, token_ids).float() * self.scales.index_select(0, token_ids).float()[:, None]
+        return rows.to(self.dtype)
+
+
 def _quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 rows and their bf16 scales (absmax / 127; 1 for an all-zero row)."""
     w = rows.float()
@@ -115,8 +134,8 @@ def check_scheme(scheme: str) -> None:
 def quantize_shard(model: ShardModel, scheme: str) -> None:
     """Replaces, in place and module by module, every linear of the layers and the LM head by Int8Linear.
 
-    A tied head (the embedding) gets its own int8 copy; a last shard that is not the first then drops the
-    float embedding, which it held only as the head. The first shard's embedding lookup stays in float.
+    The embedding table becomes int8 rows (Int8Embedding) on the first shard; a tied head reads the same int8
+    rows and scales (one copy), and a last shard that is not the first keeps only the head.
     """
     check_scheme(scheme)
     if scheme == "none":
@@ -124,10 +143,11 @@ def quantize_shard(model: ShardModel, scheme: str) -> None:
     quantize_linears(model.layers)
     if isinstance(model.lm_head, nn.Linear):
         model.lm_head = Int8Linear.from_float(model.lm_head.weight, model.lm_head.bias)
-    elif model.lm_head is None and model.is_last and model.embed_tokens is not None:  # tied head
-        model.lm_head = Int8Linear.from_float(model.embed_tokens.weight, None)
-        if not model.is_first:
-            model.embed_tokens = None
+    if isinstance(model.embed_tokens, nn.Embedding):
+        table = Int8Embedding.from_embedding(model.embed_tokens)
+        if model.lm_head is None and model.is_last:  # tied: the head reads the same int8 rows and scales
+            model.lm_head = Int8Linear(table.qweight, table.scales, None)
+        model.embed_tokens = table if model.is_first else None
 
 
 @torch.no_grad()

@@ -58,7 +58,9 @@ class ShardModel(nn.Module):
         # Keyed by global layer index so checkpoint names (model.layers.17.*) map one to one.
         self.layers = nn.ModuleDict({str(i): make_block(spec) for i in range(layers.start, layers.end)})
         needs_embedding = self.is_first or (self.is_last and spec.tie_word_embeddings)
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size) if needs_embedding else None
+        # An nn.Embedding, or after quantize_shard an Int8Embedding (int8 rows, dequantized on lookup).
+        self.embed_tokens: nn.Module | None = (
+            nn.Embedding(spec.vocab_size, spec.hidden_size) if needs_embedding else None)
         self.position_embed = (
             nn.Embedding(spec.max_positions, spec.hidden_size) if self.is_first and spec.model_type == "gpt2" else None
         )

