@@ -111,16 +111,9 @@ class Bench:
         self.rep.memory[system] = memory
 
     def format_quality(self) -> None:
-        """Greedy agreement with float32 and perplexity of every format, in-process on one ShardRunner each."""
-        from dataclasses import asdict
+        from bench.formats import report_rows
 
-        from bench.formats import measure
-
-        formats = [f for f in self.args.formats if f != FLOAT32]
-        for quality in measure(Path(self.w.model_dir), formats, n_new=32):
-            self.rep.formats.append(asdict(quality))
-            log(f"  {quality.dtype}+{quality.quantization}: perplexity {quality.perplexity:.2f}, identical "
-                f"{quality.identical_share:.0%}, tokens to divergence mean {quality.mean_tokens_to_divergence:.1f}")
+        self.rep.formats += report_rows(Path(self.w.model_dir), [f for f in self.args.formats if f != FLOAT32])
 
     def transformers(self) -> None:
         spec = {"model_dir": self.w.model_dir, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
@@ -136,8 +129,8 @@ class Bench:
             self.rep.runs.append(r)
             log(f"  transformers {r.prompt} c={c}: aggregate {r.aggregate_tps:.1f} tok/s, TTFT p50 "
                 f"{r.ttft_p50_ms:.0f} ms, per-stream {r.decode_tps_per_stream_mean:.1f} tok/s")
-        weights = (Path(self.w.model_dir) / "model.safetensors").stat().st_size
-        self.rep.memory[HF] = {"vm_hwm_bytes": out["vm_hwm_bytes"], "weights": f"{weights / 1e6:,.0f} MB (fp32)"}
+        weights = (Path(self.w.model_dir) / "model.safetensors").stat().st_size / 1e6
+        self.rep.memory[HF] = {"vm_hwm_bytes": out["vm_hwm_bytes"], "weights": f"{weights:,.0f} MB (fp32)"}
         self.rep.systems[HF] = {"transformers": out["transformers"], "torch": out["torch"], "threads": out["threads"],
                                 "dtype": "float32", "load": f"{out['load_s']:.1f} s",
                                 "concurrency > 1": "one left-padded batch of identical prompts"}
@@ -178,7 +171,7 @@ class Bench:
             "concurrency": "1 only (sequential requests)", "load": f"{out['load_s']:.1f} s"})
 
     def netns(self) -> None:
-        from bench.netns import NetnsUnavailable, Topology, ensure_prerequisites
+        from bench.netns import NetnsUnavailable, Topology, describe_setup, ensure_prerequisites
 
         try:
             installed = ensure_prerequisites()
@@ -186,15 +179,9 @@ class Bench:
             self.rep.skipped["netns"] = str(e)
             log(f"  network variant skipped: {e}")
             return
-        d = self.args.delay_ms
         self.rep.netns["installed"] = installed
-        self.rep.netns["setup"] = (
-            f"Each shard node runs in its own network namespace (shlb-n1..3, 10.231.N.2/24) linked to the root "
-            f"namespace by a veth pair (root side 10.231.N.1); the coordinator and the clients stay in the root "
-            f"namespace. {d:g} ms is added each way by iptables NFQUEUE rules (`--queue-bypass`) on INPUT of the "
-            f"node-side veth in each namespace and of the root-side veths in the root namespace, served by "
-            f"bench/netdelay.py (the kernel has no netem). Node threads: {self.node_threads}.")
-        topo = Topology(3, d, self.run_dir / "netns")
+        self.rep.netns["setup"] = describe_setup(self.args.delay_ms, self.node_threads)
+        topo = Topology(3, self.args.delay_ms, self.run_dir / "netns")
         try:
             try:
                 topo.open()
@@ -265,10 +252,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, __doc__)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM raises KeyboardInterrupt, as Ctrl-C does
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
     log(f"Shardline bench: {args.tokens} tokens, concurrency {args.concurrency}, prompts {args.prompts}"

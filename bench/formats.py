@@ -117,6 +117,18 @@ def measure(model_dir: Path, formats: list[WeightFormat], n_new: int) -> list[Fo
     return out
 
 
+def report_rows(model_dir: Path, formats: list[WeightFormat], n_new: int = 32) -> list[dict[str, object]]:
+    """measure() as the bench report's rows, each logged as it comes."""
+    from bench.procs import log
+
+    rows = []
+    for quality in measure(model_dir, formats, n_new):
+        rows.append(asdict(quality))
+        log(f"  {quality.dtype}+{quality.quantization}: perplexity {quality.perplexity:.2f}, identical "
+            f"{quality.identical_share:.0%}, tokens to divergence mean {quality.mean_tokens_to_divergence:.1f}")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path(".cache/models/smollm2-135m-instruct"))

@@ -276,3 +276,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def describe_setup(delay_ms: float, node_threads: int) -> str:
+    """The network variant's setup, for the report."""
+    return (f"Each shard node runs in its own network namespace (shlb-n1..3, 10.231.N.2/24) linked to the root "
+            f"namespace by a veth pair (root side 10.231.N.1); the coordinator and the clients stay in the root "
+            f"namespace. {delay_ms:g} ms is added each way by iptables NFQUEUE rules (`--queue-bypass`) on INPUT of "
+            f"the node-side veth in each namespace and of the root-side veths in the root namespace, served by "
+            f"bench/netdelay.py (the kernel has no netem). Node threads: {node_threads}.")
