@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from bench.weight_formats import WeightFormat, parse_formats
+from protos import tensors
 from protos.data_structures import LayerRange, SamplingParams
+from protos.hf_config import read_hf_config
 from shard_node.architectures import ModelSpec, RaggedBatch
 from shard_node.runner import MicroBatch, ShardRunner, SliceInput
 from tokenizer_svc.model_tokenizer import load_model_tokenizer
@@ -47,8 +49,8 @@ class FormatQuality:
 
 
 def load_runner(model_dir: Path, dtype: str = "float32", quantization: str = "none") -> ShardRunner:
-    spec = ModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
-    return ShardRunner(model_dir.name, model_dir, spec, LayerRange(0, spec.num_layers), getattr(torch, dtype),
+    spec = ModelSpec.from_hf_config(read_hf_config(model_dir))
+    return ShardRunner(model_dir.name, model_dir, spec, LayerRange(0, spec.num_layers), tensors.DTYPES[dtype],
                        torch.device("cpu"), kv_cache_tokens=4096, quantization=quantization)
 
 

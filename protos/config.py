@@ -73,7 +73,7 @@ class ModelConfig:
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
-    quantization: str = DEFAULT_QUANTIZATION  # of the linear layers' weights ("none", "int8")
+    quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8": linears, head, embedding)
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
-# How a shard holds its linear layers' weights: "none" (in ``dtype``), "int8" (weight-only, one scale per output
-# channel; activations stay in ``dtype``, the matmul runs in bfloat16). See shard_node/quantize.py.
+# How a shard holds its weights: "none" (in ``dtype``), "int8" (weight-only: linear layers, head and embedding as
+# int8 with one scale per output channel or row; activations stay in ``dtype``). See shard_node/quantize.py.
 ALLOWED_QUANTIZATIONS = ("none", "int8")
 DEFAULT_QUANTIZATION = "none"
 DEFAULT_DEVICE = "cpu"

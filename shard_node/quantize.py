@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protos.model_spec import ALLOWED_QUANTIZATIONS
 from shard_node.architectures import Conv1D
 from shard_node.shard_model import ShardModel
 
-SCHEMES = ("none", "int8")
+SCHEMES = ALLOWED_QUANTIZATIONS  # the one rule: protos/model_spec.py
 PACKED_MAX_ROWS = 16  # the measured crossover above: the packed kernel for at most this many rows
 PACKED_IN_MULTIPLE = 16  # in_features the packed kernel handles correctly
 QMAX = 127

@@ -13,7 +13,7 @@ from protos.data_structures import LayerRange, SamplingParams
 from protos.model_spec import DEFAULT_QUANTIZATION
 from shard_node.architectures import ModelSpec, RaggedBatch
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
-from shard_node.quantize import check_scheme, kernel_description, quantize_linears, quantize_shard
+from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
 from shard_node.sampler import sample_next
 from shard_node.shard_model import ShardModel
 from shard_node.weights import load_shard_weights
@@ -77,11 +77,10 @@ class ShardRunner:
         self.name, self.model_dir, self.spec, self.layers = name, model_dir, spec, layers
         self.dtype, self.device, self.quantization = dtype, device, quantization
         self.model = ShardModel.on_meta(spec, layers)
-        check_scheme(quantization)
+        self.kernel = kernel_description(quantization, device)  # refuses an unknown scheme before any loading
         load_shard_weights(self.model, model_dir, dtype, device,
                            on_layer_loaded=None if quantization == "none" else quantize_linears)
         quantize_shard(self.model, quantization)  # the head (the layers are quantized as they load)
-        self.kernel = kernel_description(quantization, device)
         self.model.eval()
         self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device,
                           max_sequences)
