@@ -77,8 +77,9 @@ class AddModelRequest(BaseModel):
         "enum": list(ALLOWED_DTYPES)})
     quantization: Annotated[StrictStr, _rule(check_quantization)] = Field(
         DEFAULT_QUANTIZATION, json_schema_extra={"enum": list(ALLOWED_QUANTIZATIONS)},
-        description="of the weights: none (in dtype) or int8 (linear layers, head and embedding; a quarter of "
-                    "float32)")
+        description="of the weights: none (in dtype), int8 (linear layers, head and embedding; a quarter of "
+                    "float32) or int4 (linear layers in groups of 32, a sixth of float32; embedding and tied head "
+                    "int8)")
     device: Annotated[StrictStr, _rule(check_device)] = Field(
         DEFAULT_DEVICE, description=DEVICE_RULE, json_schema_extra={"pattern": rf"^({DEVICE_PATTERN.pattern})$"})
     replicas: Annotated[StrictInt, _rule(check_replicas)] = Field(

@@ -190,6 +190,9 @@ class ClusterReplica(BaseModel):
     weight_bytes: int
     last_error: str = ""
     micro_batches: int = Field(0, description="micro-batches it has run for this model (activity)")
+    kv_blocks_used: int = Field(0, description="blocks of its paged KV pool holding live sequences' positions")
+    kv_blocks_total: int = Field(0, description="blocks its KV pool preallocated")
+    kv_block_size: int = Field(0, description="positions per KV block")
 
 
 class ClusterModel(BaseModel):

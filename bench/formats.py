@@ -19,7 +19,8 @@ from bench.weight_formats import WeightFormat, parse_formats
 from protos import tensors
 from protos.data_structures import LayerRange, SamplingParams
 from protos.hf_config import read_hf_config
-from shard_node.architectures import ModelSpec, RaggedBatch
+from shard_node.architectures import ModelSpec
+from shard_node.attention import plan_batch
 from shard_node.runner import MicroBatch, ShardRunner, SliceInput
 from tokenizer_svc.model_tokenizer import load_model_tokenizer
 
@@ -77,7 +78,7 @@ def perplexity(runner: ShardRunner, ids: list[int]) -> float:
     try:
         pos = torch.arange(n)
         x = model.embed(torch.tensor(ids, dtype=torch.int64), pos)
-        x = model.forward_layers(x, pos, RaggedBatch((slice(0, n),), (0,), ((entry.k, entry.v),)))
+        x = model.forward_layers(x, pos, plan_batch(runner.kv, [entry], [0], [n]))
         logits = model.logits(x)
     finally:
         runner.kv.release("perplexity")
@@ -135,7 +136,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path(".cache/models/smollm2-135m-instruct"))
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
-    p.add_argument("--formats", default="bfloat16,float32+int8,bfloat16+int8", type=parse_formats,
+    p.add_argument("--formats", default="bfloat16,float32+int8,bfloat16+int8,bfloat16+int4", type=parse_formats,
                    help="comma list of dtype[+quantization] compared with float32")
     args = p.parse_args()
     for quality in measure(args.model_dir, args.formats, args.tokens):

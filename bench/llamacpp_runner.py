@@ -1,82 +1,36 @@
-"""llama.cpp (llama-cpp-python) on the same GGUF: install if missing, then a worker subprocess.
+"""llama.cpp (llama-cpp-python) on the same GGUF: install for this CPU if needed, then a worker subprocess.
 
-Parent side: ``ensure_installed()`` and ``run_llamacpp()``. Worker side (``python -m bench.llamacpp_runner``):
-loads the GGUF with n_threads = cpu count, runs the prompts' token ids one request at a time with greedy
-sampling, timestamps every token, and reports its own VmHWM.
+Parent side: ``ensure_installed()`` (bench/llamacpp_install.py: a build matched to this CPU, smoke-tested) and
+``run_llamacpp()``. Worker side (``python -m bench.llamacpp_runner``): loads the GGUF with n_threads = cpu count,
+runs the prompts' token ids one request at a time with greedy sampling, timestamps every token, and reports its
+own VmHWM and the instruction sets ggml was compiled with.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LLAMA_CPP_VERSION = "0.3.36"
-# CPU only, and nothing we do not call: no tests, examples, tools, server, multimodal library, or curl.
-CMAKE_ARGS = " ".join([
-    "-DGGML_CUDA=OFF", "-DGGML_METAL=OFF", "-DGGML_VULKAN=OFF", "-DGGML_HIP=OFF", "-DGGML_SYCL=OFF",
-    "-DGGML_OPENCL=OFF", "-DGGML_BLAS=OFF", "-DGGML_NATIVE=ON",
-    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-    "-DLLAMA_CURL=OFF", "-DLLAVA_BUILD=OFF", "-DMTMD_BUILD=OFF",
-])
-INSTALL_TIMEOUT_S = 3600.0
+from bench.llamacpp_build import enabled_features
+from bench.llamacpp_install import InstallResult, ensure_installed
+from bench.procs import WorkerError, run_worker
+
+__all__ = ["InstallResult", "ensure_installed", "run_llamacpp", "worker"]
+WORKER_TIMEOUT_S = 3600.0
 
 
-@dataclass
-class InstallResult:
-    ok: bool
-    version: str = ""
-    installed_now: bool = False
-    seconds: float = 0.0
-    reason: str = ""  # why it is not usable
-    log_path: str = ""
-
-
-def _probe(py: str) -> tuple[bool, str]:
-    r = subprocess.run([py, "-c", "import llama_cpp; print(llama_cpp.__version__)"], capture_output=True, text=True,
-                       timeout=120)
-    if r.returncode == 0:
-        return True, r.stdout.strip()
-    return False, (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-
-
-def ensure_installed(log_dir: Path, jobs: int | None = None, py: str = sys.executable) -> InstallResult:
-    """Imports llama_cpp in a fresh interpreter; pip-installs it from source first when that fails."""
-    ok, what = _probe(py)
-    if ok:
-        return InstallResult(True, version=what)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "llama-cpp-python-install.log"
-    env = dict(os.environ)
-    env["CMAKE_ARGS"] = CMAKE_ARGS
-    env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs or os.cpu_count() or 1)
-    env["FORCE_CMAKE"] = "1"
-    argv = [py, "-m", "pip", "install", "--no-cache-dir", f"llama-cpp-python=={LLAMA_CPP_VERSION}"]
-    started = time.monotonic()
+def run_llamacpp(spec: dict[str, Any], run_dir: Path, build: str = "") -> dict[str, Any]:
+    """The worker's JSON; a worker killed by SIGILL raises a WorkerError that says so (and for which build)."""
     try:
-        with open(log_path, "wb") as logf:
-            logf.write(f"$ CMAKE_ARGS='{CMAKE_ARGS}' {' '.join(argv)}\n".encode())
-            logf.flush()
-            r = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=INSTALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return InstallResult(False, reason=f"pip install llama-cpp-python=={LLAMA_CPP_VERSION} did not finish in "
-                             f"{INSTALL_TIMEOUT_S:.0f} s", seconds=time.monotonic() - started, log_path=str(log_path))
-    seconds = time.monotonic() - started
-    if r.returncode != 0:
-        lines = log_path.read_text(errors="replace").splitlines()
-        errs = [ln for ln in lines if "error" in ln.lower()][-6:] or lines[-6:]
-        return InstallResult(False, reason=f"pip install llama-cpp-python=={LLAMA_CPP_VERSION} failed (exit "
-                             f"{r.returncode}): " + " | ".join(e.strip() for e in errs), seconds=seconds,
-                             log_path=str(log_path))
-    ok, what = _probe(py)
-    if not ok:
-        return InstallResult(False, installed_now=True, seconds=seconds, log_path=str(log_path),
-                             reason=f"llama-cpp-python installed but `import llama_cpp` fails: {what}")
-    return InstallResult(True, version=what, installed_now=True, seconds=seconds, log_path=str(log_path))
+        return run_worker("bench.llamacpp_runner", spec, run_dir, "llamacpp", timeout_s=WORKER_TIMEOUT_S)
+    except WorkerError as e:
+        if f"exited with code {-signal.SIGILL}" not in str(e):
+            raise
+        raise WorkerError(f"the llama.cpp worker died with SIGILL (illegal instruction): its build "
+                          f"({build or 'unknown'}) uses an instruction this CPU does not run, although the smoke "
+                          f"test passed; {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -101,7 +55,7 @@ def _generate_one(llm: Any, prompt_ids: list[int], n: int) -> dict[str, Any]:
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from llama_cpp import Llama, __version__
+    from llama_cpp import Llama, __version__, llama_print_system_info
 
     threads = int(spec["threads"])
     n = int(spec["max_tokens"])
@@ -128,7 +82,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from bench.procs import self_vm_hwm
 
     return {"version": __version__, "threads": threads, "n_ctx": n_ctx, "load_s": load_s, "eos_token_id": eos,
-            "vm_hwm_bytes": self_vm_hwm(), "runs": runs}
+            "vm_hwm_bytes": self_vm_hwm(), "runs": runs,
+            "cpu_features": enabled_features(llama_print_system_info().decode(errors="replace"))}
 
 
 if __name__ == "__main__":

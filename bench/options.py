@@ -19,13 +19,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--prompts", default=None, help="comma list of short,long (default both; --quick short)")
     p.add_argument("--requests", type=int, default=3, help="sequential requests at concurrency 1 (default 3)")
     p.add_argument("--node-threads", type=int, default=0,
-                   help="torch threads per shard node (0 = cores // nodes, at least 1)")
+                   help="torch threads per shard node (0 = the cores shared among the nodes busy at the moment)")
     p.add_argument("--pipeline-depth", type=int, default=None,
                    help="micro-batches in flight (default: the coordinator's rule, see the README)")
     p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
     p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
     p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
-    p.add_argument("--formats", default="bfloat16+int8", type=parse_formats,
+    p.add_argument("--formats", default="bfloat16+int8,bfloat16+int4", type=parse_formats,
                    help="weight formats Shardline also runs in, besides float32 (comma list of dtype[+quantization])")
     p.add_argument("--skip-formats", action="store_true", help="skip the formats' accuracy (agreement, perplexity)")
     p.add_argument("--skip-shardline", action="store_true")
@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--skip-llamacpp", action="store_true")
     p.add_argument("--skip-netns", action="store_true")
     p.add_argument("--skip-hop", action="store_true")
+    p.add_argument("--skip-scale", action="store_true",
+                   help="skip the scale row (a random-weight 1.7B Llama over 3 memory-budgeted nodes)")
+    p.add_argument("--scale-tokens", type=int, default=8, help="new tokens per request in the scale row (default 8)")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where latest.{json,md} and the PNG go")
     args = p.parse_args(argv)

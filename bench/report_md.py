@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.report import HF, LLAMACPP, SHARDLINE, SHARDLINE_NETNS, BenchReport, _f, _mb, _x
+from bench.scale_report import scale_lines
 from bench.stats import RunResult
 
 
 def write_markdown(rep: BenchReport, path: Path) -> None:
     L = (_header_lines(rep) + _systems_lines(rep) + _runs_lines(rep) + _formats_lines(rep) + _memory_section(rep)
-         + _hop_lines(rep) + _netns_section(rep) + _footer_lines(rep))
+         + _hop_lines(rep) + _netns_section(rep) + scale_lines(rep) + _footer_lines(rep))
     path.write_text("\n".join(L))
 
 

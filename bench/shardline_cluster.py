@@ -15,7 +15,6 @@ from bench.procs import log, proc_status
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload
 from ops.cluster import LocalCluster
-from ops.plan import auto_threads as plan_threads
 from ops.ports import free_ports
 from ops.readiness import list_models
 from protos.config import NodeConfig, load_config
@@ -34,11 +33,6 @@ class NodePlan:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-def auto_threads(cpu_count: int, local_nodes: int) -> int:
-    """The launcher's rule for a node without an explicit thread count: cores // local nodes, >= 1."""
-    return plan_threads(local_nodes, cpu_count)
 
 
 def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_port: int, threads: int,

@@ -17,7 +17,7 @@ from coordinator.model_meta import ModelMeta
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
-from protos import coordinator_pb2, coordinator_pb2_grpc, wire
+from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
 from protos.config import ModelConfig, NodeConfig
 from protos.model_spec import SpecProblem, text_problem
 from protos.model_spec_proto import spec_from_add_model
@@ -132,11 +132,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         metrics.SUCCESS.labels(model, req.finish_reason).inc()
         metrics.E2E.labels(model).observe((req.finished_time or time.monotonic()) - req.arrival_time)
 
-    def _kv_used(self, node_id: str, model: str) -> int:
+    def _shard_info(self, node_id: str, model: str) -> shard_pb2.ShardInfo:
+        """The node's last reported Info of its shard of model (empty before the first poll)."""
         info = self.membership.status[node_id].info if node_id in self.membership.status else None
         if info is None:
-            return 0
-        return next((s.kv_used_tokens for s in info.shards if s.model == model), 0)
+            return shard_pb2.ShardInfo()
+        return next((s for s in info.shards if s.model == model), shard_pb2.ShardInfo())
 
     def model_info(self, name: str, engine: ModelEngine) -> coordinator_pb2.ModelInfo:
         state = self.registry.state(name)
@@ -153,11 +154,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             model.dtype, model.quantization = engine.replicas.model_load.dtype, engine.replicas.model_load.quantization
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
+                shard = self._shard_info(r.node_id, name)
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
                                  layers=wire.layer_range_to_proto(r.layers), state=r.state,
-                                 kv_used_tokens=self._kv_used(r.node_id, name), kv_capacity_tokens=r.kv_capacity_tokens,
+                                 kv_used_tokens=shard.kv_used_tokens, kv_capacity_tokens=r.kv_capacity_tokens,
                                  last_error=r.last_error, stage=i, weight_bytes=r.weight_bytes,
-                                 micro_batches=r.micro_batches)
+                                 micro_batches=r.micro_batches, kv_blocks_used=shard.kv_blocks_used,
+                                 kv_blocks_total=shard.kv_blocks_total, kv_block_size=shard.kv_block_size)
         return model
 
     async def ListModels(self, request: coordinator_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -240,7 +243,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """What the state gauges report at a scrape (from the metrics thread: dicts are copied first, atomically)."""
         models = []
         for name, e in list(self.engines.items()):
-            replicas = [metrics.ReplicaSnapshot(r.node_id, r.state, self._kv_used(r.node_id, name),
+            replicas = [metrics.ReplicaSnapshot(r.node_id, r.state, self._shard_info(r.node_id, name).kv_used_tokens,
                                                 r.kv_capacity_tokens) for r in e.pipeline.replicas]
             models.append(metrics.ModelSnapshot(name, len(e.scheduler.running), len(e.scheduler.waiting),
                                                 e.num_in_flight, e.depth, replicas))

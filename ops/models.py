@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ops.gguf_blocks import BLOCKS_FILE, write_blocks
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import setup_logging
 
@@ -100,6 +101,7 @@ def prepare_model(name: str, source: str, cache_dir: Path, force: bool = False) 
     target = cache_dir / name
     if is_prepared(target) and not force:
         logger.info("model %s already prepared in %s", name, target)
+        _keep_gguf_blocks(target)
         return target
     folder, gguf = resolve_source(source)
     tmp = cache_dir / f".{name}.partial"
@@ -110,11 +112,24 @@ def prepare_model(name: str, source: str, cache_dir: Path, force: bool = False) 
         _copy_folder(folder, tmp)
     else:
         _convert_with_transformers(folder, gguf, tmp)
+    if gguf is not None:
+        write_blocks(folder / gguf, tmp)
     (tmp / MARKER).write_text(json.dumps({"name": name, "source": source, "prepared_at": time.time()}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     logger.info("model %s prepared in %s (%.0f s)", name, target, time.monotonic() - started)
     return target
+
+
+def _keep_gguf_blocks(target: Path) -> None:
+    """A model prepared from a GGUF before its blocks were kept gets them now (once, in about 20 s)."""
+    try:
+        source = json.loads((target / MARKER).read_text()).get("source", "")
+        folder, gguf = resolve_source(source)
+    except (OSError, ValueError):
+        return  # its source is gone or unreadable: it serves from the float copy
+    if gguf is not None and not (target / BLOCKS_FILE).is_file():
+        write_blocks(folder / gguf, target)
 
 
 def wait_prepared(targets: list[Path], timeout_s: float) -> None:

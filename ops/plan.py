@@ -4,7 +4,6 @@ coordinator, the API (and Prometheus when asked)."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Callable, Collection
@@ -19,17 +18,6 @@ STATE_FILE = "children.json"  # in the run dir: each child's state and restarts
 STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # tells the API where that file is (its /api/cluster shows it)
 SERVICES = ("tokenizer", "nodes", "coordinator", "api")  # every service kind, in start order
 NodePrefix = Callable[[NodeConfig], list[str]]  # argv put before a node's command (e.g. `ip netns exec ns1`)
-
-
-def auto_threads(num_local_nodes: int, cpu_count: int | None = None) -> int:
-    """Torch threads per shard node when the config says 0: the cores shared out, at least one each.
-
-    Nodes on one machine share its cores; with more threads than cores, the threads of one node's
-    parallel matmul wait for each other while the other nodes hold the cores (measured: a 2-core
-    machine with 3 nodes decodes fastest with 1 thread each; see the README).
-    """
-    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    return max(1, cores // max(1, num_local_nodes))
 
 
 def prometheus_child(config: Config, run_dir: Path, port: int) -> Child | None:
@@ -67,7 +55,7 @@ def plan_children(config: Config, config_path: Path, run_dir: Path, log_level: s
     if "nodes" in services:
         for node in local:
             prefix = node_prefix(node) if node_prefix else None
-            children.append(node_child(node, node.threads or auto_threads(len(local)), cfg, log, run_dir, prefix))
+            children.append(node_child(node, node.threads, cfg, log, run_dir, prefix))  # 0: cores shared
     if "coordinator" in services:
         children.append(Child("coordinator", [py, "-m", "coordinator", "--config", cfg, *log],
                               run_dir / "coordinator.log"))

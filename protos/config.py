@@ -50,7 +50,7 @@ class NodeConfig:
     model_part: int = 0
     capacity: float = 1.0  # relative weight when splitting layers
     metrics_port: int | None = None
-    threads: int = 0  # torch CPU threads of this node's process; 0 = cores // nodes started on this machine
+    threads: int = 0  # torch threads per micro-batch; 0 = the cores shared among the nodes busy at that moment
     memory_mb: int = 0  # budget for shards (weights + KV budgets) in MiB; 0 = no limit
 
     @property
@@ -73,7 +73,7 @@ class ModelConfig:
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS  # KV budget of each shard of this model, in tokens
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
-    quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8": linears, head, embedding)
+    quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8", "int4"; model_spec.py)
 
     @property
     def nodes(self) -> tuple[str, ...]:

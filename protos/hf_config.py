@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 PREPARE_HINT = "prepare it with `shardline models` (or `make models`)"
+GGUF_BLOCKS_FILE = "gguf-blocks.safetensors"  # a GGUF's own quantized blocks beside the float copy (ops/gguf_blocks)
 
 
 class HfConfigError(ValueError):

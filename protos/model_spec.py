@@ -22,8 +22,10 @@ from typing import Any, Literal
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
 # How a shard holds its weights: "none" (in ``dtype``), "int8" (weight-only: linear layers, head and embedding as
-# int8 with one scale per output channel or row; activations stay in ``dtype``). See shard_node/quantize.py.
-ALLOWED_QUANTIZATIONS = ("none", "int8")
+# int8 with one scale per output channel or row; activations stay in ``dtype``), "int4" (weight-only: linear
+# layers and an untied head as 4-bit levels with a scale and zero per group of 32 inputs; the embedding and a tied
+# head as int8). See shard_node/quantize.py and shard_node/int4.py.
+ALLOWED_QUANTIZATIONS = ("none", "int8", "int4")
 DEFAULT_QUANTIZATION = "none"
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)

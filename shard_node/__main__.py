@@ -40,6 +40,8 @@ from protos.runtime import (
     wait_for_stop_signal,
 )
 from shard_node import metrics
+from shard_node.cores import CoreShare
+from shard_node.host import cpu_count
 from shard_node.service import ShardNodeServicer
 
 logger = logging.getLogger("shard_node")
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: the configured port, else 50051")
     p.add_argument("--kv-cache-tokens", type=int, default=DEFAULT_KV_CACHE_TOKENS,
                    help="KV budget per shard when LoadShard does not give one")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per micro-batch (0 = the machine's cores shared among the shard nodes "
+                        "busy at that moment)")
     p.add_argument("--memory-mb", type=int, default=None,
                    help="memory budget for shards (weights + KV budgets) in MiB; LoadShard beyond it is refused "
                         "(0 = no limit)")
@@ -173,7 +177,8 @@ async def join(coordinator: str, node_id: str, address: str) -> None:
 async def serve(args: argparse.Namespace) -> None:
     node_id = args.node_id or f"node-{args.port}"
     server = grpc.aio.server(options=server_options(), interceptors=security.server_interceptors())
-    servicer = ShardNodeServicer(node_id, args.kv_cache_tokens, args.memory_mb * 2**20)
+    cores = CoreShare(cpu_count(), fixed_threads=max(0, args.threads))  # 0: share the cores with busy neighbours
+    servicer = ShardNodeServicer(node_id, args.kv_cache_tokens, args.memory_mb * 2**20, cores)
     shard_pb2_grpc.add_ShardNodeServicer_to_server(servicer, server)
     health = add_health(server)
     address = f"{args.host}:{args.port}"
@@ -184,10 +189,9 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.register_state(servicer.node_info)
         serve_metrics(args.metrics_port, args.host, "shard_node")
     await health.set("", SERVING)
-    trimmer = asyncio.create_task(servicer.trim_when_idle())
     reclaimer = asyncio.create_task(servicer.reclaim_idle_caches(args.kv_idle_ttl))
-    logger.info("shard node %s listening on %s (%s; torch %s, %d threads); waiting for LoadShard", node_id,
-                address, security.current().describe(), torch.__version__, torch.get_num_threads())
+    logger.info("shard node %s listening on %s (%s; torch %s, %s); waiting for LoadShard", node_id,
+                address, security.current().describe(), torch.__version__, cores.describe())
     joining = asyncio.create_task(join(args.join, node_id, args.advertise or address)) if args.join else None
     await wait_for_stop_signal()
     if joining:
@@ -203,7 +207,6 @@ async def serve(args: argparse.Namespace) -> None:
     if left:
         logger.warning("shard node %s: %d sequence(s) still held after the drain timeout; the coordinator "
                        "replays them elsewhere", node_id, left)
-    trimmer.cancel()
     reclaimer.cancel()
     await server.stop(grace=1)
     servicer.compute.shutdown(wait=True, cancel_futures=True)

@@ -1,8 +1,8 @@
 """Per-architecture decoder pieces in plain PyTorch: no gRPC, no config.json, no metrics.
 
 Blocks run a ragged micro-batch: x is [N, D], the rows of several sequences stacked (a prefill
-chunk or one decode token each). Projections and MLPs run once on all N rows; attention runs per
-sequence against that sequence's own KV cache (see RaggedBatch).
+chunk or one decode token each). Projections and MLPs run once on all N rows; attention reads and
+writes the shard's paged KV pool (shard_node/attention.py).
 Parameter names mirror the Hugging Face checkpoints so weights load by name.
 """
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protos.hf_config import int_field
+from shard_node.attention import PagedBatch, paged_attention
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "smollm", "smollm3")
 SUPPORTED_MODEL_TYPES = (*LLAMA_FAMILY, "gpt2")
@@ -70,58 +71,6 @@ class ModelSpec:
     @property
     def norm_prefix(self) -> str:
         return "transformer.ln_f." if self.model_type == "gpt2" else "model.norm."
-
-
-@dataclass(frozen=True)
-class RaggedBatch:
-    """Rows of several sequences stacked in one [N, D] tensor, each reading its own KV cache.
-
-    Sequence i owns rows ``rows[i]`` (a slice), its first row sits at position ``start_pos[i]``, and
-    ``caches[i]`` is its (k, v) pair of [L_local, KV, capacity, hd] tensors.
-    """
-
-    rows: tuple[slice, ...]
-    start_pos: tuple[int, ...]
-    caches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.rows)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, scale: float | None = None
-           ) -> torch.Tensor:
-    """q: [H, T, hd]; k, v: [KV, start_pos + T, hd] -> [T, H * hd], causal within the sequence."""
-    num_q = q.shape[1]
-    mask = None
-    is_causal = False
-    if num_q > 1:
-        if start_pos == 0:
-            is_causal = True
-        else:  # a chunk after cached tokens: query i sees keys [0, start_pos + i]
-            key_pos = torch.arange(k.shape[1], device=q.device)
-            query_pos = torch.arange(start_pos, start_pos + num_q, device=q.device)
-            mask = key_pos[None, :] <= query_pos[:, None]
-    out = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask,
-                                         is_causal=is_causal, scale=scale, enable_gqa=q.shape[0] != k.shape[0])
-    return out.squeeze(0).transpose(0, 1).reshape(num_q, -1)
-
-
-def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch, layer: int,
-                     scale: float | None = None) -> torch.Tensor:
-    """q: [N, H, hd]; k, v: [N, KV, hd] -> [N, H * hd].
-
-    The projections ran once for all N rows; here each sequence writes its new keys/values into its
-    own cache at its own positions and attends over its own prefix only.
-    """
-    outs = []
-    for rows, start, (k_cache, v_cache) in zip(batch.rows, batch.start_pos, batch.caches):
-        end = start + rows.stop - rows.start
-        k_layer, v_layer = k_cache[layer], v_cache[layer]
-        k_layer[:, start:end] = k[rows].transpose(0, 1)
-        v_layer[:, start:end] = v[rows].transpose(0, 1)
-        outs.append(attend(q[rows].transpose(0, 1), k_layer[:, :end], v_layer[:, :end], start, scale))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 # ---------------------------------------------------------------- Llama family (Llama, Mistral, Qwen2, SmolLM)
@@ -189,7 +138,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(h * hd, d, bias=o_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: RaggedBatch, layer: int
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: PagedBatch, layer: int
                 ) -> torch.Tensor:
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
@@ -198,7 +147,7 @@ class LlamaAttention(nn.Module):
         cos, sin = rope  # [N, 1, hd]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        return self.o_proj(ragged_attention(q, k, v, batch, layer))
+        return self.o_proj(paged_attention(q, k, v, batch, layer))
 
 
 class LlamaMLP(nn.Module):
@@ -226,7 +175,7 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps)
         self.mlp = LlamaMLP(spec)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: RaggedBatch, layer: int
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: PagedBatch, layer: int
                 ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, batch, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -254,11 +203,11 @@ class GPT2Attention(nn.Module):
         self.num_heads, self.head_dim = spec.num_heads, spec.head_dim
         self.scale = 1 / math.sqrt(spec.head_dim) if spec.raw.get("scale_attn_weights", True) else 1.0
 
-    def forward(self, x: torch.Tensor, rope: None, batch: RaggedBatch, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: None, batch: PagedBatch, layer: int) -> torch.Tensor:
         n = x.shape[0]
         q, k, v = (z.view(n, self.num_heads, self.head_dim)
                    for z in self.c_attn(x).split(self.num_heads * self.head_dim, dim=-1))
-        return self.c_proj(ragged_attention(q, k, v, batch, layer, scale=self.scale))
+        return self.c_proj(paged_attention(q, k, v, batch, layer, scale=self.scale))
 
 
 class GPT2MLP(nn.Module):
@@ -285,7 +234,7 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(spec.hidden_size, eps=eps)
         self.mlp = GPT2MLP(spec)
 
-    def forward(self, x: torch.Tensor, rope: None, batch: RaggedBatch, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: None, batch: PagedBatch, layer: int) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, batch, layer)
         return x + self.mlp(self.ln_2(x))
 

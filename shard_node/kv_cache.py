@@ -1,13 +1,29 @@
-"""Per-sequence KV cache for one shard's layers, bounded by a token budget."""
+"""One shard's KV cache: a pool of fixed-size blocks preallocated at load, and a block table per sequence.
+
+The pool holds every layer's keys and values as [layers, slots, kv_heads, head_dim] with slot = block *
+block_size + offset; a sequence's position p lives in slot ``blocks[p // block_size] * block_size + p %
+block_size``. Nothing is allocated per sequence: blocks come from a free list (lowest id first, so a lightly used
+pool touches few pages) as a sequence's positions fill, and go back when its reference count drops to zero
+(``fork`` lets a second sequence share a prefix's full blocks).
+
+Admission counts tokens, as the coordinator does (a sequence reserves prompt + max_tokens at its prefill). The
+pool has enough blocks for the token budget plus one partly filled block per sequence, so a sequence admitted by
+tokens always gets its blocks. On CPU the untouched part of the pool is only address space; on CUDA it is real.
+"""
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+BLOCK_SIZE = 16  # positions per block
+PAD_SLOT = 0  # block 0 is never given out: padded reads of a batch point at its first slot, kept at zero
+DEFAULT_MAX_SEQUENCES = 1024
 
 
 class CacheFull(Exception):
@@ -23,24 +39,34 @@ class SequenceCache:
     seq_id: str
     owner: int  # the Forward stream that created it; its caches go when that stream closes
     capacity: int  # tokens reserved
-    k: torch.Tensor  # [L_local, KV, capacity, hd]
-    v: torch.Tensor
+    blocks: list[int] = field(default_factory=list)  # the block table: pool blocks holding positions in order
     length: int = 0  # positions filled
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
     last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
 
 
-DEFAULT_MAX_SEQUENCES = 1024
+def blocks_for(tokens: int, block_size: int = BLOCK_SIZE) -> int:
+    return -(-tokens // block_size)
 
 
 class KVCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity_tokens: int,
                  dtype: torch.dtype, device: torch.device, max_sequences: int = DEFAULT_MAX_SEQUENCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, block_size: int = BLOCK_SIZE) -> None:
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.capacity_tokens = capacity_tokens
         self.max_sequences = max_sequences
+        self.block_size = block_size
         self.dtype, self.device = dtype, device
+        # the token budget in blocks, plus one partly filled block for every sequence it can hold at once
+        self.num_blocks = blocks_for(capacity_tokens, block_size) + min(max_sequences, capacity_tokens)
+        shape = (num_layers, (self.num_blocks + 1) * block_size, num_kv_heads, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)  # normal tensors: writable in and out of
+        self.v = torch.empty(shape, dtype=dtype, device=device)  # inference mode
+        self.k[:, PAD_SLOT].zero_()  # what padded reads see: zeros (unwritten slots may hold NaN, and a masked
+        self.v[:, PAD_SLOT].zero_()  # key's weight 0 times NaN is NaN)
+        self._free = list(range(1, self.num_blocks + 1))  # a heap: the lowest free block first; block 0 pads
+        self._refs = [0] * (self.num_blocks + 1)
         self._seqs: dict[str, SequenceCache] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -52,6 +78,10 @@ class KVCache:
     @property
     def used_tokens(self) -> int:
         return sum(s.capacity for s in self._seqs.values())
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
 
     @property
     def num_sequences(self) -> int:
@@ -73,21 +103,43 @@ class KVCache:
         if need > free:
             raise CacheFull(
                 f"KV cache full: {len(requests)} new sequence(s) need {need} tokens but only {free} of "
-                f"{self.capacity_tokens} are free ({self.num_sequences} sequences hold {self.used_tokens})"
+                f"{self.capacity_tokens} are free ({self.num_sequences} sequences hold {self.used_tokens}; "
+                f"{self.used_blocks} of {self.num_blocks} blocks of {self.block_size} in use)"
             )
 
     def allocate(self, seq_id: str, max_tokens: int, owner: int) -> SequenceCache:
+        """Reserves max_tokens for a new sequence; its blocks are taken as its positions fill (``extend``)."""
         with self._lock:
             if seq_id in self._seqs:
                 raise ValueError(f"sequence {seq_id!r} already has a KV cache; release it first")
             self.check_fits({seq_id: max_tokens})
-            shape = (self.num_layers, self.num_kv_heads, max_tokens, self.head_dim)
-            entry = SequenceCache(seq_id, owner, max_tokens,
-                                  torch.empty(shape, dtype=self.dtype, device=self.device),
-                                  torch.empty(shape, dtype=self.dtype, device=self.device))
-            entry.last_used = self._clock()
+            entry = SequenceCache(seq_id, owner, max_tokens, last_used=self._clock())
             self._seqs[seq_id] = entry
             return entry
+
+    def extend(self, entry: SequenceCache, length: int) -> None:
+        """Gives the sequence blocks for positions [0, length); length stays within what it reserved."""
+        if length > entry.capacity:
+            raise CacheFull(f"sequence {entry.seq_id!r}: {length} positions exceed the {entry.capacity} reserved")
+        with self._lock:
+            while len(entry.blocks) * self.block_size < length:
+                if not self._free:  # the pool is sized so that admitted sequences always get their blocks
+                    raise CacheFull(f"KV pool out of blocks ({self.num_blocks} of {self.block_size})")
+                block = heapq.heappop(self._free)
+                self._refs[block] = 1
+                entry.blocks.append(block)
+
+    def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int) -> SequenceCache:
+        """A new sequence that shares the source's full blocks (a common prefix): their reference counts go up,
+        and the new sequence's length is the shared positions. Its own positions go into new blocks."""
+        entry = self.allocate(seq_id, max_tokens, owner)
+        shared = min(source.length, max_tokens) // self.block_size
+        with self._lock:
+            entry.blocks = source.blocks[:shared]
+            for block in entry.blocks:
+                self._refs[block] += 1
+        entry.length = shared * self.block_size
+        return entry
 
     def get(self, seq_id: str) -> SequenceCache:
         try:
@@ -99,13 +151,16 @@ class KVCache:
 
     def release(self, seq_id: str) -> bool:
         with self._lock:
-            return self._seqs.pop(seq_id, None) is not None
+            entry = self._seqs.pop(seq_id, None)
+            if entry is not None:
+                self._drop_blocks(entry)
+            return entry is not None
 
     def release_owner(self, owner: int) -> int:
         with self._lock:
             gone = [s for s, e in self._seqs.items() if e.owner == owner]
             for s in gone:
-                del self._seqs[s]
+                self._drop_blocks(self._seqs.pop(s))
             return len(gone)
 
     def release_idle(self, idle_s: float) -> list[str]:
@@ -115,5 +170,18 @@ class KVCache:
         with self._lock:
             gone = [s for s, e in self._seqs.items() if e.last_used < cutoff]
             for s in gone:
-                del self._seqs[s]
+                self._drop_blocks(self._seqs.pop(s))
             return gone
+
+    def slots(self, entry: SequenceCache, start: int, end: int) -> list[int]:
+        """Pool slots of the sequence's positions [start, end)."""
+        bs, blocks = self.block_size, entry.blocks
+        return [blocks[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def _drop_blocks(self, entry: SequenceCache) -> None:
+        """Under the lock: one reference less on each of the sequence's blocks; a block nobody holds is free."""
+        for block in entry.blocks:
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                heapq.heappush(self._free, block)
+        entry.blocks = []

@@ -10,6 +10,9 @@ so the crossover is at about 16 rows. Dequantizing first (q.to(bf16) * scales[:,
 20-50 ms at every row count: scaling the [T, out] output is cheaper than scaling the [out, in] weight.
 The packed kernel needs in_features % 16 == 0 on CPU (torch 2.13: 72 gave inf/nan, 70 and 40 crashed the
 process), so other widths take the dense path at every row count.
+
+int4 (shard_node/int4.py: Int4Linear, group-wise) replaces the linears of the layers and an untied head; the
+embedding and a tied head stay int8 rows (one table for both, as above), and so do linears int4 cannot hold.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from protos.model_spec import ALLOWED_QUANTIZATIONS
 from shard_node.architectures import Conv1D
+from shard_node.int4 import Int4Linear, fits_int4, int4_kernel_description
 from shard_node.shard_model import ShardModel
 
 SCHEMES = ALLOWED_QUANTIZATIONS  # the one rule: protos/model_spec.py
@@ -133,7 +137,8 @@ def check_scheme(scheme: str) -> None:
 
 @torch.no_grad()
 def quantize_shard(model: ShardModel, scheme: str) -> None:
-    """Replaces, in place and module by module, every linear of the layers and the LM head by Int8Linear.
+    """Replaces, in place and module by module, every linear of the layers and the LM head by Int8Linear
+    (int4: Int4Linear where it fits).
 
     The embedding table becomes int8 rows (Int8Embedding) on the first shard; a tied head reads the same int8
     rows and scales (one copy), and a last shard that is not the first keeps only the head.
@@ -141,9 +146,9 @@ def quantize_shard(model: ShardModel, scheme: str) -> None:
     check_scheme(scheme)
     if scheme == "none":
         return
-    quantize_linears(model.layers)
+    quantize_linears(model.layers, scheme)
     if isinstance(model.lm_head, nn.Linear):
-        model.lm_head = Int8Linear.from_float(model.lm_head.weight, model.lm_head.bias)
+        model.lm_head = quantized_linear(model.lm_head, scheme)
     if isinstance(model.embed_tokens, nn.Embedding):
         table = Int8Embedding.from_embedding(model.embed_tokens)
         if model.lm_head is None and model.is_last:  # tied: the head reads the same int8 rows and scales
@@ -151,17 +156,27 @@ def quantize_shard(model: ShardModel, scheme: str) -> None:
         model.embed_tokens = table if model.is_first else None
 
 
+def quantized_linear(child: nn.Linear | Conv1D, scheme: str) -> Int8Linear | Int4Linear:
+    """The quantized module of one float linear: int4 where the scheme asks and the shape fits, else int8."""
+    in_features, out_features = ((child.weight.shape[0], child.weight.shape[1]) if isinstance(child, Conv1D)
+                                 else (child.in_features, child.out_features))
+    module = Int4Linear if scheme == "int4" and fits_int4(in_features, out_features) else Int8Linear
+    if isinstance(child, Conv1D):
+        return module.from_float(child.weight, child.bias, transpose=True)
+    return module.from_float(child.weight, child.bias)
+
+
 @torch.no_grad()
-def quantize_linears(module: nn.Module) -> None:
-    """Every nn.Linear and Conv1D inside ``module`` becomes an Int8Linear, one at a time (each float module is
-    freed before the next is quantized); Int8Linear modules are left as they are."""
+def quantize_linears(module: nn.Module, scheme: str = "int8") -> None:
+    """Every nn.Linear and Conv1D inside ``module`` becomes an Int8Linear (or Int4Linear), one at a time (each
+    float module is freed before the next is quantized); quantized modules are left as they are."""
+    check_scheme(scheme)
     parents = [m for m in module.modules() if not isinstance(m, (nn.Linear, Conv1D))]
     for parent in parents:
         names = [name for name, child in parent.named_children() if isinstance(child, (nn.Linear, Conv1D))]
         for name in names:
             child = getattr(parent, name)
-            quantized = (Int8Linear.from_conv1d(child) if isinstance(child, Conv1D)
-                         else Int8Linear.from_float(child.weight, child.bias))
+            quantized = quantized_linear(child, scheme)
             del child
             setattr(parent, name, quantized)
 
@@ -171,6 +186,8 @@ def kernel_description(scheme: str, device: torch.device) -> str:
     check_scheme(scheme)
     if scheme == "none":
         return "float weights: dense matmul in the shard's dtype for all rows"
+    if scheme == "int4":
+        return int4_kernel_description(device)
     dense = "dense bf16 matmul on int8 weights cast to bf16, scaled per output channel"
     if not packed_kernel_available(device):
         return f"int8 weight-only: {dense} for all rows (aten._weight_int8pack_mm unavailable on {device.type})"

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from protos.data_structures import LayerRange, SamplingParams
 from protos.model_spec import DEFAULT_QUANTIZATION
-from shard_node.architectures import ModelSpec, RaggedBatch
+from shard_node.architectures import ModelSpec
+from shard_node.attention import plan_batch
+from shard_node.gguf_weights import GgufBlocks
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
 from shard_node.sampler import sample_next
@@ -78,12 +81,23 @@ class ShardRunner:
         self.dtype, self.device, self.quantization = dtype, device, quantization
         self.model = ShardModel.on_meta(spec, layers)
         self.kernel = kernel_description(quantization, device)  # refuses an unknown scheme before any loading
+        self.gguf = GgufBlocks.open(model_dir, device) if quantization == "int4" else None
         load_shard_weights(self.model, model_dir, dtype, device,
-                           on_layer_loaded=None if quantization == "none" else quantize_linears)
+                           on_layer_loaded=None if quantization == "none" else self._quantize_block)
         quantize_shard(self.model, quantization)  # the head (the layers are quantized as they load)
+        if self.gguf is not None:
+            self.kernel += f"; {self.gguf.describe(self.model.layers)}"
         self.model.eval()
         self.kv = KVCache(layers.length, spec.num_kv_heads, spec.head_dim, kv_cache_tokens, dtype, device,
                           max_sequences)
+
+    def _quantize_block(self, block: nn.Module) -> None:
+        """Once a block's float weights are in: its linears from the GGUF's int4 blocks where it has them, the
+        others quantized from the float weights."""
+        if self.gguf is not None:
+            index = next(i for i, b in self.model.layers.items() if b is block)
+            self.gguf.replace_linears(block, f"{self.spec.layer_prefix}{index}.")
+        quantize_linears(block, self.quantization)
 
     @property
     def is_first(self) -> bool:
@@ -228,7 +242,7 @@ class ShardRunner:
             row += s.num_tokens
         positions = [p for s in slices for p in range(s.start_pos, s.start_pos + s.num_tokens)]
         pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
-        ragged = RaggedBatch(tuple(rows), tuple(s.start_pos for s in slices), tuple((e.k, e.v) for e in entries))
+        paged = plan_batch(self.kv, entries, [s.start_pos for s in slices], [s.num_tokens for s in slices])
         source = batch.token_ids if self.is_first else batch.hidden
         assert source is not None
         if len(good) < len(batch.slices):  # leave the failed rows out
@@ -237,7 +251,7 @@ class ShardRunner:
             x = self.model.embed(source.to(self.device), pos)
         else:
             x = source.to(self.device)
-        x = self.model.forward_layers(x, pos, ragged)
+        x = self.model.forward_layers(x, pos, paged)
         for s, entry in zip(slices, entries):
             entry.length = s.start_pos + s.num_tokens
         if self.is_last:

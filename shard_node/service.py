@@ -15,9 +15,10 @@ from protos import shard_pb2, shard_pb2_grpc, tensors, wire
 from protos.data_structures import SamplingParams
 from shard_node import metrics
 from shard_node.architectures import UnsupportedArchitecture
+from shard_node.cores import CoreShare
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
-from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, MicroBatch, ShardRunner, SliceInput
+from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, BatchResult, MicroBatch, ShardRunner, SliceInput
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ logger = logging.getLogger(__name__)
 class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     """Holds one ShardRunner per model; every model computation runs on one worker thread."""
 
-    def __init__(self, node_id: str, default_kv_tokens: int, memory_budget_bytes: int = 0) -> None:
+    def __init__(self, node_id: str, default_kv_tokens: int, memory_budget_bytes: int = 0,
+                 cores: CoreShare | None = None) -> None:
         self.node_id = node_id
+        self.cores = cores or CoreShare(cpu_count(), fixed_threads=torch.get_num_threads())  # threads per batch
         self.default_kv_tokens = default_kv_tokens
         self.memory_budget_bytes = memory_budget_bytes  # weights + KV budgets it may hold; 0 = no limit
         self.runners: dict[str, ShardRunner] = {}
@@ -36,19 +39,6 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self._budget_lock = asyncio.Lock()  # a check of the budget and its reservation are one step
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
-        self._cached_since_trim = False  # KV caches were allocated since the last return of memory to the OS
-
-    async def trim_when_idle(self, every_s: float = 2.0) -> None:
-        """Gives freed KV memory back to the OS once no sequence is held, so RSS falls back after a burst.
-
-        Caches are allocated per sequence; glibc keeps what they freed for reuse, and RSS would stay at the
-        high-water mark of the busiest moment. Runs on the compute thread, between micro-batches."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(every_s)
-            if self._cached_since_trim and self.num_sequences() == 0:
-                self._cached_since_trim = False
-                await loop.run_in_executor(self.compute, release_memory)
 
     async def reclaim_idle_caches(self, ttl_s: float, every_s: float = 0.0) -> None:
         """Every ``every_s`` (default ttl_s / 10, at least 1 s) frees the KV caches no micro-batch touched for
@@ -70,9 +60,12 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                                name, len(gone), ttl_s, ", ".join(gone[:10]) + (" ..." if len(gone) > 10 else ""))
                 metrics.KV_RECLAIMED.labels(name, self.node_id).inc(len(gone))
                 freed += len(gone)
-        if freed:
-            self._cached_since_trim = True  # trim_when_idle gives the memory back once nothing is held
         return freed
+
+    def _run(self, runner: ShardRunner, batch: MicroBatch, owner: int) -> BatchResult:
+        """One micro-batch on the compute thread, with the threads the machine's busy nodes leave it."""
+        with self.cores.running():
+            return runner.run(batch, owner)
 
     def memory_used_bytes(self, skip: str = "") -> int:
         """Weights + KV budgets of the shards held and of the loads under way (but those of model ``skip``)."""
@@ -93,7 +86,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
             num_sequences=runner.kv.num_sequences, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
             kv_capacity_bytes=runner.kv.capacity_tokens * runner.kv.bytes_per_token,
-            quantization=runner.quantization, kernel=runner.kernel,
+            quantization=runner.quantization, kernel=runner.kernel, kv_block_size=runner.kv.block_size,
+            kv_blocks_total=runner.kv.num_blocks, kv_blocks_used=runner.kv.used_blocks,
         )
 
     async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
@@ -204,7 +198,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                         raise BatchError("NOT_FOUND", f"model {req.model!r} is not loaded on node {self.node_id}; "
                                          f"loaded: {sorted(self.runners)}")
                     batch = self._decode_batch(runner, req)
-                    result = await loop.run_in_executor(self.compute, runner.run, batch, owner)
+                    result = await loop.run_in_executor(self.compute, self._run, runner, batch, owner)
                 except wire.WireError as e:
                     reply.error_code, reply.error_message = "INVALID_ARGUMENT", str(e)
                 except BatchError as e:
@@ -213,7 +207,6 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                     logger.exception("batch %d (%s) failed", req.batch_id, req.request_id or "-")
                     reply.error_code, reply.error_message = "INTERNAL", f"node {self.node_id}: {type(e).__name__}: {e}"
                 else:
-                    self._cached_since_trim = True
                     if result.hidden is not None:
                         reply.hidden.CopyFrom(tensors.tensor_to_proto(result.hidden))
                     reply.next_token_ids.extend(result.next_token_ids)

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import init
 
 from protos.data_structures import LayerRange
-from shard_node.architectures import ModelSpec, RaggedBatch, RotaryEmbedding, make_block, make_final_norm
+from shard_node.architectures import ModelSpec, RotaryEmbedding, make_block, make_final_norm
+from shard_node.attention import PagedBatch
 
 # What nn.Linear, nn.Embedding and the norms call from reset_parameters() when they are built.
 INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
@@ -104,7 +105,7 @@ class ShardModel(nn.Module):
             x = x + self.position_embed(positions)
         return x
 
-    def forward_layers(self, x: torch.Tensor, positions: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+    def forward_layers(self, x: torch.Tensor, positions: torch.Tensor, batch: PagedBatch) -> torch.Tensor:
         """x: [N, D], the stacked rows of batch's sequences; positions: [N] each row's position."""
         rope = None
         if self.rotary is not None:

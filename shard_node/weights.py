@@ -98,7 +98,9 @@ def _read(names: list[tuple[str, str]], locations: dict[str, Path], dtype: torch
                         math.prod(shape) * stored.itemsize > CHUNK_BYTES:
                     state[local] = _converted_in_chunks(path, ck, shape, stored, dtype, device)
                 else:
-                    state[local] = f.get_tensor(ck).to(device=device, dtype=dtype)
+                    # a copy even in the stored dtype: a tensor left on the file's memory map would keep every
+                    # page read so far mapped (counted in RSS) and break if the file is replaced while serving
+                    state[local] = f.get_tensor(ck).to(device=device, dtype=dtype, copy=True)
                 bar.update(1)
     return state
 

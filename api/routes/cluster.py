@@ -34,7 +34,9 @@ async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
         replicas=[ClusterReplica(node=s.node_id, address=s.address, stage=s.stage,
                                  layers=[s.layers.start, s.layers.end], state=s.state, kv_used_tokens=s.kv_used_tokens,
                                  kv_capacity_tokens=s.kv_capacity_tokens, weight_bytes=s.weight_bytes,
-                                 last_error=s.last_error, micro_batches=s.micro_batches) for s in m.stages])
+                                 last_error=s.last_error, micro_batches=s.micro_batches,
+                                 kv_blocks_used=s.kv_blocks_used, kv_blocks_total=s.kv_blocks_total,
+                                 kv_block_size=s.kv_block_size) for s in m.stages])
               for m in info.models]
     return ClusterResponse(nodes=nodes, models=models, processes=launcher_processes())
 

@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import SMOL, RunningCluster
@@ -47,3 +48,14 @@ def test_node_holds_only_its_layers(cluster: RunningCluster, smol_dir: Path) -> 
     assert shards["node1"].has_embedding and not shards["node1"].has_head
     assert shards["node3"].has_head and shards["node3"].has_embedding  # tied embeddings: the head needs it
     assert shards["node1"].weight_bytes == pytest.approx(layer_total * 13 / 30 + embed, rel=0.02)
+
+
+def test_each_shard_preallocates_a_paged_kv_pool_and_reports_its_blocks(cluster: RunningCluster) -> None:
+    info = node_info(cluster.node_address("node2"))
+    shard = next(s for s in info.shards if s.model == SMOL)
+    assert shard.kv_block_size == 16
+    assert shard.kv_blocks_total >= shard.kv_capacity_tokens // 16  # the budget, plus a partial block per sequence
+    replicas = httpx.get(f"{cluster.api_url}/api/cluster", timeout=10).json()["models"]
+    stage = next(r for m in replicas if m["name"] == SMOL for r in m["replicas"] if r["node"] == "node2")
+    assert stage["kv_block_size"] == 16 and stage["kv_blocks_total"] == shard.kv_blocks_total
+    assert 0 <= stage["kv_blocks_used"] <= stage["kv_blocks_total"]

@@ -25,6 +25,7 @@ import pytest
 
 from bench.netns import NetnsUnavailable
 from bench.procs import Child, stop_all
+from protos.hf_config import GGUF_BLOCKS_FILE
 from tests.conftest import ROOT, SMOL
 from tests.integration.helpers import chat_ids, node_info, reference_generate, tokenizer
 from tests.integration.multihost import CLIENT_IP, Hosts, namespaces_permitted
@@ -95,7 +96,7 @@ class MultiHostCluster:
 
 
 def model_weight_bytes(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors") if f.name != GGUF_BLOCKS_FILE)
 
 
 @pytest.fixture(scope="module")

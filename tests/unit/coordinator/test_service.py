@@ -149,3 +149,15 @@ def test_add_model_answers_the_registrys_refusal_and_invalid_specs() -> None:
     with pytest.raises(Aborted) as bad:
         asyncio.run(servicer.AddModel(coordinator_pb2.AddModelRequest(name="../x"), FakeContext()))  # type: ignore
     assert bad.value.code == GRPC.INVALID_ARGUMENT and not registry.added
+
+
+def test_stages_and_the_metrics_snapshot_show_each_nodes_last_reported_kv_use() -> None:
+    servicer, registry, _ = _servicer()
+    shard = SimpleNamespace(model="m", kv_used_tokens=48, kv_blocks_used=3, kv_blocks_total=100, kv_block_size=16)
+    registry.membership.status["n2"] = SimpleNamespace(info=SimpleNamespace(shards=[shard]))
+    stages = {s.node_id: s for s in servicer.model_info("m", registry.engines["m"]).stages}
+    assert (stages["n2"].kv_used_tokens, stages["n2"].kv_blocks_used, stages["n2"].kv_blocks_total,
+            stages["n2"].kv_block_size) == (48, 3, 100, 16)
+    assert stages["n1"].kv_used_tokens == 0 and stages["n1"].kv_blocks_total == 0  # not polled yet
+    [model] = servicer.snapshot().models
+    assert {r.node: r.kv_used for r in model.replicas} == {"n1": 0, "n2": 48}

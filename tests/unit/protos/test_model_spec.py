@@ -89,6 +89,7 @@ GOOD = [
     {"name": "x" * 128},
     {"name": "m", "quantization": "int8"},
     {"name": "m", "dtype": "bfloat16", "quantization": "int8"},
+    {"name": "m", "dtype": "bfloat16", "quantization": "int4"},
     {"name": "m", "quantization": "none"},
 ]
 BAD = [  # (spec, the field every path names)

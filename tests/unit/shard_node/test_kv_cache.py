@@ -1,4 +1,4 @@
-"""shard_node/kv_cache.py: per-sequence KV allocations under a token budget."""
+"""shard_node/kv_cache.py: the paged KV pool, its block tables and reference counts, under a token budget."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def kv() -> KVCache:
 def test_allocate_get_release(kv: KVCache) -> None:
     entry = kv.allocate("s1", 10, owner=1)
     assert entry.seq_id == "s1" and entry.owner == 1 and entry.capacity == 10 and entry.length == 0
-    assert entry.k.shape == (2, 3, 10, 4) and entry.v.shape == (2, 3, 10, 4)
-    assert entry.k.dtype == torch.float32
+    assert entry.blocks == []  # blocks are taken as positions fill
+    assert kv.k.shape == kv.v.shape == (2, (kv.num_blocks + 1) * kv.block_size, 3, 4)  # + the pad block
+    assert kv.k.dtype == torch.float32
     assert "s1" in kv and kv.num_sequences == 1
     assert kv.get("s1") is entry
     assert kv.release("s1") is True
@@ -107,3 +108,58 @@ def test_max_sequences_bounds_the_shard() -> None:
     with pytest.raises(CacheFull, match="at most 2 at once"):
         kv.allocate("c", 1, owner=1)
     kv.check_fits({"c": 1}, releasing=("a",))  # room once "a" is released in the same batch
+
+
+def test_pool_holds_the_budget_plus_a_partial_block_per_sequence() -> None:
+    kv = KVCache(num_layers=1, num_kv_heads=1, head_dim=2, capacity_tokens=100, dtype=torch.float32,
+                 device=torch.device("cpu"), max_sequences=8, block_size=16)
+    assert kv.num_blocks == 7 + 8  # ceil(100 / 16) + one per sequence it may hold
+    entries = [kv.allocate(f"s{i}", 12, owner=1) for i in range(8)]  # 96 tokens, 8 partial blocks
+    for e in entries:
+        kv.extend(e, 12)
+    assert kv.used_blocks == 8 and all(len(e.blocks) == 1 for e in entries)
+
+
+def test_extend_takes_blocks_lowest_first_and_release_returns_them(kv: KVCache) -> None:
+    a, b = kv.allocate("a", 40, owner=1), kv.allocate("b", 40, owner=1)
+    kv.extend(a, 1)
+    kv.extend(b, 17)
+    kv.extend(a, 33)
+    assert a.blocks == [1, 4, 5] and b.blocks == [2, 3]  # block 0 is the pad block, never given out
+    assert kv.slots(a, 15, 18) == [31, 64, 65]  # position 16 starts a's second block (4)
+    assert kv.used_blocks == 5
+    kv.release("a")
+    assert kv.used_blocks == 2
+    c = kv.allocate("c", 20, owner=1)
+    kv.extend(c, 20)
+    assert c.blocks == [1, 4]
+
+
+def test_extend_beyond_the_reservation_is_refused(kv: KVCache) -> None:
+    e = kv.allocate("a", 10, owner=1)
+    with pytest.raises(CacheFull, match="exceed the 10 reserved"):
+        kv.extend(e, 11)
+
+
+def test_fork_shares_full_blocks_until_both_are_released(kv: KVCache) -> None:
+    src = kv.allocate("src", 40, owner=1)
+    kv.extend(src, 35)
+    src.length = 35
+    child = kv.fork(src, "child", owner=1, max_tokens=40)
+    assert child.blocks == src.blocks[:2] and child.length == 32  # the two full blocks; the partial one is not shared
+    kv.extend(child, 40)
+    assert child.blocks[2] not in src.blocks
+    kv.release("src")
+    assert kv.used_blocks == 3  # the shared blocks stay while the child holds them
+    kv.release("child")
+    assert kv.used_blocks == 0
+
+
+def test_release_owner_and_idle_free_blocks(kv: KVCache) -> None:
+    e = kv.allocate("a", 30, owner=7)
+    kv.extend(e, 30)
+    assert kv.release_owner(7) == 1 and kv.used_blocks == 0
+    e = kv.allocate("b", 30, owner=7)
+    kv.extend(e, 30)
+    e.last_used = time.monotonic() - 100
+    assert kv.release_idle(50) == ["b"] and kv.used_blocks == 0

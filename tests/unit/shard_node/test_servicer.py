@@ -217,16 +217,21 @@ def test_a_decode_without_its_prefill_fails_that_sequence(servicer: ShardNodeSer
 def test_release_frees_a_cache_and_ignores_unknown_ids(servicer: ShardNodeServicer, tiny_dir: Path) -> None:
     run(servicer.LoadShard(load_request(tiny_dir), FakeContext()))
 
-    async def prefill_then_release() -> tuple[int, int, int]:
+    async def blocks_used() -> int:
+        [shard] = (await servicer.Info(shard_pb2.InfoRequest(), FakeContext())).shards
+        assert shard.kv_block_size == 16 and shard.kv_blocks_total > 0
+        return shard.kv_blocks_used
+
+    async def prefill_then_release() -> tuple[int, int, int, int, int]:
         stream = OpenStream(servicer)
         await stream.send(step(1, PROMPT, 0))
-        held = servicer.num_sequences()
+        held, blocks = servicer.num_sequences(), await blocks_used()
         released = await servicer.Release(shard_pb2.ReleaseRequest(model=MODEL, seq_ids=["s1", "unknown"]),
                                           FakeContext())
         await stream.close()
-        return held, released.released, servicer.num_sequences()
+        return held, blocks, released.released, servicer.num_sequences(), await blocks_used()
 
-    assert run(prefill_then_release()) == (1, 1, 0)
+    assert run(prefill_then_release()) == (1, 1, 1, 0, 0)  # 5 prompt positions fill one block of 16
     error = aborted(servicer.Release(shard_pb2.ReleaseRequest(model="other", seq_ids=["s1"]), FakeContext()))
     assert error.code == grpc.StatusCode.NOT_FOUND
 
