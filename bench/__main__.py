@@ -32,6 +32,7 @@ from bench.report import (
     write_json,
 )
 from bench.report_md import write_markdown
+from bench.scale_run import record_weight_bandwidth
 from bench.stats import RequestTrace, Round, summarize
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload, build_workload
@@ -106,6 +107,7 @@ class Bench:
             cluster.stop()
         self.rep.runs += results
         self.rep.memory[system] = memory
+        record_weight_bandwidth(self.rep, system, results, memory)
 
     def format_quality(self) -> None:
         from bench.formats import report_rows

@@ -37,6 +37,7 @@ class BenchReport:
     cpu_use: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> bench vs other processes
     formats: list[dict[str, Any]] = field(default_factory=list)  # bench.formats.FormatQuality per weight format
     scale: dict[str, Any] = field(default_factory=dict)  # the scale row (bench/scale_run.py)
+    bandwidth: dict[str, Any] = field(default_factory=dict)  # per Shardline system: weight GB/s at c=1, its share
 
     def find(self, system: str, prompt: str, c: int) -> RunResult | None:
         return next((r for r in self.runs if r.system == system and r.prompt == prompt and r.concurrency == c), None)

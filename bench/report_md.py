@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.report import HF, LLAMACPP, SHARDLINE, SHARDLINE_NETNS, BenchReport, _f, _mb, _x
-from bench.scale_report import scale_lines
+from bench.scale_report import bandwidth_table, scale_lines
 from bench.stats import RunResult
 
 
@@ -92,6 +92,12 @@ def _formats_lines(rep: BenchReport) -> list[str]:
             L.append(f"| {label} | {q['perplexity']:.2f} | {q['identical_share']:.0%} | "
                      f"{q['mean_tokens_to_divergence']:.1f} / {q['min_tokens_to_divergence']} |")
         L.append("")
+    if rep.bandwidth:
+        bw = rep.machine.get("memory_bandwidth", {})
+        L += ["## Weight bandwidth at c = 1 (short prompt)", "",
+              f"Ceiling: the machine's measured read bandwidth, {bw.get('read_gbps', 0):.1f} GB/s "
+              f"({bw.get('threads', '?')} threads, bench/membw.py).", ""]
+        L += bandwidth_table(rep.bandwidth)
     ratios = [(prompt, k, v) for prompt, d in rep.ratios.items() for k, v in d.items()
               if "+" in k or k.startswith(("c1_decode_tps_bfloat16", "c1_decode_tps_float16"))]
     if ratios:

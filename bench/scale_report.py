@@ -55,10 +55,11 @@ def _nodes_table(s: dict[str, Any]) -> list[str]:
     return L + [""]
 
 
-def _bandwidth_table(s: dict[str, Any]) -> list[str]:
+def bandwidth_table(formats: dict[str, Any]) -> list[str]:
+    """One row per format (or system): weight bytes per token, c=1 decode time, achieved GB/s, share of ceiling."""
     L = ["| format | weight bytes read per token | c=1 decode time per token | achieved weight GB/s | share of the "
          "read bandwidth |", "|---|---:|---:|---:|---:|"]
-    for label, f in s.get("formats", {}).items():
+    for label, f in formats.items():
         L.append(f"| {label} | {_mb(f['bytes_read_per_token'])} | {_f(f['c1_decode_ms_per_token'], 0)} ms | "
                  f"{_gb(f['c1_weight_gbps'])} | {_pct(f['c1_share_of_read_bandwidth'])} |")
     L += ["", "Bytes read per token: every shard's weights, less the first shard's embedding table (a lookup reads "
@@ -72,7 +73,8 @@ def scale_lines(rep: BenchReport) -> list[str]:
     s = rep.scale
     if not s.get("model"):
         return []
-    L = _intro(s, rep.machine.get("memory_bandwidth", {})) + _runs_table(s) + _nodes_table(s) + _bandwidth_table(s)
+    L = _intro(s, rep.machine.get("memory_bandwidth", {})) + _runs_table(s) + _nodes_table(s)
+    L += bandwidth_table(s.get("formats", {}))
     for label, err in s.get("errors", {}).items():
         L.append(f"- **{label}** failed: {err.splitlines()[0] if err else ''}")
     return L + ([""] if s.get("errors") else [])

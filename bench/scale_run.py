@@ -18,6 +18,7 @@ from bench.report import BenchReport
 from bench.scale_model import SCALE_CACHE_DIR, ScaleShape, ensure_model, is_prepared, param_count
 from bench.scale_plan import BUDGET_SHARE, format_summary, kv_tokens, node_budget_mb, run_row, set_bandwidth_shares
 from bench.shardline_cluster import READY_TIMEOUT_S, SERVICES, NodePlan, ShardlineCluster, write_config
+from bench.stats import RunResult
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload
 from ops.cluster import LocalCluster
@@ -97,6 +98,18 @@ def record_bandwidth(rep: BenchReport, bw: Bandwidth) -> None:
     rep.machine["memory_bandwidth"] = {"read_gbps": max(s["read_gbps"] for s in samples),
                                        "copy_gbps": max(s["copy_gbps"] for s in samples), "threads": bw.threads,
                                        "buffer_bytes": bw.buffer_bytes, "samples": samples}
+
+
+def record_weight_bandwidth(rep: BenchReport, system: str, results: list[RunResult], memory: dict[str, Any]) -> None:
+    """rep.bandwidth[system]: weight bytes one c=1 decode step reads x steps per second (short prompt), and its
+    share of the machine's read bandwidth (measured here the first time)."""
+    if "memory_bandwidth" not in rep.machine:
+        record_bandwidth(rep, measure_bandwidth())
+    c1 = next((r for r in results if r.concurrency == 1 and r.prompt == "short"), None)
+    summary = format_summary(memory, c1)
+    summary.pop("nodes")
+    rep.bandwidth[system] = summary
+    set_bandwidth_shares(rep.bandwidth, rep.machine["memory_bandwidth"]["read_gbps"])
 
 
 def run_scale(rep: BenchReport, args: Any, base: Workload, run_dir: Path, save: Any) -> None:

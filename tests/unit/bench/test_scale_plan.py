@@ -23,7 +23,7 @@ from bench.scale_plan import (
     set_bandwidth_shares,
 )
 from bench.scale_report import scale_lines
-from bench.scale_run import ScaleCluster, record_bandwidth, scale_workload
+from bench.scale_run import ScaleCluster, record_bandwidth, record_weight_bandwidth, scale_workload
 from bench.shardline_cluster import NodePlan
 from bench.stats import RequestTrace, Round, summarize
 from bench.weight_formats import WeightFormat
@@ -181,3 +181,14 @@ def test_scale_flags() -> None:
     assert (args.skip_scale, args.scale_tokens) == (False, 8)
     args = parse_args(["--skip-scale", "--scale-tokens", "4"])
     assert (args.skip_scale, args.scale_tokens) == (True, 4)
+
+
+def test_the_default_models_rows_get_their_weight_bandwidth_share_too(tmp_path: Path) -> None:
+    rep = BenchReport(settings={}, machine={}, workload={})
+    record_bandwidth(rep, Bandwidth(read_gbps=20.0, copy_gbps=9.0, buffer_bytes=10**9, threads=2))
+    record_weight_bandwidth(rep, "shardline bfloat16+int4", [_run(8, 0.1), _run(1, 0.5)], _memory())
+    row = rep.bandwidth["shardline bfloat16+int4"]
+    assert row["c1_share_of_read_bandwidth"] == pytest.approx(16.4 / 20.0) and "nodes" not in row
+    write_markdown(rep, tmp_path / "latest.md")
+    text = (tmp_path / "latest.md").read_text()
+    assert "## Weight bandwidth at c = 1" in text and "| shardline bfloat16+int4 | 8,200 MB |" in text
