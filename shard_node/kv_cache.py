@@ -2,18 +2,21 @@
 
 The pool holds every layer's keys and values as [layers, slots, kv_heads, head_dim] with slot = block *
 block_size + offset; a sequence's position p lives in slot ``blocks[p // block_size] * block_size + p %
-block_size``. Nothing is allocated per sequence: blocks come from a free list (lowest id first, so a lightly used
-pool touches few pages) as a sequence's positions fill, and go back when its reference count drops to zero
-(``fork`` lets a second sequence share a prefix's full blocks).
+block_size``. Nothing is allocated per sequence: a new sequence takes the blocks of what it reserved (prompt +
+max_tokens) from the pool's free runs, as one run of consecutive blocks when one fits (best fit), so on CPU its
+attention reads a plain view of the pool; only when the free space is fragmented does it get several runs and
+its keys are gathered. Blocks go back when their reference count drops to zero (``fork`` lets a second sequence
+share a prefix's full blocks), merging with free neighbours.
 
-Admission counts tokens, as the coordinator does (a sequence reserves prompt + max_tokens at its prefill). The
-pool has enough blocks for the token budget plus one partly filled block per sequence, so a sequence admitted by
-tokens always gets its blocks. On CPU the untouched part of the pool is only address space; on CUDA it is real.
+Admission counts tokens, as the coordinator does. The pool has enough blocks for the token budget plus one partly
+filled block per sequence, so a sequence admitted by tokens always gets its blocks. On CPU the untouched part of
+the pool is only address space; on CUDA it is real. Block 0 is never given out: padded reads point at its first
+slot, kept at zero.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +43,7 @@ class SequenceCache:
     owner: int  # the Forward stream that created it; its caches go when that stream closes
     capacity: int  # tokens reserved
     blocks: list[int] = field(default_factory=list)  # the block table: pool blocks holding positions in order
+    first_slot: int | None = None  # slot of position 0 when the blocks are one run (positions in consecutive slots)
     length: int = 0  # positions filled
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
     last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
@@ -65,7 +69,8 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)  # inference mode
         self.k[:, PAD_SLOT].zero_()  # what padded reads see: zeros (unwritten slots may hold NaN, and a masked
         self.v[:, PAD_SLOT].zero_()  # key's weight 0 times NaN is NaN)
-        self._free = list(range(1, self.num_blocks + 1))  # a heap: the lowest free block first; block 0 pads
+        self._runs: list[tuple[int, int]] = [(1, self.num_blocks)]  # free (first block, count), by first block
+        self._free_blocks = self.num_blocks
         self._refs = [0] * (self.num_blocks + 1)
         self._seqs: dict[str, SequenceCache] = {}
         self._lock = threading.Lock()
@@ -81,7 +86,7 @@ class KVCache:
 
     @property
     def used_blocks(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_blocks - self._free_blocks
 
     @property
     def num_sequences(self) -> int:
@@ -108,38 +113,33 @@ class KVCache:
             )
 
     def allocate(self, seq_id: str, max_tokens: int, owner: int) -> SequenceCache:
-        """Reserves max_tokens for a new sequence; its blocks are taken as its positions fill (``extend``)."""
+        """Reserves max_tokens for a new sequence and takes their blocks (one run when one fits)."""
         with self._lock:
             if seq_id in self._seqs:
                 raise ValueError(f"sequence {seq_id!r} already has a KV cache; release it first")
             self.check_fits({seq_id: max_tokens})
-            entry = SequenceCache(seq_id, owner, max_tokens, last_used=self._clock())
+            entry = SequenceCache(seq_id, owner, max_tokens, self._take(blocks_for(max_tokens, self.block_size)),
+                                  last_used=self._clock())
+            entry.first_slot = self._first_slot(entry.blocks)
             self._seqs[seq_id] = entry
             return entry
-
-    def extend(self, entry: SequenceCache, length: int) -> None:
-        """Gives the sequence blocks for positions [0, length); length stays within what it reserved."""
-        if length > entry.capacity:
-            raise CacheFull(f"sequence {entry.seq_id!r}: {length} positions exceed the {entry.capacity} reserved")
-        with self._lock:
-            while len(entry.blocks) * self.block_size < length:
-                if not self._free:  # the pool is sized so that admitted sequences always get their blocks
-                    raise CacheFull(f"KV pool out of blocks ({self.num_blocks} of {self.block_size})")
-                block = heapq.heappop(self._free)
-                self._refs[block] = 1
-                entry.blocks.append(block)
 
     def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int) -> SequenceCache:
         """A new sequence that shares the source's full blocks (a common prefix): their reference counts go up,
         and the new sequence's length is the shared positions. Its own positions go into new blocks."""
-        entry = self.allocate(seq_id, max_tokens, owner)
-        shared = min(source.length, max_tokens) // self.block_size
         with self._lock:
-            entry.blocks = source.blocks[:shared]
-            for block in entry.blocks:
+            if seq_id in self._seqs:
+                raise ValueError(f"sequence {seq_id!r} already has a KV cache; release it first")
+            self.check_fits({seq_id: max_tokens})
+            shared = source.blocks[:min(source.length, max_tokens) // self.block_size]
+            for block in shared:
                 self._refs[block] += 1
-        entry.length = shared * self.block_size
-        return entry
+            own = self._take(blocks_for(max_tokens, self.block_size) - len(shared))
+            entry = SequenceCache(seq_id, owner, max_tokens, shared + own, length=len(shared) * self.block_size,
+                                  last_used=self._clock())
+            entry.first_slot = self._first_slot(entry.blocks)
+            self._seqs[seq_id] = entry
+            return entry
 
     def get(self, seq_id: str) -> SequenceCache:
         try:
@@ -178,10 +178,51 @@ class KVCache:
         bs, blocks = self.block_size, entry.blocks
         return [blocks[p // bs] * bs + p % bs for p in range(start, end)]
 
+    def _first_slot(self, blocks: list[int]) -> int | None:
+        if blocks and blocks == list(range(blocks[0], blocks[0] + len(blocks))):
+            return blocks[0] * self.block_size
+        return None
+
+    def _take(self, count: int) -> list[int]:
+        """Under the lock: ``count`` free blocks, the smallest run that holds them all, else the largest runs."""
+        if count > self._free_blocks:  # the pool is sized so that admitted sequences always get their blocks
+            raise CacheFull(f"KV pool out of blocks: {count} wanted, {self._free_blocks} of {self.num_blocks} free")
+        taken: list[int] = []
+        while len(taken) < count:
+            need = count - len(taken)
+            fits = [i for i, (_, n) in enumerate(self._runs) if n >= need]
+            i = (min(fits, key=lambda j: self._runs[j][1]) if fits
+                 else max(range(len(self._runs)), key=lambda j: self._runs[j][1]))
+            start, n = self._runs[i]
+            got = min(n, need)
+            taken.extend(range(start, start + got))
+            if got == n:
+                del self._runs[i]
+            else:
+                self._runs[i] = (start + got, n - got)
+        for block in taken:
+            self._refs[block] = 1
+        self._free_blocks -= count
+        return taken
+
     def _drop_blocks(self, entry: SequenceCache) -> None:
         """Under the lock: one reference less on each of the sequence's blocks; a block nobody holds is free."""
         for block in entry.blocks:
             self._refs[block] -= 1
             if self._refs[block] == 0:
-                heapq.heappush(self._free, block)
+                self._give(block)
         entry.blocks = []
+
+    def _give(self, block: int) -> None:
+        """Under the lock: a free block back among the runs, merged with the runs around it."""
+        i = bisect.bisect_left(self._runs, (block, 0))
+        start, count = block, 1
+        if i > 0 and sum(self._runs[i - 1]) == block:  # the run before ends right here
+            i -= 1
+            start, count = self._runs[i][0], self._runs[i][1] + 1
+            del self._runs[i]
+        if i < len(self._runs) and self._runs[i][0] == start + count:  # the run after starts right after
+            count += self._runs[i][1]
+            del self._runs[i]
+        self._runs.insert(i, (start, count))
+        self._free_blocks += 1

@@ -1,5 +1,6 @@
 """shard_node/attention.py against attention computed one sequence at a time on contiguous caches (the layout
-transformers uses): bit-identical where nothing is padded, within float rounding where decode rows are."""
+transformers uses): bit-identical per sequence (the CPU path) and wherever nothing is padded, within float
+rounding where batched decode rows are (the CUDA path, run here on CPU)."""
 
 from __future__ import annotations
 
@@ -37,16 +38,16 @@ def _pool() -> KVCache:
 
 
 def _step(pool: KVCache, ref: Reference, entries: dict[str, SequenceCache], work: list[tuple[str, int]],
-          layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+          layer: int = 0, batch_decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One micro-batch: (seq, new tokens) in order; returns (paged output, reference output)."""
     n = sum(t for _, t in work)
     q, k, v = torch.randn(n, H, HD), torch.randn(n, KV, HD), torch.randn(n, KV, HD)
     for seq, _ in work:
         if seq not in entries:
-            entries[seq] = pool.allocate(seq, 512, owner=1)
+            entries[seq] = pool.allocate(seq, 64, owner=1)
     batch_entries = [entries[s] for s, _ in work]
     starts = [e.length for e in batch_entries]
-    batch = plan_batch(pool, batch_entries, starts, [t for _, t in work])
+    batch = plan_batch(pool, batch_entries, starts, [t for _, t in work], batch_decode)
     got = paged_attention(q, k, v, batch, layer)
     expected, row = [], 0
     for (seq, t), start in zip(work, starts):
@@ -57,39 +58,64 @@ def _step(pool: KVCache, ref: Reference, entries: dict[str, SequenceCache], work
     return got, torch.cat(expected)
 
 
-def test_one_sequence_is_bit_identical_through_prefill_and_decode() -> None:
+@pytest.mark.parametrize("batch_decode", [False, True])
+def test_one_sequence_is_bit_identical_through_prefill_and_decode(batch_decode: bool) -> None:
     torch.manual_seed(0)
     pool, ref, entries = _pool(), Reference(), {}
-    got, want = _step(pool, ref, entries, [("a", 37)])  # prefill from position 0
+    got, want = _step(pool, ref, entries, [("a", 37)], batch_decode=batch_decode)  # prefill from position 0
     assert torch.equal(got, want)
     for _ in range(20):  # decode across block boundaries (16 positions a block)
-        got, want = _step(pool, ref, entries, [("a", 1)])
+        got, want = _step(pool, ref, entries, [("a", 1)], batch_decode=batch_decode)
         assert torch.equal(got, want)
-    got, want = _step(pool, ref, entries, [("a", 5)])  # a chunk after cached positions
+    got, want = _step(pool, ref, entries, [("a", 5)], batch_decode=batch_decode)  # a chunk after cached positions
     assert torch.equal(got, want)
 
 
-def test_decode_rows_of_equal_length_need_no_mask_and_are_bit_identical() -> None:
+def test_batched_decode_rows_of_equal_length_need_no_mask_and_are_bit_identical() -> None:
     torch.manual_seed(1)
     pool, ref, entries = _pool(), Reference(), {}
     _step(pool, ref, entries, [("a", 20)])
     _step(pool, ref, entries, [("b", 20)])
-    pool.extend(entries["a"], 21)  # a's and b's blocks interleave in the pool
-    got, want = _step(pool, ref, entries, [("a", 1), ("b", 1)])
+    got, want = _step(pool, ref, entries, [("a", 1), ("b", 1)], batch_decode=True)
     assert torch.equal(got, want)
 
 
-def test_mixed_batch_matches_per_sequence_attention() -> None:
+def test_per_sequence_rows_of_a_mixed_batch_are_bit_identical() -> None:
+    torch.manual_seed(2)
+    pool, ref, entries = _pool(), Reference(), {}
+    for seq, length in (("a", 3), ("b", 40), ("c", 17)):
+        _step(pool, ref, entries, [(seq, length)])
+    got, want = _step(pool, ref, entries, [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)])
+    assert torch.equal(got, want)
+
+
+def test_batched_decode_rows_in_a_mixed_batch_match_per_sequence_attention() -> None:
     torch.manual_seed(2)
     pool, ref, entries = _pool(), Reference(), {}
     for seq, length in (("a", 3), ("b", 40), ("c", 17)):
         _step(pool, ref, entries, [(seq, length)])
     for _ in range(3):  # decode rows of different lengths around two prefill chunks (one new, one continued)
-        got, want = _step(pool, ref, entries, [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)])
+        got, want = _step(pool, ref, entries, [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)], batch_decode=True)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        entries.pop("e"), entries.pop("d")
-        pool.release("d"), pool.release("e")
-        ref.k.pop("d"), ref.k.pop("e")
+        for seq in ("d", "e"):
+            entries.pop(seq), pool.release(seq), ref.k.pop(seq), ref.v.pop(seq)
+
+
+def test_a_sequence_on_several_runs_gathers_its_keys() -> None:
+    torch.manual_seed(3)
+    pool = KVCache(LAYERS, KV, HD, capacity_tokens=68, dtype=torch.float32, device=torch.device("cpu"),
+                   max_sequences=4)
+    ref, entries = Reference(), {}
+    for i in range(4):  # two blocks each
+        entries[f"s{i}"] = pool.allocate(f"s{i}", 17, owner=1)
+    for seq in ("s0", "s2"):
+        pool.release(seq), entries.pop(seq)
+    entries["late"] = pool.allocate("late", 34, owner=1)
+    assert entries["late"].first_slot is None
+    _step(pool, ref, entries, [("late", 30)])
+    for _ in range(3):  # positions 30..32 cross into its third, separate block
+        got, want = _step(pool, ref, entries, [("late", 1)])
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("layer", [0, 1])

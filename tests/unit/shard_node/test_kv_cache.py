@@ -19,7 +19,7 @@ def kv() -> KVCache:
 def test_allocate_get_release(kv: KVCache) -> None:
     entry = kv.allocate("s1", 10, owner=1)
     assert entry.seq_id == "s1" and entry.owner == 1 and entry.capacity == 10 and entry.length == 0
-    assert entry.blocks == []  # blocks are taken as positions fill
+    assert entry.blocks == [1] and entry.first_slot == 16  # what it reserved, one run (block 0 pads)
     assert kv.k.shape == kv.v.shape == (2, (kv.num_blocks + 1) * kv.block_size, 3, 4)  # + the pad block
     assert kv.k.dtype == torch.float32
     assert "s1" in kv and kv.num_sequences == 1
@@ -115,40 +115,41 @@ def test_pool_holds_the_budget_plus_a_partial_block_per_sequence() -> None:
                  device=torch.device("cpu"), max_sequences=8, block_size=16)
     assert kv.num_blocks == 7 + 8  # ceil(100 / 16) + one per sequence it may hold
     entries = [kv.allocate(f"s{i}", 12, owner=1) for i in range(8)]  # 96 tokens, 8 partial blocks
-    for e in entries:
-        kv.extend(e, 12)
     assert kv.used_blocks == 8 and all(len(e.blocks) == 1 for e in entries)
 
 
-def test_extend_takes_blocks_lowest_first_and_release_returns_them(kv: KVCache) -> None:
-    a, b = kv.allocate("a", 40, owner=1), kv.allocate("b", 40, owner=1)
-    kv.extend(a, 1)
-    kv.extend(b, 17)
-    kv.extend(a, 33)
-    assert a.blocks == [1, 4, 5] and b.blocks == [2, 3]  # block 0 is the pad block, never given out
-    assert kv.slots(a, 15, 18) == [31, 64, 65]  # position 16 starts a's second block (4)
-    assert kv.used_blocks == 5
+def test_a_sequence_gets_one_run_of_blocks_and_release_merges_them_back(kv: KVCache) -> None:
+    a, b = kv.allocate("a", 40, owner=1), kv.allocate("b", 20, owner=1)
+    assert a.blocks == [1, 2, 3] and b.blocks == [4, 5]  # block 0 is the pad block, never given out
+    assert kv.slots(a, 15, 18) == [31, 32, 33] and a.first_slot == 16
     kv.release("a")
     assert kv.used_blocks == 2
     c = kv.allocate("c", 20, owner=1)
-    kv.extend(c, 20)
-    assert c.blocks == [1, 4]
+    assert c.blocks == [1, 2]  # the smallest free run that holds it (3 blocks freed by a, before the big tail)
+    kv.release("b")
+    kv.release("c")
+    assert kv.used_blocks == 0 and kv._runs == [(1, kv.num_blocks)]  # every free block merged into one run
 
 
-def test_extend_beyond_the_reservation_is_refused(kv: KVCache) -> None:
-    e = kv.allocate("a", 10, owner=1)
-    with pytest.raises(CacheFull, match="exceed the 10 reserved"):
-        kv.extend(e, 11)
+def test_a_fragmented_pool_gives_several_runs() -> None:
+    kv = KVCache(num_layers=1, num_kv_heads=1, head_dim=2, capacity_tokens=68, dtype=torch.float32,
+                 device=torch.device("cpu"), max_sequences=4, block_size=16)
+    assert kv.num_blocks == 5 + 4
+    held = [kv.allocate(f"s{i}", 17, owner=1) for i in range(4)]  # two blocks each: 1-2, 3-4, 5-6, 7-8
+    assert [e.blocks for e in held] == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    kv.release("s0")
+    kv.release("s2")  # free runs: 1-2, 5-6, 9
+    late = kv.allocate("late", 34, owner=1)  # three blocks, no run holds them
+    assert late.blocks == [1, 2, 9] and late.first_slot is None  # the largest run, then the best fit
+    assert kv.slots(late, 31, 33) == [47, 144]  # position 32 starts its third block (9)
 
 
 def test_fork_shares_full_blocks_until_both_are_released(kv: KVCache) -> None:
     src = kv.allocate("src", 40, owner=1)
-    kv.extend(src, 35)
     src.length = 35
     child = kv.fork(src, "child", owner=1, max_tokens=40)
-    assert child.blocks == src.blocks[:2] and child.length == 32  # the two full blocks; the partial one is not shared
-    kv.extend(child, 40)
-    assert child.blocks[2] not in src.blocks
+    assert child.blocks[:2] == src.blocks[:2] and child.length == 32  # the two full blocks, not the partial one
+    assert len(child.blocks) == 3 and child.blocks[2] not in src.blocks and child.first_slot is None
     kv.release("src")
     assert kv.used_blocks == 3  # the shared blocks stay while the child holds them
     kv.release("child")
@@ -156,10 +157,8 @@ def test_fork_shares_full_blocks_until_both_are_released(kv: KVCache) -> None:
 
 
 def test_release_owner_and_idle_free_blocks(kv: KVCache) -> None:
-    e = kv.allocate("a", 30, owner=7)
-    kv.extend(e, 30)
+    kv.allocate("a", 30, owner=7)
     assert kv.release_owner(7) == 1 and kv.used_blocks == 0
     e = kv.allocate("b", 30, owner=7)
-    kv.extend(e, 30)
     e.last_used = time.monotonic() - 100
     assert kv.release_idle(50) == ["b"] and kv.used_blocks == 0
