@@ -126,6 +126,7 @@ class Pipeline:
         self.model = model
         self.groups = groups
         self._batch_ids = itertools.count(1)
+        self.in_flight = 0  # micro-batches between step's start and end; told to each stage (its thread count)
 
     @property
     def replicas(self) -> list[Replica]:
@@ -164,6 +165,7 @@ class Pipeline:
         request = self._request(plan, next(self._batch_ids))
         request.token_ids.extend(t for e in plan.entries for t in e.token_ids)
         relay = _Relay()
+        self.in_flight += 1
         try:
             for i in range(len(route)):
                 await self._stage(i, route, request, releases[i], tickets[i], relay)
@@ -173,6 +175,7 @@ class Pipeline:
                 replica.pending_release.extend(ids)  # may not have arrived; release ids are idempotent
             raise
         finally:
+            self.in_flight -= 1
             for replica, ticket in zip(route[relay.reached:], tickets[relay.reached:]):  # must not hold up later ones
                 await replica.order.pass_turn(ticket)
         return self._result(plan, request, relay)
@@ -196,6 +199,7 @@ class Pipeline:
             relay.reached = i + 1
             await replica.order.pass_turn(ticket)
             raise StageError(replica.node_id, "UNAVAILABLE", replica.last_error or "node is down", stream_lost=True)
+        request.batches_in_flight = self.in_flight  # as of its turn on this stage
         try:
             pending = await replica.stream.send(request)
         finally:

@@ -60,7 +60,7 @@ class SequenceSlice(_message.Message):
     def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id")
+    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ForwardRequest(_message.Message):
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SequenceSlice]
@@ -77,7 +78,8 @@ class ForwardRequest(_message.Message):
     return_logits: bool
     release_seq_ids: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    batches_in_flight: int
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors")

@@ -1,13 +1,16 @@
-"""Co-located shard nodes share the machine's cores: a micro-batch runs on cores // (nodes busy right now) threads.
+"""Co-located shard nodes share the machine's cores: each micro-batch runs with the threads its neighbours leave it.
 
-Each node holds one slot of a small board in shared memory (``/dev/shm/shardline-cores-<uid>``): it writes the
-monotonic time its micro-batch started there, and 0 when it ends. Before a micro-batch it counts the slots busy
-now (its own included) and sets its compute thread's torch threads to ``cores // busy`` (at least 1). With one
-stream through three co-located stages only one stage is busy at a time, so each gets every core; under load the
-busy stages split them instead of oversubscribing. A slot is held with an fcntl lock, which the kernel drops when
-the process dies, so a killed node's slot is taken over by the next node that starts; a busy mark older than
-``STALE_S`` (a node killed mid-batch) is not counted. Nodes that cannot see one board (separate machines or
-containers) each count only themselves, which is right for them.
+Each node holds one slot of a small board in shared memory (``/dev/shm/shardline-cores-<uid>``): -1 while it is
+idle, the monotonic time its micro-batch started while it is busy (0: the slot is free). The coordinator tells
+every stage how many micro-batches of its model are in flight:
+- one (a lone stream): only one stage of the pipeline works at a time, so the stage takes ``cores // busy`` threads,
+  busy counting the nodes of the machine in a micro-batch right now (itself included): every core when the others
+  wait;
+- more: the stages work at the same time, and a neighbour idle at this instant will be busy in a moment, so the
+  cores are split among every node present: ``cores // max(busy, nodes)``, as a static split would.
+A slot is held with an open-file lock, which the kernel drops when the process dies; a node that starts clears
+the slots nobody holds, and a busy mark older than ``STALE_S`` (a node killed mid-batch) is not counted. Nodes
+that cannot see one board (separate machines or containers) each count only themselves, which is right for them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 SLOTS = 64
-SLOT_BYTES = 8  # one float64: the monotonic time the slot's node became busy, 0.0 when idle
+SLOT_BYTES = 8  # one float64: the monotonic time the slot's node became busy, IDLE while idle, 0.0 when free
+IDLE = -1.0
 STALE_S = 30.0  # a mark older than this is a node that died mid-batch
 
 
@@ -43,6 +47,14 @@ def _try_lock(fd: int, slot: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _held_elsewhere(fd: int, slot: int) -> bool:
+    """Whether another open file holds byte ``slot``'s lock (a live node); False where that cannot be asked."""
+    if not hasattr(fcntl, "F_OFD_GETLK"):  # pragma: no cover - not Linux
+        return True
+    probe = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
+    return struct.unpack("hhqqi4x", probe)[0] != fcntl.F_UNLCK
 
 
 def board_path() -> Path:
@@ -73,34 +85,45 @@ class CoreShare:
                     continue
                 self._fd, self.slot = fd, slot
                 self._board = mmap.mmap(fd, SLOTS * SLOT_BYTES)
-                self._mark(0.0)
+                for other in range(SLOTS):  # slots of nodes that died are free again
+                    if other != slot and not _held_elsewhere(fd, other):
+                        self._write(other, 0.0)
+                self._mark(IDLE)
                 return
             os.close(fd)
             logger.warning("%s: every one of %d slots is held; this node counts only itself", path, SLOTS)
         except OSError as e:  # no /dev/shm (not Linux) or not writable: count only this node
             logger.info("no core board at %s (%s); this node counts only itself", path, e)
 
-    def _mark(self, value: float) -> None:
+    def _write(self, slot: int, value: float) -> None:
         assert self._board is not None
-        self._board[self.slot * SLOT_BYTES:(self.slot + 1) * SLOT_BYTES] = struct.pack("d", value)
+        self._board[slot * SLOT_BYTES:(slot + 1) * SLOT_BYTES] = struct.pack("d", value)
 
-    def busy_nodes(self, now: float) -> int:
-        """Slots marked busy within STALE_S (this node's own mark included); 1 without a board."""
+    def _mark(self, value: float) -> None:
+        self._write(self.slot, value)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(nodes busy within STALE_S, nodes present) on the board, this one included; (1, 1) without a board."""
         if self._board is None:
-            return 1
+            return 1, 1
         marks = struct.unpack(f"{SLOTS}d", self._board[:SLOTS * SLOT_BYTES])
-        return max(1, sum(1 for m in marks if m > 0.0 and now - m < STALE_S))
+        busy = sum(1 for m in marks if m > 0.0 and now - m < STALE_S)
+        present = sum(1 for m in marks if m == IDLE or (m > 0.0 and now - m < STALE_S))
+        return max(1, busy), max(1, present)
 
-    def threads_for(self, busy: int) -> int:
-        return self.fixed_threads if self.fixed_threads > 0 else max(1, self.cores // busy)
+    def threads_for(self, busy: int, present: int, in_flight: int) -> int:
+        if self.fixed_threads > 0:
+            return self.fixed_threads
+        return max(1, self.cores // (busy if in_flight == 1 else max(busy, present)))
 
     @contextmanager
-    def running(self) -> Iterator[int]:
-        """Around one micro-batch, on the compute thread: marks this node busy and sets the threads it gets."""
+    def running(self, in_flight: int = 1) -> Iterator[int]:
+        """Around one micro-batch, on the compute thread: marks this node busy and sets the threads it gets.
+        in_flight: micro-batches of its model in flight (the coordinator says; 0 when it did not)."""
         now = time.monotonic()
         if self._board is not None:
             self._mark(now)
-        threads = self.threads_for(self.busy_nodes(now))
+        threads = self.threads_for(*self.counts(now), in_flight)
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads
@@ -108,7 +131,7 @@ class CoreShare:
             yield threads
         finally:
             if self._board is not None:
-                self._mark(0.0)
+                self._mark(IDLE)
 
     def describe(self) -> str:
         if self.fixed_threads > 0:

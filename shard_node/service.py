@@ -62,9 +62,9 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                 freed += len(gone)
         return freed
 
-    def _run(self, runner: ShardRunner, batch: MicroBatch, owner: int) -> BatchResult:
+    def _run(self, runner: ShardRunner, batch: MicroBatch, owner: int, in_flight: int) -> BatchResult:
         """One micro-batch on the compute thread, with the threads the machine's busy nodes leave it."""
-        with self.cores.running():
+        with self.cores.running(in_flight):
             return runner.run(batch, owner)
 
     def memory_used_bytes(self, skip: str = "") -> int:
@@ -116,6 +116,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         finally:  # failed or cancelled: the bytes are free again; loaded: the runner counts them from now on
             self._reserved.pop(reservation, None)
         self.runners[request.model] = runner
+        # the float copies of quantized blocks are freed, but glibc keeps their pages: give them back (RSS)
+        await asyncio.get_running_loop().run_in_executor(self.compute, release_memory)
         info = self.shard_info(runner)
         logger.info("ready: %s layers %s, %.1f MB of weights (%.1f MB in layers), KV budget %d tokens (%.1f MB); %s",
                     request.model, plan.layers, info.weight_bytes / 1e6, info.layer_weight_bytes / 1e6,
@@ -198,7 +200,8 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
                         raise BatchError("NOT_FOUND", f"model {req.model!r} is not loaded on node {self.node_id}; "
                                          f"loaded: {sorted(self.runners)}")
                     batch = self._decode_batch(runner, req)
-                    result = await loop.run_in_executor(self.compute, self._run, runner, batch, owner)
+                    result = await loop.run_in_executor(self.compute, self._run, runner, batch, owner,
+                                                        req.batches_in_flight)
                 except wire.WireError as e:
                     reply.error_code, reply.error_message = "INVALID_ARGUMENT", str(e)
                 except BatchError as e:

@@ -51,6 +51,7 @@ class Forwarded:
     batch_id: int
     seq_ids: list[str]
     release_seq_ids: list[str]
+    in_flight: int = 0  # the coordinator's micro-batches in flight, as the request said
 
 
 class FakeStream:
@@ -70,7 +71,7 @@ class FakeStream:
             gate, node.hold_next = node.hold_next, None
             await gate.wait()
         node.forwarded.append(Forwarded(request.batch_id, [s.seq_id for s in request.seqs],
-                                        list(request.release_seq_ids)))
+                                        list(request.release_seq_ids), request.batches_in_flight))
         fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
         self.used = True
         if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:

@@ -113,3 +113,24 @@ def test_flush_releases_calls_release_on_idle_live_replicas_only() -> None:
     asyncio.run(pipeline.flush_releases(busy={n1}))
     assert node(clients, "n1").released == [] and n1.pending_release == ["a"]  # rides on its next micro-batch
     assert node(clients, "n2").released == ["b"] and node(clients, "n3").released == []
+
+
+def test_each_stage_is_told_how_many_micro_batches_are_in_flight() -> None:
+    async def scenario() -> tuple[list[int], list[int]]:
+        pipeline, clients = make_pipeline([["n1"], ["n2"]])
+        await pipeline.step(_route(pipeline), _plan("a"))  # alone: a lone stream
+        alone = [f.in_flight for n in ("n1", "n2") for f in node(clients, n).forwarded]
+        gate = asyncio.Event()
+        node(clients, "n2").hold_next = gate  # b waits on n2 until c has gone through n1
+        first = asyncio.create_task(pipeline.step(_route(pipeline), _plan("b", lane=0)))
+        while node(clients, "n2").hold_next is not None:
+            await asyncio.sleep(0)
+        second = asyncio.create_task(pipeline.step(_route(pipeline), _plan("c", lane=1)))
+        while len(node(clients, "n1").forwarded) < 3:
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, second)
+        return alone, [f.in_flight for f in node(clients, "n1").forwarded[1:]]
+
+    alone, together = asyncio.run(scenario())
+    assert alone == [1, 1] and together == [1, 2]  # b alone on n1; c there while b was still in flight

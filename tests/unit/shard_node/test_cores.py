@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shard_node.cores import SLOTS, STALE_S, CoreShare
+from shard_node.cores import IDLE, SLOTS, STALE_S, CoreShare
 
 
 @pytest.fixture(autouse=True)
@@ -34,10 +34,10 @@ def test_busy_nodes_split_the_cores(tmp_path: Path) -> None:
     a, b, c = (CoreShare(4, board) for _ in range(3))
     with a.running():
         with b.running() as threads:
-            assert threads == 2 and a.busy_nodes(time.monotonic()) == 2
+            assert threads == 2 and a.counts(time.monotonic()) == (2, 3)
             with c.running() as threads:
                 assert threads == 1  # 4 // 3
-    assert a.busy_nodes(time.monotonic()) == 1  # none busy: a node counts at least itself
+    assert a.counts(time.monotonic()) == (1, 3)  # none busy: a node counts at least itself
 
 
 def test_a_dead_nodes_slot_is_freed_and_its_stale_mark_ignored(tmp_path: Path) -> None:
@@ -71,6 +71,26 @@ def test_a_full_board_leaves_a_node_on_its_own(tmp_path: Path) -> None:
     board = tmp_path / "board"
     held = [CoreShare(2, board) for _ in range(SLOTS)]
     extra = CoreShare(2, board)
-    assert extra.slot == -1 and extra.busy_nodes(time.monotonic()) == 1
+    assert extra.slot == -1 and extra.counts(time.monotonic()) == (1, 1)
     for share in held:
         share.close()
+
+
+def test_with_more_micro_batches_in_flight_the_cores_are_split_among_every_node(tmp_path: Path) -> None:
+    board = tmp_path / "board"
+    a, _, _ = (CoreShare(6, board) for _ in range(3))
+    with a.running(in_flight=1) as threads:
+        assert threads == 6  # a lone stream: the others wait for this stage
+    with a.running(in_flight=2) as threads:
+        assert threads == 2  # the others are about to work too
+    with a.running(in_flight=0) as threads:
+        assert threads == 2  # a coordinator that does not say: the safe split
+
+
+def test_a_starting_node_frees_the_slots_of_nodes_that_died(tmp_path: Path) -> None:
+    board = tmp_path / "board"
+    dead = CoreShare(2, board)
+    dead._write(5, IDLE)  # a slot whose process is gone: its mark stays, nobody holds its lock
+    assert dead.counts(time.monotonic()) == (1, 2)
+    CoreShare(2, board)
+    assert dead.counts(time.monotonic()) == (1, 2)  # the newcomer, not the ghost: slot 5 was cleared
