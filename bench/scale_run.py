@@ -17,13 +17,10 @@ from bench.procs import log
 from bench.report import BenchReport
 from bench.scale_model import SCALE_CACHE_DIR, ScaleShape, ensure_model, is_prepared, param_count
 from bench.scale_plan import BUDGET_SHARE, format_summary, kv_tokens, node_budget_mb, run_row, set_bandwidth_shares
-from bench.shardline_cluster import READY_TIMEOUT_S, SERVICES, NodePlan, ShardlineCluster, write_config
+from bench.shardline_cluster import NodePlan, ShardlineCluster
 from bench.stats import RunResult
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload
-from ops.cluster import LocalCluster
-from ops.readiness import list_models
-from protos.config import NodeConfig, load_config
 
 PROMPT = "short"  # the scale row's prompt kind when the bench has it (else the bench's first kind)
 RPC_TIMEOUT_S = 300.0  # one micro-batch on one node (a c=32 prefill of 1.7B on shared cores is slow); below the
@@ -38,31 +35,16 @@ class ScaleCluster(ShardlineCluster):
         super().__init__(workload, run_dir, nodes, threads, pipeline_depth, fmt)
         self.memory_mb, self.kv_cache_tokens = memory_mb, kv_cache_tokens
 
-    def write_scale_config(self) -> None:
-        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth,
-                     self.fmt)
+    label = "scale model"
+
+    def write_cluster_config(self) -> None:
+        super().write_cluster_config()
         cfg = json.loads(self.config_path.read_text())
         cfg["models"][0].update(source=self.workload.model_dir, kv_cache_tokens=self.kv_cache_tokens)
         for node in cfg["nodes"]:
             node["memory_mb"] = self.memory_mb
         cfg["coordinator"]["rpc_timeout_s"] = RPC_TIMEOUT_S
         self.config_path.write_text(json.dumps(cfg, indent=2))
-
-    def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.write_scale_config()
-        prefixes = {n.node_id: n.prefix for n in self.nodes}
-
-        def prefix(node: NodeConfig) -> list[str]:
-            return prefixes[node.id]
-
-        self.cluster = LocalCluster.plan(load_config(self.config_path), self.config_path, self.run_dir,
-                                         services=SERVICES, node_prefix=prefix)
-        self.cluster.start()
-        self.cluster.wait_ready(READY_TIMEOUT_S, models=True)
-        model = next(m for m in list_models(self.coord_address).models if m.name == self.workload.model_name)
-        log("  scale model ready: " + ", ".join(f"{s.node_id} [{s.layers.start},{s.layers.end})"
-                                                 for s in model.stages))
 
 
 def scale_workload(base: Workload, folder: Path, shape: ScaleShape, new_tokens: int) -> Workload:

@@ -58,6 +58,8 @@ def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_po
 
 
 class ShardlineCluster:
+    label = "Shardline"  # in the log line saying it is ready
+
     def __init__(self, workload: Workload, run_dir: Path, nodes: list[NodePlan], threads: int,
                  pipeline_depth: int | None = None, fmt: WeightFormat = FLOAT32) -> None:
         self.workload, self.fmt = workload, fmt
@@ -73,8 +75,7 @@ class ShardlineCluster:
     def start(self) -> None:
         """The nodes (each behind its netns prefix, if any) and the coordinator, until the model is ready."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth,
-                     self.fmt)
+        self.write_cluster_config()
         prefixes = {n.node_id: n.prefix for n in self.nodes}
 
         def prefix(node: NodeConfig) -> list[str]:
@@ -85,7 +86,12 @@ class ShardlineCluster:
         self.cluster.start()
         self.cluster.wait_ready(READY_TIMEOUT_S, models=True)
         model = next(m for m in list_models(self.coord_address).models if m.name == self.workload.model_name)
-        log("  Shardline ready: " + ", ".join(f"{s.node_id} [{s.layers.start},{s.layers.end})" for s in model.stages))
+        ranges = ", ".join(f"{s.node_id} [{s.layers.start},{s.layers.end})" for s in model.stages)
+        log(f"  {self.label} ready: {ranges}")
+
+    def write_cluster_config(self) -> None:
+        write_config(self.config_path, self.workload, self.nodes, self.coord_port, self.threads, self.pipeline_depth,
+                     self.fmt)
 
     def peak_rss(self) -> dict[str, dict[str, int]]:
         children = self.cluster.children if self.cluster else []

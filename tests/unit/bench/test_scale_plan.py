@@ -151,7 +151,7 @@ def test_cluster_config_budgets_every_node_and_names_the_scale_model(tmp_path: P
     nodes = [NodePlan(f"node{i}", "127.0.0.1", 50060 + i) for i in (1, 2, 3)]
     cluster = ScaleCluster(w, tmp_path / "run", nodes, 0, None, WeightFormat("bfloat16", "int8"), 2937, 1536)
     (tmp_path / "run").mkdir()
-    cluster.write_scale_config()
+    cluster.write_cluster_config()
     config = load_config(cluster.config_path)
     assert [n.memory_mb for n in config.nodes] == [2937] * 3
     (model,) = config.models

@@ -80,22 +80,28 @@ def test_batched_decode_rows_of_equal_length_need_no_mask_and_are_bit_identical(
     assert torch.equal(got, want)
 
 
-def test_per_sequence_rows_of_a_mixed_batch_are_bit_identical() -> None:
+MIXED = [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)]  # decode rows around a new and a continued chunk
+
+
+def _three_prefilled() -> tuple[KVCache, Reference, dict[str, SequenceCache]]:
+    """Sequences a, b, c prefilled with 3, 40 and 17 positions."""
     torch.manual_seed(2)
     pool, ref, entries = _pool(), Reference(), {}
     for seq, length in (("a", 3), ("b", 40), ("c", 17)):
         _step(pool, ref, entries, [(seq, length)])
-    got, want = _step(pool, ref, entries, [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)])
+    return pool, ref, entries
+
+
+def test_per_sequence_rows_of_a_mixed_batch_are_bit_identical() -> None:
+    pool, ref, entries = _three_prefilled()
+    got, want = _step(pool, ref, entries, MIXED)
     assert torch.equal(got, want)
 
 
 def test_batched_decode_rows_in_a_mixed_batch_match_per_sequence_attention() -> None:
-    torch.manual_seed(2)
-    pool, ref, entries = _pool(), Reference(), {}
-    for seq, length in (("a", 3), ("b", 40), ("c", 17)):
-        _step(pool, ref, entries, [(seq, length)])
+    pool, ref, entries = _three_prefilled()
     for _ in range(3):  # decode rows of different lengths around two prefill chunks (one new, one continued)
-        got, want = _step(pool, ref, entries, [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)], batch_decode=True)
+        got, want = _step(pool, ref, entries, MIXED, batch_decode=True)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         for seq in ("d", "e"):
             entries.pop(seq), pool.release(seq), ref.k.pop(seq), ref.v.pop(seq)
