@@ -13,12 +13,16 @@ from pydantic.json_schema import JsonDict
 from protos.addresses import split_address
 from protos.model_spec import (
     ALLOWED_DTYPES,
+    ALLOWED_FORWARDING,
     ALLOWED_QUANTIZATIONS,
+    ALLOWED_WIRE_DTYPES,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
     DEFAULT_QUANTIZATION,
     DEFAULT_REPLICAS,
+    DEFAULT_WIRE_DTYPE,
     DEVICE_PATTERN,
     DEVICE_RULE,
     MAX_CONTEXT_TOKENS,
@@ -31,6 +35,7 @@ from protos.model_spec import (
     check_cache_source,
     check_device,
     check_dtype,
+    check_forwarding,
     check_kv_cache_tokens,
     check_layer_ranges,
     check_max_context,
@@ -38,6 +43,7 @@ from protos.model_spec import (
     check_nodes,
     check_quantization,
     check_replicas,
+    check_wire_dtype,
 )
 
 
@@ -80,6 +86,14 @@ class AddModelRequest(BaseModel):
         description="of the weights: none (in dtype), int8 (linear layers, head and embedding; a quarter of "
                     "float32) or int4 (linear layers in groups of 32, a sixth of float32; embedding and tied head "
                     "int8)")
+    forwarding: Annotated[StrictStr, _rule(check_forwarding)] = Field(
+        DEFAULT_FORWARDING, json_schema_extra={"enum": list(ALLOWED_FORWARDING)},
+        description="how hidden states travel between stages: direct (stage to stage, K+1 one-way trips per step "
+                    "for K stages) or star (through the coordinator, 2K)")
+    wire_dtype: Annotated[StrictStr, _rule(check_wire_dtype)] = Field(
+        DEFAULT_WIRE_DTYPE, json_schema_extra={"enum": list(ALLOWED_WIRE_DTYPES)},
+        description="hidden states between stages: auto (the model's dtype, lossless), float32, bfloat16, float16, "
+                    "or int8 with one scale per row")
     device: Annotated[StrictStr, _rule(check_device)] = Field(
         DEFAULT_DEVICE, description=DEVICE_RULE, json_schema_extra={"pattern": rf"^({DEVICE_PATTERN.pattern})$"})
     replicas: Annotated[StrictInt, _rule(check_replicas)] = Field(
@@ -128,6 +142,8 @@ class ModelStatus(BaseModel):
     source: str = ""
     dtype: str = ""
     quantization: str = ""
+    forwarding: str = Field("", description="direct | star: how hidden states travel between its stages")
+    wire_dtype: str = Field("", description="hidden states between its stages on the wire")
     reason: str = Field("", description="why it is pending or unavailable")
     num_layers: int = 0
     placement: list[PlacementEntry] = Field(default_factory=list)

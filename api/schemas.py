@@ -195,6 +195,25 @@ class ClusterReplica(BaseModel):
     kv_block_size: int = Field(0, description="positions per KV block")
 
 
+class StageTraffic(BaseModel):
+    node: str
+    busy_share: list[float] = Field(..., description="per interval, oldest first: the share of the interval the "
+                                                     "stage computed this model's micro-batches (0..1)")
+
+
+class LinkTraffic(BaseModel):
+    src: str = Field(..., description="node id, or coordinator")
+    dst: str = Field(..., description="node id, or coordinator")
+    bytes_per_s: list[float] = Field(..., description="per interval, oldest first: hidden states and tokens sent")
+    rtt_ms: list[float | None] = Field(..., description="per interval: mean round trip; null when none was measured")
+
+
+class ClusterHistory(BaseModel):
+    interval_s: float = Field(..., description="seconds between two points; every series ends at the newest")
+    stages: list[StageTraffic]
+    links: list[LinkTraffic]
+
+
 class ClusterModel(BaseModel):
     name: str
     state: str = Field(..., description="serving | loading | unavailable")
@@ -210,6 +229,8 @@ class ClusterModel(BaseModel):
     recoveries: int = Field(..., description="of those, how many produced their next token")
     last_recovery_seconds: float = Field(..., description="loss seen -> next token, of the last recovered sequence")
     replicas: list[ClusterReplica]
+    history: ClusterHistory | None = Field(None, description="where its time went over the last few minutes (null "
+                                                             "before its first micro-batch)")
 
 
 class ClusterNode(BaseModel):

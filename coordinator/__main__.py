@@ -11,6 +11,7 @@ import grpc
 from coordinator import metrics
 from coordinator.registry import ModelRegistry
 from coordinator.service import CoordinatorServicer
+from coordinator.traffic import run_sampler
 from protos import coordinator_pb2_grpc, security
 from protos.config import ConfigError, default_config_path, load_config
 from protos.runtime import (
@@ -53,6 +54,7 @@ async def serve(config_path: str, host: str | None) -> None:
     logger.info("coordinator listening on %s (%s); loading %d model(s)", address, sec.describe(),
                 len(config.models))
     await registry.start()
+    sampler = asyncio.get_running_loop().create_task(run_sampler(servicer.traffic), name="traffic-sampler")
     engines = registry.engines
     await health.set("", SERVING)  # models that are not ready answer UNAVAILABLE with the reason
     failed = [n for n, e in engines.items() if not e.ready]
@@ -70,6 +72,7 @@ async def serve(config_path: str, host: str | None) -> None:
     deadline = asyncio.get_running_loop().time() + config.coordinator.drain_timeout_s
     while any(e.scheduler.has_work for e in engines.values()) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
+    sampler.cancel()
     await registry.stop()
     await server.stop(grace=2)
     await registry.close()

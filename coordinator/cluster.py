@@ -60,7 +60,8 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
     load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
                      model.quantization)
-    return ModelEngine(model.name, meta, Pipeline(model.name, groups), scheduler, load)
+    pipeline = Pipeline(model.name, groups, model.forwarding, model.wire_dtype)
+    return ModelEngine(model.name, meta, pipeline, scheduler, load)
 
 
 async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:

@@ -15,10 +15,13 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from coordinator.traffic import TrafficHistory
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
                    40.0, 80.0)
 REQUEST_BUCKETS = (0.1, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 # --- requests (as vLLM) -----------------------------------------------------------------------------------
 TTFT = Histogram("shardline_time_to_first_token_seconds", "arrival to first generated token", ["model_name"],
@@ -44,6 +47,13 @@ BATCH_TOKENS = Histogram("shardline_micro_batch_tokens", "rows (tokens) in one m
                          buckets=SIZE_BUCKETS)
 HIDDEN_BYTES = Counter("shardline_hidden_state_bytes", "bytes of hidden states sent to a stage (one hop)",
                        ["model_name", "node"])
+STAGE_BUSY = Counter("shardline_stage_busy_seconds", "seconds a stage (node) computed micro-batches of a model; its "
+                     "rate is the stage's busy share (1 = never idle)", ["model_name", "node"])
+LINK_BYTES = Counter("shardline_link_bytes", "bytes of hidden states and tokens sent over a link (src -> dst: node "
+                     "ids or coordinator)", ["model_name", "src", "dst"])
+LINK_RTT = Histogram("shardline_link_round_trip_seconds", "one round trip over a link, as measured by a micro-batch",
+                     ["model_name", "src", "dst"], buckets=RTT_BUCKETS)
+TRAFFIC = TrafficHistory()  # the last few minutes of the three above, per model (Cluster RPC, the web UI)
 
 # --- failures ---------------------------------------------------------------------------------------------
 FAILOVERS = Counter("shardline_failovers", "sequences replayed on other nodes after a node of their route was lost",
@@ -137,23 +147,47 @@ def init_model(model: str, nodes: list[str]) -> None:
         metric.labels(model)
     for node in nodes:
         NODE_DOWN.labels(model, node)
+        STAGE_BUSY.labels(model, node)
+
+
+def observe_stage(model: str, node: str, busy_s: float) -> None:
+    """A stage (node) of ``model`` computed for ``busy_s`` seconds (one micro-batch)."""
+    busy_s = max(0.0, busy_s)
+    STAGE_BUSY.labels(model, node).inc(busy_s)
+    TRAFFIC.add_stage(model, node, busy_s)
+
+
+def observe_link(model: str, src: str, dst: str, nbytes: int, rtt_s: float | None = None) -> None:
+    """``nbytes`` of hidden states / tokens crossed the link src -> dst (node ids, or "coordinator"), and one
+    round trip on it took ``rtt_s`` (None when not measured for this micro-batch)."""
+    LINK_BYTES.labels(model, src, dst).inc(max(0, nbytes))
+    if rtt_s is not None and rtt_s >= 0:
+        LINK_RTT.labels(model, src, dst).observe(rtt_s)
+    TRAFFIC.add_link(model, src, dst, nbytes, rtt_s)
 
 
 MODEL_SERIES = (TTFT, ITL, E2E, QUEUE, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESS, FAILURES, STAGE_SECONDS, BATCH_SEQS,
-                BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN)  # all have model_name
-NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN)  # those that also have node
+                BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN, STAGE_BUSY, LINK_BYTES,
+                LINK_RTT)  # all have model_name
+NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN, STAGE_BUSY)  # those that also have node
+LINK_SERIES = (LINK_BYTES, LINK_RTT)  # those with src and dst (a node at either end)
 
 
 def forget_model(model: str) -> None:
     """Deletes every series of a removed model (all its nodes included), so /metrics stops exporting them."""
     for metric in MODEL_SERIES:
         metric.remove_by_labels({"model_name": model})
+    TRAFFIC.forget_model(model)
 
 
 def forget_node(node: str) -> None:
     """Deletes every series of a node removed from the cluster, whatever model it served."""
     for metric in NODE_SERIES:
         metric.remove_by_labels({"node": node})
+    for link in LINK_SERIES:
+        link.remove_by_labels({"src": node})
+        link.remove_by_labels({"dst": node})
+    TRAFFIC.forget_node(node)
 
 
 def register_state(snapshot: Callable[[], ClusterSnapshot]) -> None:

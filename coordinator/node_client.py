@@ -3,14 +3,14 @@ every model, owned by ``NodeClients`` (the registry's pool, keyed by node id).
 
 A node client answers the health check, Info, LoadShard (real loads and the dry-run loads that measure a model),
 UnloadShard and Release, and holds one Forward stream per model (``ForwardStream``). Every call has a deadline,
-all from one ``Deadlines``. A Forward stream is opened lazily and its replies are matched to requests in order;
-if it breaks, every pending micro-batch fails with ``StageError`` and ``on_stream_lost`` tells its engine.
+all from one ``Deadlines``. A Forward stream is opened lazily and its replies are matched to requests by batch id
+(a micro-batch sent without wanting a reply may still be ``watch``ed: the node reports its failure); if it
+breaks, every pending and watched micro-batch fails with ``StageError`` and ``on_stream_lost`` tells its engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -101,24 +101,50 @@ class ForwardStream:
         self._used = False  # the current stream carried a micro-batch
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: collections.deque[asyncio.Future[shard_pb2.ForwardResponse]] = collections.deque()
+        self._pending: dict[int, asyncio.Future[shard_pb2.ForwardResponse]] = {}  # batch id -> its reply
+        self._watched: dict[int, asyncio.Future[shard_pb2.ForwardResponse]] = {}  # batch id -> a failure report
         self._write_lock = asyncio.Lock()
 
     async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
-        """Writes one micro-batch; returns an awaitable of its reply (replies come in write order)."""
-        loop = asyncio.get_running_loop()
+        """Writes one micro-batch; returns an awaitable of its reply."""
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request.batch_id] = fut
+        await self._write(request, open_stream=True)
+        return self._reply(fut)
+
+    def watch(self, batch_id: int) -> asyncio.Future[shard_pb2.ForwardResponse]:
+        """A future of the failure report of a micro-batch sent with ``post`` (or of the stream breaking); call
+        before posting it, and ``unwatch`` it once the micro-batch is done."""
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        self._watched[batch_id] = fut
+        return fut
+
+    def unwatch(self, batch_id: int) -> None:
+        fut = self._watched.pop(batch_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    async def post(self, request: shard_pb2.ForwardRequest) -> None:
+        """Writes a micro-batch that wants no reply (``report_errors_only``)."""
+        await self._write(request, open_stream=True)
+
+    async def notify(self, request: shard_pb2.ForwardRequest) -> None:
+        """Writes a message that gets no reply (``abandon``); on a stream that is not open, there is nothing to
+        tell."""
+        await self._write(request, open_stream=False)
+
+    async def _write(self, request: shard_pb2.ForwardRequest, open_stream: bool) -> None:
         async with self._write_lock:
             if self._call is None:
+                if not open_stream:
+                    return
                 self._call = self._stub.Forward()
-                self._reader = loop.create_task(self._read_replies(self._call))
-            fut: asyncio.Future[shard_pb2.ForwardResponse] = loop.create_future()
-            self._pending.append(fut)
+                self._reader = asyncio.get_running_loop().create_task(self._read_replies(self._call))
             self._used = True
             try:
                 await asyncio.wait_for(self._call.write(request), self.timeout_s)
             except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
                 self._break(f"sending a micro-batch failed: {e!r}")
-        return self._reply(fut)
 
     async def _reply(self, fut: asyncio.Future[shard_pb2.ForwardResponse]) -> shard_pb2.ForwardResponse:
         try:
@@ -127,7 +153,8 @@ class ForwardStream:
             self._break(f"no reply within the {self.timeout_s:.0f} s deadline")
             reply = await fut  # raises the StageError set by _break
         if reply.error_code:
-            raise StageError(self.node_id, reply.error_code, reply.error_message, stream_lost=False)
+            raise StageError(reply.error_node or self.node_id, reply.error_code, reply.error_message,
+                             stream_lost=False)
         return reply
 
     async def _read_replies(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -137,10 +164,9 @@ class ForwardStream:
                 if reply is grpc.aio.EOF:
                     self._break("the node closed the Forward stream")
                     return
-                if self._pending:
-                    fut = self._pending.popleft()
-                    if not fut.done():
-                        fut.set_result(reply)
+                fut = self._pending.pop(reply.batch_id, None) or self._watched.pop(reply.batch_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
         except grpc.aio.AioRpcError as e:
             self._break(f"{e.code().name}: {e.details()}")
         except asyncio.CancelledError:
@@ -157,8 +183,9 @@ class ForwardStream:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._reader = None
-        while self._pending:
-            fut = self._pending.popleft()
+        waiting = [*self._pending.values(), *self._watched.values()]
+        self._pending, self._watched = {}, {}
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(StageError(self.node_id, "UNAVAILABLE", why, stream_lost=True))
         if used and notify and self.on_stream_lost is not None:

@@ -1,4 +1,7 @@
-"""Relays micro-batches through a model's stages in layer order and returns the sampled tokens.
+"""Runs micro-batches through a model's stages in layer order and returns the sampled tokens.
+
+Hidden states travel stage to stage (``forwarding: direct``, coordinator/forwarding.py) or through the
+coordinator (``star``: here, ``_stage``), in the model's ``wire_dtype``.
 
 A model's layers are split into contiguous ranges (stage groups); each range is held by one or more
 nodes (replicas). A micro-batch travels one *route*: one replica of every range. Several
@@ -12,14 +15,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from coordinator import metrics
+from coordinator.forwarding import COORDINATOR, run_direct
 from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
 from protos import shard_pb2, wire
 from protos.data_structures import LayerRange
+from protos.model_spec import DEFAULT_FORWARDING, DEFAULT_WIRE_DTYPE
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +129,13 @@ class _Relay:
 
 
 class Pipeline:
-    def __init__(self, model: str, groups: list[StageGroup]) -> None:
+    def __init__(self, model: str, groups: list[StageGroup], forwarding: str = DEFAULT_FORWARDING,
+                 wire_dtype: str = DEFAULT_WIRE_DTYPE) -> None:
         self.model = model
         self.groups = groups
+        self.forwarding = forwarding  # direct | star
+        self.wire_dtype = wire_dtype  # of hidden states between stages; auto: each stage's own dtype
+        self.pipeline_id = uuid.uuid4().hex  # names this pipeline's micro-batches on the nodes (with batch ids)
         self._batch_ids = itertools.count(1)
         self.in_flight = 0  # micro-batches between step's start and end; told to each stage (its thread count)
 
@@ -153,7 +164,9 @@ class Pipeline:
             ))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
-        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=carried)
+        wire_dtype = "" if self.wire_dtype == "auto" else self.wire_dtype
+        return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=carried,
+                                        wire_dtype=wire_dtype)
 
     async def step(self, route: Sequence[Replica], plan: MicroBatchPlan) -> StepResult:
         """Runs one micro-batch along ``route``; releases pending on each replica ride along and go first.
@@ -167,8 +180,11 @@ class Pipeline:
         relay = _Relay()
         self.in_flight += 1
         try:
-            for i in range(len(route)):
-                await self._stage(i, route, request, releases[i], tickets[i], relay)
+            if self.forwarding == "direct" and len(route) > 1:
+                await run_direct(self, route, request, releases, tickets, relay)
+            else:
+                for i in range(len(route)):
+                    await self._stage(i, route, request, releases[i], tickets[i], relay)
         except BaseException:
             first = max(relay.reached - 1, 0)
             for replica, ids in zip(route[first:], releases[first:]):
@@ -192,6 +208,7 @@ class Pipeline:
             del request.token_ids[:]
             request.hidden.CopyFrom(relay.reply.hidden)  # relayed as bytes; never decoded here
             metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(relay.reply.hidden.data))
+        into = len(request.hidden.data) + len(request.hidden.row_scales) + len(request.token_ids) * 4
         del request.release_seq_ids[:]
         request.release_seq_ids.extend(releases)
         await replica.order.wait_turn(ticket)
@@ -205,9 +222,15 @@ class Pipeline:
         finally:
             relay.reached = i + 1
             await replica.order.pass_turn(ticket)
+        sent = time.perf_counter()
         relay.reply = reply = await pending
         replica.micro_batches += 1
         relay.seconds.append(reply.forward_seconds)
+        metrics.observe_stage(self.model, replica.node_id, reply.forward_seconds)
+        rtt = max(time.perf_counter() - sent - reply.held_seconds, 0.0)
+        metrics.observe_link(self.model, COORDINATOR, replica.node_id, into, rtt)
+        back = len(reply.hidden.data) + len(reply.hidden.row_scales) + len(reply.next_token_ids) * 4
+        metrics.observe_link(self.model, replica.node_id, COORDINATOR, back)
         if reply.seq_errors:
             self._drop_failed(request, replica, reply, relay.failed, last=i == len(route) - 1)
 

@@ -17,6 +17,7 @@ from coordinator.model_meta import ModelMeta
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
+from coordinator.traffic import TrafficHistory, history_to_proto
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
 from protos.config import ModelConfig, NodeConfig
 from protos.model_spec import SpecProblem, text_problem
@@ -26,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, traffic: TrafficHistory | None = None) -> None:
         self.registry = registry
+        self.traffic = traffic if traffic is not None else metrics.TRAFFIC  # where each model's time went lately
         self.engines = registry.engines
         self.membership = registry.membership
         self.stopping = False  # SIGTERM: in-flight requests finish, new ones are refused
@@ -152,6 +154,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             max_waiting=engine.scheduler.max_waiting)
         if engine.replicas.model_load is not None:
             model.dtype, model.quantization = engine.replicas.model_load.dtype, engine.replicas.model_load.quantization
+        model.forwarding, model.wire_dtype = engine.pipeline.forwarding, engine.pipeline.wire_dtype
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 shard = self._shard_info(r.node_id, name)
@@ -174,13 +177,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             out.append(coordinator_pb2.ModelInfo(name=name, state="pending", unavailable_reason=p.reason,
                                                  source=p.request.model.source, dtype=p.request.model.dtype,
                                                  quantization=p.request.model.quantization,
+                                                 forwarding=p.request.model.forwarding,
+                                                 wire_dtype=p.request.model.wire_dtype,
                                                  pending_since_unix=p.since))
         return out
 
     async def Cluster(self, request: coordinator_pb2.ClusterRequest, context: grpc.aio.ServicerContext
                       ) -> coordinator_pb2.ClusterInfo:
-        """Every node (state, last error, memory, KV use, recent events) and every model."""
+        """Every node (state, last error, memory, KV use, recent events), every model and its recent traffic."""
         reply = coordinator_pb2.ClusterInfo(models=self.all_models())
+        for name in list(self.engines):
+            if (history := self.traffic.history(name)) is not None:
+                reply.traffic.append(history_to_proto(name, history))
         for node_id, st in self.membership.status.items():
             info = st.info
             reply.nodes.add(

@@ -33,8 +33,10 @@ from protos.model_spec import (
     CONFIG_FIELDS,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
     DEFAULT_QUANTIZATION,
+    DEFAULT_WIRE_DTYPE,
     CheckedSpec,
     SpecProblem,
     check_model_spec,
@@ -74,6 +76,8 @@ class ModelConfig:
     max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
     pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
     quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8", "int4"; model_spec.py)
+    forwarding: str = DEFAULT_FORWARDING  # hidden states stage to stage ("direct") or through the coordinator
+    wire_dtype: str = DEFAULT_WIRE_DTYPE  # of hidden states between stages ("auto": the model's dtype)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -85,7 +89,7 @@ class ModelConfig:
         """From a spec that passed protos/model_spec.py's rules (config.json, AddModel)."""
         ranges = None if spec.layer_ranges is None else tuple(LayerRange(*r) for r in spec.layer_ranges)
         return cls(spec.name, spec.source, spec.dtype, spec.device, spec.stages, ranges, spec.kv_cache_tokens,
-                   spec.max_context, spec.pipeline_depth, spec.quantization)
+                   spec.max_context, spec.pipeline_depth, spec.quantization, spec.forwarding, spec.wire_dtype)
 
 
 @dataclass(frozen=True)

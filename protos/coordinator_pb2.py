@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/coordinator.proto\x12\tshardline\x1a\x13protos/common.proto\"\xbb\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.shardline.SamplingParams\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xcd\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x06 \x01(\x01\x12\x15\n\rstage_seconds\x18\x07 \x03(\x01\x12\r\n\x05route\x18\x08 \x03(\t\x12\x11\n\tfailovers\x18\t \x01(\x05\"\x13\n\x11ListModelsRequest\"\xaf\x02\n\tStageInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x01(\x0b\x32\x15.shardline.LayerRange\x12\r\n\x05state\x18\x04 \x01(\t\x12\x16\n\x0ekv_used_tokens\x18\x05 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\r\n\x05stage\x18\x08 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x15\n\rmicro_batches\x18\n \x01(\x03\x12\x16\n\x0ekv_blocks_used\x18\x0b \x01(\x03\x12\x17\n\x0fkv_blocks_total\x18\x0c \x01(\x03\x12\x15\n\rkv_block_size\x18\r \x01(\x05\"\xb3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12$\n\x06stages\x18\x04 \x03(\x0b\x32\x14.shardline.StageInfo\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0epipeline_depth\x18\x08 \x01(\x05\x12\x12\n\nnum_stages\x18\t \x01(\x05\x12\x11\n\tfailovers\x18\n \x01(\x05\x12\x12\n\nrecoveries\x18\x0b \x01(\x05\x12\x1d\n\x15last_recovery_seconds\x18\x0c \x01(\x01\x12\r\n\x05state\x18\r \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x0e \x01(\t\x12\x0f\n\x07running\x18\x0f \x01(\x05\x12\x0f\n\x07waiting\x18\x10 \x01(\x05\x12\x0e\n\x06source\x18\x11 \x01(\t\x12\x1a\n\x12pending_since_unix\x18\x12 \x01(\x01\x12\x13\n\x0bmax_waiting\x18\x13 \x01(\x05\x12\x14\n\x0cquantization\x18\x14 \x01(\t\"\x1e\n\nStageNodes\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xf8\x01\n\x0f\x41\x64\x64ModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x10\n\x08replicas\x18\x05 \x01(\x05\x12%\n\x06stages\x18\x06 \x03(\x0b\x32\x15.shardline.StageNodes\x12+\n\x0clayer_ranges\x18\x07 \x03(\x0b\x32\x15.shardline.LayerRange\x12\x17\n\x0fkv_cache_tokens\x18\x08 \x01(\x03\x12\x13\n\x0bmax_context\x18\t \x01(\x05\x12\x14\n\x0cquantization\x18\n \x01(\t\";\n\x12RemoveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"D\n\nNodeMemory\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nrss_before\x18\x02 \x01(\x03\x12\x11\n\trss_after\x18\x03 \x01(\x03\"I\n\x13RemoveModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05nodes\x18\x02 \x03(\x0b\x32\x15.shardline.NodeMemory\"7\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"6\n\x14RegisterNodeResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"$\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"%\n\x12RemoveNodeResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.shardline.ModelInfo\"\x10\n\x0e\x43lusterRequest\"\xf7\x01\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x16\n\x0elast_seen_unix\x18\x05 \x01(\x01\x12\x11\n\trss_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\x12\x16\n\x0ekv_used_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x1b\n\x13memory_budget_bytes\x18\n \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x0b \x01(\x03\"X\n\x0b\x43lusterInfo\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.shardline.NodeState\x12$\n\x06models\x18\x02 \x03(\x0b\x32\x14.shardline.ModelInfo2\x85\x04\n\x0b\x43oordinator\x12\x45\n\x08Generate\x12\x1a.shardline.GenerateRequest\x1a\x1b.shardline.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.shardline.ListModelsRequest\x1a\x1d.shardline.ListModelsResponse\x12<\n\x07\x43luster\x12\x19.shardline.ClusterRequest\x1a\x16.shardline.ClusterInfo\x12<\n\x08\x41\x64\x64Model\x12\x1a.shardline.AddModelRequest\x1a\x14.shardline.ModelInfo\x12L\n\x0bRemoveModel\x12\x1d.shardline.RemoveModelRequest\x1a\x1e.shardline.RemoveModelResponse\x12O\n\x0cRegisterNode\x12\x1e.shardline.RegisterNodeRequest\x1a\x1f.shardline.RegisterNodeResponse\x12I\n\nRemoveNode\x12\x1c.shardline.RemoveNodeRequest\x1a\x1d.shardline.RemoveNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/coordinator.proto\x12\tshardline\x1a\x13protos/common.proto\"\xbb\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.shardline.SamplingParams\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xcd\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x15\n\rqueue_seconds\x18\x06 \x01(\x01\x12\x15\n\rstage_seconds\x18\x07 \x03(\x01\x12\r\n\x05route\x18\x08 \x03(\t\x12\x11\n\tfailovers\x18\t \x01(\x05\"\x13\n\x11ListModelsRequest\"\xaf\x02\n\tStageInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12%\n\x06layers\x18\x03 \x01(\x0b\x32\x15.shardline.LayerRange\x12\r\n\x05state\x18\x04 \x01(\t\x12\x16\n\x0ekv_used_tokens\x18\x05 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\r\n\x05stage\x18\x08 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x15\n\rmicro_batches\x18\n \x01(\x03\x12\x16\n\x0ekv_blocks_used\x18\x0b \x01(\x03\x12\x17\n\x0fkv_blocks_total\x18\x0c \x01(\x03\x12\x15\n\rkv_block_size\x18\r \x01(\x05\"\xdb\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnum_layers\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12$\n\x06stages\x18\x04 \x03(\x0b\x32\x14.shardline.StageInfo\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0epipeline_depth\x18\x08 \x01(\x05\x12\x12\n\nnum_stages\x18\t \x01(\x05\x12\x11\n\tfailovers\x18\n \x01(\x05\x12\x12\n\nrecoveries\x18\x0b \x01(\x05\x12\x1d\n\x15last_recovery_seconds\x18\x0c \x01(\x01\x12\r\n\x05state\x18\r \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x0e \x01(\t\x12\x0f\n\x07running\x18\x0f \x01(\x05\x12\x0f\n\x07waiting\x18\x10 \x01(\x05\x12\x0e\n\x06source\x18\x11 \x01(\t\x12\x1a\n\x12pending_since_unix\x18\x12 \x01(\x01\x12\x13\n\x0bmax_waiting\x18\x13 \x01(\x05\x12\x14\n\x0cquantization\x18\x14 \x01(\t\x12\x12\n\nforwarding\x18\x15 \x01(\t\x12\x12\n\nwire_dtype\x18\x16 \x01(\t\"\x1e\n\nStageNodes\x12\x10\n\x08node_ids\x18\x01 \x03(\t\"\xa0\x02\n\x0f\x41\x64\x64ModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x10\n\x08replicas\x18\x05 \x01(\x05\x12%\n\x06stages\x18\x06 \x03(\x0b\x32\x15.shardline.StageNodes\x12+\n\x0clayer_ranges\x18\x07 \x03(\x0b\x32\x15.shardline.LayerRange\x12\x17\n\x0fkv_cache_tokens\x18\x08 \x01(\x03\x12\x13\n\x0bmax_context\x18\t \x01(\x05\x12\x14\n\x0cquantization\x18\n \x01(\t\x12\x12\n\nforwarding\x18\x0b \x01(\t\x12\x12\n\nwire_dtype\x18\x0c \x01(\t\";\n\x12RemoveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"D\n\nNodeMemory\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nrss_before\x18\x02 \x01(\x03\x12\x11\n\trss_after\x18\x03 \x01(\x03\"I\n\x13RemoveModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05nodes\x18\x02 \x03(\x0b\x32\x15.shardline.NodeMemory\"7\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"6\n\x14RegisterNodeResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"$\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"%\n\x12RemoveNodeResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.shardline.ModelInfo\"\x10\n\x0e\x43lusterRequest\"\xf7\x01\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x16\n\x0elast_seen_unix\x18\x05 \x01(\x01\x12\x11\n\trss_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\x12\x16\n\x0ekv_used_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x1b\n\x13memory_budget_bytes\x18\n \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\x0b \x01(\x03\"\x84\x01\n\x0b\x43lusterInfo\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.shardline.NodeState\x12$\n\x06models\x18\x02 \x03(\x0b\x32\x14.shardline.ModelInfo\x12*\n\x07traffic\x18\x03 \x03(\x0b\x32\x19.shardline.TrafficHistory\"\x83\x01\n\x0eTrafficHistory\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ninterval_s\x18\x02 \x01(\x01\x12\'\n\x06stages\x18\x03 \x03(\x0b\x32\x17.shardline.StageTraffic\x12%\n\x05links\x18\x04 \x03(\x0b\x32\x16.shardline.LinkTraffic\"3\n\x0cStageTraffic\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nbusy_share\x18\x02 \x03(\x01\"L\n\x0bLinkTraffic\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\x13\n\x0b\x62ytes_per_s\x18\x03 \x03(\x01\x12\x0e\n\x06rtt_ms\x18\x04 \x03(\x01\x32\x85\x04\n\x0b\x43oordinator\x12\x45\n\x08Generate\x12\x1a.shardline.GenerateRequest\x1a\x1b.shardline.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.shardline.ListModelsRequest\x1a\x1d.shardline.ListModelsResponse\x12<\n\x07\x43luster\x12\x19.shardline.ClusterRequest\x1a\x16.shardline.ClusterInfo\x12<\n\x08\x41\x64\x64Model\x12\x1a.shardline.AddModelRequest\x1a\x14.shardline.ModelInfo\x12L\n\x0bRemoveModel\x12\x1d.shardline.RemoveModelRequest\x1a\x1e.shardline.RemoveModelResponse\x12O\n\x0cRegisterNode\x12\x1e.shardline.RegisterNodeRequest\x1a\x1f.shardline.RegisterNodeResponse\x12I\n\nRemoveNode\x12\x1c.shardline.RemoveNodeRequest\x1a\x1d.shardline.RemoveNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,33 +41,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGEINFO']._serialized_start=480
   _globals['_STAGEINFO']._serialized_end=783
   _globals['_MODELINFO']._serialized_start=786
-  _globals['_MODELINFO']._serialized_end=1221
-  _globals['_STAGENODES']._serialized_start=1223
-  _globals['_STAGENODES']._serialized_end=1253
-  _globals['_ADDMODELREQUEST']._serialized_start=1256
-  _globals['_ADDMODELREQUEST']._serialized_end=1504
-  _globals['_REMOVEMODELREQUEST']._serialized_start=1506
-  _globals['_REMOVEMODELREQUEST']._serialized_end=1565
-  _globals['_NODEMEMORY']._serialized_start=1567
-  _globals['_NODEMEMORY']._serialized_end=1635
-  _globals['_REMOVEMODELRESPONSE']._serialized_start=1637
-  _globals['_REMOVEMODELRESPONSE']._serialized_end=1710
-  _globals['_REGISTERNODEREQUEST']._serialized_start=1712
-  _globals['_REGISTERNODEREQUEST']._serialized_end=1767
-  _globals['_REGISTERNODERESPONSE']._serialized_start=1769
-  _globals['_REGISTERNODERESPONSE']._serialized_end=1823
-  _globals['_REMOVENODEREQUEST']._serialized_start=1825
-  _globals['_REMOVENODEREQUEST']._serialized_end=1861
-  _globals['_REMOVENODERESPONSE']._serialized_start=1863
-  _globals['_REMOVENODERESPONSE']._serialized_end=1900
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1902
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1960
-  _globals['_CLUSTERREQUEST']._serialized_start=1962
-  _globals['_CLUSTERREQUEST']._serialized_end=1978
-  _globals['_NODESTATE']._serialized_start=1981
-  _globals['_NODESTATE']._serialized_end=2228
-  _globals['_CLUSTERINFO']._serialized_start=2230
-  _globals['_CLUSTERINFO']._serialized_end=2318
-  _globals['_COORDINATOR']._serialized_start=2321
-  _globals['_COORDINATOR']._serialized_end=2838
+  _globals['_MODELINFO']._serialized_end=1261
+  _globals['_STAGENODES']._serialized_start=1263
+  _globals['_STAGENODES']._serialized_end=1293
+  _globals['_ADDMODELREQUEST']._serialized_start=1296
+  _globals['_ADDMODELREQUEST']._serialized_end=1584
+  _globals['_REMOVEMODELREQUEST']._serialized_start=1586
+  _globals['_REMOVEMODELREQUEST']._serialized_end=1645
+  _globals['_NODEMEMORY']._serialized_start=1647
+  _globals['_NODEMEMORY']._serialized_end=1715
+  _globals['_REMOVEMODELRESPONSE']._serialized_start=1717
+  _globals['_REMOVEMODELRESPONSE']._serialized_end=1790
+  _globals['_REGISTERNODEREQUEST']._serialized_start=1792
+  _globals['_REGISTERNODEREQUEST']._serialized_end=1847
+  _globals['_REGISTERNODERESPONSE']._serialized_start=1849
+  _globals['_REGISTERNODERESPONSE']._serialized_end=1903
+  _globals['_REMOVENODEREQUEST']._serialized_start=1905
+  _globals['_REMOVENODEREQUEST']._serialized_end=1941
+  _globals['_REMOVENODERESPONSE']._serialized_start=1943
+  _globals['_REMOVENODERESPONSE']._serialized_end=1980
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1982
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2040
+  _globals['_CLUSTERREQUEST']._serialized_start=2042
+  _globals['_CLUSTERREQUEST']._serialized_end=2058
+  _globals['_NODESTATE']._serialized_start=2061
+  _globals['_NODESTATE']._serialized_end=2308
+  _globals['_CLUSTERINFO']._serialized_start=2311
+  _globals['_CLUSTERINFO']._serialized_end=2443
+  _globals['_TRAFFICHISTORY']._serialized_start=2446
+  _globals['_TRAFFICHISTORY']._serialized_end=2577
+  _globals['_STAGETRAFFIC']._serialized_start=2579
+  _globals['_STAGETRAFFIC']._serialized_end=2630
+  _globals['_LINKTRAFFIC']._serialized_start=2632
+  _globals['_LINKTRAFFIC']._serialized_end=2708
+  _globals['_COORDINATOR']._serialized_start=2711
+  _globals['_COORDINATOR']._serialized_end=3228
 # @@protoc_insertion_point(module_scope)

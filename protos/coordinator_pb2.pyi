@@ -82,7 +82,7 @@ class StageInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., state: _Optional[str] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., last_error: _Optional[str] = ..., stage: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., micro_batches: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_block_size: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting", "source", "pending_since_unix", "max_waiting", "quantization")
+    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting", "source", "pending_since_unix", "max_waiting", "quantization", "forwarding", "wire_dtype")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class ModelInfo(_message.Message):
     PENDING_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     MAX_WAITING_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    FORWARDING_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_layers: int
     max_context: int
@@ -123,7 +125,9 @@ class ModelInfo(_message.Message):
     pending_since_unix: float
     max_waiting: int
     quantization: str
-    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ..., pending_since_unix: _Optional[float] = ..., max_waiting: _Optional[int] = ..., quantization: _Optional[str] = ...) -> None: ...
+    forwarding: str
+    wire_dtype: str
+    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ..., pending_since_unix: _Optional[float] = ..., max_waiting: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class StageNodes(_message.Message):
     __slots__ = ("node_ids",)
@@ -132,7 +136,7 @@ class StageNodes(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddModelRequest(_message.Message):
-    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization")
+    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +147,8 @@ class AddModelRequest(_message.Message):
     KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    FORWARDING_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dtype: str
@@ -153,7 +159,9 @@ class AddModelRequest(_message.Message):
     kv_cache_tokens: int
     max_context: int
     quantization: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ...) -> None: ...
+    forwarding: str
+    wire_dtype: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class RemoveModelRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")
@@ -246,9 +254,43 @@ class NodeState(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("nodes", "models")
+    __slots__ = ("nodes", "models", "traffic")
     NODES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    traffic: _containers.RepeatedCompositeFieldContainer[TrafficHistory]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., traffic: _Optional[_Iterable[_Union[TrafficHistory, _Mapping]]] = ...) -> None: ...
+
+class TrafficHistory(_message.Message):
+    __slots__ = ("model", "interval_s", "stages", "links")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    interval_s: float
+    stages: _containers.RepeatedCompositeFieldContainer[StageTraffic]
+    links: _containers.RepeatedCompositeFieldContainer[LinkTraffic]
+    def __init__(self, model: _Optional[str] = ..., interval_s: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[StageTraffic, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkTraffic, _Mapping]]] = ...) -> None: ...
+
+class StageTraffic(_message.Message):
+    __slots__ = ("node_id", "busy_share")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    busy_share: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, node_id: _Optional[str] = ..., busy_share: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class LinkTraffic(_message.Message):
+    __slots__ = ("src", "dst", "bytes_per_s", "rtt_ms")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    dst: str
+    bytes_per_s: _containers.RepeatedScalarFieldContainer[float]
+    rtt_ms: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ..., bytes_per_s: _Optional[_Iterable[float]] = ..., rtt_ms: _Optional[_Iterable[float]] = ...) -> None: ...

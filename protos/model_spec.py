@@ -27,6 +27,15 @@ DEFAULT_DTYPE = "float32"
 # head as int8). See shard_node/quantize.py and shard_node/int4.py.
 ALLOWED_QUANTIZATIONS = ("none", "int8", "int4")
 DEFAULT_QUANTIZATION = "none"
+# How a micro-batch's hidden states travel between stages: "direct" (each stage hands its output straight to the
+# next stage's node; the coordinator sends the micro-batch to every stage and hears back from each) or "star"
+# (every hidden state goes through the coordinator, one relay per stage). See coordinator/pipeline.py.
+ALLOWED_FORWARDING = ("direct", "star")
+DEFAULT_FORWARDING = "direct"
+# The dtype of hidden states on the wire: "auto" (the shard's own dtype: nothing is lost), a cast, or int8 with one
+# scale per row. See protos/activations.py; `make bench` measures each one's agreement and bytes per token.
+ALLOWED_WIRE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DEFAULT_WIRE_DTYPE = "auto"
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
 DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
@@ -47,9 +56,9 @@ FOLDER_NAME_RULE = ("a folder name of the model cache: at most 255 bytes as UTF-
 
 Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
 CONFIG_FIELDS = ("name", "source", "dtype", "quantization", "device", "nodes", "layer_ranges", "kv_cache_tokens",
-                 "max_context", "pipeline_depth")
+                 "max_context", "pipeline_depth", "forwarding", "wire_dtype")
 REQUEST_FIELDS = ("name", "source", "dtype", "quantization", "device", "replicas", "nodes", "layer_ranges",
-                  "kv_cache_tokens", "max_context")
+                  "kv_cache_tokens", "max_context", "forwarding", "wire_dtype")
 
 
 class SpecProblem(ValueError):
@@ -81,6 +90,8 @@ class CheckedSpec:
     max_context: int | None = None
     pipeline_depth: int | None = None
     replicas: int = DEFAULT_REPLICAS
+    forwarding: str = DEFAULT_FORWARDING
+    wire_dtype: str = DEFAULT_WIRE_DTYPE
 
 
 def text_problem(value: str) -> str:
@@ -165,6 +176,20 @@ def check_quantization(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_forwarding(value: object) -> str:
+    if value not in ALLOWED_FORWARDING:
+        raise SpecProblem("forwarding", f"must be one of {list(ALLOWED_FORWARDING)} (direct: stage to stage; star: "
+                                        f"through the coordinator), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_wire_dtype(value: object) -> str:
+    if value not in ALLOWED_WIRE_DTYPES:
+        raise SpecProblem("wire_dtype", f"must be one of {list(ALLOWED_WIRE_DTYPES)} (hidden states between stages; "
+                                        f"auto: the model's dtype), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def check_device(value: object) -> str:
     if device_problem(value):
         raise SpecProblem("device", device_problem(value))
@@ -239,11 +264,13 @@ def check_layer_ranges(value: object, num_stages: int | None) -> tuple[tuple[int
 SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs no other field
     "name": check_name, "dtype": check_dtype, "quantization": check_quantization, "device": check_device,
     "kv_cache_tokens": check_kv_cache_tokens, "max_context": check_max_context,
-    "pipeline_depth": check_pipeline_depth, "replicas": check_replicas,
+    "pipeline_depth": check_pipeline_depth, "replicas": check_replicas, "forwarding": check_forwarding,
+    "wire_dtype": check_wire_dtype,
 }
 DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "quantization": DEFAULT_QUANTIZATION, "device": DEFAULT_DEVICE,
                             "max_context": None, "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
-                            "replicas": DEFAULT_REPLICAS}
+                            "replicas": DEFAULT_REPLICAS, "forwarding": DEFAULT_FORWARDING,
+                            "wire_dtype": DEFAULT_WIRE_DTYPE}
 
 
 def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mapping[str, object] | None = None,

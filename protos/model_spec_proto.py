@@ -14,7 +14,8 @@ from protos.model_spec import CheckedSpec, check_model_spec
 def add_model_fields(request: coordinator_pb2.AddModelRequest) -> dict[str, Any]:
     """The fields the request sets, as a spec mapping (unset ones are left out and take the defaults)."""
     fields: dict[str, Any] = {"name": request.name}
-    for key in ("source", "dtype", "quantization", "device", "replicas", "kv_cache_tokens", "max_context"):
+    for key in ("source", "dtype", "quantization", "device", "replicas", "kv_cache_tokens", "max_context",
+                "forwarding", "wire_dtype"):
         value = getattr(request, key)
         if value:
             fields[key] = value

@@ -60,7 +60,7 @@ class SequenceSlice(_message.Message):
     def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight")
+    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,13 @@ class ForwardRequest(_message.Message):
     RELEASE_SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FROM_PEER_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TO_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    ABANDON_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SequenceSlice]
@@ -79,10 +86,17 @@ class ForwardRequest(_message.Message):
     release_seq_ids: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     batches_in_flight: int
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ...) -> None: ...
+    wire_dtype: str
+    pipeline_id: str
+    hidden_from_peer: bool
+    forward_to: str
+    forward_to_node: str
+    abandon: bool
+    report_errors_only: bool
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
-    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors")
+    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +105,9 @@ class ForwardResponse(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SEQ_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    HELD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    ERROR_NODE_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     hidden: _common_pb2.Tensor
     next_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -99,7 +116,58 @@ class ForwardResponse(_message.Message):
     error_code: str
     error_message: str
     seq_errors: _containers.RepeatedCompositeFieldContainer[SeqError]
-    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ...) -> None: ...
+    held_seconds: float
+    upstream: _containers.RepeatedCompositeFieldContainer[StageReport]
+    error_node: str
+    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., held_seconds: _Optional[float] = ..., upstream: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_node: _Optional[str] = ...) -> None: ...
+
+class StageReport(_message.Message):
+    __slots__ = ("node_id", "forward_seconds", "handoff_bytes", "handoff_rtt_seconds", "seq_errors")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_RTT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    forward_seconds: float
+    handoff_bytes: int
+    handoff_rtt_seconds: float
+    seq_errors: _containers.RepeatedCompositeFieldContainer[SeqError]
+    def __init__(self, node_id: _Optional[str] = ..., forward_seconds: _Optional[float] = ..., handoff_bytes: _Optional[int] = ..., handoff_rtt_seconds: _Optional[float] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ...) -> None: ...
+
+class HandoffRequest(_message.Message):
+    __slots__ = ("model", "pipeline_id", "batch_id", "hidden", "dropped_seq_ids", "error", "from_node", "want_ack", "reports", "error_code", "error_node")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    WANT_ACK_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_NODE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pipeline_id: str
+    batch_id: int
+    hidden: _common_pb2.Tensor
+    dropped_seq_ids: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    from_node: str
+    want_ack: bool
+    reports: _containers.RepeatedCompositeFieldContainer[StageReport]
+    error_code: str
+    error_node: str
+    def __init__(self, model: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., dropped_seq_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., from_node: _Optional[str] = ..., want_ack: bool = ..., reports: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_node: _Optional[str] = ...) -> None: ...
+
+class HandoffAck(_message.Message):
+    __slots__ = ("batch_id", "error")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    error: str
+    def __init__(self, batch_id: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SeqError(_message.Message):
     __slots__ = ("seq_id", "code", "message")

@@ -60,6 +60,11 @@ class ShardNodeStub(object):
                 request_serializer=protos_dot_shard__pb2.InfoRequest.SerializeToString,
                 response_deserializer=protos_dot_shard__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Handoff = channel.stream_stream(
+                '/shardline.ShardNode/Handoff',
+                request_serializer=protos_dot_shard__pb2.HandoffRequest.SerializeToString,
+                response_deserializer=protos_dot_shard__pb2.HandoffAck.FromString,
+                _registered_method=True)
 
 
 class ShardNodeServicer(object):
@@ -101,6 +106,14 @@ class ShardNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Handoff(self, request_iterator, context):
+        """Shard-to-shard forwarding: the previous stage's node streams each micro-batch's output here (the coordinator
+        sent this node the micro-batch itself, with hidden_from_peer); each one is acknowledged once it is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_ShardNodeServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=protos_dot_shard__pb2.InfoRequest.FromString,
                     response_serializer=protos_dot_shard__pb2.NodeInfo.SerializeToString,
+            ),
+            'Handoff': grpc.stream_stream_rpc_method_handler(
+                    servicer.Handoff,
+                    request_deserializer=protos_dot_shard__pb2.HandoffRequest.FromString,
+                    response_serializer=protos_dot_shard__pb2.HandoffAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class ShardNode(object):
             '/shardline.ShardNode/Info',
             protos_dot_shard__pb2.InfoRequest.SerializeToString,
             protos_dot_shard__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Handoff(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shardline.ShardNode/Handoff',
+            protos_dot_shard__pb2.HandoffRequest.SerializeToString,
+            protos_dot_shard__pb2.HandoffAck.FromString,
             options,
             channel_credentials,
             insecure,

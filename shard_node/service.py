@@ -12,13 +12,14 @@ import grpc
 import torch
 
 from protos import shard_pb2, shard_pb2_grpc, tensors, wire
-from protos.data_structures import SamplingParams
 from shard_node import metrics
 from shard_node.architectures import UnsupportedArchitecture
 from shard_node.cores import CoreShare
+from shard_node.forward_session import ForwardSession, NodeContext
+from shard_node.handoff import PeerLinks
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
-from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchError, BatchResult, MicroBatch, ShardRunner, SliceInput
+from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchResult, MicroBatch, ShardRunner
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
     """Holds one ShardRunner per model; every model computation runs on one worker thread."""
 
     def __init__(self, node_id: str, default_kv_tokens: int, memory_budget_bytes: int = 0,
-                 cores: CoreShare | None = None) -> None:
+                 cores: CoreShare | None = None, handoff_timeout_s: float = 60.0) -> None:
         self.node_id = node_id
         self.cores = cores or CoreShare(cpu_count(), fixed_threads=torch.get_num_threads())  # threads per batch
         self.default_kv_tokens = default_kv_tokens
@@ -39,6 +40,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         self._budget_lock = asyncio.Lock()  # a check of the budget and its reservation are one step
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._stream_ids = itertools.count(1)
+        self.context = NodeContext(node_id, self.runners, self._submit, peers=PeerLinks(handoff_timeout_s))
 
     async def reclaim_idle_caches(self, ttl_s: float, every_s: float = 0.0) -> None:
         """Every ``every_s`` (default ttl_s / 10, at least 1 s) frees the KV caches no micro-batch touched for
@@ -66,6 +68,10 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         """One micro-batch on the compute thread, with the threads the machine's busy nodes leave it."""
         with self.cores.running(in_flight):
             return runner.run(batch, owner)
+
+    def _submit(self, runner: ShardRunner, batch: MicroBatch, owner: int, in_flight: int
+                ) -> asyncio.Future[BatchResult]:
+        return asyncio.get_running_loop().run_in_executor(self.compute, self._run, runner, batch, owner, in_flight)
 
     def memory_used_bytes(self, skip: str = "") -> int:
         """Weights + KV budgets of the shards held and of the loads under way (but those of model ``skip``)."""
@@ -147,100 +153,36 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
         if runner is None:
             return shard_pb2.UnloadShardResponse(unloaded=False)
         metrics.forget_model(request.model)
+        self.context.mailbox.forget_model(request.model)
         before = rss_bytes()
         del runner
         await asyncio.get_running_loop().run_in_executor(self.compute, release_memory)
         logger.info("unloaded %s: RSS %.0f -> %.0f MB", request.model, before / 1e6, rss_bytes() / 1e6)
         return shard_pb2.UnloadShardResponse(unloaded=True)
 
-    def _decode_batch(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> MicroBatch:
-        """The micro-batch, with every repeated field's length checked before it becomes a Python list."""
-        max_seqs = runner.kv.max_sequences
-        max_ctx = runner.spec.max_positions
-        if len(req.seqs) > max_seqs or len(req.release_seq_ids) > 2 * max_seqs:
-            raise BatchError("INVALID_ARGUMENT", f"a micro-batch carries at most {max_seqs} sequences and "
-                             f"{2 * max_seqs} releases, got {len(req.seqs)} and {len(req.release_seq_ids)}")
-        for s in req.seqs:
-            if not 0 <= s.num_tokens <= max_ctx or len(s.recent_token_ids) > max_ctx:
-                raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id[:64]!r}: num_tokens must be in [1, "
-                                 f"{max_ctx}] and recent_token_ids at most {max_ctx} long (the context), got "
-                                 f"{s.num_tokens} and {len(s.recent_token_ids)}")
-        total = sum(s.num_tokens for s in req.seqs)
-        if runner.is_first and len(req.token_ids) != total:
-            raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total} (the sum of "
-                             f"num_tokens), got {len(req.token_ids)}")
-        slices = tuple(self._slice(s) for s in req.seqs)
-        token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None
-        hidden = None
-        if not runner.is_first:
-            hidden = tensors.tensor_from_proto(req.hidden, (total, runner.spec.hidden_size))
-        return MicroBatch(slices, token_ids, hidden, req.return_logits, tuple(req.release_seq_ids))
-
-    @staticmethod
-    def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
-        """One sequence's slice; invalid sampling parameters fail that sequence only (INVALID_ARGUMENT)."""
-        try:
-            sampling, invalid = wire.sampling_from_proto(s.sampling), ""
-        except ValueError as e:
-            sampling, invalid = SamplingParams(), str(e)
-        return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
-                          tuple(s.recent_token_ids), s.no_sample, invalid)
-
     async def Forward(self, request_iterator: AsyncIterator[shard_pb2.ForwardRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[shard_pb2.ForwardResponse]:
-        """Runs micro-batches in order; a refused batch answers with an error and the stream goes on."""
+        """Runs micro-batches in order; a refused batch answers with an error and the stream goes on. Closing the
+        stream frees every KV cache it created."""
         owner = next(self._stream_ids)
-        loop = asyncio.get_running_loop()
         try:
-            async for req in request_iterator:
-                runner = self.runners.get(req.model)
-                reply = shard_pb2.ForwardResponse(batch_id=req.batch_id)
-                try:
-                    if runner is None:
-                        raise BatchError("NOT_FOUND", f"model {req.model!r} is not loaded on node {self.node_id}; "
-                                         f"loaded: {sorted(self.runners)}")
-                    batch = self._decode_batch(runner, req)
-                    result = await loop.run_in_executor(self.compute, self._run, runner, batch, owner,
-                                                        req.batches_in_flight)
-                except wire.WireError as e:
-                    reply.error_code, reply.error_message = "INVALID_ARGUMENT", str(e)
-                except BatchError as e:
-                    reply.error_code, reply.error_message = e.code, str(e)
-                except Exception as e:  # noqa: BLE001 - a bug must cost one batch, not the stream of every sequence
-                    logger.exception("batch %d (%s) failed", req.batch_id, req.request_id or "-")
-                    reply.error_code, reply.error_message = "INTERNAL", f"node {self.node_id}: {type(e).__name__}: {e}"
-                else:
-                    if result.hidden is not None:
-                        reply.hidden.CopyFrom(tensors.tensor_to_proto(result.hidden))
-                    reply.next_token_ids.extend(result.next_token_ids)
-                    if result.logits is not None:
-                        reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
-                    reply.forward_seconds = result.forward_seconds
-                    for row_error in result.row_errors:
-                        reply.seq_errors.add(seq_id=row_error.seq_id, code=row_error.code, message=row_error.message)
-                        logger.warning("batch %d: sequence %s failed alone: %s %s", req.batch_id, row_error.seq_id,
-                                       row_error.code, row_error.message)
-                        metrics.REFUSED.labels(req.model, self.node_id, row_error.code).inc()
-                if reply.error_code:
-                    logger.warning("batch %d (%s) refused: %s %s", req.batch_id, req.request_id or "-",
-                                   reply.error_code, reply.error_message)
-                    metrics.REFUSED.labels(self._model_label(req.model), self.node_id, reply.error_code).inc()
-                else:
-                    phase = "prefill" if any(s.num_tokens > 1 or s.start_pos == 0 for s in req.seqs) else "decode"
-                    logger.debug("batch %d (%s): %s of %d sequence(s) in %.1f ms", req.batch_id, req.request_id,
-                                 phase, len(req.seqs), reply.forward_seconds * 1000)
-                    metrics.FORWARD_SECONDS.labels(req.model, self.node_id, phase).observe(reply.forward_seconds)
-                    metrics.BATCH_TOKENS.labels(req.model, self.node_id).observe(sum(s.num_tokens for s in req.seqs))
+            async for reply in ForwardSession(self.context, owner).replies(request_iterator):
                 yield reply
         finally:
             freed = sum(r.kv.release_owner(owner) for r in self.runners.values())
             if freed:
                 logger.info("Forward stream %d closed: freed %d KV cache(s)", owner, freed)
 
-    def _model_label(self, model: str) -> str:
-        """Metric label of a request's model: only loaded models get series of their own (a caller can send any
-        name, and every name would otherwise become a series held until the process ends)."""
-        return model if model in self.runners else "(not loaded)"
+    async def Handoff(self, request_iterator: AsyncIterator[shard_pb2.HandoffRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[shard_pb2.HandoffAck]:
+        """The previous stage's outputs (shard-to-shard forwarding): each is stored for its micro-batch and
+        acknowledged at once."""
+        async for handoff in request_iterator:
+            error = "" if handoff.model in self.runners else \
+                f"model {handoff.model!r} is not loaded on node {self.node_id}"
+            error = error or self.context.mailbox.deliver(handoff)
+            if error or handoff.want_ack:
+                yield shard_pb2.HandoffAck(batch_id=handoff.batch_id, error=error)
 
     async def Release(self, request: shard_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
                       ) -> shard_pb2.ReleaseResponse:

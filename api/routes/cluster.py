@@ -13,7 +13,17 @@ from api.admin_schemas import RemoveNodeResponse
 from api.backend import Backend
 from api.deps import get_backend
 from api.routes import ERROR_RESPONSES
-from api.schemas import ClusterModel, ClusterNode, ClusterProcess, ClusterReplica, ClusterResponse
+from api.schemas import (
+    ClusterHistory,
+    ClusterModel,
+    ClusterNode,
+    ClusterProcess,
+    ClusterReplica,
+    ClusterResponse,
+    LinkTraffic,
+    StageTraffic,
+)
+from protos import coordinator_pb2
 
 router = APIRouter(tags=["cluster"])
 
@@ -21,8 +31,10 @@ router = APIRouter(tags=["cluster"])
 @router.get("/api/cluster", response_model=ClusterResponse, responses=ERROR_RESPONSES)
 async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
     """Every node (state from the coordinator's health polls, last error, memory, KV use, recent events) and
-    every model (state, each layer range with its replicas, running / waiting requests, failovers)."""
+    every model (state, each layer range with its replicas, running / waiting requests, failovers, and the last
+    few minutes of each stage's busy share and each link's bytes per second and round trip)."""
     info = await backend.cluster()
+    traffic = {t.model: history_of(t) for t in info.traffic}
     nodes = [ClusterNode(id=n.node_id, address=n.address, state=n.state, last_error=n.last_error,
                          last_seen=n.last_seen_unix or None, rss_bytes=n.rss_bytes, kv_used_tokens=n.kv_used_tokens,
                          kv_capacity_tokens=n.kv_capacity_tokens, events=list(n.events)) for n in info.nodes]
@@ -36,9 +48,18 @@ async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
                                  kv_capacity_tokens=s.kv_capacity_tokens, weight_bytes=s.weight_bytes,
                                  last_error=s.last_error, micro_batches=s.micro_batches,
                                  kv_blocks_used=s.kv_blocks_used, kv_blocks_total=s.kv_blocks_total,
-                                 kv_block_size=s.kv_block_size) for s in m.stages])
-              for m in info.models]
+                                 kv_block_size=s.kv_block_size) for s in m.stages],
+        history=traffic.get(m.name)) for m in info.models]
     return ClusterResponse(nodes=nodes, models=models, processes=launcher_processes())
+
+
+def history_of(traffic: coordinator_pb2.TrafficHistory) -> ClusterHistory:
+    """The coordinator's series, rounded for JSON; a negative round trip (none measured) becomes null."""
+    return ClusterHistory(
+        interval_s=traffic.interval_s,
+        stages=[StageTraffic(node=s.node_id, busy_share=[round(v, 4) for v in s.busy_share]) for s in traffic.stages],
+        links=[LinkTraffic(src=k.src, dst=k.dst, bytes_per_s=[round(v, 1) for v in k.bytes_per_s],
+                           rtt_ms=[round(v, 3) if v >= 0 else None for v in k.rtt_ms]) for k in traffic.links])
 
 
 LAUNCHER_STATE_ENV = "SHARDLINE_LAUNCHER_STATE"  # ops.plan.STATE_ENV: set on the API the launcher starts

@@ -75,6 +75,26 @@ export interface Replica {
   micro_batches?: number; // cumulative; older APIs do not send it
 }
 
+/** GET /api/cluster: the last few minutes of a model's pipeline, one point per ``interval_s``, oldest first;
+ *  every series of a model ends at the newest point. */
+export interface StageTraffic {
+  node: string;
+  busy_share: number[]; // 0..1: share of the interval it computed this model's micro-batches
+}
+
+export interface LinkTraffic {
+  src: string; // node id, or "coordinator"
+  dst: string;
+  bytes_per_s: number[];
+  rtt_ms: (number | null)[]; // mean round trip of the interval; null when none was measured
+}
+
+export interface TrafficHistory {
+  interval_s: number;
+  stages: StageTraffic[];
+  links: LinkTraffic[];
+}
+
 export interface ClusterModel {
   name: string;
   state: string; // serving | loading | unavailable | pending | draining
@@ -85,6 +105,7 @@ export interface ClusterModel {
   waiting: number;
   failovers: number;
   replicas: Replica[];
+  history?: TrafficHistory | null; // null before its first micro-batch; older APIs do not send it
 }
 
 export interface ClusterNode {

@@ -84,12 +84,24 @@ def build() -> dict:
              q(f"sum by (model_name) (rate(shardline_micro_batch_size_sum{WINDOW})) / sum by (model_name) "
                f"(rate(shardline_micro_batch_size_count{WINDOW}))", "sequences {{model_name}}"),
              q(f"sum by (model_name) (rate(shardline_micro_batch_tokens_sum{WINDOW})) / sum by (model_name) "
-               f"(rate(shardline_micro_batch_tokens_count{WINDOW}))", "tokens {{model_name}}", "B")], w=8))
+               f"(rate(shardline_micro_batch_tokens_count{WINDOW}))", "tokens {{model_name}}", "B")]))
          .with_panel(series("Micro-batches in flight", "short", [
              q("sum by (model_name) (shardline_micro_batches_in_flight)", "in flight {{model_name}}"),
-             q("sum by (model_name) (shardline_pipeline_depth)", "depth {{model_name}}", "B")], w=8))
-         .with_panel(series("Hidden states sent per hop", "Bps", [
-             q(f"sum by (node) (rate(shardline_hidden_state_bytes_total{WINDOW}))", "to {{node}}")], w=8))
+             q("sum by (model_name) (shardline_pipeline_depth)", "depth {{model_name}}", "B")]))
+         .with_panel(series("Stage busy share", "percentunit", [
+             q(f"sum by (model_name, node) (rate(shardline_stage_busy_seconds_total{WINDOW}))",
+               "{{node}} {{model_name}}")], w=8,
+             description="Share of the time each stage computed micro-batches; the busiest stage near 100% is the "
+                         "bottleneck."))
+         .with_panel(series("Link round trip (p50, p90)", "s", [
+             q(f"histogram_quantile({p}, sum by (le, src, dst) (rate(shardline_link_round_trip_seconds_bucket"
+               f"{WINDOW})))", f"p{int(p * 100)} {{{{src}}}} → {{{{dst}}}}", ref)
+             for p, ref in ((0.5, "A"), (0.9, "B"))], w=8,
+             description="Round trip of one micro-batch over each link (node ids, or coordinator)."))
+         .with_panel(series("Link throughput", "Bps", [
+             q(f"sum by (src, dst) (rate(shardline_link_bytes_total{WINDOW}))", "{{src}} → {{dst}}")], w=8,
+             description="Hidden states and tokens sent over each link (every hop: to and from the coordinator, "
+                         "or node to node when stages forward directly)."))
          .with_row(dashboard.Row("Nodes"))
          .with_panel(series("KV cache use per node", "percentunit", [
              q("sum by (node) (shardline_node_kv_cache_used_tokens) / sum by (node) "

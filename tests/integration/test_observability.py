@@ -101,6 +101,9 @@ def test_prometheus_scrapes_every_service_and_the_main_series_move(observed: Run
         'shardline_stage_forward_seconds_count{phase="decode"}': 2,
         "shardline_micro_batch_size_count": 6,
         "shardline_hidden_state_bytes_total": 1,
+        "shardline_stage_busy_seconds_total": 1e-6,
+        "shardline_link_bytes_total": 1,
+        "shardline_link_round_trip_seconds_count": 1,
         "shardline_node_forward_seconds_count": 2,
         "shardline_node_kv_cache_capacity_tokens": 2 * 2048,
         "shardline_tokenizer_request_seconds_count": 6,
@@ -113,6 +116,29 @@ def test_prometheus_scrapes_every_service_and_the_main_series_move(observed: Run
     assert value(observed, "shardline_num_requests_running") == 0
     for r in prom(observed, "shardline_stage_forward_seconds_count"):  # every series names its model and node
         assert r["metric"]["model_name"] == MODEL and r["metric"]["node"] in ("o1", "o2")
+    for r in prom(observed, "shardline_link_bytes_total"):  # links join the nodes and the coordinator
+        assert r["metric"]["model_name"] == MODEL and {r["metric"]["src"], r["metric"]["dst"]} <= {
+            "o1", "o2", "coordinator"}
+
+
+@pytest.mark.cluster
+def test_the_cluster_route_charts_where_the_time_went(observed: RunningCluster) -> None:
+    r = httpx.post(f"{observed.api_url}/api/model/process", json={"text": "hi", "model": MODEL, "max_tokens": 5},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30  # the coordinator samples every 2 s
+    while True:
+        model = next(m for m in httpx.get(f"{observed.api_url}/api/cluster", timeout=10).json()["models"]
+                     if m["name"] == MODEL)
+        history = model["history"] or {"stages": [], "links": []}
+        busy = {s["node"] for s in history["stages"] if any(v > 0 for v in s["busy_share"])}
+        if busy == {"o1", "o2"}:
+            break
+        assert time.monotonic() < deadline, ("no busy stages in /api/cluster's history", history)
+        time.sleep(0.5)
+    assert history["interval_s"] == 2.0 and all(0 <= v <= 1 for s in history["stages"] for v in s["busy_share"])
+    assert history["links"] and any(v > 0 for link in history["links"] for v in link["bytes_per_s"])
+    assert any(v is not None and v > 0 for link in history["links"] for v in link["rtt_ms"])
 
 
 @pytest.mark.cluster

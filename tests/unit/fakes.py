@@ -44,6 +44,44 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
+class FakeNetwork:
+    """What fake nodes hand each other with shard-to-shard forwarding: HandoffRequests by (pipeline_id, batch_id,
+    receiver address)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[str, int, str], asyncio.Future[shard_pb2.HandoffRequest]] = {}
+
+    def slot(self, request: shard_pb2.ForwardRequest, receiver: str) -> asyncio.Future[shard_pb2.HandoffRequest]:
+        key = (request.pipeline_id, request.batch_id, receiver)
+        if key not in self.slots:
+            self.slots[key] = asyncio.get_running_loop().create_future()
+        return self.slots[key]
+
+    def hand_on(self, request: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse, node_id: str,
+                upstream: shard_pb2.HandoffRequest | None = None) -> None:
+        """A stage with ``forward_to`` hands its output (or its failure) and its report to the next stage's node."""
+        handoff = shard_pb2.HandoffRequest(pipeline_id=request.pipeline_id, batch_id=request.batch_id,
+                                           from_node=node_id, hidden=reply.hidden)
+        if upstream is not None:
+            handoff.reports.extend(upstream.reports)
+            handoff.dropped_seq_ids.extend(upstream.dropped_seq_ids)
+        if reply.error_code:
+            handoff.error, handoff.error_code = reply.error_message, reply.error_code
+            handoff.error_node = reply.error_node or node_id
+        handoff.dropped_seq_ids.extend(e.seq_id for e in reply.seq_errors)
+        handoff.reports.add(node_id=node_id, forward_seconds=reply.forward_seconds, seq_errors=reply.seq_errors,
+                            handoff_bytes=len(reply.hidden.data))
+        reply.ClearField("hidden")
+        slot = self.slot(request, request.forward_to)
+        if not slot.done():
+            slot.set_result(handoff)
+
+    def abandon(self, request: shard_pb2.ForwardRequest, receiver: str) -> None:
+        slot = self.slot(request, receiver)
+        if not slot.done():
+            slot.set_result(shard_pb2.HandoffRequest(error="abandoned", error_code="ABORTED", error_node="fake"))
+
+
 @dataclass
 class Forwarded:
     """One micro-batch as a fake node received it."""
@@ -52,6 +90,10 @@ class Forwarded:
     seq_ids: list[str]
     release_seq_ids: list[str]
     in_flight: int = 0  # the coordinator's micro-batches in flight, as the request said
+    token_ids: list[int] | None = None
+    from_peer: bool = False  # shard-to-shard forwarding: its input comes from the previous stage's node
+    forward_to: str = ""  # ... and its output goes to this node's address
+    pipeline_id: str = ""
 
 
 class FakeStream:
@@ -64,36 +106,103 @@ class FakeStream:
         self.node, self.model, self.node_id = node, model, node.node.id
         self.on_stream_lost: Callable[[Any, str], None] | None = None
         self.used = False
+        self.watched: dict[int, asyncio.Future[shard_pb2.ForwardResponse]] = {}
 
     async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        await self._take(request, fut)
+        return self._reply(fut)
+
+    async def post(self, request: shard_pb2.ForwardRequest) -> None:
+        """A micro-batch that wants no reply: a failure it cannot hand on goes to its watcher."""
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await self._take(request, fut)
+
+    def watch(self, batch_id: int) -> asyncio.Future[shard_pb2.ForwardResponse]:
+        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        self.watched[batch_id] = fut
+        return fut
+
+    def unwatch(self, batch_id: int) -> None:
+        fut = self.watched.pop(batch_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    async def _take(self, request: shard_pb2.ForwardRequest, fut: asyncio.Future[shard_pb2.ForwardResponse]) -> None:
         node = self.node
         if node.hold_next is not None:  # this write waits until the test lets it through
             gate, node.hold_next = node.hold_next, None
             await gate.wait()
         node.forwarded.append(Forwarded(request.batch_id, [s.seq_id for s in request.seqs],
-                                        list(request.release_seq_ids), request.batches_in_flight))
-        fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+                                        list(request.release_seq_ids), request.batches_in_flight,
+                                        list(request.token_ids), request.hidden_from_peer, request.forward_to,
+                                        request.pipeline_id))
         self.used = True
         if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:
             node.lose_stream_at = None
             fut.set_exception(StageError(self.node_id, "UNAVAILABLE", "stream lost", stream_lost=True))
             self.drop("the fake node lost its stream")
-        elif node.refuse_next:
-            node.refuse_next = False
-            fut.set_result(shard_pb2.ForwardResponse(batch_id=request.batch_id, error_code="RESOURCE_EXHAUSTED",
-                                                     error_message="the fake node refuses this batch"))
+        elif request.hidden_from_peer:  # runs once the previous stage's output is in
+            asyncio.get_running_loop().create_task(self._run_handed(request, fut))
         else:
-            fut.set_result(node.run(self.model, request))
-        return self._reply(fut)
+            self._finish(request, self._run_or_refuse(request), fut)
+
+    def _run_or_refuse(self, request: shard_pb2.ForwardRequest) -> shard_pb2.ForwardResponse:
+        if self.node.refuse_next:
+            self.node.refuse_next = False
+            return shard_pb2.ForwardResponse(batch_id=request.batch_id, error_code="RESOURCE_EXHAUSTED",
+                                             error_message="the fake node refuses this batch")
+        return self.node.run(self.model, request)
+
+    def _finish(self, request: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse,
+                fut: asyncio.Future[shard_pb2.ForwardResponse], upstream: shard_pb2.HandoffRequest | None = None
+                ) -> None:
+        if request.forward_to:
+            self.node.network.hand_on(request, reply, self.node_id, upstream)
+        elif upstream is not None:
+            reply.upstream.extend(upstream.reports)
+        fut.set_result(reply)
+
+    async def _run_handed(self, request: shard_pb2.ForwardRequest,
+                          fut: asyncio.Future[shard_pb2.ForwardResponse]) -> None:
+        handoff = await self.node.network.slot(request, self.node.node.address)
+        if handoff.error:
+            reply = shard_pb2.ForwardResponse(batch_id=request.batch_id, error_code=handoff.error_code,
+                                              error_message=handoff.error, error_node=handoff.error_node)
+            self._finish(request, reply, fut, handoff)
+            return
+        dropped = set(handoff.dropped_seq_ids)
+        kept = shard_pb2.ForwardRequest()
+        kept.CopyFrom(request)
+        del kept.seqs[:]
+        kept.seqs.extend(s for s in request.seqs if s.seq_id not in dropped)
+        kept.hidden.data = handoff.hidden.data
+        reply = self._run_or_refuse(kept)
+        if not request.forward_to and not reply.error_code:  # the last stage: one token per slice it was sent
+            ran = iter(reply.next_token_ids)
+            tokens = [-1 if s.seq_id in dropped else next(ran) for s in request.seqs]
+            del reply.next_token_ids[:]
+            reply.next_token_ids.extend(tokens)
+        self._finish(request, reply, fut, handoff)
+
+    async def notify(self, request: shard_pb2.ForwardRequest) -> None:
+        if request.abandon:
+            self.node.network.abandon(request, self.node.node.address)
 
     async def _reply(self, fut: asyncio.Future[shard_pb2.ForwardResponse]) -> shard_pb2.ForwardResponse:
         reply = await fut
         if reply.error_code:
-            raise StageError(self.node_id, reply.error_code, reply.error_message, stream_lost=False)
+            raise StageError(reply.error_node or self.node_id, reply.error_code, reply.error_message,
+                             stream_lost=False)
         return reply
 
     def drop(self, why: str) -> None:
         self.node.caches.pop(self.model, None)  # a node frees every cache of a broken stream
+        for fut in self.watched.values():
+            if not fut.done():
+                fut.set_exception(StageError(self.node_id, "UNAVAILABLE", why, stream_lost=True))
+        self.watched.clear()
         if self.used and self.on_stream_lost is not None:
             self.used = False
             self.on_stream_lost(self, why)
@@ -118,7 +227,8 @@ class FakeNodeClient:
     stream breaks on that Forward write, counted over the node's life), ``hold_next`` (the next write waits)."""
 
     def __init__(self, node: NodeConfig, deadlines: Deadlines | None = None, num_layers: int = 3,
-                 layer_bytes: int = 1000, kv_bytes: int = 100) -> None:
+                 layer_bytes: int = 1000, kv_bytes: int = 100, network: FakeNetwork | None = None) -> None:
+        self.network = network or FakeNetwork()  # shared by the nodes of one pool (shard-to-shard forwarding)
         self.node, self.deadlines, self.num_layers = node, deadlines or Deadlines(), num_layers  # the model's layers
         self.layer_bytes, self.kv_bytes = layer_bytes, kv_bytes
         self.reachable, self.serving = True, True
@@ -228,8 +338,10 @@ class FakeNodeClient:
 def fake_clients(node_ids: tuple[str, ...] = ("n1", "n2", "n3"), num_layers: int = 3, **kw: Any) -> NodeClients:
     """A NodeClients pool of fake nodes 127.0.0.1:47200+i (a model of ``num_layers`` layers)."""
 
+    network = FakeNetwork()
+
     def make(node: NodeConfig, deadlines: Deadlines) -> Any:
-        return FakeNodeClient(node, deadlines, num_layers, **kw)
+        return FakeNodeClient(node, deadlines, num_layers, network=network, **kw)
 
     nodes = [NodeConfig(n, f"127.0.0.1:{47200 + i}") for i, n in enumerate(node_ids)]
     return NodeClients(Deadlines(), nodes, make=make)

@@ -1,10 +1,11 @@
 // The pipeline of one model: its layer ranges (stages) in layer order, each with the nodes holding it
-// (replicas side by side), updated from every poll of /api/cluster.
+// (replicas side by side), and where its time goes lately (TrafficCharts), updated from every poll of /api/cluster.
 import { replicaKey } from "../lib/activity";
 import { formatLayers } from "../lib/format";
 import { stagesOf } from "../lib/pipeline";
 import type { ClusterModel } from "../types";
 import { NodeBox } from "./NodeBox";
+import { TrafficCharts } from "./TrafficCharts";
 
 interface Props {
   model: ClusterModel | undefined;
@@ -45,6 +46,7 @@ export function PipelineView({ model, active }: Props) {
         ))}
         <li><span className="activity on" aria-hidden="true" />micro-batches passing</li>
       </ul>
+      <TrafficCharts model={model} />
     </div>
   );
 }

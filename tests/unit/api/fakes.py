@@ -119,6 +119,7 @@ class FakeCoordinatorClient:
     nodes: list[coordinator_pb2.NodeState] = field(default_factory=lambda: [coordinator_pb2.NodeState(
         node_id="n1", address="127.0.0.1:1", state="ready", rss_bytes=10, memory_budget_bytes=0,
         memory_used_bytes=1000, kv_capacity_tokens=1024)])
+    traffic: list[coordinator_pb2.TrafficHistory] = field(default_factory=list)  # Cluster's recent traffic
     generated: list[GenerateArgs] = field(default_factory=list)
     calls: list[GenerateCall] = field(default_factory=list)
     admin_calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -133,7 +134,7 @@ class FakeCoordinatorClient:
 
     async def cluster(self) -> coordinator_pb2.ClusterInfo:
         models = await self.models()
-        return coordinator_pb2.ClusterInfo(nodes=self.nodes, models=list(models.values()))
+        return coordinator_pb2.ClusterInfo(nodes=self.nodes, models=list(models.values()), traffic=self.traffic)
 
     def _admin(self, name: str, arg: Any) -> None:
         self.admin_calls.append((name, arg))

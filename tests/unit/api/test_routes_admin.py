@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from api.routes.cluster import LAUNCHER_STATE_ENV
+from protos import coordinator_pb2
 from tests.unit.api.conftest import FakeApi
 from tests.unit.api.fakes import MODEL, model_info
 
@@ -28,6 +29,24 @@ def test_cluster_lists_nodes_models_replicas_and_launcher_processes(api: FakeApi
     assert [(n["id"], n["state"], n["last_seen"]) for n in body["nodes"]] == [("n1", "ready", None)]
     assert body["models"][0]["name"] == MODEL and body["models"][0]["replicas"][0]["layers"] == [0, 2]
     assert body["processes"] == [{"name": "n1", "state": "running", "restarts": 0, "exit_code": None}]
+
+
+def test_cluster_gives_each_model_its_recent_traffic(api: FakeApi) -> None:
+    traffic = coordinator_pb2.TrafficHistory(model=MODEL, interval_s=2.0)
+    traffic.stages.add(node_id="n1", busy_share=[0.0, 0.123456, 1.0])
+    traffic.links.add(src="coordinator", dst="n1", bytes_per_s=[0.0, 1234.567, 10.0], rtt_ms=[-1.0, 0.25, 3.14159])
+    api.coordinator.traffic = [traffic, coordinator_pb2.TrafficHistory(model="not-listed", interval_s=2.0)]
+    api.coordinator.models_served["quiet"] = model_info("quiet")
+    r = api.client.get("/api/cluster")
+    assert r.status_code == 200, r.text
+    models = {m["name"]: m for m in r.json()["models"]}
+    assert models[MODEL]["history"] == {
+        "interval_s": 2.0,
+        "stages": [{"node": "n1", "busy_share": [0.0, 0.1235, 1.0]}],
+        "links": [{"src": "coordinator", "dst": "n1", "bytes_per_s": [0.0, 1234.6, 10.0],
+                   "rtt_ms": [None, 0.25, 3.142]}]}
+    assert models["quiet"]["history"] is None  # no micro-batch yet
+    assert "not-listed" not in models
 
 
 def test_cluster_without_a_launcher_lists_no_processes(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,10 @@ from tests.unit.fakes import VOCAB, FakeNodeClient, FakeShard, fake_clients
 MODEL = "m"
 
 
-def make_pipeline(stages: list[list[str]], kv: int = 1000) -> tuple[Pipeline, NodeClients]:
-    """``stages``: the node ids of each stage's replicas; each replica holds its shard and is ready."""
+def make_pipeline(stages: list[list[str]], kv: int = 1000, forwarding: str = "direct"
+                  ) -> tuple[Pipeline, NodeClients]:
+    """``stages``: the node ids of each stage's replicas; each replica holds its shard and is ready. ``forwarding``:
+    direct (stage to stage, through the fakes' FakeNetwork) or star (through the coordinator)."""
     clients = fake_clients(tuple(sorted({n for s in stages for n in s})), num_layers=len(stages))
     groups = []
     for i, nodes in enumerate(stages):
@@ -26,12 +28,13 @@ def make_pipeline(stages: list[list[str]], kv: int = 1000) -> tuple[Pipeline, No
         for n in nodes:
             node(clients, n).shards[MODEL] = FakeShard(layers, kv)
         groups.append(StageGroup(layers, [Replica(clients[n], MODEL, layers, kv, "ready") for n in nodes]))
-    return Pipeline(MODEL, groups), clients
+    return Pipeline(MODEL, groups, forwarding), clients
 
 
 def make_engine(stages: list[list[str]], kv: int = 1000, depth: int = 1, max_waiting: int = 8,
-                max_batch_tokens: int = 256, loaded: bool = True) -> tuple[ModelEngine, NodeClients]:
-    pipeline, clients = make_pipeline(stages, kv)
+                max_batch_tokens: int = 256, loaded: bool = True, forwarding: str = "direct"
+                ) -> tuple[ModelEngine, NodeClients]:
+    pipeline, clients = make_pipeline(stages, kv, forwarding)
     meta = ModelMeta(path=Path("/models/m"), model_type="llama", num_layers=len(stages), max_context=256,
                      vocab_size=VOCAB, eos_token_ids=())
     scheduler = Scheduler(kv, depth=depth, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 
 from coordinator import metrics
 
@@ -87,3 +87,20 @@ def test_registry_remove_node_forgets_the_node() -> None:
     assert 'node="removed-node"' in _exposition()
     asyncio.run(_remove_node("removed-node"))
     assert 'node="removed-node"' not in _exposition()
+
+
+def test_forget_node_removes_its_links_at_either_end() -> None:
+    metrics.observe_link("link-model", "coordinator", "link-gone", 10, 0.001)
+    metrics.observe_link("link-model", "link-gone", "link-kept", 10, None)
+    metrics.observe_link("link-model", "link-kept", "coordinator", 10, 0.002)
+    metrics.observe_stage("link-model", "link-gone", 0.1)
+    metrics.forget_node("link-gone")
+    text = _exposition()
+    assert "link-gone" not in text
+    kept = {"model_name": "link-model", "src": "link-kept", "dst": "coordinator"}
+    assert REGISTRY.get_sample_value("shardline_link_bytes_total", kept) == 10
+    history = metrics.TRAFFIC.history("link-model")
+    assert history is not None and "link-gone" not in {s.node for s in history.stages}
+    assert [(k.src, k.dst) for k in history.links] == [("link-kept", "coordinator")]
+    metrics.forget_model("link-model")
+    assert "link-model" not in _exposition() and metrics.TRAFFIC.history("link-model") is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from coordinator.pipeline import Pipeline, Replica
 from coordinator.scheduler import BatchEntry, MicroBatchPlan
 from tests.unit.coordinator.builders import make_pipeline, node, request
@@ -36,12 +38,15 @@ def test_a_prefill_chunk_that_does_not_end_the_prompt_samples_nothing() -> None:
     assert asyncio.run(pipeline.step(_route(pipeline), plan)).next_token_ids == [-1]
 
 
-def test_a_sequence_failing_on_a_middle_stage_leaves_the_batch_there() -> None:
-    pipeline, clients = make_pipeline([["n1"], ["n2"], ["n3"]])
+@pytest.mark.parametrize("forwarding", ["star", "direct"])
+def test_a_sequence_failing_on_a_middle_stage_leaves_the_batch_there(forwarding: str) -> None:
+    pipeline, clients = make_pipeline([["n1"], ["n2"], ["n3"]], forwarding=forwarding)
     node(clients, "n2").fail_rows = {"bad-0"}
     result = asyncio.run(pipeline.step(_route(pipeline), _plan("a", "bad", "c")))
     assert node(clients, "n2").forwarded[0].seq_ids == ["a-0", "bad-0", "c-0"]
-    assert node(clients, "n3").forwarded[0].seq_ids == ["a-0", "c-0"]  # never sees the one that failed before it
+    if forwarding == "star":  # the coordinator leaves it out of what it relays
+        assert node(clients, "n3").forwarded[0].seq_ids == ["a-0", "c-0"]
+    assert set(node(clients, "n3").caches["m"]) == {"a-0", "c-0"}  # never runs the one that failed before it
     assert result.next_token_ids == [next_token([1, 2, 3]), -1, next_token([1, 2, 3])]
     assert list(result.failed) == [1] and "n2" in result.failed[1] and "chosen to fail" in result.failed[1]
 
@@ -54,7 +59,7 @@ def test_a_sequence_failing_on_the_last_stage_fails_alone() -> None:
 
 
 def test_when_every_sequence_fails_the_later_stages_get_nothing_and_keep_their_releases() -> None:
-    pipeline, clients = make_pipeline([["n1"], ["n2"]])
+    pipeline, clients = make_pipeline([["n1"], ["n2"]], forwarding="star")
     node(clients, "n1").fail_rows = {"x-0"}
     last = pipeline.groups[1].replicas[0]
     last.pending_release = ["old"]

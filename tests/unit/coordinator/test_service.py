@@ -14,6 +14,7 @@ import pytest
 from coordinator.engine import ModelEngine
 from coordinator.registry import ModelRequest, PendingModel, RegistryError
 from coordinator.service import CoordinatorServicer
+from coordinator.traffic import TrafficHistory
 from protos import coordinator_pb2
 from protos.config import ModelConfig, parse_config
 from tests.unit.coordinator.builders import make_engine
@@ -161,3 +162,20 @@ def test_stages_and_the_metrics_snapshot_show_each_nodes_last_reported_kv_use() 
     assert stages["n1"].kv_used_tokens == 0 and stages["n1"].kv_blocks_total == 0  # not polled yet
     [model] = servicer.snapshot().models
     assert {r.node: r.kv_used for r in model.replicas} == {"n1": 0, "n2": 48}
+
+
+def test_cluster_reply_carries_the_traffic_history_of_served_models() -> None:
+    engine, _ = make_engine([["n1"], ["n2"]])
+    clock = iter([0.0, 2.0])
+    traffic = TrafficHistory(interval_s=2.0, points=10, clock=lambda: next(clock))
+    traffic.add_stage("m", "n1", 1.0)
+    traffic.add_link("m", "n1", "n2", 64, 0.001)
+    traffic.add_stage("removed", "n1", 1.0)  # not served (any more): not in the reply
+    traffic.sample()
+    servicer = CoordinatorServicer(FakeRegistry(engines={"m": engine}), traffic)  # type: ignore[arg-type]
+    reply = asyncio.run(servicer.Cluster(coordinator_pb2.ClusterRequest(), FakeContext()))  # type: ignore[arg-type]
+    assert [t.model for t in reply.traffic] == ["m"]
+    history = reply.traffic[0]
+    assert history.interval_s == 2.0 and [(s.node_id, list(s.busy_share)) for s in history.stages] == [("n1", [0.5])]
+    assert [(k.src, k.dst, list(k.bytes_per_s)) for k in history.links] == [("n1", "n2", [32.0])]
+    assert list(history.links[0].rtt_ms) == [pytest.approx(1.0)]
