@@ -1,5 +1,6 @@
-"""python -m bench: the same workload against Shardline (3 nodes on loopback, and in network namespaces with
-a delay), monolithic transformers and llama.cpp; writes bench/results/latest.{json,md} and throughput.png."""
+"""python -m bench: the same workload against Shardline (3 nodes on loopback, and in network namespaces on links
+of several delays: the latency table, star relay vs direct forwarding), monolithic transformers and llama.cpp,
+plus the wire dtypes' accuracy; writes bench/results/latest.{json,md} and throughput.png."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.agreement import greedy_agreement
+from bench.latency_md import targets_json
 from bench.machine import machine_info
 from bench.options import parse_args
 from bench.procs import CpuMeter, log, run_worker
@@ -24,7 +26,6 @@ from bench.report import (
     HF,
     LLAMACPP,
     SHARDLINE,
-    SHARDLINE_NETNS,
     BenchReport,
     compute_ratios,
     plot,
@@ -82,6 +83,15 @@ class Bench:
         hidden = int(__import__("json").loads((Path(self.w.model_dir) / "config.json").read_text())["hidden_size"])
         res = measure_hop(self.run_dir, [1, 8, 32], hidden, self.args.hop_messages)
         self.rep.hop += [r.__dict__ for r in res]
+        self.rep.hop += [r.__dict__ for r in self._tls_hop(hidden)]
+
+    def _tls_hop(self, hidden: int) -> list[Any]:
+        """The same hop with mutual TLS and the cluster token on (a throwaway CA in the run folder)."""
+        from bench.hop import measure_hop
+        from bench.hop_tls import make_hop_tls
+
+        tls = make_hop_tls(self.run_dir / "hop-tls", ["127.0.0.1"])
+        return measure_hop(self.run_dir, [1, 8, 32], hidden, self.args.hop_messages, tls=tls)
 
     def shardline(self, fmt: WeightFormat = FLOAT32) -> None:
         from bench.shardline_cluster import NodePlan, ShardlineCluster
@@ -113,6 +123,11 @@ class Bench:
         from bench.formats import report_rows
 
         self.rep.formats += report_rows(Path(self.w.model_dir), [f for f in self.args.formats if f != FLOAT32])
+
+    def wire_dtypes(self) -> None:
+        from bench.wire_dtypes import report_rows
+
+        self.rep.wire_dtypes = report_rows(Path(self.w.model_dir), [p.token_ids for p in self.w.prompts])
 
     def transformers(self) -> None:
         spec = {"model_dir": self.w.model_dir, "threads": os.cpu_count(), "max_tokens": self.w.max_tokens,
@@ -170,65 +185,9 @@ class Bench:
             "ggml CPU features": out["cpu_features"]})
 
     def netns(self) -> None:
-        from bench.netns import NetnsUnavailable, Topology, describe_setup, ensure_prerequisites
+        from bench.latency_table import run_latency_table
 
-        try:
-            installed = ensure_prerequisites()
-        except NetnsUnavailable as e:
-            self.rep.skipped["netns"] = str(e)
-            log(f"  network variant skipped: {e}")
-            return
-        self.rep.netns["installed"] = installed
-        self.rep.netns["setup"] = describe_setup(self.args.delay_ms, self.node_threads)
-        topo = Topology(3, self.args.delay_ms, self.run_dir / "netns")
-        try:
-            try:
-                topo.open()
-            except NetnsUnavailable as e:
-                self.rep.skipped["netns"] = str(e)
-                log(f"  network variant skipped: {e}")
-                return
-            self._netns_delay(topo)
-            self._netns_shardline(topo)
-        finally:
-            topo.close()
-            log("  namespaces, veths, iptables rules and delay daemons removed")
-
-    def _netns_delay(self, topo: Any) -> None:
-        """The delay is in place (TCP RTT before / after), then the hop measured through it."""
-        from bench.hop import measure_hop
-        from bench.netns import measure_delay
-
-        d = self.args.delay_ms
-        self.rep.netns["delay_check_before"] = measure_delay(topo)
-        topo.start_delay()
-        check = measure_delay(topo)
-        self.rep.netns["delay_check"] = check
-        log(f"  delay check: TCP RTT p50 {check['tcp_rtt_p50_ms']:.2f} ms (before "
-            f"{self.rep.netns['delay_check_before']['tcp_rtt_p50_ms']:.2f} ms), ping -U avg "
-            f"{check['ping_U_avg_ms']} ms")
-        if not self.args.skip_hop:
-            res = measure_hop(self.run_dir, [1, 8, 32], 576, max(50, self.args.hop_messages // 5),
-                              where=f"netns ({d:g} ms each way)", host=topo.node_ip(1), prefix=topo.prefix(1),
-                              warmup=10)
-            self.rep.hop += [r.__dict__ for r in res]
-
-    def _netns_shardline(self, topo: Any) -> None:
-        from bench.shardline_cluster import NodePlan, ShardlineCluster
-        from bench.shardline_runner import measure
-
-        nodes = [NodePlan(f"node{i}", topo.node_ip(i), 50051, topo.prefix(i)) for i in (1, 2, 3)]
-        cluster = ShardlineCluster(self.w, self.run_dir / "shardline-netns", nodes, self.node_threads,
-                                   self.args.pipeline_depth)
-        log(f"  starting 3 shard nodes in namespaces + coordinator; logs in {cluster.run_dir}")
-        try:
-            cluster.start()
-            results, memory = asyncio.run(measure(cluster, self.w, SHARDLINE_NETNS, self.args.netns_prompts,
-                                                  self.args.concurrency))
-        finally:
-            cluster.stop()
-        self.rep.runs += results
-        self.rep.memory[SHARDLINE_NETNS] = memory
+        run_latency_table(self.rep, self.args, self.w, self.run_dir, self.node_threads, self.save)
 
     def scale(self) -> None:
         from bench.scale_run import run_scale
@@ -242,6 +201,7 @@ class Bench:
         out.mkdir(parents=True, exist_ok=True)
         self.rep.ratios = compute_ratios(self.rep)
         self.rep.checks = self.checks()
+        self.rep.targets = targets_json(self.rep)
         write_json(self.rep, out / "latest.json")
         write_markdown(self.rep, out / "latest.md")
         try:
@@ -264,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         sys.exit(f"bench: model not prepared in {model_dir}; run `python -m ops.models --config config.json`")
-    workload = build_workload(model_dir, args.tokens, args.concurrency, args.prompts, args.requests)
+    kinds = args.prompts + [k for k in ("short", "long") if k not in args.prompts and not args.skip_netns]
+    workload = build_workload(model_dir, args.tokens, args.concurrency, kinds, args.requests)
     log("  prompts: " + ", ".join(f"{p.kind} {len(p.token_ids)} tokens" for p in workload.prompts))
     bench = Bench(args, workload, run_dir)
     parts: list[tuple[str, Callable[[], None], bool]] = [
@@ -273,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         *[(shardline_system(f), functools.partial(bench.shardline, f), args.skip_shardline)
           for f in args.formats if f != FLOAT32],
         ("formats", bench.format_quality, args.skip_formats),
+        ("wire dtypes", bench.wire_dtypes, args.skip_wire_dtypes),
         (HF, bench.transformers, args.skip_transformers),
         (LLAMACPP, bench.llamacpp, args.skip_llamacpp),
         ("netns", bench.netns, args.skip_netns),

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.report import HF, LLAMACPP, SHARDLINE, SHARDLINE_NETNS, BenchReport
+from bench.report import HF, LLAMACPP, SHARDLINE, BenchReport
 
 
 def greedy_agreement(rep: BenchReport, model_dir: Path, prompts: list[str]) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def greedy_agreement(rep: BenchReport, model_dir: Path, prompts: list[str]) -> d
         if base is None:
             continue
         ref = base.extra.get("first_tokens", [])
-        for system in (SHARDLINE, LLAMACPP, SHARDLINE_NETNS):
+        for system in (SHARDLINE, LLAMACPP):
             r = rep.find(system, prompt, 1)
             if r is None:
                 continue

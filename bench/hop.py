@@ -5,6 +5,9 @@ Server side (``python -m bench.hop serve --host H --port P --lifetime S``): impl
 decodes each request's hidden tensor with tensors.tensor_from_proto and answers it re-encoded with
 tensors.tensor_to_proto (what a node does around its compute). Client side (``measure_hop``): encodes, writes,
 reads, decodes, timing each round trip; plus the encode / decode cost alone, in process.
+
+Both sides open their links through protos/security.py as the services do, so ``measure_hop(..., tls=...)``
+(bench/hop_tls.py) measures the same hop with mutual TLS and the cluster token on.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pathlib import Path
 import grpc
 import torch
 
+from bench.hop_tls import DESCRIPTION, HopTls, installed
 from bench.procs import PY, Child, log
 from bench.stats import percentile
 from ops.ports import free_ports
-from protos import shard_pb2, shard_pb2_grpc, tensors
+from protos import security, shard_pb2, shard_pb2_grpc, tensors
 from protos.runtime import GRPC_OPTIONS
 
 
@@ -38,6 +42,7 @@ class HopResult:
     rtt_mean_us: float
     encode_p50_us: float  # tensor_to_proto + ForwardRequest, client side, alone
     decode_p50_us: float  # tensor_from_proto, alone
+    security: str = "plaintext"  # or "mutual TLS + cluster token"
 
 
 class EchoNode(shard_pb2_grpc.ShardNodeServicer):
@@ -47,11 +52,13 @@ class EchoNode(shard_pb2_grpc.ShardNodeServicer):
             yield shard_pb2.ForwardResponse(batch_id=req.batch_id, hidden=tensors.tensor_to_proto(t))
 
 
-async def _serve(host: str, port: int, lifetime_s: float) -> None:
+async def _serve(host: str, port: int, lifetime_s: float, secure: bool) -> None:
     torch.set_num_threads(1)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    if secure:  # TLS files and token from the environment (bench/hop_tls.py), as a node reads them
+        security.install(security.load_for(None, "echo"))
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=security.server_interceptors())
     shard_pb2_grpc.add_ShardNodeServicer_to_server(EchoNode(), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    if security.add_port(server, f"{host}:{port}") == 0:
         raise SystemExit(f"echo node: cannot listen on {host}:{port}")
     await server.start()
     print(f"echo node listening on {host}:{port}", flush=True)  # noqa: T201 - to its log
@@ -71,7 +78,8 @@ def _timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
 async def _measure(address: str, where: str, batches: list[int], hidden: int, messages: int,
                    warmup: int) -> list[HopResult]:
     out: list[HopResult] = []
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as ch:
+    sec = "plaintext" if not security.current().tls else DESCRIPTION
+    async with security.aio_channel(address, GRPC_OPTIONS) as ch:
         await asyncio.wait_for(ch.channel_ready(), 30)
         stub = shard_pb2_grpc.ShardNodeStub(ch)
         for b in batches:
@@ -93,25 +101,32 @@ async def _measure(address: str, where: str, batches: list[int], hidden: int, me
             enc = _timed(lambda x=x: shard_pb2.ForwardRequest(model="echo", hidden=tensors.tensor_to_proto(x)), 200)
             dec = _timed(lambda proto=proto, b=b: tensors.tensor_from_proto(proto, (b, hidden)), 200)
             out.append(HopResult(where, b, hidden, b * hidden * 4, messages, percentile(rtts, 50), percentile(rtts, 99),
-                                 sum(rtts) / len(rtts), enc, dec))
+                                 sum(rtts) / len(rtts), enc, dec, sec))
             r = out[-1]
-            log(f"  hop {where} B={b}: RTT p50 {r.rtt_p50_us:.0f} us, p99 {r.rtt_p99_us:.0f} us "
+            log(f"  hop {where} ({sec}) B={b}: RTT p50 {r.rtt_p50_us:.0f} us, p99 {r.rtt_p99_us:.0f} us "
                 f"(encode {r.encode_p50_us:.0f} us, decode {r.decode_p50_us:.0f} us)")
     return out
 
 
-def echo_child(run_dir: Path, host: str, port: int, prefix: list[str], lifetime_s: float, name: str) -> Child:
+def echo_child(run_dir: Path, host: str, port: int, prefix: list[str], lifetime_s: float, name: str,
+               secure: bool = False) -> Child:
     return Child(name, [*prefix, PY, "-m", "bench.hop", "serve", "--host", host, "--port", str(port),
-                        "--lifetime", str(lifetime_s)], run_dir / f"{name}.log")
+                        "--lifetime", str(lifetime_s), *(["--secure"] if secure else [])], run_dir / f"{name}.log")
 
 
 def measure_hop(run_dir: Path, batches: list[int], hidden: int, messages: int, where: str = "loopback",
-                host: str = "127.0.0.1", prefix: list[str] | None = None, warmup: int = 50) -> list[HopResult]:
+                host: str = "127.0.0.1", prefix: list[str] | None = None, warmup: int = 50,
+                tls: HopTls | None = None) -> list[HopResult]:
+    """Round trips to an echo node at ``host`` (behind ``prefix``: a namespace), plaintext or with ``tls``."""
     port = free_ports(1)[0] if not prefix else 50100
-    child = echo_child(run_dir, host, port, prefix or [], 600.0, f"echo-{where.split()[0]}")
-    child.start()
+    name = f"echo-{where.split()[0]}" + ("-tls" if tls else "")
+    child = echo_child(run_dir, host, port, prefix or [], 600.0, name, secure=tls is not None)
+    child.start(env=tls.env() if tls else None)
     try:
-        return asyncio.run(_measure(f"{host}:{port}", where, batches, hidden, messages, warmup))
+        if tls is None:
+            return asyncio.run(_measure(f"{host}:{port}", where, batches, hidden, messages, warmup))
+        with installed(tls.client()):
+            return asyncio.run(_measure(f"{host}:{port}", where, batches, hidden, messages, warmup))
     finally:
         child.stop()
 
@@ -123,8 +138,9 @@ def main() -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--lifetime", type=float, default=600.0)
+    s.add_argument("--secure", action="store_true", help="TLS and token from SHARDLINE_TLS_* / _CLUSTER_TOKEN")
     args = p.parse_args()
-    asyncio.run(_serve(args.host, args.port, args.lifetime))
+    asyncio.run(_serve(args.host, args.port, args.lifetime, args.secure))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 with a delay each way (iptables NFQUEUE on INPUT + bench/netdelay.py, since this kernel has no netem).
 
 Addresses: namespace shlb-nI holds 10.231.I.2/24 on veth shlbIn; the root side is 10.231.I.1/24 on shlbIr.
-These addresses exist only inside what this module creates, and ``Topology.close`` (also run on errors,
-Ctrl-C and SIGTERM) removes every rule, namespace, veth and daemon it made.
+Node to node: every namespace routes 10.231.0.0/16 via its root side, and the root namespace forwards between our
+veths (ip_forward on for the run, an ACCEPT rule for shlb* -> shlb* at the top of FORWARD). A forwarded packet never
+passes the root namespace's INPUT, so it waits once, on INPUT of the receiving namespace, as coordinator <-> node
+packets do. These addresses exist only inside what this module creates, and ``Topology.close`` (also run on
+errors, Ctrl-C and SIGTERM) removes every rule, route, namespace, veth and daemon it made and puts ip_forward back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import PY, Child, log, stop_all
-from bench.stats import percentile
 
 NS_PREFIX = "shlb-n"
 VETH_PREFIX = "shlb"
@@ -28,6 +29,9 @@ SUBNET = "10.231.{i}.0/24"
 QUEUE_NUM = 2317
 APT_PACKAGES = ["iptables", "iputils-ping", "libnetfilter-queue-dev"]
 NETFILTERQUEUE = "netfilterqueue==1.1.0"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+SAVED_IP_FORWARD = Path("/tmp/shardline-bench-ip_forward")  # the value before the run, until close puts it back
+FORWARD_RULE = ["FORWARD", "-i", f"{VETH_PREFIX}+", "-o", f"{VETH_PREFIX}+", "-j", "ACCEPT"]
 
 
 class NetnsUnavailable(RuntimeError):
@@ -77,11 +81,13 @@ def ensure_prerequisites() -> list[str]:
 @dataclass
 class Topology:
     count: int
-    delay_ms: float
     run_dir: Path
     lifetime_s: float = 3600.0
+    delay_ms: float = 0.0  # added each way now (0: no queue rules at all)
+    forward_policy: str = ""  # the root FORWARD chain's policy found at open
     namespaces: list[str] = field(default_factory=list)
-    root_rules: list[list[str]] = field(default_factory=list)
+    delay_rules: list[list[str]] = field(default_factory=list)  # prefix + iptables rule, removed by stop_delay
+    forward_rule: bool = False
     daemons: list[Child] = field(default_factory=list)
 
     @staticmethod
@@ -110,21 +116,43 @@ class Topology:
             raise NetnsUnavailable(f"cannot create a network namespace: {e}") from None
         self.namespaces.append(self.ns(1))
         for i in range(1, self.count + 1):
-            ns, vr, vn = self.ns(i), f"{VETH_PREFIX}{i}r", f"{VETH_PREFIX}{i}n"
-            if i > 1:
-                sh("ip", "netns", "add", ns)
-                self.namespaces.append(ns)
-            sh("ip", "link", "add", vr, "type", "veth", "peer", "name", vn)
-            sh("ip", "link", "set", vn, "netns", ns)
-            sh("ip", "addr", "add", f"{self.root_ip(i)}/24", "dev", vr)
-            sh("ip", "link", "set", vr, "up")
-            sh("ip", "-n", ns, "addr", "add", f"{self.node_ip(i)}/24", "dev", vn)
-            sh("ip", "-n", ns, "link", "set", vn, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            self._link(i)
+        self._route_between_nodes()
 
-    def start_delay(self) -> None:
-        """Delay daemons (root + one per namespace), then the NFQUEUE rules on our veths' INPUT."""
-        delay = ["-m", "bench.netdelay", "--queue", str(QUEUE_NUM), "--delay-ms", str(self.delay_ms),
+    def _link(self, i: int) -> None:
+        ns, vr, vn = self.ns(i), f"{VETH_PREFIX}{i}r", f"{VETH_PREFIX}{i}n"
+        if i > 1:
+            sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+        sh("ip", "link", "add", vr, "type", "veth", "peer", "name", vn)
+        sh("ip", "link", "set", vn, "netns", ns)
+        sh("ip", "addr", "add", f"{self.root_ip(i)}/24", "dev", vr)
+        sh("ip", "link", "set", vr, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{self.node_ip(i)}/24", "dev", vn)
+        sh("ip", "-n", ns, "link", "set", vn, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "route", "add", "10.231.0.0/16", "via", self.root_ip(i))
+
+    def _route_between_nodes(self) -> None:
+        """ip_forward on in the root namespace (the old value kept) and FORWARD open between our veths."""
+        self.forward_policy = next((line.split()[2] for line in sh("iptables", "-S", "FORWARD").stdout.splitlines()
+                                    if line.startswith("-P FORWARD")), "?")
+        if not SAVED_IP_FORWARD.exists():
+            SAVED_IP_FORWARD.write_text(IP_FORWARD.read_text())
+        IP_FORWARD.write_text("1\n")
+        sh("iptables", "-I", *FORWARD_RULE)
+        self.forward_rule = True
+
+    def set_delay(self, delay_ms: float) -> None:
+        """Every link now waits ``delay_ms`` each way (0: the queue rules and daemons removed)."""
+        self.stop_delay()
+        if delay_ms > 0:
+            self.delay_ms = delay_ms
+            self._start_daemons(delay_ms)
+            self._add_delay_rules()
+
+    def _start_daemons(self, delay_ms: float) -> None:
+        delay = ["-m", "bench.netdelay", "--queue", str(QUEUE_NUM), "--delay-ms", str(delay_ms),
                  "--lifetime", str(self.lifetime_s)]
         self.daemons.append(Child("netdelay-root", [PY, *delay], self.run_dir / "netdelay-root.log"))
         for i in range(1, self.count + 1):
@@ -136,26 +164,39 @@ class Topology:
         for d in self.daemons:
             if not d.alive:
                 raise NetnsUnavailable(f"delay daemon {d.name} exited: {d.log_tail(5)}")
+
+    def _add_delay_rules(self) -> None:
         queue = ["-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM), "--queue-bypass"]
         for i in range(1, self.count + 1):
-            # node side: packets from the coordinator wait on arrival in the node's namespace
-            sh(*self.prefix(i), "iptables", "-A", "INPUT", "-i", f"{VETH_PREFIX}{i}n", *queue)
-            # root side: packets from the node wait on arrival in the root namespace (only on our veths)
-            rule = ["INPUT", "-i", f"{VETH_PREFIX}{i}r", *queue]
-            sh("iptables", "-I", *rule)
-            self.root_rules.append(rule)
+            # node side: packets from the root namespace or another node wait on arrival in the node's namespace
+            node_rule = [*self.prefix(i), "iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}n", *queue]
+            # root side: packets from the node to the root namespace itself (forwarded ones skip INPUT)
+            root_rule = ["iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}r", *queue]
+            for rule in (node_rule, root_rule):
+                at = rule.index("iptables") + 1
+                sh(*rule[:at], "-I", *rule[at:])
+                self.delay_rules.append(rule)
 
-    def close(self) -> None:
-        for rule in self.root_rules:
-            sh("iptables", "-D", *rule, check=False)
-        self.root_rules.clear()
+    def stop_delay(self) -> None:
+        for rule in self.delay_rules:
+            at = rule.index("iptables") + 1
+            sh(*rule[:at], "-D", *rule[at:], check=False)
+        self.delay_rules.clear()
         stop_all(self.daemons, timeout_s=5)
         self.daemons.clear()
+        self.delay_ms = 0.0
+
+    def close(self) -> None:
+        self.stop_delay()
+        if self.forward_rule:
+            sh("iptables", "-D", *FORWARD_RULE, check=False)
+            self.forward_rule = False
         for ns in self.namespaces:
-            sh("ip", "netns", "del", ns, check=False)  # takes its veth pair with it
+            sh("ip", "netns", "del", ns, check=False)  # takes its veth pair and routes with it
         self.namespaces.clear()
         for i in range(1, self.count + 1):
             sh("ip", "link", "del", f"{VETH_PREFIX}{i}r", check=False, timeout=10)
+        restore_ip_forward()
 
     def __enter__(self) -> Topology:
         try:
@@ -169,13 +210,21 @@ class Topology:
         self.close()
 
 
+def restore_ip_forward() -> None:
+    """Puts back the root namespace's ip_forward as it was before the (possibly killed) run that saved it."""
+    if SAVED_IP_FORWARD.exists():
+        IP_FORWARD.write_text(SAVED_IP_FORWARD.read_text())
+        SAVED_IP_FORWARD.unlink()
+
+
 def cleanup_stale() -> None:
-    """Removes what an earlier, killed bench may have left: our root rules, namespaces and veths."""
+    """Removes what an earlier, killed bench may have left: our root rules, namespaces, veths, ip_forward."""
     if shutil.which("iptables"):
-        rules = sh("iptables", "-S", "INPUT", check=False).stdout.splitlines()
-        for line in rules:
-            if f"-i {VETH_PREFIX}" in line and "NFQUEUE" in line and line.startswith("-A INPUT"):
-                sh("iptables", "-D", *line.split()[1:], check=False)
+        for chain in ("INPUT", "FORWARD"):
+            for line in sh("iptables", "-S", chain, check=False).stdout.splitlines():
+                if f"-i {VETH_PREFIX}" in line and line.startswith(f"-A {chain}") and \
+                        ("NFQUEUE" in line or f"-o {VETH_PREFIX}" in line):
+                    sh("iptables", "-D", *line.split()[1:], check=False)
     for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
         name = ns.split(" ")[0].strip()
         if name.startswith(NS_PREFIX):
@@ -184,104 +233,29 @@ def cleanup_stale() -> None:
         dev = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
         if dev.startswith(VETH_PREFIX) and dev[len(VETH_PREFIX):-1].isdigit():
             sh("ip", "link", "del", dev, check=False)
+    restore_ip_forward()
 
 
-# --------------------------------------------------------------------------------------- delay check
-
-
-def tcp_rtt_ms(host: str, port: int, n: int = 50) -> float:
-    """Median request/response time of a 64-byte message over one TCP connection (TCP_NODELAY)."""
-    with socket.create_connection((host, port), timeout=10) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        times = []
-        for _ in range(n + 5):
-            t = time.perf_counter()
-            s.sendall(b"x" * 64)
-            got = 0
-            while got < 64:
-                chunk = s.recv(64 - got)
-                if not chunk:
-                    raise ConnectionError("echo closed")
-                got += len(chunk)
-            times.append((time.perf_counter() - t) * 1e3)
-    return percentile(times[5:], 50)
-
-
-def ping_u_ms(host: str, count: int = 10) -> float | None:
-    """Average of `ping -U` (user-to-user latency, which includes the INPUT queue wait)."""
-    if shutil.which("ping") is None:
-        return None
-    r = sh("ping", "-U", "-q", "-c", str(count), "-i", "0.2", host, check=False, timeout=30)
-    for line in r.stdout.splitlines():
-        if "min/avg/max" in line:
-            return float(line.split("=")[1].split("/")[1])
-    return None
-
-
-def _tcp_echo(host: str, port: int, lifetime_s: float) -> None:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, port))
-    srv.listen(4)
-    srv.settimeout(lifetime_s)
-    end = time.monotonic() + lifetime_s
-    while time.monotonic() < end:
-        try:
-            conn, _ = srv.accept()
-        except TimeoutError:
-            return
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(max(1.0, end - time.monotonic()))
-        with conn:
-            try:
-                while data := conn.recv(4096):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-
-def measure_delay(topo: Topology, i: int = 1, port: int = 50099) -> dict[str, float | None]:
-    echo = Child("tcp-echo", [*topo.prefix(i), PY, "-m", "bench.netns", "tcp-echo", "--host", topo.node_ip(i),
-                              "--port", str(port), "--lifetime", "120"], topo.run_dir / "tcp-echo.log")
-    echo.start()
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                rtt = tcp_rtt_ms(topo.node_ip(i), port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-    finally:
-        echo.stop()
-    return {"tcp_rtt_p50_ms": rtt, "ping_U_avg_ms": ping_u_ms(topo.node_ip(i))}
+def describe_setup(delays_ms: list[float], node_threads: int, forward_policy: str) -> str:
+    """The network variant's setup, for the report."""
+    return (f"Each shard node runs in its own network namespace (shlb-n1..3, 10.231.N.2/24) linked to the root "
+            f"namespace by a veth pair (root side 10.231.N.1); the coordinator and the clients stay in the root "
+            f"namespace. Node to node traffic is routed through the root namespace (10.231.0.0/16 via the root "
+            f"side, ip_forward on for the run, FORWARD policy {forward_policy} plus an ACCEPT rule for our veths). "
+            f"Delays {', '.join(f'{d:g}' for d in delays_ms)} ms each way, one after another on the same cluster: "
+            f"iptables NFQUEUE rules (`--queue-bypass`) on INPUT of the node-side veth in each namespace and of the "
+            f"root-side veths in the root namespace, served by bench/netdelay.py (the kernel has no netem); a "
+            f"forwarded node -> node packet skips the root's INPUT and waits once, in the receiving namespace. "
+            f"0 ms = the same veths without any queue rule. Node threads: {node_threads}.")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m bench.netns")
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("tcp-echo")
-    e.add_argument("--host", required=True)
-    e.add_argument("--port", type=int, required=True)
-    e.add_argument("--lifetime", type=float, default=120)
-    sub.add_parser("cleanup")
-    args = p.parse_args()
-    if args.cmd == "tcp-echo":
-        _tcp_echo(args.host, args.port, args.lifetime)
-    else:
-        cleanup_stale()
+    sub.add_parser("cleanup", help="remove what an interrupted bench left: rules, namespaces, veths, ip_forward")
+    p.parse_args()
+    cleanup_stale()
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def describe_setup(delay_ms: float, node_threads: int) -> str:
-    """The network variant's setup, for the report."""
-    return (f"Each shard node runs in its own network namespace (shlb-n1..3, 10.231.N.2/24) linked to the root "
-            f"namespace by a veth pair (root side 10.231.N.1); the coordinator and the clients stay in the root "
-            f"namespace. {delay_ms:g} ms is added each way by iptables NFQUEUE rules (`--queue-bypass`) on INPUT of "
-            f"the node-side veth in each namespace and of the root-side veths in the root namespace, served by "
-            f"bench/netdelay.py (the kernel has no netem). Node threads: {node_threads}.")

@@ -23,15 +23,19 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--pipeline-depth", type=int, default=None,
                    help="micro-batches in flight (default: the coordinator's rule, see the README)")
     p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
-    p.add_argument("--netns-prompts", default="short", help="prompt kinds for the network variant (default short)")
-    p.add_argument("--delay-ms", type=float, default=5.0, help="added delay each way in the network variant")
+    p.add_argument("--delays", default="0,5,25",
+                   help="the latency table's link delays, ms each way, comma list (default 0,5,25; 0 = no delay)")
+    p.add_argument("--table-concurrency", default="8,32",
+                   help="the latency table's aggregate levels besides one stream (default 8,32; --quick 8)")
     p.add_argument("--formats", default="bfloat16+int8,bfloat16+int4", type=parse_formats,
                    help="weight formats Shardline also runs in, besides float32 (comma list of dtype[+quantization])")
     p.add_argument("--skip-formats", action="store_true", help="skip the formats' accuracy (agreement, perplexity)")
     p.add_argument("--skip-shardline", action="store_true")
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--skip-llamacpp", action="store_true")
-    p.add_argument("--skip-netns", action="store_true")
+    p.add_argument("--skip-netns", action="store_true", help="skip the latency table (network namespaces)")
+    p.add_argument("--skip-wire-dtypes", action="store_true",
+                   help="skip the wire dtypes' accuracy and bytes per token (in process)")
     p.add_argument("--skip-hop", action="store_true")
     p.add_argument("--skip-scale", action="store_true",
                    help="skip the scale row (a random-weight 1.7B Llama over 3 memory-budgeted nodes)")
@@ -42,8 +46,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     args.tokens = args.tokens or (16 if args.quick else 128)
     args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32")).split(",")]
     args.prompts = [k.strip() for k in (args.prompts or ("short" if args.quick else "short,long")).split(",")]
-    args.netns_prompts = [k.strip() for k in args.netns_prompts.split(",") if k.strip() in args.prompts] or \
-        args.prompts[:1]
+    args.delays = [float(d) for d in args.delays.split(",") if d.strip()]
+    args.table_concurrency = [int(c) for c in ("8" if args.quick and args.table_concurrency == "8,32"
+                                               else args.table_concurrency).split(",") if c.strip()]
+    if any(d < 0 for d in args.delays) or any(c < 2 for c in args.table_concurrency):
+        p.error("--delays must be >= 0 and --table-concurrency levels >= 2")
     args.hop_messages = args.hop_messages or (200 if args.quick else 1000)
     for k in args.prompts:
         if k not in ("short", "long"):

@@ -11,7 +11,7 @@ from typing import Any
 from bench.stats import RunResult, ratio
 from bench.weight_formats import FLOAT32, WeightFormat
 
-SHARDLINE, HF, LLAMACPP, SHARDLINE_NETNS = "shardline", "transformers", "llama.cpp", "shardline-netns"
+SHARDLINE, HF, LLAMACPP = "shardline", "transformers", "llama.cpp"
 
 
 def shardline_system(fmt: WeightFormat) -> str:
@@ -27,7 +27,7 @@ class BenchReport:
     runs: list[RunResult] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)  # per system
     hop: list[dict[str, Any]] = field(default_factory=list)
-    netns: dict[str, Any] = field(default_factory=dict)
+    netns: dict[str, Any] = field(default_factory=dict)  # the latency table (bench/latency_table.py)
     systems: dict[str, dict[str, Any]] = field(default_factory=dict)  # versions, threads, load times, notes
     skipped: dict[str, str] = field(default_factory=dict)  # part -> why
     errors: dict[str, str] = field(default_factory=dict)  # part -> error
@@ -38,6 +38,8 @@ class BenchReport:
     formats: list[dict[str, Any]] = field(default_factory=list)  # bench.formats.FormatQuality per weight format
     scale: dict[str, Any] = field(default_factory=dict)  # the scale row (bench/scale_run.py)
     bandwidth: dict[str, Any] = field(default_factory=dict)  # per Shardline system: weight GB/s at c=1, its share
+    wire_dtypes: list[dict[str, Any]] = field(default_factory=list)  # bench.wire_dtypes.WireDtypeQuality rows
+    targets: list[dict[str, Any]] = field(default_factory=list)  # issue 19's targets (bench/targets.py)
 
     def find(self, system: str, prompt: str, c: int) -> RunResult | None:
         return next((r for r in self.runs if r.system == system and r.prompt == prompt and r.concurrency == c), None)
@@ -75,8 +77,6 @@ def compute_ratios(rep: BenchReport) -> dict[str, Any]:
             d["top_aggregate_shardline_over_transformers_batch"] = ratio(st and st.aggregate_tps,
                                                                          ht and ht.aggregate_tps)
             d["top_aggregate_shardline_over_llamacpp_c1"] = ratio(st and st.aggregate_tps, l1 and l1.aggregate_tps)
-            sn = rep.find(SHARDLINE_NETNS, prompt, top)
-            d["top_aggregate_netns_over_loopback"] = ratio(sn and sn.aggregate_tps, st and st.aggregate_tps)
         for system in sorted({r.system for r in rep.runs if r.system.startswith(f"{SHARDLINE} ")}):
             d.update(_format_ratios(rep, system, prompt, top))
         out[prompt] = d
@@ -120,8 +120,7 @@ def plot(rep: BenchReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {SHARDLINE: ("tab:blue", "o"), HF: ("tab:orange", "s"), LLAMACPP: ("tab:green", "^"),
-              SHARDLINE_NETNS: ("tab:purple", "D")}
+    styles = {SHARDLINE: ("tab:blue", "o"), HF: ("tab:orange", "s"), LLAMACPP: ("tab:green", "^")}
     for system, (color, marker) in styles.items():
         for prompt, ls in (("short", "-"), ("long", "--")):
             pts = sorted((r.concurrency, r.aggregate_tps) for r in rep.runs

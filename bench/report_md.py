@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.report import HF, LLAMACPP, SHARDLINE, SHARDLINE_NETNS, BenchReport, _f, _mb, _x
+from bench.latency_md import latency_section, targets_section, tls_hop_lines, wire_section
+from bench.report import HF, LLAMACPP, SHARDLINE, BenchReport, _f, _mb, _x
 from bench.scale_report import bandwidth_table, scale_lines
 from bench.stats import RunResult
 
 
 def write_markdown(rep: BenchReport, path: Path) -> None:
-    L = (_header_lines(rep) + _systems_lines(rep) + _runs_lines(rep) + _formats_lines(rep) + _memory_section(rep)
-         + _hop_lines(rep) + _netns_section(rep) + scale_lines(rep) + _footer_lines(rep))
+    L = (_header_lines(rep) + _systems_lines(rep) + targets_section(rep) + _runs_lines(rep) + _formats_lines(rep)
+         + _memory_section(rep) + _hop_lines(rep) + latency_section(rep) + wire_section(rep) + scale_lines(rep)
+         + _footer_lines(rep))
     path.write_text("\n".join(L))
 
 
@@ -60,22 +62,20 @@ def _runs_lines(rep: BenchReport) -> list[str]:
     L: list[str] = []
     L.append("## Latency and throughput")
     L.append("")
-    L += _runs_table([r for r in rep.runs if r.system != SHARDLINE_NETNS])
+    L += _runs_table(rep.runs)
     L.append("")
     L.append("## Ratios (same run)")
     L.append("")
     L.append("| prompt | c=1 decode tok/s: Shardline / transformers | c=1 decode tok/s: Shardline / llama.cpp | "
-             "top-c aggregate: Shardline / transformers c=1 | … / transformers batch | … / llama.cpp c=1 | "
-             "netns / loopback (top c) |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
+             "top-c aggregate: Shardline / transformers c=1 | … / transformers batch | … / llama.cpp c=1 |")
+    L.append("|---|---:|---:|---:|---:|---:|")
     for prompt, d in rep.ratios.items():
         L.append(f"| {prompt} (top c = {d.get('top_concurrency')}) | "
                  f"{_x(d['c1_decode_tps_shardline_over_transformers'])} | "
                  f"{_x(d['c1_decode_tps_shardline_over_llamacpp'])} | "
                  f"{_x(d.get('top_aggregate_shardline_over_transformers_c1'))} | "
                  f"{_x(d.get('top_aggregate_shardline_over_transformers_batch'))} | "
-                 f"{_x(d.get('top_aggregate_shardline_over_llamacpp_c1'))} | "
-                 f"{_x(d.get('top_aggregate_netns_over_loopback'))} |")
+                 f"{_x(d.get('top_aggregate_shardline_over_llamacpp_c1'))} |")
     L.append("")
     return L
 
@@ -115,15 +115,19 @@ def _hop_lines(rep: BenchReport) -> list[str]:
         L.append("Round trip of one decode micro-batch's hidden states [B, hidden] float32 through `protos/wire.py` "
                  "in a ForwardRequest/ForwardResponse over a bidi gRPC stream to an echo node (a separate process "
                  "that decodes and re-encodes, as a node does around its compute). Encode/decode columns are the "
-                 "client-side costs alone, in process.")
+                 "client-side costs alone, in process. Security: plaintext, or mutual TLS with the cluster token "
+                 "(bench/hop_tls.py: a throwaway CA from ops/certs.py, both ends through protos/security.py).")
         L.append("")
-        L.append("| path | B | payload | messages | RTT p50 (µs) | RTT p99 (µs) | encode p50 (µs) | decode p50 (µs) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| path | security | B | payload | messages | RTT p50 (µs) | RTT p99 (µs) | encode p50 (µs) | "
+                 "decode p50 (µs) |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for h in rep.hop:
-            L.append(f"| {h['where']} | {h['batch']} | {h['payload_bytes'] / 1024:.1f} KiB | {h['messages']} | "
+            L.append(f"| {h['where']} | {h.get('security', 'plaintext')} | {h['batch']} | "
+                     f"{h['payload_bytes'] / 1024:.1f} KiB | {h['messages']} | "
                      f"{_f(h['rtt_p50_us'], 0)} | {_f(h['rtt_p99_us'], 0)} | {_f(h['encode_p50_us'], 0)} | "
                      f"{_f(h['decode_p50_us'], 0)} |")
         L.append("")
+        L += tls_hop_lines(rep.hop)
     return L
 
 
@@ -171,7 +175,7 @@ def _memory_section(rep: BenchReport) -> list[str]:
     L.append("| system | process | peak RSS | weights held | peak KV reserved (tokens → bytes) |")
     L.append("|---|---|---:|---:|---:|")
     formats = sorted(s for s in rep.memory if s.startswith(f"{SHARDLINE} "))
-    for system in (SHARDLINE, *formats, SHARDLINE_NETNS):
+    for system in (SHARDLINE, *formats):
         mem = rep.memory.get(system)
         if not mem:
             continue
@@ -197,32 +201,4 @@ def _memory_section(rep: BenchReport) -> list[str]:
     L.append("KV is reserved per sequence as prompt + max_tokens (`kv_used_tokens` of Info, polled every 0.5 s); "
              "the node allocates it with torch.empty, so pages never written are not resident.")
     L.append("")
-    return L
-
-
-def _netns_section(rep: BenchReport) -> list[str]:
-    L: list[str] = []
-    n = rep.netns
-    runs = [r for r in rep.runs if r.system == SHARDLINE_NETNS]
-    if not n and not runs:
-        return L
-    L.append("## Network variant: every node in its own namespace, delay on each way")
-    L.append("")
-    if n.get("setup"):
-        L.append(n["setup"])
-        L.append("")
-    if n.get("delay_check"):
-        d = n["delay_check"]
-        L.append(f"Delay check (node 1 ↔ root): TCP 64-byte request/response p50 {_f(d.get('tcp_rtt_p50_ms'), 2)} ms "
-                 f"with the delay (before: {_f(n.get('delay_check_before', {}).get('tcp_rtt_p50_ms'), 2)} ms); "
-                 f"`ping -U` avg {_f(d.get('ping_U_avg_ms'), 2)} ms.")
-        L.append("")
-    if runs:
-        L += _runs_table(runs)
-        L.append("")
-        for prompt, d in rep.ratios.items():
-            if d.get("top_aggregate_netns_over_loopback") is not None:
-                L.append(f"- {prompt}: c={d['top_concurrency']} aggregate netns / loopback = "
-                         f"{_x(d['top_aggregate_netns_over_loopback'])}")
-        L.append("")
     return L

@@ -60,8 +60,11 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
     load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
                      model.quantization)
+    scheduler.pipelined_prefill = coord.pipelined_prefill == "always"  # "auto": decided at load (load_engine)
     pipeline = Pipeline(model.name, groups, model.forwarding, model.wire_dtype)
-    return ModelEngine(model.name, meta, pipeline, scheduler, load)
+    engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
+    engine.prefill_mode = coord.pipelined_prefill
+    return engine
 
 
 async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
@@ -70,13 +73,17 @@ async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
     replicas = engine.pipeline.replicas
     await asyncio.gather(*(engine.replicas.load(r) for r in replicas))
     ready = [r for r in replicas if r.usable]
-    if model.pipeline_depth is None and ready:
-        infos = await asyncio.gather(*(r.client.info() for r in ready), return_exceptions=True)
-        answered = [i for i in infos if not isinstance(i, BaseException)]
-        if len(answered) == len(infos):  # else keep one per stage
-            engine.set_depth(default_depth([(i.host_id or i.node_id, i.cpu_count or 1) for i in answered]))
+    infos = await asyncio.gather(*(r.client.info() for r in ready), return_exceptions=True)
+    answered = [i for i in infos if not isinstance(i, BaseException)]
+    hosts = [(i.host_id or i.node_id, i.cpu_count or 1) for i in answered]
+    if model.pipeline_depth is None and ready and len(answered) == len(infos):  # else keep one per stage
+        engine.set_depth(default_depth(hosts))
     else:
         engine.set_depth(engine.depth)
+    if engine.prefill_mode == "auto":
+        engine.scheduler.pipelined_prefill = len({h for h, _ in hosts}) > 1
+    logger.info("model %s: prefill chunks %s", model.name, "pipelined over the stages"
+                if engine.scheduler.pipelined_prefill else "one after another (coordinator.pipelined_prefill)")
     logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.depth,
                 "" if model.pipeline_depth else " (one per stage, at most one per core of a shared machine)")
     engine.mark_loaded()

@@ -38,6 +38,7 @@ class ModelEngine:
         self.publisher = Publisher(name, scheduler)
         self._loaded = False  # the first load finished (some replicas may have failed)
         self._draining = False  # being removed: admits nothing new
+        self.prefill_mode = "auto"  # coordinator.pipelined_prefill; load_engine decides "auto" from the hosts
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
         self._task: asyncio.Task[None] | None = None
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
@@ -147,7 +148,8 @@ class ModelEngine:
 
     def _recover_lanes(self) -> None:
         """Lanes that lost a node replay their sequences; idle lanes take routes over the ready replicas."""
-        busy = set(self._in_flight)
+        busy = set(self._in_flight)  # and the home lanes of sequences with a prefill chunk out on another lane:
+        busy |= {r.lane for r in self.scheduler.running if r.in_flight}  # replayed once every chunk is back
         for lane in self.replicas.take_lost_lanes(busy):
             self.publisher.replay(lane, self.replicas.routes[lane])
         self.replicas.reroute_idle_lanes(busy)
@@ -182,6 +184,6 @@ class ModelEngine:
             self.publisher.deliver(plan, route, result)
         finally:
             for entry in plan.entries:
-                entry.request.in_flight = False
+                entry.request.batches_in_flight -= 1
             del self._in_flight[plan.lane]
             self._wakeup.set()

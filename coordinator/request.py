@@ -34,11 +34,12 @@ class Request:
     eos_token_ids: frozenset[int]  # empty when the client asked to ignore EOS
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # positions already in the KV cache of every stage of its route
+    num_scheduled: int = 0  # positions sent in micro-batches (computed, or in flight: >= num_computed)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str = ""
     cancelled: bool = False
     lane: int = -1  # which of the engine's micro-batch lanes carries it (set at admission)
-    in_flight: bool = False  # part of a micro-batch that has not come back yet
+    batches_in_flight: int = 0  # micro-batches holding it that have not come back (prefill chunks: several)
     arrival_time: float = field(default_factory=time.monotonic)
     admitted_time: float | None = None  # left the waiting queue
     first_token_time: float | None = None
@@ -49,6 +50,11 @@ class Request:
     failovers: int = 0  # times its KV was rebuilt on another route after a node was lost
     failover_started: float | None = None  # when the last loss was seen; cleared at the next token
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+
+    @property
+    def in_flight(self) -> bool:
+        """Part of a micro-batch that has not come back yet."""
+        return self.batches_in_flight > 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -80,18 +86,29 @@ class Request:
     def is_finished(self) -> bool:
         return self.status == RequestStatus.FINISHED
 
+    @property
+    def num_sent(self) -> int:
+        """Positions computed or in flight."""
+        return max(self.num_scheduled, self.num_computed)
+
+    @property
+    def prefill_pending(self) -> bool:
+        """Context positions before the newest token are still to be sent (a prompt, or a replay after a
+        failover); the next chunk may go while earlier ones are in flight (pipelined prefill)."""
+        return self.num_sent < self.num_context_tokens and not self.prefill_done
+
     def next_input_ids(self, limit: int | None = None) -> list[int]:
-        """Positions not yet in the KV caches (at most ``limit``): the prompt in chunks, then only the newest
-        token at each decode step. After a failover the prompt and every generated token are replayed."""
+        """Positions not yet sent (at most ``limit``): the prompt in chunks, then only the newest token at each
+        decode step. After a failover the prompt and every generated token are replayed."""
         context = self.context_ids()
-        end = len(context) if limit is None else min(len(context), self.num_computed + limit)
-        return context[self.num_computed:end]
+        end = len(context) if limit is None else min(len(context), self.num_sent + limit)
+        return context[self.num_sent:end]
 
     def restart_on_new_route(self, seq_id: str) -> None:
         """Its KV is lost (a node of its route failed): replay prompt + output under a new sequence id."""
         self.seq_id = seq_id
-        self.num_computed = 0
-        self.in_flight = False
+        self.num_computed = self.num_scheduled = 0
+        self.batches_in_flight = 0
         self.lane = -1
         self.status = RequestStatus.WAITING
         self.failovers += 1

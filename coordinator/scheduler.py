@@ -7,6 +7,9 @@ is balanced across replicas. Each lane has at most one micro-batch in flight, so
 lanes the engine keeps ``depth`` micro-batches moving through the stages at once, and a sequence
 never waits behind its own previous token. A lane's micro-batch holds its decode rows plus prefill
 chunks, within a token budget, so one long prompt delays everyone's next token by at most one chunk.
+Prefill is pipelined: a lane with budget left takes the next chunk of a prompt whose earlier chunk is
+still in flight on another lane of the same route (every replica runs micro-batches in issue order, so
+chunk 2 runs on stage 1 while chunk 1 runs on stage 2).
 A request whose route lost a node goes back to the front of the queue and is replayed elsewhere.
 """
 
@@ -35,6 +38,11 @@ class BatchEntry:
     start_pos: int
     token_ids: tuple[int, ...]
     wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
+    seq_id: str = ""  # the request's sequence id when planned (a failover gives it a new one)
+
+    def __post_init__(self) -> None:
+        if not self.seq_id:
+            object.__setattr__(self, "seq_id", self.request.seq_id)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Scheduler:
         self.node_capacity: dict[str, int] = {}  # KV budget of each node's shard (none given: kv_capacity_tokens)
         self.lane_routes: list[tuple[str, ...]] = [()] * depth  # node of each stage, per lane
         self.usable: set[int] = set(range(depth))  # lanes whose every node is ready
+        self.pipelined_prefill = True  # a prompt's next chunk may go while its earlier one is in flight
 
     @property
     def depth(self) -> int:
@@ -196,19 +205,27 @@ class Scheduler:
             if req.prefill_done:
                 entries.append(BatchEntry(req, req.num_computed, tuple(req.next_input_ids()), True))
                 budget -= 1
-        for req in members:
+        elsewhere = self._prefilling_elsewhere(lane) if self.pipelined_prefill else []
+        for req in [*members, *elsewhere]:
             if len(entries) >= self.max_batch_seqs or budget < 1:
                 break
-            if not req.prefill_done:
+            if req.prefill_pending:
                 ids = req.next_input_ids(budget)
-                reaches_end = req.num_computed + len(ids) == req.num_context_tokens
-                entries.append(BatchEntry(req, req.num_computed, tuple(ids), reaches_end))
+                reaches_end = req.num_sent + len(ids) == req.num_context_tokens
+                entries.append(BatchEntry(req, req.num_sent, tuple(ids), reaches_end))
                 budget -= len(ids)
         if not entries:
             return None
         for e in entries:
-            e.request.in_flight = True
+            e.request.batches_in_flight += 1
+            e.request.num_scheduled = e.start_pos + len(e.token_ids)
         return MicroBatchPlan(lane, tuple(entries))
+
+    def _prefilling_elsewhere(self, lane: int) -> list[Request]:
+        """Prompts with a chunk in flight whose next chunk this lane may carry: their lane's route is this one."""
+        route = self.lane_routes[lane]
+        return [r for r in self.running if r.in_flight and r.prefill_pending and not r.cancelled
+                and r.lane in self.usable and self.lane_routes[r.lane] == route]
 
     def postprocess(self, plan: MicroBatchPlan, next_token_ids: list[int], stage_seconds: list[float],
                     failed: dict[int, str]) -> StepOutcome:
@@ -218,6 +235,8 @@ class Scheduler:
         out = StepOutcome()
         for i, (entry, token) in enumerate(zip(plan.entries, next_token_ids)):
             req = entry.request
+            if req.is_finished or entry.seq_id != req.seq_id:
+                continue  # it already failed (another of its chunks), or restarted on another route since
             if i in failed:
                 self.remove(req)
                 out.failed.append((req, failed[i]))

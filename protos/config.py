@@ -107,6 +107,10 @@ class CoordinatorConfig:
     drain_timeout_s: float = 10.0  # on SIGTERM (and model removal): how long in-flight requests may finish
     pending_recheck_s: float = 10.0  # a model that did not fit is tried again this often
     metrics_port: int = 0  # Prometheus /metrics of the coordinator on this port (0 = off)
+    # Chunks of one prompt in flight at once on successive stages: "auto" (when a model's stages are on more than
+    # one machine; on one machine its stages share the cores, and chunk after chunk with every core is as fast),
+    # "always" or "never". See coordinator/scheduler.py.
+    pipelined_prefill: str = "auto"
 
 
 @dataclass(frozen=True)

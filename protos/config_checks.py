@@ -56,6 +56,9 @@ def counter(obj: dict[str, Any], key: str, where: str, what: str) -> int:
     return value
 
 
+PIPELINED_PREFILL = ("auto", "always", "never")  # coordinator.pipelined_prefill
+
+
 def _section_value(key: str, name: str, value: Any, default: Any) -> Any:
     """One field of a section, checked against the type of its default."""
     where = f"{key}.{name}"
@@ -63,6 +66,8 @@ def _section_value(key: str, name: str, value: Any, default: Any) -> Any:
         return check_address(value, where)
     if name == "host":
         require(isinstance(value, str) and value != "", where, "must be a host name or IP")
+    elif name == "pipelined_prefill":
+        require(value in PIPELINED_PREFILL, where, f"must be one of {list(PIPELINED_PREFILL)}, got {value!r}")
     elif isinstance(default, bool):
         require(isinstance(value, bool), where, f"must be true or false, got {value!r}")
     elif isinstance(default, str):

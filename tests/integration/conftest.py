@@ -17,6 +17,7 @@ SPLITS = {  # model name suffix -> (nodes, explicit layer ranges or None)
     "2way": (NODES[:2], None),
     "3way": (NODES[:3], None),
     "4way-uneven": (NODES, [[0, 1], [1, 4], [4, 5], [5, 7]]),
+    "3way-star": (NODES[:3], None),  # hidden states through the coordinator (the others go stage to stage)
 }
 
 
@@ -43,10 +44,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Iterato
             entry = {"name": name, "source": str(source), "nodes": nodes, "kv_cache_tokens": 4096}
             if ranges:
                 entry["layer_ranges"] = ranges
+            if suffix.endswith("star"):
+                entry["forwarding"] = "star"
             models.append(entry)
     config = base_config(NODES, cache, models)
-    # A small micro-batch budget, so most prompts here are prefilled in several chunks.
+    # A small micro-batch budget, so most prompts here are prefilled in several chunks, and those chunks flow
+    # through the stages at once (on one machine "auto" would send them one after another).
     config["coordinator"]["max_batch_tokens"] = 32
+    config["coordinator"]["pipelined_prefill"] = "always"
     running = start_cluster(config, work)
     yield running
     running.stop()

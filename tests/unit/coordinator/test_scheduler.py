@@ -92,7 +92,7 @@ def test_decode_rows_first_then_prefill_chunks_within_the_token_budget() -> None
     assert plan.entries[0].token_ids == (7,)
     assert plan.num_tokens == 10
     for e in plan.entries:  # what the engine does when the micro-batch comes back
-        e.request.in_flight = False
+        e.request.batches_in_flight -= 1
         e.request.num_computed += len(e.token_ids)
     dec.output_ids.append(8)
     long.num_computed = 18  # pretend another chunk ran
@@ -136,12 +136,12 @@ def test_drain_cancelled_from_waiting_and_running() -> None:
     assert s.running == [a, b] and list(s.waiting) == [c]
     a.cancelled = True
     b.cancelled = True
-    b.in_flight = True  # its micro-batch is out: it leaves when that comes back
+    b.batches_in_flight = 1  # its micro-batch is out: it leaves when that comes back
     c.cancelled = True
     gone = s.drain_cancelled()
     assert set(gone) == {a, c}
     assert s.running == [b] and not s.waiting
-    b.in_flight = False
+    b.batches_in_flight = 0
     assert s.drain_cancelled() == [b]
 
 

@@ -91,6 +91,9 @@ GOOD = [
     {"name": "m", "dtype": "bfloat16", "quantization": "int8"},
     {"name": "m", "dtype": "bfloat16", "quantization": "int4"},
     {"name": "m", "quantization": "none"},
+    {"name": "m", "forwarding": "star", "wire_dtype": "int8"},
+    {"name": "m", "forwarding": "direct", "wire_dtype": "bfloat16"},
+    {"name": "m", "wire_dtype": "auto"},
 ]
 BAD = [  # (spec, the field every path names)
     ({"name": ""}, "name"),
@@ -105,6 +108,9 @@ BAD = [  # (spec, the field every path names)
     ({"name": "m", "dtype": "FLOAT32"}, "dtype"),
     ({"name": "m", "quantization": "int3"}, "quantization"),
     ({"name": "m", "quantization": "INT8"}, "quantization"),
+    ({"name": "m", "forwarding": "ring"}, "forwarding"),
+    ({"name": "m", "wire_dtype": "int4"}, "wire_dtype"),
+    ({"name": "m", "wire_dtype": "FLOAT16"}, "wire_dtype"),
     ({"name": "m", "device": "gpu"}, "device"),
     ({"name": "m", "device": "CPU"}, "device"),
     ({"name": "m", "device": "cuda:"}, "device"),
@@ -151,9 +157,10 @@ def test_the_defaults_are_the_same_everywhere() -> None:
 def test_add_model_keeps_what_the_request_gives() -> None:
     spec = {"name": "m", "source": "smol", "dtype": "float16", "device": "mps", "nodes": ["a", ["b"]],
             "layer_ranges": [[0, 4], [4, 30]], "kv_cache_tokens": 512, "max_context": 64, "replicas": 2,
-            "quantization": "int8"}
+            "quantization": "int8", "forwarding": "star", "wire_dtype": "float16"}
     _, [added] = add_model(spec)
     model = added.model
+    assert (model.forwarding, model.wire_dtype) == ("star", "float16")
     assert (model.name, model.source, model.dtype, model.quantization, model.device, model.stages,
             added.replicas) == ("m", "smol", "float16", "int8", "mps", (("a",), ("b",)), 2)
     assert [(r.start, r.end) for r in model.layer_ranges] == [(0, 4), (4, 30)]
