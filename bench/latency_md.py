@@ -84,7 +84,8 @@ def latency_section(rep: BenchReport) -> list[str]:
           "token) of one stream (Petals' inference steps/s); tokens/s = N / (last token − release), TTFT included; "
           "prompt tok/s = 500 / TTFT (Petals' forward-pass column).", ""]
     L += _delay_checks(n) + [""]
-    L += _table(rows, cs) + ["", "Direct forwarding / star relay (same delay):", ""]
+    L += _table(rows, cs) + ["", "Direct forwarding / star relay (same delay; above 1 is better for steps and "
+                             "tokens/s, below 1 for TTFT):", ""]
     L += _direct_over_star(rows, cs) + [""]
     same = outputs_identical(n.get("runs", []))
     if same:
@@ -125,7 +126,7 @@ def tls_hop_lines(hop: list[dict[str, Any]]) -> list[str]:
         if plain:
             L.append(f"- {h['where']}, B = {h['batch']}: RTT p50 {_f(h['rtt_p50_us'], 0)} µs with {h['security']} "
                      f"vs {_f(plain['rtt_p50_us'], 0)} µs plaintext ({_x(ratio(h['rtt_p50_us'], plain['rtt_p50_us']))},"
-                     f" +{h['rtt_p50_us'] - plain['rtt_p50_us']:.0f} µs)")
+                     f" {h['rtt_p50_us'] - plain['rtt_p50_us']:+.0f} µs)")
     return L + [""] if L else []
 
 

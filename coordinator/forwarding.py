@@ -145,7 +145,8 @@ def _record(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.Forward
     for replica, busy in zip(route, relay.seconds):
         replica.micro_batches += 1
         metrics.observe_stage(pipe.model, replica.node_id, busy)
-    metrics.observe_link(pipe.model, COORDINATOR, route[0].node_id, len(request.token_ids) * 4)
+    metrics.observe_link(pipe.model, COORDINATOR, route[0].node_id, len(request.token_ids) * 4,
+                         route[0].client.take_round_trip())  # its health checks time that link
     for report, nxt in zip(reports, route[1:]):
         metrics.HIDDEN_BYTES.labels(pipe.model, nxt.node_id).inc(report.handoff_bytes)
         metrics.observe_link(pipe.model, report.node_id, nxt.node_id, report.handoff_bytes,

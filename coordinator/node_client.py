@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -209,15 +210,25 @@ class NodeClient:
         self.stub = shard_pb2_grpc.ShardNodeStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._streams: dict[str, ForwardStream] = {}
+        self._round_trip_s: float | None = None
 
     @property
     def node_id(self) -> str:
         return self.node.id
 
     async def check_health(self) -> bool:
-        """True when the node's health service says SERVING (False: NOT_SERVING, i.e. draining)."""
+        """True when the node's health service says SERVING (False: NOT_SERVING, i.e. draining). Its round trip
+        is kept for ``take_round_trip``."""
+        started = time.perf_counter()
         reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=self.deadlines.health_s)
+        self._round_trip_s = time.perf_counter() - started
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def take_round_trip(self) -> float | None:
+        """The coordinator's round trip to this node as the last health check measured it, once (None until the
+        next check): links the micro-batches themselves do not time (forwarding: the first stage's)."""
+        rtt, self._round_trip_s = self._round_trip_s, None
+        return rtt
 
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         return await self.stub.Info(shard_pb2.InfoRequest(), timeout=timeout_s or self.deadlines.info_s)

@@ -257,6 +257,9 @@ class FakeNodeClient:
         self._check()
         return self.serving
 
+    def take_round_trip(self) -> float | None:
+        return None
+
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         self._check()
         info = shard_pb2.NodeInfo(node_id=self.node.id, rss_bytes=1, cpu_count=1)

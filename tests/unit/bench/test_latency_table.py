@@ -133,7 +133,7 @@ def test_report_sections_round_trip_through_json(tmp_path: Path) -> None:
     back = load_report(tmp_path / "latest.json")
     text = "\n".join(latency_section(back) + tls_hop_lines(back.hop))
     assert "| 25 ms (50 ms) | direct | 5.0 |" in text
-    assert "1.38×, +150 µs" in text
+    assert "(1.38×, +150 µs)" in text
     assert wire_section(back) == []
     write_markdown(back, tmp_path / "latest.md")
     assert "## Issue 19 targets (this run)" in (tmp_path / "latest.md").read_text()

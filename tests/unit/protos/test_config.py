@@ -173,7 +173,8 @@ BAD_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("float health failures", _set("coordinator", {"health_failures": 1.5}), "coordinator.health_failures"),
     ("empty models", _set("models", []), "models"),
     ("duplicate model names", _set("models", [{"name": "m"}, {"name": "m"}]), "models"),
-    ("unknown prefill pipelining", _set("coordinator", {"pipelined_prefill": "sometimes"}), "coordinator.pipelined_prefill"),
+    ("unknown prefill pipelining", _set("coordinator", {"pipelined_prefill": "sometimes"}),
+     "coordinator.pipelined_prefill"),
 ]
 
 
