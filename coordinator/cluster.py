@@ -39,6 +39,13 @@ def default_depth(stage_hosts: list[tuple[str, int]]) -> int:
     return max(1, sum(min(len(stages), max(stages)) for stages in per_host.values()))
 
 
+def pipelines_prefill(mode: str, stage_hosts: list[str]) -> bool:
+    """coordinator.pipelined_prefill for a model whose stages run on these machines (host ids): "auto" pipelines
+    when they span more than one (on one machine the stages share its cores, and chunk after chunk with every
+    core measured as fast)."""
+    return mode == "always" or (mode == "auto" and len(set(stage_hosts)) > 1)
+
+
 def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model_dir: Path | None = None
                  ) -> ModelEngine:
     """Reads the prepared model and plans its split; raises with a clear message if it cannot.
@@ -60,7 +67,7 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
     load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
                      model.quantization)
-    scheduler.pipelined_prefill = coord.pipelined_prefill == "always"  # "auto": decided at load (load_engine)
+    scheduler.pipelined_prefill = pipelines_prefill(coord.pipelined_prefill, [])  # "auto": decided at load
     pipeline = Pipeline(model.name, groups, model.forwarding, model.wire_dtype)
     engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
     engine.prefill_mode = coord.pipelined_prefill
@@ -80,8 +87,7 @@ async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
         engine.set_depth(default_depth(hosts))
     else:
         engine.set_depth(engine.depth)
-    if engine.prefill_mode == "auto":
-        engine.scheduler.pipelined_prefill = len({h for h, _ in hosts}) > 1
+    engine.scheduler.pipelined_prefill = pipelines_prefill(engine.prefill_mode, [h for h, _ in hosts])
     logger.info("model %s: prefill chunks %s", model.name, "pipelined over the stages"
                 if engine.scheduler.pipelined_prefill else "one after another (coordinator.pipelined_prefill)")
     logger.info("model %s: up to %d micro-batch(es) in flight%s", model.name, engine.depth,

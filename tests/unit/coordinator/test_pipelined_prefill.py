@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from coordinator.cluster import pipelines_prefill
 from coordinator.engine import ModelEngine
 from coordinator.request import Request
 from coordinator.scheduler import Scheduler
@@ -87,3 +88,9 @@ def test_a_failover_during_a_pipelined_prefill_replays_to_the_same_tokens() -> N
     r = request("a", prompt, 6)
     [tokens] = asyncio.run(_generate(engine, [r]))
     assert tokens == _expected(prompt, 6) and r.failovers >= 1
+
+
+def test_auto_pipelines_prefill_only_when_the_stages_span_machines() -> None:
+    assert pipelines_prefill("auto", ["host-a", "host-b", "host-a"])
+    assert not pipelines_prefill("auto", ["host-a", "host-a", "host-a"])
+    assert pipelines_prefill("always", ["host-a"]) and not pipelines_prefill("never", ["host-a", "host-b"])
