@@ -71,6 +71,7 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
     pipeline = Pipeline(model.name, groups, model.forwarding, model.wire_dtype)
     engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
     engine.prefill_mode = coord.pipelined_prefill
+    engine.ring_decode = coord.ring_decode
     return engine
 
 

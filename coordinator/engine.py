@@ -12,18 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from coordinator import metrics
+from coordinator.forwarding import RingStep
 from coordinator.membership import NodeEvent
 from coordinator.model_meta import ModelMeta
 from coordinator.node_client import ModelLoad, StageError
-from coordinator.pipeline import Pipeline, Route
+from coordinator.pipeline import Pipeline, Route, StepResult
 from coordinator.publisher import FailoverStats, Publisher
 from coordinator.replicas import ReplicaSet
 from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class SentAhead:
+    """Ring decode: a lane's next decode step, sent before the step ``after`` ends (its input tokens come from
+    that step's last stage); ``next_batch_id`` is where its own last stage hands its tokens."""
+
+    plan: MicroBatchPlan
+    batch_id: int
+    next_batch_id: int
+    after: asyncio.Task[None]
+    task: asyncio.Task[None] | None = None
+    discard: bool = False  # the step before it failed: its outcome is dropped
 
 
 class ModelEngine:
@@ -40,6 +55,8 @@ class ModelEngine:
         self._draining = False  # being removed: admits nothing new
         self.prefill_mode = "auto"  # coordinator.pipelined_prefill; load_engine decides "auto" from the hosts
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
+        self._ahead: dict[int, SentAhead] = {}  # lane -> its next decode step, sent ahead (ring decode)
+        self.ring_decode = True  # coordinator.ring_decode
         self._task: asyncio.Task[None] | None = None
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
@@ -98,7 +115,7 @@ class ModelEngine:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"engine-{self.name}")
 
     async def stop(self, why: str = "coordinator shutting down") -> None:
-        for task in [self._task, *self._in_flight.values()]:
+        for task in [self._task, *self._in_flight.values(), *(link.task for link in self._ahead.values())]:
             if task:
                 task.cancel()
         for r in [*self.scheduler.waiting, *self.scheduler.running]:
@@ -162,28 +179,81 @@ class ModelEngine:
             self.publisher.admitted(req)
 
     def _issue(self) -> None:
-        """One micro-batch for every idle lane whose route can take it (step -> postprocess -> publish in _run)."""
+        """One micro-batch for every idle lane whose route can take it (step -> postprocess -> publish in _run),
+        and with ring decode the decode step after it, sent ahead."""
         for lane, route in enumerate(self.replicas.routes):
             if lane in self._in_flight or not all(r.state in ("ready", "draining") for r in route):
                 continue  # a draining node finishes the sequences it holds but takes no new ones
             plan = self.scheduler.plan(lane)
-            if plan is not None:
-                self._in_flight[lane] = asyncio.get_running_loop().create_task(
-                    self._run(route, plan), name=f"{self.name}-lane{lane}")
+            if plan is None:
+                continue
+            ahead = self._ring_ahead(lane, plan)
+            ring = RingStep(tokens_to_batch=self.pipeline.reserve_batch_id()) if ahead else None
+            task = asyncio.get_running_loop().create_task(self._run(route, plan, ring), name=f"{self.name}-lane{lane}")
+            self._in_flight[lane] = task
+            if ahead is not None and ring is not None and ring.tokens_to_batch is not None:
+                self._send_ahead(lane, route, ahead, ring.tokens_to_batch, task)
 
-    async def _run(self, route: Route, plan: MicroBatchPlan) -> None:
+    def _ring_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
+        """Ring decode: the step after ``plan``, when ``plan`` is all the work there is (one busy lane, decode rows
+        only, nobody waiting) and the model forwards stage to stage (see coordinator/forwarding.py RingStep)."""
+        if not self.ring_decode or self.pipeline.forwarding != "direct" or len(self.pipeline.groups) < 2:
+            return None
+        if set(self._in_flight) - {lane} or not self.scheduler.decodes_alone(plan):
+            return None
+        return self.scheduler.successor(plan)
+
+    def _send_ahead(self, lane: int, route: Route, plan: MicroBatchPlan, batch_id: int,
+                    after: asyncio.Task[None]) -> None:
+        link = SentAhead(plan, batch_id, self.pipeline.reserve_batch_id(), after)
+        link.task = asyncio.get_running_loop().create_task(
+            self._run(route, plan, RingStep(batch_id, link.next_batch_id), link), name=f"{self.name}-lane{lane}+")
+        self._ahead[lane] = link
+
+    async def _run(self, route: Route, plan: MicroBatchPlan, ring: RingStep | None = None,
+                   link: SentAhead | None = None) -> None:
+        outcome: StepResult | Exception | None = None
         try:
-            result = await self.pipeline.step(route, plan)
-        except StageError as e:
-            if not e.stream_lost:  # a refused batch: the node is fine, these sequences are not
-                self.publisher.fail(plan, route, self.pipeline.describe_error(e))
-            # else: the replica set marked the lane lost; its sequences are replayed at the next tick
-        except RuntimeError as e:
-            self.publisher.fail(plan, route, str(e))
-        else:
-            self.publisher.deliver(plan, route, result)
+            try:
+                outcome = await self.pipeline.step(route, plan, ring)
+            except (StageError, RuntimeError) as e:
+                outcome = e
+            if link is not None:
+                await asyncio.wait([link.after])  # a step sent ahead is published after the one before it
+            self._publish(route, plan, outcome, link)
         finally:
             for entry in plan.entries:
                 entry.request.batches_in_flight -= 1
-            del self._in_flight[plan.lane]
+            self._step_done(plan.lane, route, isinstance(outcome, StepResult) and not outcome.ring_broken)
             self._wakeup.set()
+
+    def _publish(self, route: Route, plan: MicroBatchPlan, outcome: StepResult | Exception | None,
+                 link: SentAhead | None) -> None:
+        if link is not None and (link.discard or not isinstance(outcome, StepResult)):
+            self.scheduler.unschedule(plan)  # a step sent ahead of one that failed: the one before decides
+        elif isinstance(outcome, StepResult):
+            self.publisher.deliver(plan, route, outcome)
+        elif isinstance(outcome, StageError):
+            if not outcome.stream_lost:  # a refused batch: the node is fine, these sequences are not
+                self.publisher.fail(plan, route, self.pipeline.describe_error(outcome))
+            # else: the replica set marked the lane lost; its sequences are replayed at the next tick
+        elif isinstance(outcome, RuntimeError):
+            self.publisher.fail(plan, route, str(outcome))
+
+    def _step_done(self, lane: int, route: Route, ok: bool) -> None:
+        """The lane's step ended: the step sent ahead of it (ring decode) becomes the lane's, and the next is sent
+        ahead of that one while the lane still decodes alone; after a failure the steps ahead are given up."""
+        if self._in_flight.get(lane) is asyncio.current_task():
+            del self._in_flight[lane]
+        link = self._ahead.pop(lane, None)
+        if link is None or link.task is None:
+            return
+        self._in_flight[lane] = link.task
+        if not ok:
+            link.discard = True
+            self.pipeline.abandon(route, link.batch_id)
+        nxt = self._ring_ahead(lane, link.plan) if ok else None
+        if nxt is not None:
+            self._send_ahead(lane, route, nxt, link.next_batch_id, link.task)
+        else:
+            self.pipeline.abandon(route[:1], link.next_batch_id)  # tokens no step will take

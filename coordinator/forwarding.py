@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coordinator import metrics
@@ -33,13 +34,29 @@ COORDINATOR = "coordinator"  # the coordinator's end of a link, in metrics
 Timed = tuple[shard_pb2.ForwardResponse, float]  # a reply and when it came (time.perf_counter)
 
 
+@dataclass(frozen=True)
+class RingStep:
+    """Ring decode, for one busy lane: the next decode step is sent before this one ends, and this step's last
+    stage hands its sampled tokens straight to the first stage as that step's input, so a decode step costs K
+    one-way trips. ``batch_id``: this step's, preassigned, when its tokens come from the step before (None: from
+    the coordinator); ``tokens_to_batch``: the step its last stage hands its tokens to (None: none)."""
+
+    batch_id: int | None = None
+    tokens_to_batch: int | None = None
+
+
 def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest, i: int,
-                  releases: list[str]) -> shard_pb2.ForwardRequest:
+                  releases: list[str], ring: RingStep | None = None) -> shard_pb2.ForwardRequest:
     """Stage ``i``'s copy of the micro-batch: what it needs of ``request`` and where its input and output go."""
     message = shard_pb2.ForwardRequest()
     message.CopyFrom(request)
     message.pipeline_id = pipe.pipeline_id
     message.release_seq_ids.extend(releases)
+    if i == 0 and ring is not None and ring.batch_id is not None:
+        del message.token_ids[:]
+        message.tokens_from_peer = True
+    if i == len(route) - 1 and ring is not None and ring.tokens_to_batch is not None:
+        message.tokens_to, message.tokens_batch_id = route[0].client.node.address, ring.tokens_to_batch
     if i > 0:
         del message.token_ids[:]
         message.hidden_from_peer = True
@@ -58,21 +75,22 @@ async def _timed(reply: Awaitable[shard_pb2.ForwardResponse]) -> Timed:
 
 
 async def run_direct(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest,
-                     releases: list[list[str]], tickets: list[int], relay: _Relay) -> None:
+                     releases: list[list[str]], tickets: list[int], relay: _Relay, ring: RingStep | None = None
+                     ) -> None:
     """Sends the micro-batch to every stage of ``route`` and waits for the last one's reply (see the module doc)."""
     batch_id = request.batch_id
     watched: list[asyncio.Future[shard_pb2.ForwardResponse]] = []
     last: asyncio.Task[Timed] | None = None
     try:
         for i, replica in enumerate(route):
-            message = stage_message(pipe, route, request, i, releases[i])
+            message = stage_message(pipe, route, request, i, releases[i], ring)
             await replica.order.wait_turn(tickets[i])
             if replica.state == "down":  # lost while this micro-batch was on its way: do not wait on it
                 relay.reached = i + 1
                 await replica.order.pass_turn(tickets[i])
                 raise StageError(replica.node_id, "UNAVAILABLE", replica.last_error or "node is down",
                                  stream_lost=True)
-            message.batches_in_flight = pipe.in_flight
+            message.batches_in_flight = max(pipe.in_flight, 1)  # a ring step sent ahead does not count itself
             try:
                 if i < len(route) - 1:
                     watched.append(replica.stream.watch(batch_id))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from coordinator import metrics
-from coordinator.forwarding import COORDINATOR, run_direct
+from coordinator.forwarding import COORDINATOR, RingStep, run_direct
 from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
 from protos import shard_pb2, wire
@@ -116,6 +116,7 @@ class StepResult:
     next_token_ids: list[int]  # one per entry; -1 for prefill chunks that sample nothing (and failed entries)
     stage_seconds: list[float]  # compute time reported by each stage of the route
     failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
+    ring_broken: str = ""  # ring decode: why the tokens did not reach the next step's first stage
 
 
 @dataclass
@@ -168,20 +169,35 @@ class Pipeline:
         return shard_pb2.ForwardRequest(model=self.model, batch_id=batch_id, seqs=slices, request_id=carried,
                                         wire_dtype=wire_dtype)
 
-    async def step(self, route: Sequence[Replica], plan: MicroBatchPlan) -> StepResult:
+    def reserve_batch_id(self) -> int:
+        """A batch id for a micro-batch issued later (ring decode: its input is handed over before it is sent)."""
+        return next(self._batch_ids)
+
+    def abandon(self, route: Sequence[Replica], batch_id: int) -> None:
+        """Tells every stage of ``route`` to give micro-batch ``batch_id`` up (ring decode: a step not taken)."""
+        note = shard_pb2.ForwardRequest(model=self.model, pipeline_id=self.pipeline_id, batch_id=batch_id,
+                                        abandon=True)
+        for replica in route:
+            asyncio.get_running_loop().create_task(replica.stream.notify(note))
+
+    async def step(self, route: Sequence[Replica], plan: MicroBatchPlan, ring: RingStep | None = None
+                   ) -> StepResult:
         """Runs one micro-batch along ``route``; releases pending on each replica ride along and go first.
+        ``ring``: ring decode (forwarding direct only): where its input comes from and its tokens go.
 
         Must be called in issue order (the engine calls it synchronously up to its first await).
         """
         tickets = [r.order.take() for r in route]
         releases = [r.take_releases() for r in route]
-        request = self._request(plan, next(self._batch_ids))
+        ring = ring if self.forwarding == "direct" and len(route) > 1 else None
+        request = self._request(plan, ring.batch_id if ring and ring.batch_id else next(self._batch_ids))
         request.token_ids.extend(t for e in plan.entries for t in e.token_ids)
         relay = _Relay()
-        self.in_flight += 1
+        waits = ring is not None and ring.batch_id is not None  # a ring step waits for the one before it
+        self.in_flight += 0 if waits else 1
         try:
             if self.forwarding == "direct" and len(route) > 1:
-                await run_direct(self, route, request, releases, tickets, relay)
+                await run_direct(self, route, request, releases, tickets, relay, ring)
             else:
                 for i in range(len(route)):
                     await self._stage(i, route, request, releases[i], tickets[i], relay)
@@ -191,7 +207,7 @@ class Pipeline:
                 replica.pending_release.extend(ids)  # may not have arrived; release ids are idempotent
             raise
         finally:
-            self.in_flight -= 1
+            self.in_flight -= 0 if waits else 1
             for replica, ticket in zip(route[relay.reached:], tickets[relay.reached:]):  # must not hold up later ones
                 await replica.order.pass_turn(ticket)
         return self._result(plan, request, relay)
@@ -243,8 +259,9 @@ class Pipeline:
                                f"{len(request.seqs)} sequences")
         tokens = dict(zip((s.seq_id for s in request.seqs), reply.next_token_ids)) if request.seqs else {}
         entries = plan.entries
-        return StepResult([tokens.get(e.request.seq_id, -1) for e in entries], relay.seconds,
-                          {i: failed[e.request.seq_id] for i, e in enumerate(entries) if e.request.seq_id in failed})
+        return StepResult([tokens.get(e.seq_id, -1) for e in entries], relay.seconds,
+                          {i: failed[e.seq_id] for i, e in enumerate(entries) if e.seq_id in failed},
+                          reply.tokens_handoff_error)
 
     def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
                      failed: dict[str, str], last: bool) -> None:

@@ -221,6 +221,35 @@ class Scheduler:
             e.request.num_scheduled = e.start_pos + len(e.token_ids)
         return MicroBatchPlan(lane, tuple(entries))
 
+    def decodes_alone(self, plan: MicroBatchPlan) -> bool:
+        """``plan`` is all the work there is: one-token decode rows of every running sequence, none waiting."""
+        planned = {e.request for e in plan.entries}
+        return (not self.waiting and all(e.wants_token and len(e.token_ids) == 1 for e in plan.entries)
+                and all(r in planned for r in self.running if not r.cancelled))
+
+    def successor(self, plan: MicroBatchPlan) -> MicroBatchPlan | None:
+        """Ring decode: the decode step after ``plan`` (in flight), for its sequences that go on past it (not
+        cancelled, not at ``max_tokens`` with its token); their input tokens are not known yet (-1 here): the last
+        stage hands them to the first. None when no sequence goes on."""
+        entries = []
+        for e in plan.entries:
+            req = e.request
+            ahead = len(req.output_ids) + req.batches_in_flight  # tokens it has once what is in flight is back
+            if (req.cancelled or req.is_finished or e.seq_id != req.seq_id or not e.wants_token
+                    or e.start_pos + len(e.token_ids) != req.num_sent or ahead >= req.max_tokens):
+                continue
+            entries.append(BatchEntry(req, req.num_sent, (-1,), True))
+        for e in entries:
+            e.request.batches_in_flight += 1
+            e.request.num_scheduled = e.start_pos + 1
+        return MicroBatchPlan(plan.lane, tuple(entries)) if entries else None
+
+    def unschedule(self, plan: MicroBatchPlan) -> None:
+        """A ring step that was given up: its positions are to be sent again (by the coordinator)."""
+        for e in plan.entries:
+            if e.seq_id == e.request.seq_id:
+                e.request.num_scheduled = min(e.request.num_scheduled, e.start_pos)
+
     def _prefilling_elsewhere(self, lane: int) -> list[Request]:
         """Prompts with a chunk in flight whose next chunk this lane may carry: their lane's route is this one."""
         route = self.lane_routes[lane]

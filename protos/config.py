@@ -111,6 +111,9 @@ class CoordinatorConfig:
     # one machine; on one machine its stages share the cores, and chunk after chunk with every core is as fast),
     # "always" or "never". See coordinator/scheduler.py.
     pipelined_prefill: str = "auto"
+    # Ring decode: while a model has one busy lane of decode rows, the next step is sent ahead and its tokens go
+    # from the last stage straight to the first (K one-way trips a step instead of K + 1; forwarding direct only).
+    ring_decode: bool = True
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class SequenceSlice(_message.Message):
     def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only")
+    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only", "tokens_from_peer", "tokens_to", "tokens_batch_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,9 @@ class ForwardRequest(_message.Message):
     FORWARD_TO_NODE_FIELD_NUMBER: _ClassVar[int]
     ABANDON_FIELD_NUMBER: _ClassVar[int]
     REPORT_ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FROM_PEER_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_TO_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SequenceSlice]
@@ -93,10 +96,13 @@ class ForwardRequest(_message.Message):
     forward_to_node: str
     abandon: bool
     report_errors_only: bool
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ...) -> None: ...
+    tokens_from_peer: bool
+    tokens_to: str
+    tokens_batch_id: int
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ..., tokens_from_peer: bool = ..., tokens_to: _Optional[str] = ..., tokens_batch_id: _Optional[int] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
-    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node")
+    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node", "tokens_handoff_error")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +114,7 @@ class ForwardResponse(_message.Message):
     HELD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     ERROR_NODE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_HANDOFF_ERROR_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     hidden: _common_pb2.Tensor
     next_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -119,7 +126,8 @@ class ForwardResponse(_message.Message):
     held_seconds: float
     upstream: _containers.RepeatedCompositeFieldContainer[StageReport]
     error_node: str
-    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., held_seconds: _Optional[float] = ..., upstream: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_node: _Optional[str] = ...) -> None: ...
+    tokens_handoff_error: str
+    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., held_seconds: _Optional[float] = ..., upstream: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_node: _Optional[str] = ..., tokens_handoff_error: _Optional[str] = ...) -> None: ...
 
 class StageReport(_message.Message):
     __slots__ = ("node_id", "forward_seconds", "handoff_bytes", "handoff_rtt_seconds", "seq_errors")
@@ -136,7 +144,7 @@ class StageReport(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., forward_seconds: _Optional[float] = ..., handoff_bytes: _Optional[int] = ..., handoff_rtt_seconds: _Optional[float] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ...) -> None: ...
 
 class HandoffRequest(_message.Message):
-    __slots__ = ("model", "pipeline_id", "batch_id", "hidden", "dropped_seq_ids", "error", "from_node", "want_ack", "reports", "error_code", "error_node")
+    __slots__ = ("model", "pipeline_id", "batch_id", "hidden", "dropped_seq_ids", "error", "from_node", "want_ack", "reports", "error_code", "error_node", "token_ids", "token_seq_ids")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +156,8 @@ class HandoffRequest(_message.Message):
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_NODE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     pipeline_id: str
     batch_id: int
@@ -159,7 +169,9 @@ class HandoffRequest(_message.Message):
     reports: _containers.RepeatedCompositeFieldContainer[StageReport]
     error_code: str
     error_node: str
-    def __init__(self, model: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., dropped_seq_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., from_node: _Optional[str] = ..., want_ack: bool = ..., reports: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_node: _Optional[str] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    token_seq_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., dropped_seq_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., from_node: _Optional[str] = ..., want_ack: bool = ..., reports: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_code: _Optional[str] = ..., error_node: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_seq_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HandoffAck(_message.Message):
     __slots__ = ("batch_id", "error")

@@ -50,6 +50,7 @@ class _Input:
     hidden: torch.Tensor | None
     dropped: list[str] = field(default_factory=list)  # sequences that failed on an earlier stage
     reports: list[shard_pb2.StageReport] = field(default_factory=list)  # what the earlier stages did
+    token_ids: list[int] | None = None  # ring decode: the first stage's input, from the previous step's last stage
 
 
 class UpstreamFailed(BatchError):
@@ -119,6 +120,8 @@ class ForwardSession:
             reply.hidden.CopyFrom(encode_hidden(result.hidden, req.wire_dtype))
         if req.hidden_from_peer and not req.forward_to:
             reply.upstream.extend(given.reports)
+        if req.tokens_to:
+            await self._hand_tokens(req, reply)
         reply.held_seconds = time.perf_counter() - arrived
         return reply
 
@@ -131,6 +134,8 @@ class ForwardSession:
 
     async def _input(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> _Input:
         """The slices and hidden rows this stage runs: from the request, or from the previous stage's handoff."""
+        if req.tokens_from_peer:
+            return await self._ring_input(runner, req)
         if not req.hidden_from_peer:
             hidden = None
             if not runner.is_first:
@@ -139,8 +144,33 @@ class ForwardSession:
             return _Input(list(req.seqs), hidden)
         if runner.is_first:
             raise BatchError("INVALID_ARGUMENT", "the first stage takes token ids, not a handoff")
+        handoff = await self._take(req)
+        if handoff.error:
+            raise UpstreamFailed(handoff.error_code, handoff.error, handoff.error_node or handoff.from_node)
+        gone = set(handoff.dropped_seq_ids)
+        seqs = [s for s in req.seqs if s.seq_id not in gone]
+        rows = sum(s.num_tokens for s in seqs)
+        hidden = decode_hidden(handoff.hidden, (rows, runner.spec.hidden_size), runner.dtype)
+        return _Input(seqs, hidden, list(handoff.dropped_seq_ids), list(handoff.reports))
+
+    async def _ring_input(self, runner: ShardRunner, req: shard_pb2.ForwardRequest) -> _Input:
+        """Ring decode: one token per sequence, sampled by the previous step's last stage; a sequence without one
+        (it failed, or its step sampled nothing) is left out, as if it had failed on an earlier stage."""
+        if not runner.is_first or any(s.num_tokens != 1 for s in req.seqs):
+            raise BatchError("INVALID_ARGUMENT", "tokens_from_peer is for the first stage's decode rows (one token "
+                             "per sequence)")
+        handoff = await self._take(req)
+        if handoff.error:
+            raise UpstreamFailed(handoff.error_code, handoff.error, handoff.error_node or handoff.from_node)
+        sampled = dict(zip(handoff.token_seq_ids, handoff.token_ids))
+        seqs = [s for s in req.seqs if sampled.get(s.seq_id, -1) >= 0]
+        dropped = [s.seq_id for s in req.seqs if sampled.get(s.seq_id, -1) < 0]
+        return _Input(seqs, None, dropped, token_ids=[sampled[s.seq_id] for s in seqs])
+
+    async def _take(self, req: shard_pb2.ForwardRequest) -> shard_pb2.HandoffRequest:
+        """This micro-batch's handoff from the mailbox (ABORTED when given up, UNAVAILABLE when refused here)."""
         try:
-            handoff = await self.ctx.mailbox.take(key_of(req), HANDOFF_WAIT_S)
+            return await self.ctx.mailbox.take(key_of(req), HANDOFF_WAIT_S)
         except Abandoned:
             raise BatchError("ABORTED", "the coordinator gave this micro-batch up (a stage of its route failed)"
                              ) from None
@@ -149,13 +179,6 @@ class ForwardSession:
         except TimeoutError:
             raise BatchError("DEADLINE_EXCEEDED", f"the previous stage's output did not come within "
                              f"{HANDOFF_WAIT_S:.0f} s") from None
-        if handoff.error:
-            raise UpstreamFailed(handoff.error_code, handoff.error, handoff.error_node or handoff.from_node)
-        gone = set(handoff.dropped_seq_ids)
-        seqs = [s for s in req.seqs if s.seq_id not in gone]
-        rows = sum(s.num_tokens for s in seqs)
-        hidden = decode_hidden(handoff.hidden, (rows, runner.spec.hidden_size), runner.dtype)
-        return _Input(seqs, hidden, list(handoff.dropped_seq_ids), list(handoff.reports))
 
     def _fill(self, req: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse, result: BatchResult,
               dropped: list[str]) -> None:
@@ -202,6 +225,23 @@ class ForwardSession:
                                        f"{req.forward_to_node} at {req.forward_to}: {why}")
             return False
 
+    async def _hand_tokens(self, req: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse) -> None:
+        """Ring decode: the sampled token ids (or this step's failure) to the first stage, as the next step's input;
+        the reply says when they could not go (the coordinator then gives that step up)."""
+        handoff = shard_pb2.HandoffRequest(model=req.model, pipeline_id=req.pipeline_id, batch_id=req.tokens_batch_id,
+                                           from_node=self.ctx.node_id)
+        if reply.error_code:
+            handoff.error, handoff.error_code = reply.error_message, reply.error_code
+            handoff.error_node = reply.error_node or self.ctx.node_id
+        else:
+            handoff.token_ids.extend(reply.next_token_ids)
+            handoff.token_seq_ids.extend(s.seq_id for s in req.seqs)
+        try:
+            await self.ctx.peers.send(req.tokens_to, handoff)
+        except Exception as e:  # noqa: BLE001 - PeerError, a refused link, a channel that cannot open
+            reply.tokens_handoff_error = f"node {self.ctx.node_id} could not hand the tokens to {req.tokens_to}: {e}"
+            logger.warning("batch %d: %s", req.batch_id, reply.tokens_handoff_error)
+
     def _observe(self, req: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse) -> None:
         if reply.error_node:  # failed upstream: that node counted it
             return
@@ -231,11 +271,12 @@ def decode_batch(runner: ShardRunner, req: shard_pb2.ForwardRequest, given: _Inp
                              f"{max_ctx}] and recent_token_ids at most {max_ctx} long (the context), got "
                              f"{s.num_tokens} and {len(s.recent_token_ids)}")
     total = sum(s.num_tokens for s in given.seqs)
-    if runner.is_first and len(req.token_ids) != total:
+    ids = list(req.token_ids) if given.token_ids is None else given.token_ids
+    if runner.is_first and len(ids) != total:
         raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total} (the sum of "
-                         f"num_tokens), got {len(req.token_ids)}")
+                         f"num_tokens), got {len(ids)}")
     slices = tuple(_slice(s) for s in given.seqs)
-    token_ids = torch.tensor(list(req.token_ids), dtype=torch.int64) if runner.is_first else None
+    token_ids = torch.tensor(ids, dtype=torch.int64) if runner.is_first else None
     return MicroBatch(slices, token_ids, given.hidden, req.return_logits, tuple(req.release_seq_ids))
 
 

@@ -768,7 +768,7 @@ def test_k8s_network_policies_allow_exactly_the_architecture(k8s: dict[tuple[str
     coordinator, tokenizer = port_of(config["coordinator"]["address"]), port_of(config["tokenizer"]["address"])
     api = config["api"]["port"]
     chart = {("api", "tokenizer", tokenizer, "TCP"), ("api", "coordinator", coordinator, "TCP"),
-             ("coordinator", "shard-node", 50051, "TCP")}
+             ("coordinator", "shard-node", 50051, "TCP"), ("shard-node", "shard-node", 50051, "TCP")}
     metrics = {("prometheus", "coordinator", config["coordinator"]["metrics_port"], "TCP"),
                ("prometheus", "tokenizer", config["tokenizer"]["metrics_port"], "TCP"),
                ("prometheus", "shard-node", 9111, "TCP")}  # the API's /metrics is on its public port

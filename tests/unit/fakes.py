@@ -76,6 +76,18 @@ class FakeNetwork:
         if not slot.done():
             slot.set_result(handoff)
 
+    def hand_tokens(self, request: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse) -> None:
+        """Ring decode: the last stage hands the sampled tokens to the first stage, as micro-batch tokens_batch_id."""
+        handoff = shard_pb2.HandoffRequest(pipeline_id=request.pipeline_id, batch_id=request.tokens_batch_id,
+                                           token_ids=reply.next_token_ids,
+                                           token_seq_ids=[s.seq_id for s in request.seqs])
+        if reply.error_code:
+            handoff.error, handoff.error_code = reply.error_message, reply.error_code
+        key = shard_pb2.ForwardRequest(pipeline_id=request.pipeline_id, batch_id=request.tokens_batch_id)
+        slot = self.slot(key, request.tokens_to)
+        if not slot.done():
+            slot.set_result(handoff)
+
     def abandon(self, request: shard_pb2.ForwardRequest, receiver: str) -> None:
         slot = self.slot(request, receiver)
         if not slot.done():
@@ -94,6 +106,7 @@ class Forwarded:
     from_peer: bool = False  # shard-to-shard forwarding: its input comes from the previous stage's node
     forward_to: str = ""  # ... and its output goes to this node's address
     pipeline_id: str = ""
+    tokens_from_peer: bool = False  # ring decode: its input tokens come from the previous step's last stage
 
 
 class FakeStream:
@@ -137,7 +150,7 @@ class FakeStream:
         node.forwarded.append(Forwarded(request.batch_id, [s.seq_id for s in request.seqs],
                                         list(request.release_seq_ids), request.batches_in_flight,
                                         list(request.token_ids), request.hidden_from_peer, request.forward_to,
-                                        request.pipeline_id))
+                                        request.pipeline_id, request.tokens_from_peer))
         self.used = True
         if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:
             node.lose_stream_at = None
@@ -145,6 +158,8 @@ class FakeStream:
             self.drop("the fake node lost its stream")
         elif request.hidden_from_peer:  # runs once the previous stage's output is in
             asyncio.get_running_loop().create_task(self._run_handed(request, fut))
+        elif request.tokens_from_peer:  # ring decode: runs once the previous step's tokens are in
+            asyncio.get_running_loop().create_task(self._run_ring(request, fut))
         else:
             self._finish(request, self._run_or_refuse(request), fut)
 
@@ -155,9 +170,28 @@ class FakeStream:
                                              error_message="the fake node refuses this batch")
         return self.node.run(self.model, request)
 
+    async def _run_ring(self, request: shard_pb2.ForwardRequest,
+                        fut: asyncio.Future[shard_pb2.ForwardResponse]) -> None:
+        handoff = await self.node.network.slot(request, self.node.node.address)
+        sampled = dict(zip(handoff.token_seq_ids, handoff.token_ids))
+        kept = shard_pb2.ForwardRequest()
+        kept.CopyFrom(request)
+        del kept.seqs[:]
+        kept.seqs.extend(s for s in request.seqs if sampled.get(s.seq_id, -1) >= 0)
+        kept.token_ids.extend(sampled[s.seq_id] for s in kept.seqs)
+        if handoff.error:
+            reply = shard_pb2.ForwardResponse(batch_id=request.batch_id, error_code=handoff.error_code,
+                                              error_message=handoff.error, error_node="fake")
+        else:
+            reply = self._run_or_refuse(kept)
+        dropped = shard_pb2.HandoffRequest(dropped_seq_ids=[s.seq_id for s in request.seqs if s not in kept.seqs])
+        self._finish(request, reply, fut, dropped)
+
     def _finish(self, request: shard_pb2.ForwardRequest, reply: shard_pb2.ForwardResponse,
                 fut: asyncio.Future[shard_pb2.ForwardResponse], upstream: shard_pb2.HandoffRequest | None = None
                 ) -> None:
+        if request.tokens_to:
+            self.node.network.hand_tokens(request, reply)
         if request.forward_to:
             self.node.network.hand_on(request, reply, self.node_id, upstream)
         elif upstream is not None:
