@@ -102,7 +102,8 @@ async def run_direct(pipe: Pipeline, route: Sequence[Replica], request: shard_pb
                 relay.reached = i + 1
                 await replica.order.pass_turn(tickets[i])
         assert last is not None
-        await asyncio.wait([last, *watched], return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [last, *watched]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not last.done() or last.exception() is not None:
             await _abandon(pipe, route, batch_id, last)
             raise _blame([*zip((r.node_id for r in route), watched), (route[-1].node_id, last)])

@@ -107,13 +107,8 @@ class CoordinatorConfig:
     drain_timeout_s: float = 10.0  # on SIGTERM (and model removal): how long in-flight requests may finish
     pending_recheck_s: float = 10.0  # a model that did not fit is tried again this often
     metrics_port: int = 0  # Prometheus /metrics of the coordinator on this port (0 = off)
-    # Chunks of one prompt in flight at once on successive stages: "auto" (when a model's stages are on more than
-    # one machine; on one machine its stages share the cores, and chunk after chunk with every core is as fast),
-    # "always" or "never". See coordinator/scheduler.py.
-    pipelined_prefill: str = "auto"
-    # Ring decode: while a model has one busy lane of decode rows, the next step is sent ahead and its tokens go
-    # from the last stage straight to the first (K one-way trips a step instead of K + 1; forwarding direct only).
-    ring_decode: bool = True
+    pipelined_prefill: str = "auto"  # a prompt's chunks in the stages at once: auto (>1 machine), always, never
+    ring_decode: bool = True  # one lane decoding alone: the last stage hands tokens to the first stage
 
 
 @dataclass(frozen=True)
