@@ -63,6 +63,9 @@ def _calls(cluster: RunningCluster) -> list[tuple[str, object]]:
             tokenizer_pb2.EncodeRequest(model=MODEL, text="hi"), metadata=md, timeout=10)),
         (cluster.node_address("node1"), lambda ch, md: shard_pb2_grpc.ShardNodeStub(ch).Info(
             shard_pb2.InfoRequest(), metadata=md, timeout=10)),
+        (cluster.node_address("node2"), lambda ch, md: list(shard_pb2_grpc.ShardNodeStub(ch).Handoff(  # node to node
+            iter([shard_pb2.HandoffRequest(model=MODEL, pipeline_id="probe", batch_id=1, want_ack=True)]),
+            metadata=md, timeout=10))),
     ]
 
 
@@ -77,6 +80,7 @@ def test_the_stack_serves_over_mutual_tls_with_the_token(secured: tuple[RunningC
             call(ch, _token(certs))  # raises if refused
     log = (cluster.run_dir / "coordinator.log").read_text()
     assert "mutual TLS, cluster token required" in log
+    assert "cannot hand over" not in (cluster.run_dir / "node1.log").read_text()  # node1 -> node2 went over TLS
 
 
 @pytest.mark.parametrize("case", ["no token", "wrong token"])
