@@ -21,7 +21,7 @@ from bench.agreement import greedy_agreement
 from bench.latency_md import targets_json
 from bench.machine import machine_info
 from bench.options import parse_args
-from bench.procs import CpuMeter, log, run_worker
+from bench.procs import CpuMeter, log, run_worker, wait_for_quiet
 from bench.report import (
     HF,
     LLAMACPP,
@@ -37,6 +37,8 @@ from bench.scale_run import record_weight_bandwidth
 from bench.stats import RequestTrace, Round, summarize
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload, build_workload
+
+QUIET_WAIT_S = 45.0  # before each part, at most
 
 
 def _rounds(raw: list[list[dict[str, Any]]]) -> list[Round]:
@@ -55,6 +57,9 @@ class Bench:
 
     def part(self, name: str, fn: Callable[[], None]) -> None:
         log(f"== {name}")
+        waited = wait_for_quiet(QUIET_WAIT_S)  # a shared machine: let other processes' bursts pass first
+        if waited > 3:
+            log(f"  waited {waited:.0f} s for other processes to leave the cores alone")
         t = time.monotonic()
         meter = CpuMeter()
         try:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.latency_report import TableRow, delay_multiplicity, find_row, outputs_identical, ratio, table_rows
+from bench.latency_report import (
+    TableRow,
+    added_per_step,
+    delay_multiplicity,
+    find_row,
+    outputs_identical,
+    ratio,
+    table_rows,
+)
 from bench.report import HF, BenchReport, _f, _x
 from bench.targets import TargetCheck, cheapest_identical, check_targets
 
@@ -28,12 +36,13 @@ def targets_json(rep: BenchReport) -> list[dict[str, Any]]:
 def _table(rows: list[TableRow], cs: list[int]) -> list[str]:
     head = ("| link each way (RTT) | relay | one stream: steps/s | one stream: tokens/s | "
             + " | ".join(f"aggregate tok/s, c = {c}" for c in cs)
-            + " | TTFT 500-token prompt (ms) | prompt tok/s to first token | exact N |")
-    L = [head, "|---|---|" + "---:|" * (2 + len(cs) + 2) + ":---:|"]
+            + " | TTFT 500-token prompt (ms) | prompt tok/s to first token | exact N | other CPU (cores) |")
+    L = [head, "|---|---|" + "---:|" * (2 + len(cs) + 2) + ":---:|---:|"]
     for r in rows:
         L.append(f"| {r.delay_ms:g} ms ({2 * r.delay_ms:g} ms) | {r.forwarding} | {_f(r.steps_per_s)} | "
                  f"{_f(r.tokens_per_s)} | " + " | ".join(f"**{_f(r.aggregate_tps.get(c))}**" for c in cs)
-                 + f" | {_f(r.ttft_long_ms, 0)} | {_f(r.prefill_tps, 0)} | {'yes' if r.exact else 'NO'} |")
+                 + f" | {_f(r.ttft_long_ms, 0)} | {_f(r.prefill_tps, 0)} | {'yes' if r.exact else 'NO'} | "
+                 f"{_f(r.other_cores, 2)} |")
     return L
 
 
@@ -48,6 +57,17 @@ def _direct_over_star(rows: list[TableRow], cs: list[int]) -> list[str]:
                  + " | ".join(_x(ratio(a.aggregate_tps.get(c), b.aggregate_tps.get(c))) for c in cs)
                  + f" | {_x(ratio(a.ttft_long_ms, b.ttft_long_ms))} |")
     return L
+
+
+def _added_lines(rows: list[TableRow]) -> list[str]:
+    added = added_per_step(rows)
+    if not added:
+        return []
+    L = ["Time a single-stream decode step gains over the same relay at 0 ms, and that in one-way delays (3 stages: "
+         "direct forwarding should cost K + 1 = 4, the star relay 2K = 6):", "",
+         "| link each way | relay | ms added per step | one-way delays per step |", "|---|---|---:|---:|"]
+    L += [f"| {d:g} ms | {mode} | {ms:.1f} | {trips:.1f} |" for (d, mode), (ms, trips) in added.items()]
+    return L + [""]
 
 
 def _delay_checks(n: dict[str, Any]) -> list[str]:
@@ -76,17 +96,22 @@ def latency_section(rep: BenchReport) -> list[str]:
     L = ["## Latency table: 3 stages in network namespaces, star relay vs direct forwarding", ""]
     if n.get("setup"):
         L += [n["setup"], ""]
+    coord = ", ".join(f"{k} `{v}`" for k, v in n.get("coordinator", {}).items())
     L += [f"Float32 weights, wire dtype `{n.get('wire_dtype', 'auto')}`, both relays as two models of one cluster "
-          f"(the same nodes and links, measured one after the other at each delay). Short prompt: "
-          f"{plan.get('requests')} single-stream requests in turn and each aggregate level once, "
-          f"{plan.get('tokens')} new tokens per request; 500-token prompt: {plan.get('requests')} requests in turn, "
-          f"{plan.get('long_tokens')} new tokens each (its TTFT p50 only). Steps/s = (N − 1) / (last token − first "
-          "token) of one stream (Petals' inference steps/s); tokens/s = N / (last token − release), TTFT included; "
-          "prompt tok/s = 500 / TTFT (Petals' forward-pass column).", ""]
+          f"(the same nodes and links); coordinator settings: {coord or 'not recorded'}. Short prompt: "
+          f"{plan.get('requests')} single-stream requests per relay and {plan.get('rounds', 1)} round(s) per "
+          f"aggregate level, {plan.get('tokens')} new tokens per request; 500-token prompt: {plan.get('requests')} "
+          f"requests per relay, {plan.get('long_tokens')} new tokens each (its TTFT p50 only). Relays take turns "
+          "request by request (round by round), in pairs whose order alternates. Steps/s = (N − 1) / (last token − "
+          "first token) of one stream, median request (Petals' inference steps/s); tokens/s = N / (last token − "
+          "release) over the requests, TTFT included; "
+          "prompt tok/s = 500 / TTFT (Petals' forward-pass column). Other CPU: the most that processes outside the "
+          "bench used during one of the row's measurements, in cores of this machine (anything but ~0 disturbs it).",
+          ""]
     L += _delay_checks(n) + [""]
     L += _table(rows, cs) + ["", "Direct forwarding / star relay (same delay; above 1 is better for steps and "
                              "tokens/s, below 1 for TTFT):", ""]
-    L += _direct_over_star(rows, cs) + [""]
+    L += _direct_over_star(rows, cs) + [""] + _added_lines(rows)
     same = outputs_identical(n.get("runs", []))
     if same:
         L += ["Greedy output identical across every delay and relay (first 32 tokens, c = 1): "

@@ -22,12 +22,13 @@ class TableRow:
 
     delay_ms: float  # each way
     forwarding: str  # "star" | "direct"
-    steps_per_s: float | None = None  # one stream: decode steps per second, (N - 1) / (last token - first token)
+    steps_per_s: float | None = None  # one stream: decode steps/s, (N - 1) / (last - first token), median request
     tokens_per_s: float | None = None  # one stream end to end: N / (last token - release), TTFT included
     aggregate_tps: dict[int, float | None] = field(default_factory=dict)  # c streams at once -> tokens/s
     ttft_long_ms: float | None = None  # p50 TTFT of the long prompt, one stream
     long_prompt_tokens: int | None = None
     exact: bool = True  # every request got exactly its tokens, no error
+    other_cores: float | None = None  # the most CPU other processes used during one of its measurements, in cores
 
     @property
     def prefill_tps(self) -> float | None:
@@ -46,12 +47,13 @@ def table_rows(runs: Sequence[dict[str, Any]], prompt_tokens: dict[str, int] | N
         single = next((r for r in mine if r["prompt"] == SINGLE_STREAM_PROMPT and r["concurrency"] == 1), None)
         long = next((r for r in mine if r["prompt"] == TTFT_PROMPT and r["concurrency"] == 1), None)
         rows.append(TableRow(
-            delay, mode, _num(single and single["decode_tps_per_stream_mean"]),
+            delay, mode, _num(single and single["decode_tps_per_stream_p50"]),
             _num(single and single["aggregate_tps"]),
             {int(r["concurrency"]): _num(r["aggregate_tps"]) for r in mine
              if r["prompt"] == SINGLE_STREAM_PROMPT and r["concurrency"] > 1},
             _num(long and long["ttft_p50_ms"]), (prompt_tokens or {}).get(TTFT_PROMPT),
-            all(r["all_counts_exact"] for r in mine)))
+            all(r["all_counts_exact"] for r in mine),
+            max((r["other_cores_avg"] for r in mine if r.get("other_cores_avg") is not None), default=None)))
     return rows
 
 
@@ -61,6 +63,19 @@ def find_row(rows: Sequence[TableRow], delay_ms: float, forwarding: str) -> Tabl
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def added_per_step(rows: Sequence[TableRow]) -> dict[tuple[float, str], tuple[float, float]]:
+    """Per non-zero delay and relay: ms a single-stream decode step takes beyond the same relay's at 0 ms, and that
+    in one-way delays (direct forwarding with 3 stages should cost 4 = K + 1, the star relay 6 = 2K)."""
+    out: dict[tuple[float, str], tuple[float, float]] = {}
+    for r in rows:
+        zero = find_row(rows, 0.0, r.forwarding)
+        if r.delay_ms <= 0 or zero is None or not r.steps_per_s or not zero.steps_per_s:
+            continue
+        added_ms = 1e3 / r.steps_per_s - 1e3 / zero.steps_per_s
+        out[(r.delay_ms, r.forwarding)] = (added_ms, added_ms / r.delay_ms)
+    return out
 
 
 def outputs_identical(runs: Sequence[dict[str, Any]]) -> dict[str, bool]:

@@ -2,10 +2,13 @@
 (bench/netns.py), one cluster serving the float32 model twice (star relay and direct forwarding,
 bench/relay_cluster.py), measured on every link delay in turn (0 ms = the veths without any queue rule).
 
-Per delay and relay: the short prompt as one stream (``requests`` in turn: steps/s and tokens/s), then ``c``
-streams at once for every aggregate level, then the long prompt as one stream (its TTFT; few new tokens since only
-the first one counts). Before each delay's runs: TCP round trips root <-> node and node <-> node (the delay must
-hit node -> node packets once per direction too), and at the first non-zero delay one pipeline hop (bench/hop.py).
+Per delay, cell by cell: the short prompt as one stream (``requests`` in turn: steps/s and tokens/s), ``c`` streams
+at once for every aggregate level (``rounds`` rounds), the long prompt as one stream (its TTFT; few new tokens since
+only the first one counts). Within a cell star and direct take turns request by request (round by round), in pairs
+whose order alternates; a cell starts once other processes leave the cores alone (or after QUIET_WAIT_S) and records
+the CPU they used meanwhile (a shared machine). Before each delay's runs: TCP round trips root <-> node and node <->
+node (the delay must hit node -> node packets once per direction too), and at the first non-zero delay one pipeline
+hop (bench/hop.py).
 Everything goes into ``rep.netns``; bench/latency_report.py makes the table and checks the targets.
 """
 
@@ -21,18 +24,20 @@ import grpc
 
 from bench.netns import NetnsUnavailable, Topology, describe_setup, ensure_prerequisites
 from bench.netns_check import measure_delays
-from bench.procs import log
-from bench.relay_cluster import FORWARDING_MODES, RelayCluster
+from bench.procs import CpuMeter, log, wait_for_quiet
+from bench.relay_cluster import FORWARDING_MODES, RelayCluster, coordinator_settings
 from bench.report import BenchReport
 from bench.shardline_cluster import NodePlan
 from bench.shardline_runner import run_round
-from bench.stats import RunResult, summarize
+from bench.stats import Round, RunResult, summarize
 from bench.workload import Workload
 from protos import coordinator_pb2_grpc
 from protos.runtime import GRPC_OPTIONS
 
 LONG_TOKENS = 8  # new tokens per long-prompt request: only its TTFT goes into the table
+AGGREGATE_ROUNDS = 2
 NODE_PORT = 50051
+QUIET_WAIT_S = 45.0  # before each cell: wait at most this long for other processes to leave the cores alone
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,14 @@ class TablePlan:
     requests: int  # single-stream requests one after another, per prompt
     tokens: int  # new tokens per short-prompt request
     long_tokens: int = LONG_TOKENS
+    rounds: int = AGGREGATE_ROUNDS  # rounds of c streams per aggregate level
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TablePlan:
-        return cls(args.delays, args.table_concurrency, args.requests, args.tokens)
+        return cls(args.delays, args.table_concurrency, args.requests, args.table_tokens)
 
 
-def _result(label: str, kind: str, c: int, rounds: list, n: int) -> RunResult:  # type: ignore[type-arg]
+def _result(label: str, kind: str, c: int, rounds: list[Round], n: int) -> RunResult:
     mode = "sequential" if c == 1 else "concurrent streams"
     r = summarize(label, kind, c, mode, rounds, n, extra={"first_tokens": rounds[0].traces[0].token_ids[:32]})
     log(f"  {label} {kind} c={c}: aggregate {r.aggregate_tps:.1f} tok/s, TTFT p50 {r.ttft_p50_ms:.0f} ms, "
@@ -57,24 +63,45 @@ def _result(label: str, kind: str, c: int, rounds: list, n: int) -> RunResult:  
     return r
 
 
-async def measure_relay(address: str, model: str, w: Workload, plan: TablePlan, label: str) -> list[RunResult]:
-    """One relay at the current delay: short c=1 (in turn), short at every aggregate level, long c=1 (in turn)."""
-    out: list[RunResult] = []
+@dataclass(frozen=True)
+class Cell:
+    """One measurement of the table: a prompt kind at a concurrency (c = 1: ``requests`` in turn per relay)."""
+
+    kind: str
+    concurrency: int
+
+    def tokens(self, plan: TablePlan) -> int:
+        return plan.long_tokens if self.kind == "long" else plan.tokens
+
+
+def cells(plan: TablePlan, w: Workload) -> list[Cell]:
+    """Short c=1, short at every aggregate level, long c=1 (when the workload has the long prompt)."""
+    out = [Cell("short", 1), *(Cell("short", c) for c in plan.concurrency)]
+    return out + ([Cell("long", 1)] if any(p.kind == "long" for p in w.prompts) else [])
+
+
+def interleaved(modes: tuple[str, ...], repetitions: int, start: int) -> list[str]:
+    """Each mode ``repetitions`` times, in pairs whose order alternates (A B, B A, A B, ...; B A first if ``start``
+    is odd), so a disturbance on the shared machine falls on both relays alike."""
+    out: list[str] = []
+    for rep in range(repetitions):
+        out += list(modes) if (rep + start) % 2 == 0 else list(reversed(modes))
+    return out
+
+
+async def measure_cell(address: str, models: dict[str, str], w: Workload, plan: TablePlan, cell: Cell,
+                       delay_ms: float, start: int) -> dict[str, RunResult]:
+    """One cell for every relay, request by request (c = 1) or round by round (c > 1), interleaved."""
+    n, c = cell.tokens(plan), cell.concurrency
+    ids = list(w.prompt(cell.kind).token_ids)
+    rounds: dict[str, list[Round]] = {mode: [] for mode in models}
     async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-        short = list(w.prompt("short").token_ids)
-        rounds = [await run_round(stub, model, short, plan.tokens, 1, f"{label}-short-c1-{i}")
-                  for i in range(plan.requests)]
-        out.append(_result(label, "short", 1, rounds, plan.tokens))
-        for c in plan.concurrency:
-            out.append(_result(label, "short", c, [await run_round(stub, model, short, plan.tokens, c,
-                                                                   f"{label}-short-c{c}")], plan.tokens))
-        if any(p.kind == "long" for p in w.prompts):
-            long = list(w.prompt("long").token_ids)
-            rounds = [await run_round(stub, model, long, plan.long_tokens, 1, f"{label}-long-c1-{i}")
-                      for i in range(plan.requests)]
-            out.append(_result(label, "long", 1, rounds, plan.long_tokens))
-    return out
+        order = interleaved(tuple(models), plan.requests if c == 1 else plan.rounds, start)
+        for i, mode in enumerate(order):
+            tag = f"{mode}-{delay_ms:g}ms-{cell.kind}-c{c}-{i}"
+            rounds[mode].append(await run_round(stub, models[mode], ids, n, c, tag))
+    return {mode: _result(f"{mode} {delay_ms:g} ms", cell.kind, c, rounds[mode], n) for mode in models}
 
 
 async def warm_up(address: str, models: list[str], w: Workload) -> None:
@@ -116,7 +143,7 @@ class LatencyTable:
         log(f"  starting 3 shard nodes in namespaces + coordinator (models star + direct); logs in {cluster.run_dir}")
         try:
             cluster.start()
-            n["wire_dtype"] = cluster.wire_dtype
+            n["wire_dtype"], n["coordinator"] = cluster.wire_dtype, coordinator_settings(cluster.config_path)
             asyncio.run(warm_up(cluster.coord_address, [cluster.model(m) for m in FORWARDING_MODES], self.w))
             for i, d in enumerate(self.plan.delays_ms):
                 self._delay_row(cluster, d, i)
@@ -134,11 +161,16 @@ class LatencyTable:
             f"node1<->node2 {check['node1-node2']['tcp_rtt_p50_ms']:.2f} ms")
         if d > 0 and d == min(x for x in self.plan.delays_ms if x > 0) and not self.args.skip_hop:
             self._hop(d)
-        modes = FORWARDING_MODES if index % 2 == 0 else tuple(reversed(FORWARDING_MODES))  # alternate who goes first
-        for mode in modes:
-            label = f"{mode} {d:g} ms"
-            results = asyncio.run(measure_relay(cluster.coord_address, cluster.model(mode), self.w, self.plan, label))
-            self.rep.netns["runs"] += [{"delay_ms": d, "forwarding": mode, **asdict(r)} for r in results]
+        models = {mode: cluster.model(mode) for mode in FORWARDING_MODES}
+        for k, cell in enumerate(cells(self.plan, self.w)):
+            waited = wait_for_quiet(QUIET_WAIT_S)
+            if waited > 3:
+                log(f"  waited {waited:.0f} s for other processes to leave the cores alone")
+            meter = CpuMeter()
+            results = asyncio.run(measure_cell(cluster.coord_address, models, self.w, self.plan, cell, d, index + k))
+            other = meter.stop()["other_cores_avg"]
+            self.rep.netns["runs"] += [{"delay_ms": d, "forwarding": mode, "other_cores_avg": other, **asdict(r)}
+                                       for mode, r in results.items()]
 
     def _hop(self, d: float) -> None:
         from bench.hop import measure_hop

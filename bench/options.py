@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--hop-messages", type=int, default=None, help="messages per batch size (default 1000)")
     p.add_argument("--delays", default="0,5,25",
                    help="the latency table's link delays, ms each way, comma list (default 0,5,25; 0 = no delay)")
+    p.add_argument("--table-tokens", type=int, default=32,
+                   help="new tokens per short-prompt request in the latency table (default 32, whatever --tokens)")
     p.add_argument("--table-concurrency", default="8,32",
                    help="the latency table's aggregate levels besides one stream (default 8,32; --quick 8)")
     p.add_argument("--formats", default="bfloat16+int8,bfloat16+int4", type=parse_formats,

@@ -199,3 +199,14 @@ class CpuMeter:
         other = max(0.0, busy - ours)
         return {"wall_s": round(wall, 1), "machine_busy_cpu_s": round(busy, 1), "bench_cpu_s": round(ours, 1),
                 "other_cpu_s": round(other, 1), "other_cores_avg": round(other / wall, 2) if wall > 0 else 0.0}
+
+
+def wait_for_quiet(max_wait_s: float, window_s: float = 2.0, max_other_cores: float = 0.15) -> float:
+    """Waits until processes outside the bench use less than ``max_other_cores`` over a ``window_s`` window (at most
+    ``max_wait_s``, then goes on anyway); returns the seconds waited."""
+    start = time.monotonic()
+    while True:
+        meter = CpuMeter()
+        time.sleep(window_s)
+        if meter.stop()["other_cores_avg"] < max_other_cores or time.monotonic() - start >= max_wait_s:
+            return time.monotonic() - start

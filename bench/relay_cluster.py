@@ -11,8 +11,16 @@ from pathlib import Path
 
 from bench.shardline_cluster import NodePlan, ShardlineCluster
 from bench.workload import Workload
+from protos.config import load_config
 
 FORWARDING_MODES = ("star", "direct")
+COORDINATOR_SETTINGS = ("ring_decode", "pipelined_prefill", "max_batch_tokens")  # what shapes the table's figures
+
+
+def coordinator_settings(config_path: Path) -> dict[str, object]:
+    """The coordinator settings of a written config that change latency (those this code base has)."""
+    coord = load_config(config_path).coordinator
+    return {k: getattr(coord, k) for k in COORDINATOR_SETTINGS if hasattr(coord, k)}
 
 
 def relay_model_name(base: str, forwarding: str) -> str:

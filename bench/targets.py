@@ -43,24 +43,26 @@ def _missing(*parts: tuple[str, TableRow | None]) -> str:
     return ", ".join(f"no {name} row" for name, row in parts if row is None)
 
 
+def _steps(row: TableRow | None) -> float | None:
+    return row.steps_per_s if row else None
+
+
 def one_stream_near(rows: Sequence[TableRow]) -> TargetCheck:
-    near, zero = find_row(rows, NEAR_MS, "direct"), find_row(rows, LOOPBACK_MS, "direct")
-    star_near, star_zero = find_row(rows, NEAR_MS, "star"), find_row(rows, LOOPBACK_MS, "star")
-    star = ratio(star_near and star_near.steps_per_s, star_zero and star_zero.steps_per_s)
-    detail = _missing(("5 ms direct", near), ("0 ms direct", zero)) or (
-        f"direct {_f(near.steps_per_s, 'steps/s')} at 5 ms vs {_f(zero.steps_per_s, 'steps/s')} at 0 ms"  # type: ignore[union-attr]
+    near, zero = _steps(find_row(rows, NEAR_MS, "direct")), _steps(find_row(rows, LOOPBACK_MS, "direct"))
+    star = ratio(_steps(find_row(rows, NEAR_MS, "star")), _steps(find_row(rows, LOOPBACK_MS, "star")))
+    detail = _missing(("5 ms direct", find_row(rows, NEAR_MS, "direct")),
+                      ("0 ms direct", find_row(rows, LOOPBACK_MS, "direct"))) or (
+        f"direct {_f(near, 'steps/s')} at 5 ms vs {_f(zero, 'steps/s')} at 0 ms"
         + ("" if star is None else f" (star relay: {star:.2f}×)"))
-    return TargetCheck("5 ms each way, one stream vs 0 ms", "≥ 0.90×",
-                       ratio(near and near.steps_per_s, zero and zero.steps_per_s), 0.9, True, detail)
+    return TargetCheck("5 ms each way, one stream vs 0 ms", "≥ 0.90×", ratio(near, zero), 0.9, True, detail)
 
 
 def direct_over_star_far(rows: Sequence[TableRow]) -> TargetCheck:
-    direct, star = find_row(rows, FAR_MS, "direct"), find_row(rows, FAR_MS, "star")
-    detail = _missing(("25 ms direct", direct), ("25 ms star", star)) or (
-        f"one stream at 25 ms: direct {_f(direct.steps_per_s, 'steps/s')} vs star "  # type: ignore[union-attr]
-        f"{_f(star.steps_per_s, 'steps/s')}")  # type: ignore[union-attr]
-    return TargetCheck("25 ms each way, direct vs star relay", "≥ 1.50×",
-                       ratio(direct and direct.steps_per_s, star and star.steps_per_s), 1.5, True, detail)
+    direct_row, star_row = find_row(rows, FAR_MS, "direct"), find_row(rows, FAR_MS, "star")
+    direct, star = _steps(direct_row), _steps(star_row)
+    detail = _missing(("25 ms direct", direct_row), ("25 ms star", star_row)) or (
+        f"one stream at 25 ms: direct {_f(direct, 'steps/s')} vs star {_f(star, 'steps/s')}")
+    return TargetCheck("25 ms each way, direct vs star relay", "≥ 1.50×", ratio(direct, star), 1.5, True, detail)
 
 
 def aggregate_near(rows: Sequence[TableRow], c: int = TOP_C) -> TargetCheck:

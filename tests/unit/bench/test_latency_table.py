@@ -10,9 +10,10 @@ from typing import Any
 
 from bench.hop import HopResult
 from bench.latency_md import latency_section, targets_json, tls_hop_lines, wire_section
-from bench.latency_report import delay_multiplicity, find_row, outputs_identical, table_rows
+from bench.latency_report import added_per_step, delay_multiplicity, find_row, outputs_identical, table_rows
+from bench.latency_table import LONG_TOKENS, TablePlan, cells, interleaved
 from bench.options import parse_args
-from bench.relay_cluster import RelayCluster
+from bench.relay_cluster import RelayCluster, coordinator_settings
 from bench.report import HF, BenchReport, load_report, write_json
 from bench.report_md import write_markdown
 from bench.shardline_cluster import NodePlan
@@ -96,6 +97,14 @@ def test_a_wire_dtype_that_changes_output_is_never_the_cheapest() -> None:
     assert comp.met is False and "no compressed wire dtype" in comp.detail
 
 
+def test_added_time_per_step_counts_one_way_delays() -> None:
+    added = added_per_step(table_rows(_runs(STEPS)))
+    assert sorted(added) == [(5.0, "direct"), (5.0, "star"), (25.0, "direct"), (25.0, "star")]
+    ms, trips = added[(25.0, "star")]
+    assert math.isclose(ms, 300.0) and math.isclose(trips, 12.0)  # 400 ms per step instead of 100
+    assert math.isclose(added[(5.0, "direct")][1], 1.0)
+
+
 def test_delay_multiplicity_counts_waits_per_direction() -> None:
     checks = {"0": {"root-node1": {"tcp_rtt_p50_ms": 0.2}, "node1-node2": {"tcp_rtt_p50_ms": 0.3}},
               "5": {"root-node1": {"tcp_rtt_p50_ms": 10.2}, "node1-node2": {"tcp_rtt_p50_ms": 20.3}}}
@@ -151,9 +160,22 @@ def test_relay_cluster_serves_the_model_once_per_forwarding_mode(tmp_path: Path)
     for m in config.models:
         assert config.model_dir(m.name).resolve() == Path(w.model_dir).resolve()
     assert [n.address for n in config.nodes] == [f"10.231.{i}.2:50051" for i in (1, 2, 3)]
+    assert set(coordinator_settings(cluster.config_path)) <= {"ring_decode", "pipelined_prefill", "max_batch_tokens"}
+
+
+def test_relays_take_turns_in_pairs_whose_order_alternates() -> None:
+    assert interleaved(("star", "direct"), 3, 0) == ["star", "direct", "direct", "star", "star", "direct"]
+    assert interleaved(("star", "direct"), 1, 1) == ["direct", "star"]
+
+
+def test_table_cells_cover_one_stream_every_level_and_the_long_prompt(tmp_path: Path) -> None:
+    plan = TablePlan([0.0, 5.0], [8, 32], 3, 32)
+    got = [(c.kind, c.concurrency, c.tokens(plan)) for c in cells(plan, _workload(tmp_path))]
+    assert got == [("short", 1, 32), ("short", 8, 32), ("short", 32, 32), ("long", 1, LONG_TOKENS)]
 
 
 def test_table_flags() -> None:
-    args = parse_args(["--delays", "0,5,25", "--table-concurrency", "8,32"])
+    args = parse_args(["--delays", "0,5,25", "--table-concurrency", "8,32", "--tokens", "128"])
     assert (args.delays, args.table_concurrency) == ([0.0, 5.0, 25.0], [8, 32])
+    assert TablePlan.from_args(args).tokens == 32  # the table's own token count, whatever --tokens
     assert parse_args(["--quick"]).table_concurrency == [8]
