@@ -188,11 +188,13 @@ class ModelEngine:
             if plan is None:
                 continue
             ahead = self._ring_ahead(lane, plan)
-            ring = RingStep(tokens_to_batch=self.pipeline.reserve_batch_id()) if ahead else None
-            task = asyncio.get_running_loop().create_task(self._run(route, plan, ring), name=f"{self.name}-lane{lane}")
+            ahead_id = self.pipeline.reserve_batch_id() if ahead else None
+            task = asyncio.get_running_loop().create_task(
+                self._run(route, plan, RingStep(tokens_to_batch=ahead_id) if ahead else None),
+                name=f"{self.name}-lane{lane}")
             self._in_flight[lane] = task
-            if ahead is not None and ring is not None and ring.tokens_to_batch is not None:
-                self._send_ahead(lane, route, ahead, ring.tokens_to_batch, task)
+            if ahead is not None and ahead_id is not None:
+                self._send_ahead(lane, route, ahead, ahead_id, task)
 
     def _ring_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
         """Ring decode: the step after ``plan``, when ``plan`` is all the work there is (one busy lane, decode rows

@@ -12,7 +12,7 @@ from coordinator.pipeline import Pipeline, Replica, StageGroup
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import Scheduler
 from protos.data_structures import LayerRange, SamplingParams
-from tests.unit.fakes import VOCAB, FakeNodeClient, FakeShard, fake_clients
+from tests.unit.fakes import VOCAB, FakeNodeClient, FakeShard, fake_clients, next_token
 
 MODEL = "m"
 
@@ -77,3 +77,21 @@ async def settled(engine: ModelEngine) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("the engine did not settle")
+
+
+def expected_tokens(prompt: list[int], n: int) -> list[int]:
+    """What the fake model generates greedily after ``prompt`` (tests/unit/fakes.py next_token)."""
+    out: list[int] = []
+    for _ in range(n):
+        out.append(next_token(prompt + out))
+    return out
+
+
+async def generate(engine: ModelEngine, reqs: list[Request]) -> list[list[int]]:
+    """Starts ``engine``, submits ``reqs``, returns each one's tokens once all finished, and stops it."""
+    engine.start()
+    for r in reqs:
+        engine.submit(r)
+    events = await asyncio.gather(*(events_of(r) for r in reqs))
+    await engine.stop()
+    return [tokens_of(e) for e in events]

@@ -11,7 +11,7 @@ import pytest
 from coordinator.node_client import StageError
 from coordinator.pipeline import Pipeline, Replica
 from coordinator.scheduler import BatchEntry, MicroBatchPlan
-from tests.unit.coordinator.builders import make_engine, make_pipeline, node, request
+from tests.unit.coordinator.builders import generate, make_engine, make_pipeline, node, request
 from tests.unit.fakes import next_token
 
 
@@ -69,15 +69,8 @@ def test_a_lost_middle_stage_fails_over_and_the_last_stage_gives_the_micro_batch
 
 
 def test_the_engine_generates_the_same_tokens_star_or_direct() -> None:
-    async def generate(forwarding: str) -> list[int]:
+    def tokens(forwarding: str) -> list[list[int]]:
         engine, _ = make_engine([["n1"], ["n2"], ["n3"]], depth=2, forwarding=forwarding)
-        reqs = [request(f"r{i}", [i + 1, 2, 3], max_tokens=5) for i in range(3)]
-        engine.start()
-        for r in reqs:
-            engine.submit(r)
-        while not all(r.is_finished for r in reqs):
-            await asyncio.sleep(0)
-        await engine.stop()
-        return [t for r in reqs for t in r.output_ids]
+        return asyncio.run(generate(engine, [request(f"r{i}", [i + 1, 2, 3], max_tokens=5) for i in range(3)]))
 
-    assert asyncio.run(generate("direct")) == asyncio.run(generate("star"))
+    assert tokens("direct") == tokens("star")

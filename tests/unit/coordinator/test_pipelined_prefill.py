@@ -6,25 +6,16 @@ from __future__ import annotations
 import asyncio
 
 from coordinator.cluster import pipelines_prefill
-from coordinator.engine import ModelEngine
 from coordinator.request import Request
 from coordinator.scheduler import Scheduler
 from protos.data_structures import SamplingParams
-from tests.unit.coordinator.builders import events_of, make_engine, node, request, tokens_of
-from tests.unit.fakes import next_token
+from tests.unit.coordinator.builders import expected_tokens, generate, make_engine, node, request
 
 
 def _req(prompt_len: int, max_tokens: int = 4) -> Request:
     return Request(request_id="long", seq_id="seq-long", prompt_ids=list(range(10, 10 + prompt_len)),
                    max_tokens=max_tokens, sampling=SamplingParams(), stop_token_ids=frozenset(),
                    eos_token_ids=frozenset())
-
-
-def _expected(prompt: list[int], n: int) -> list[int]:
-    out: list[int] = []
-    for _ in range(n):
-        out.append(next_token(prompt + out))
-    return out
 
 
 def test_the_chunks_of_one_prompt_go_out_on_idle_lanes_of_the_same_route_before_the_first_comes_back() -> None:
@@ -63,20 +54,11 @@ def test_a_chunk_that_comes_back_after_its_request_restarted_is_ignored() -> Non
     assert r.num_computed == 0  # the old sequence's chunk says nothing about the new one
 
 
-async def _generate(engine: ModelEngine, reqs: list[Request]) -> list[list[int]]:
-    engine.start()
-    for r in reqs:
-        engine.submit(r)
-    events = await asyncio.gather(*(events_of(r) for r in reqs))
-    await engine.stop()
-    return [tokens_of(e) for e in events]
-
-
 def test_a_long_prompt_is_pipelined_and_generates_what_chunk_after_chunk_does() -> None:
     prompt = list(range(5, 45))
     engine, clients = make_engine([["n1"], ["n2"], ["n3"]], depth=3, max_batch_tokens=10)
-    [tokens] = asyncio.run(_generate(engine, [request("a", prompt, 6)]))
-    assert tokens == _expected(prompt, 6)
+    [tokens] = asyncio.run(generate(engine, [request("a", prompt, 6)]))
+    assert tokens == expected_tokens(prompt, 6)
     first_stage = node(clients, "n1").forwarded
     assert max(f.in_flight for f in first_stage) > 1  # a chunk left while an earlier one was in flight
 
@@ -86,8 +68,8 @@ def test_a_failover_during_a_pipelined_prefill_replays_to_the_same_tokens() -> N
     engine, clients = make_engine([["n1"], ["n2", "n4"], ["n3"]], depth=3, max_batch_tokens=10)
     node(clients, "n2").lose_stream_at = 2  # the second chunk breaks the stream to n2
     r = request("a", prompt, 6)
-    [tokens] = asyncio.run(_generate(engine, [r]))
-    assert tokens == _expected(prompt, 6) and r.failovers >= 1
+    [tokens] = asyncio.run(generate(engine, [r]))
+    assert tokens == expected_tokens(prompt, 6) and r.failovers >= 1
 
 
 def test_auto_pipelines_prefill_only_when_the_stages_span_machines() -> None:

@@ -6,32 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator.engine import ModelEngine
 from coordinator.request import Request
-from tests.unit.coordinator.builders import events_of, make_engine, node, request, tokens_of
-from tests.unit.fakes import next_token
-
-
-def _expected(prompt: list[int], n: int) -> list[int]:
-    out: list[int] = []
-    for _ in range(n):
-        out.append(next_token(prompt + out))
-    return out
-
-
-async def _generate(engine: ModelEngine, reqs: list[Request]) -> list[list[int]]:
-    engine.start()
-    for r in reqs:
-        engine.submit(r)
-    events = await asyncio.gather(*(events_of(r) for r in reqs))
-    await engine.stop()
-    return [tokens_of(e) for e in events]
+from tests.unit.coordinator.builders import events_of, expected_tokens, generate, make_engine, node, request, tokens_of
 
 
 def test_a_lone_stream_decodes_in_a_ring_and_gets_the_same_tokens() -> None:
     engine, clients = make_engine([["n1"], ["n2"], ["n3"]], depth=3)
-    [tokens] = asyncio.run(_generate(engine, [request("a", [5, 6, 7], 8)]))
-    assert tokens == _expected([5, 6, 7], 8)
+    [tokens] = asyncio.run(generate(engine, [request("a", [5, 6, 7], 8)]))
+    assert tokens == expected_tokens([5, 6, 7], 8)
     first = node(clients, "n1").forwarded
     assert sum(f.tokens_from_peer for f in first) >= 5  # the decode steps took their tokens from the last stage
     assert len(first) == 8  # the prefill and one step per later token: none sent past max_tokens
@@ -40,8 +22,8 @@ def test_a_lone_stream_decodes_in_a_ring_and_gets_the_same_tokens() -> None:
 def test_without_ring_decode_every_step_brings_its_tokens() -> None:
     engine, clients = make_engine([["n1"], ["n2"], ["n3"]], depth=3)
     engine.ring_decode = False
-    [tokens] = asyncio.run(_generate(engine, [request("a", [5, 6, 7], 8)]))
-    assert tokens == _expected([5, 6, 7], 8)
+    [tokens] = asyncio.run(generate(engine, [request("a", [5, 6, 7], 8)]))
+    assert tokens == expected_tokens([5, 6, 7], 8)
     assert not any(f.tokens_from_peer for f in node(clients, "n1").forwarded)
 
 
@@ -59,7 +41,7 @@ def test_a_request_that_joins_a_ring_ends_it_and_both_get_their_tokens() -> None
         return tokens_of(a), tokens_of(b)
 
     a, b = asyncio.run(scenario())
-    assert a == _expected([5, 6, 7], 12) and b == _expected([9, 8], 6)
+    assert a == expected_tokens([5, 6, 7], 12) and b == expected_tokens([9, 8], 6)
 
 
 def test_a_request_cancelled_in_a_ring_stops_and_the_other_goes_on() -> None:
@@ -79,12 +61,12 @@ def test_a_request_cancelled_in_a_ring_stops_and_the_other_goes_on() -> None:
 
     gone, b = asyncio.run(scenario())
     assert gone.finish_reason == "cancelled" and len(gone.output_ids) < 30
-    assert b == _expected([9, 8], 10)
+    assert b == expected_tokens([9, 8], 10)
 
 
 def test_a_node_lost_mid_ring_fails_over_to_the_same_tokens() -> None:
     engine, clients = make_engine([["n1"], ["n2", "n4"], ["n3"]], depth=1)
     node(clients, "n2").lose_stream_at = 5  # a few ring steps in
     r = request("a", [5, 6, 7], 10)
-    [tokens] = asyncio.run(_generate(engine, [r]))
-    assert tokens == _expected([5, 6, 7], 10) and r.failovers == 1
+    [tokens] = asyncio.run(generate(engine, [r]))
+    assert tokens == expected_tokens([5, 6, 7], 10) and r.failovers == 1
