@@ -13,6 +13,7 @@ from coordinator.node_client import ModelLoad, NodeClients
 from coordinator.partition import check_explicit_ranges, partition_layers
 from coordinator.pipeline import Pipeline, Replica, StageGroup
 from coordinator.scheduler import Scheduler
+from coordinator.speculation import SpeculationConfig
 from protos.config import Config, ModelConfig, NodeConfig
 from protos.data_structures import LayerRange
 
@@ -72,6 +73,7 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
     engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
     engine.prefill_mode = coord.pipelined_prefill
     engine.ring_decode = coord.ring_decode
+    engine.speculation = SpeculationConfig(model.speculative, model.num_speculative_tokens)
     return engine
 
 

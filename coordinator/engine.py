@@ -24,6 +24,7 @@ from coordinator.publisher import FailoverStats, Publisher
 from coordinator.replicas import ReplicaSet
 from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
+from coordinator.speculation import DraftState, SpeculationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ModelEngine:
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
         self._ahead: dict[int, SentAhead] = {}  # lane -> its next decode step, sent ahead (ring decode)
         self.ring_decode = True  # coordinator.ring_decode
+        self.speculation = SpeculationConfig()  # the model's speculative decoding (coordinator/speculation.py)
         self._task: asyncio.Task[None] | None = None
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
@@ -123,6 +125,8 @@ class ModelEngine:
 
     def submit(self, req: Request) -> None:
         """Queues a request; raises NeverFits (can never fit) or QueueFull (too many waiting)."""
+        if self.speculation.enabled and req.speculative and req.drafting is None:
+            req.drafting = DraftState(self.speculation.max_draft_tokens)
         self.scheduler.add(req)
         self._wakeup.set()
 
@@ -203,6 +207,9 @@ class ModelEngine:
             return None
         if set(self._in_flight) - {lane} or not self.scheduler.decodes_alone(plan):
             return None
+        if any(e.request.drafting is not None and e.request.drafting.would_propose(
+                e.request.context_ids(), len(e.request.output_ids)) for e in plan.entries):
+            return None  # its next step verifies drafts: the coordinator plans it once this one is back
         return self.scheduler.successor(plan)
 
     def _send_ahead(self, lane: int, route: Route, plan: MicroBatchPlan, batch_id: int,

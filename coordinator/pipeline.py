@@ -117,6 +117,7 @@ class StepResult:
     stage_seconds: list[float]  # compute time reported by each stage of the route
     failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
     ring_broken: str = ""  # ring decode: why the tokens did not reach the next step's first stage
+    accepted: list[int] = field(default_factory=list)  # per entry: its drafts accepted (speculative decoding)
 
 
 @dataclass
@@ -162,6 +163,7 @@ class Pipeline:
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
+                draft_token_ids=e.drafts,
             ))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
@@ -258,10 +260,13 @@ class Pipeline:
             raise RuntimeError(f"last stage returned {len(reply.next_token_ids)} tokens for "
                                f"{len(request.seqs)} sequences")
         tokens = dict(zip((s.seq_id for s in request.seqs), reply.next_token_ids)) if request.seqs else {}
+        accepted = dict(zip((s.seq_id for s in request.seqs), reply.accepted_drafts))  # empty: none accepted
         entries = plan.entries
+        if any(not 0 <= accepted.get(e.seq_id, 0) <= len(e.drafts) for e in entries):
+            raise RuntimeError("last stage accepted more draft tokens than a sequence had")
         return StepResult([tokens.get(e.seq_id, -1) for e in entries], relay.seconds,
                           {i: failed[e.seq_id] for i, e in enumerate(entries) if e.seq_id in failed},
-                          reply.tokens_handoff_error)
+                          reply.tokens_handoff_error, [accepted.get(e.seq_id, 0) for e in entries])
 
     def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
                      failed: dict[str, str], last: bool) -> None:

@@ -39,18 +39,19 @@ class Publisher:
     def deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         """Publishes what the scheduler made of a micro-batch that came back."""
         self._observe_batch(plan, route, result)
-        outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed)
+        outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed,
+                                             result.accepted)
         for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
             logger.error("model %s: request %s failed alone: %s", self.model, req.request_id, why)
             release_later(req, route)
             req.finish("error", why)
-        for req, token, reason in outcome.tokens:
-            self._observe_token(req, route)
+        for req, tokens, reason in outcome.tokens:
+            self._observe_tokens(req, route, len(tokens))
             if reason:
                 release_later(req, route)
-                req.finish(reason, token_ids=(token,))
+                req.finish(reason, token_ids=tokens)
             else:
-                req.events.put_nowait(TokenEvent((token,)))
+                req.events.put_nowait(TokenEvent(tokens))
 
     def fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         """The whole micro-batch failed (refused by a node): its requests end with ``why``."""
@@ -103,17 +104,20 @@ class Publisher:
         metrics.BATCH_SEQS.labels(self.model).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.model).observe(plan.num_tokens)
 
-    def _observe_token(self, req: Request, route: Route) -> None:
+    def _observe_tokens(self, req: Request, route: Route, count: int) -> None:
+        """``count`` new tokens of ``req`` (several when drafts were accepted: each is counted with the mean gap)."""
         now = time.monotonic()
+        later = count  # tokens after the first
         if req.first_token_time is None:
             req.first_token_time = now
             metrics.TTFT.labels(self.model).observe(now - req.arrival_time)
-        else:
-            metrics.ITL.labels(self.model).observe(now - req.last_token_time)
+            later -= 1
+        for _ in range(later):
+            metrics.ITL.labels(self.model).observe((now - req.last_token_time) / later)
         req.last_token_time = now
         if req.failover_started is not None:
             self._recovered(req, route)
-        metrics.GENERATION_TOKENS.labels(self.model).inc()
+        metrics.GENERATION_TOKENS.labels(self.model).inc(count)
 
     def _recovered(self, req: Request, route: Route) -> None:
         assert req.failover_started is not None

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from coordinator.speculation import DraftState
 from protos.data_structures import SamplingParams
 
 
@@ -50,6 +51,8 @@ class Request:
     failovers: int = 0  # times its KV was rebuilt on another route after a node was lost
     failover_started: float | None = None  # when the last loss was seen; cleared at the next token
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    speculative: bool = True  # the caller allows speculative decoding (where the model has it on)
+    drafting: DraftState | None = None  # speculative decoding (coordinator/speculation.py); None: plain decoding
 
     @property
     def in_flight(self) -> bool:

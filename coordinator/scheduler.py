@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
+from coordinator.batch import BatchEntry, MicroBatchPlan, StepOutcome, drafts_for, take_tokens
 from coordinator.request import Request, RequestStatus
+
+__all__ = ["BatchEntry", "MicroBatchPlan", "NeverFits", "QueueFull", "Scheduler", "StepOutcome"]
 
 
 class NeverFits(ValueError):
@@ -28,50 +30,6 @@ class NeverFits(ValueError):
 
 class QueueFull(RuntimeError):
     """The waiting queue is at its bound; the client should retry later."""
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """One sequence's rows in a micro-batch."""
-
-    request: Request
-    start_pos: int
-    token_ids: tuple[int, ...]
-    wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
-    seq_id: str = ""  # the request's sequence id when planned (a failover gives it a new one)
-
-    def __post_init__(self) -> None:
-        if not self.seq_id:
-            object.__setattr__(self, "seq_id", self.request.seq_id)
-
-
-@dataclass(frozen=True)
-class MicroBatchPlan:
-    lane: int
-    entries: tuple[BatchEntry, ...]
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(e.token_ids) for e in self.entries)
-
-
-@dataclass
-class StepOutcome:
-    """What one micro-batch did to its requests; the engine publishes it (events, releases, metrics)."""
-
-    tokens: list[tuple[Request, int, str]] = field(default_factory=list)  # (request, new token, finish reason or "")
-    failed: list[tuple[Request, str]] = field(default_factory=list)  # (request, why): it failed alone on a node
-
-
-def finish_reason(req: Request, token: int) -> str:
-    """Why ``req`` ends with ``token`` (already in its output): eos, stop, length; "" while it goes on."""
-    if token in req.eos_token_ids:
-        return "eos"
-    if token in req.stop_token_ids:
-        return "stop"
-    if len(req.output_ids) >= req.max_tokens:
-        return "length"
-    return ""
 
 
 class Scheduler:
@@ -199,12 +157,13 @@ class Scheduler:
         entries: list[BatchEntry] = []
         budget = self.max_batch_tokens
         members = [r for r in self.running if r.lane == lane and not r.in_flight and not r.cancelled]
-        for req in members:
-            if len(entries) >= self.max_batch_seqs or budget < 1:
-                break
-            if req.prefill_done:
-                entries.append(BatchEntry(req, req.num_computed, tuple(req.next_input_ids()), True))
-                budget -= 1
+        decoding = [r for r in members if r.prefill_done][:min(self.max_batch_seqs, budget)]
+        spare = budget - len(decoding)  # for draft tokens (speculative decoding), after one row for each
+        for req in decoding:
+            drafts = drafts_for(req, spare)
+            spare -= len(drafts)
+            entries.append(BatchEntry(req, req.num_computed, (*req.next_input_ids(), *drafts), True, drafts=drafts))
+            budget -= 1 + len(drafts)
         elsewhere = self._prefilling_elsewhere(lane) if self.pipelined_prefill else []
         for req in [*members, *elsewhere]:
             if len(entries) >= self.max_batch_seqs or budget < 1:
@@ -257,11 +216,13 @@ class Scheduler:
                 and r.lane in self.usable and self.lane_routes[r.lane] == route]
 
     def postprocess(self, plan: MicroBatchPlan, next_token_ids: list[int], stage_seconds: list[float],
-                    failed: dict[int, str]) -> StepOutcome:
+                    failed: dict[int, str], accepted: list[int] | None = None) -> StepOutcome:
         """The bookkeeping of a micro-batch that came back, no I/O: positions now in the KV cache, time per stage,
-        each wanted token appended to its request's output, and finish detection. Requests that finished or
-        failed (``failed``: entry index -> why) leave the scheduler; cancelled ones are drained at the next tick."""
+        each wanted token (after the ``accepted`` drafts, per entry) appended to its request's output, and finish
+        detection. Requests that finished or failed (``failed``: entry index -> why) leave the scheduler; cancelled
+        ones are drained at the next tick."""
         out = StepOutcome()
+        accepted = accepted or [0] * len(plan.entries)
         for i, (entry, token) in enumerate(zip(plan.entries, next_token_ids)):
             req = entry.request
             if req.is_finished or entry.seq_id != req.seq_id:
@@ -270,17 +231,16 @@ class Scheduler:
                 self.remove(req)
                 out.failed.append((req, failed[i]))
                 continue
-            req.num_computed += len(entry.token_ids)
             if len(req.stage_seconds) != len(stage_seconds):
                 req.stage_seconds = [0.0] * len(stage_seconds)
             req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, stage_seconds)]
             if not entry.wants_token or req.cancelled or req.is_finished:
+                req.num_computed += len(entry.token_ids)
                 continue  # a prefill chunk (the next follows in this lane), or a request drained at the next tick
-            req.output_ids.append(token)
-            reason = finish_reason(req, token)
+            tokens, reason = take_tokens(entry, token, accepted[i])
             if reason:
                 self.remove(req)
-            out.tokens.append((req, token, reason))
+            out.tokens.append((req, tokens, reason))
         return out
 
     def remove(self, req: Request) -> None:

@@ -106,6 +106,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request_id=request_id, seq_id=f"{request_id}-{uuid.uuid4().hex[:8]}", prompt_ids=prompt,
             max_tokens=request.max_tokens, sampling=sampling, stop_token_ids=frozenset(request.stop_token_ids),
             eos_token_ids=frozenset() if request.ignore_eos else frozenset(meta.eos_token_ids),
+            speculative=not request.no_speculation,
         )
 
     async def _replies(self, model: str, req: Request) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
@@ -122,7 +123,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             yield coordinator_pb2.GenerateResponse(
                 token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
                 prompt_tokens=prompt_tokens, completion_tokens=completion, queue_seconds=req.queue_seconds,
-                stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers)
+                stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers,
+                draft_proposed=req.drafting.proposed if req.drafting else 0,
+                draft_accepted=req.drafting.accepted if req.drafting else 0)
             if event.finish_reason:
                 return
 
@@ -155,6 +158,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if engine.replicas.model_load is not None:
             model.dtype, model.quantization = engine.replicas.model_load.dtype, engine.replicas.model_load.quantization
         model.forwarding, model.wire_dtype = engine.pipeline.forwarding, engine.pipeline.wire_dtype
+        model.speculative = engine.speculation.method
+        model.num_speculative_tokens = engine.speculation.max_draft_tokens
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 shard = self._shard_info(r.node_id, name)
@@ -179,6 +184,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                                  quantization=p.request.model.quantization,
                                                  forwarding=p.request.model.forwarding,
                                                  wire_dtype=p.request.model.wire_dtype,
+                                                 speculative=p.request.model.speculative,
+                                                 num_speculative_tokens=p.request.model.num_speculative_tokens,
                                                  pending_since_unix=p.since))
         return out
 

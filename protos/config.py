@@ -35,7 +35,9 @@ from protos.model_spec import (
     DEFAULT_DTYPE,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
     DEFAULT_QUANTIZATION,
+    DEFAULT_SPECULATIVE,
     DEFAULT_WIRE_DTYPE,
     CheckedSpec,
     SpecProblem,
@@ -78,6 +80,8 @@ class ModelConfig:
     quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8", "int4"; model_spec.py)
     forwarding: str = DEFAULT_FORWARDING  # hidden states stage to stage ("direct") or through the coordinator
     wire_dtype: str = DEFAULT_WIRE_DTYPE  # of hidden states between stages ("auto": the model's dtype)
+    speculative: str = DEFAULT_SPECULATIVE  # draft tokens verified in one pass ("ngram") or plain decoding ("off")
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS  # drafts per step at most
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -89,7 +93,8 @@ class ModelConfig:
         """From a spec that passed protos/model_spec.py's rules (config.json, AddModel)."""
         ranges = None if spec.layer_ranges is None else tuple(LayerRange(*r) for r in spec.layer_ranges)
         return cls(spec.name, spec.source, spec.dtype, spec.device, spec.stages, ranges, spec.kv_cache_tokens,
-                   spec.max_context, spec.pipeline_depth, spec.quantization, spec.forwarding, spec.wire_dtype)
+                   spec.max_context, spec.pipeline_depth, spec.quantization, spec.forwarding, spec.wire_dtype,
+                   spec.speculative, spec.num_speculative_tokens)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,13 @@ DEFAULT_FORWARDING = "direct"
 # scale per row. See protos/activations.py; `make bench` measures each one's agreement and bytes per token.
 ALLOWED_WIRE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 DEFAULT_WIRE_DTYPE = "auto"
+# Speculative decoding: "ngram" (draft tokens from the sequence's own prompt and output, verified in one pass
+# through every stage; the output is that of plain decoding) or "off". ``num_speculative_tokens``: drafts verified
+# per step at most (each sequence adapts below it). See coordinator/speculation.py.
+ALLOWED_SPECULATIVE = ("ngram", "off")
+DEFAULT_SPECULATIVE = "ngram"
+DEFAULT_NUM_SPECULATIVE_TOKENS = 8
+MAX_NUM_SPECULATIVE_TOKENS = 32
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
 DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
@@ -56,9 +63,9 @@ FOLDER_NAME_RULE = ("a folder name of the model cache: at most 255 bytes as UTF-
 
 Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
 CONFIG_FIELDS = ("name", "source", "dtype", "quantization", "device", "nodes", "layer_ranges", "kv_cache_tokens",
-                 "max_context", "pipeline_depth", "forwarding", "wire_dtype")
+                 "max_context", "pipeline_depth", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
 REQUEST_FIELDS = ("name", "source", "dtype", "quantization", "device", "replicas", "nodes", "layer_ranges",
-                  "kv_cache_tokens", "max_context", "forwarding", "wire_dtype")
+                  "kv_cache_tokens", "max_context", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
 
 
 class SpecProblem(ValueError):
@@ -92,6 +99,8 @@ class CheckedSpec:
     replicas: int = DEFAULT_REPLICAS
     forwarding: str = DEFAULT_FORWARDING
     wire_dtype: str = DEFAULT_WIRE_DTYPE
+    speculative: str = DEFAULT_SPECULATIVE
+    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
 
 
 def text_problem(value: str) -> str:
@@ -190,6 +199,17 @@ def check_wire_dtype(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_speculative(value: object) -> str:
+    if value not in ALLOWED_SPECULATIVE:
+        raise SpecProblem("speculative", f"must be one of {list(ALLOWED_SPECULATIVE)} (ngram: draft tokens from the "
+                                         f"sequence's own prompt and output, verified in one pass), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_num_speculative_tokens(value: object) -> int:
+    return _int_in("num_speculative_tokens", value, 1, MAX_NUM_SPECULATIVE_TOKENS, " (draft tokens per step)")
+
+
 def check_device(value: object) -> str:
     if device_problem(value):
         raise SpecProblem("device", device_problem(value))
@@ -265,12 +285,14 @@ SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs
     "name": check_name, "dtype": check_dtype, "quantization": check_quantization, "device": check_device,
     "kv_cache_tokens": check_kv_cache_tokens, "max_context": check_max_context,
     "pipeline_depth": check_pipeline_depth, "replicas": check_replicas, "forwarding": check_forwarding,
-    "wire_dtype": check_wire_dtype,
+    "wire_dtype": check_wire_dtype, "speculative": check_speculative,
+    "num_speculative_tokens": check_num_speculative_tokens,
 }
 DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "quantization": DEFAULT_QUANTIZATION, "device": DEFAULT_DEVICE,
                             "max_context": None, "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
                             "replicas": DEFAULT_REPLICAS, "forwarding": DEFAULT_FORWARDING,
-                            "wire_dtype": DEFAULT_WIRE_DTYPE}
+                            "wire_dtype": DEFAULT_WIRE_DTYPE, "speculative": DEFAULT_SPECULATIVE,
+                            "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS}
 
 
 def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mapping[str, object] | None = None,

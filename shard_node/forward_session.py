@@ -187,6 +187,9 @@ class ForwardSession:
             ran = iter(result.next_token_ids)
             gone = set(dropped)
             reply.next_token_ids.extend(-1 if s.seq_id in gone else next(ran) for s in req.seqs)
+            if any(result.accepted_drafts):  # speculative decoding (none accepted: left empty)
+                accepted = iter(result.accepted_drafts)
+                reply.accepted_drafts.extend(0 if s.seq_id in gone else next(accepted) for s in req.seqs)
         if result.logits is not None:
             reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
         reply.forward_seconds = result.forward_seconds
@@ -251,7 +254,8 @@ class ForwardSession:
             label = req.model if req.model in self.ctx.runners else "(not loaded)"  # callers may send any name
             metrics.REFUSED.labels(label, self.ctx.node_id, reply.error_code).inc()
             return
-        phase = "prefill" if any(s.num_tokens > 1 or s.start_pos == 0 for s in req.seqs) else "decode"
+        phase = ("prefill" if any(s.num_tokens > 1 + len(s.draft_token_ids) or s.start_pos == 0 for s in req.seqs)
+                 else "decode")  # a verify slice (the newest token and its drafts) is decode
         logger.debug("batch %d (%s): %s of %d sequence(s) in %.1f ms", req.batch_id, req.request_id, phase,
                      len(req.seqs), reply.forward_seconds * 1000)
         metrics.FORWARD_SECONDS.labels(req.model, self.ctx.node_id, phase).observe(reply.forward_seconds)
@@ -266,10 +270,10 @@ def decode_batch(runner: ShardRunner, req: shard_pb2.ForwardRequest, given: _Inp
         raise BatchError("INVALID_ARGUMENT", f"a micro-batch carries at most {max_seqs} sequences and "
                          f"{2 * max_seqs} releases, got {len(req.seqs)} and {len(req.release_seq_ids)}")
     for s in req.seqs:
-        if not 0 <= s.num_tokens <= max_ctx or len(s.recent_token_ids) > max_ctx:
+        if not 0 <= s.num_tokens <= max_ctx or max(len(s.recent_token_ids), len(s.draft_token_ids)) > max_ctx:
             raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id[:64]!r}: num_tokens must be in [1, "
-                             f"{max_ctx}] and recent_token_ids at most {max_ctx} long (the context), got "
-                             f"{s.num_tokens} and {len(s.recent_token_ids)}")
+                             f"{max_ctx}] and recent_token_ids and draft_token_ids at most {max_ctx} long (the "
+                             f"context), got {s.num_tokens}, {len(s.recent_token_ids)} and {len(s.draft_token_ids)}")
     total = sum(s.num_tokens for s in given.seqs)
     ids = list(req.token_ids) if given.token_ids is None else given.token_ids
     if runner.is_first and len(ids) != total:
@@ -287,4 +291,4 @@ def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
     except ValueError as e:
         sampling, invalid = SamplingParams(), str(e)
     return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
-                      tuple(s.recent_token_ids), s.no_sample, invalid)
+                      tuple(s.recent_token_ids), s.no_sample, invalid, tuple(s.draft_token_ids))

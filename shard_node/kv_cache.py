@@ -45,6 +45,8 @@ class SequenceCache:
     blocks: list[int] = field(default_factory=list)  # the block table: pool blocks holding positions in order
     first_slot: int | None = None  # slot of position 0 when the blocks are one run (positions in consecutive slots)
     length: int = 0  # positions filled
+    draft_start: int | None = None  # speculative decoding: positions from here to ``length`` hold drafts not yet
+    # known to be accepted; the next micro-batch may start anywhere in [draft_start, length] (overwriting the rest)
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
     last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
 

@@ -17,8 +17,8 @@ from shard_node.attention import plan_batch
 from shard_node.gguf_weights import GgufBlocks
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
-from shard_node.sampler import sample_next
 from shard_node.shard_model import ShardModel
+from shard_node.speculative import greedy_accepted, verify_drafts
 from shard_node.weights import load_shard_weights
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class SliceInput:
     recent_token_ids: tuple[int, ...] = ()
     no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
     invalid: str = ""  # why this slice cannot run (e.g. its sampling parameters); it fails alone
+    draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
+    # last stage (shard_node/speculative.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class BatchResult:
     logits: torch.Tensor | None = None  # [slices that ran and wanted a token, vocab] when asked
     forward_seconds: float = 0.0
     row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
+    accepted_drafts: list[int] = field(default_factory=list)  # last stage: per slice, its drafts accepted
 
 
 class ShardRunner:
@@ -156,6 +159,11 @@ class ShardRunner:
             return "INVALID_ARGUMENT", f"{where}: {s.invalid}"
         if s.start_pos < 0:
             return "INVALID_ARGUMENT", f"{where}: start_pos must be >= 0, got {s.start_pos}"
+        if s.draft_token_ids and (len(s.draft_token_ids) >= s.num_tokens or s.no_sample):
+            return "INVALID_ARGUMENT", (f"{where}: {len(s.draft_token_ids)} draft tokens need a slice of more rows "
+                                        f"(num_tokens {s.num_tokens}) that samples (no_sample is set: {s.no_sample})")
+        if s.draft_token_ids and not all(0 <= t < self.spec.vocab_size for t in s.draft_token_ids):
+            return "INVALID_ARGUMENT", f"{where}: draft token ids must be in [0, {self.spec.vocab_size})"
         if s.start_pos == 0:
             if s.seq_id in self.kv and s.seq_id not in batch.release_seq_ids:
                 return "FAILED_PRECONDITION", f"{where} already has a KV cache; release it first"
@@ -170,9 +178,11 @@ class ShardRunner:
             entry = self.kv.get(s.seq_id)
             if entry.owner != owner:
                 return "FAILED_PRECONDITION", f"{where} belongs to another Forward stream"
-            if s.start_pos != entry.length:
+            if s.start_pos != entry.length and not (entry.draft_start is not None
+                                                    and entry.draft_start <= s.start_pos <= entry.length):
+                drafts = "" if entry.draft_start is None else f" (drafts from position {entry.draft_start})"
                 return "FAILED_PRECONDITION", (f"{where}: start_pos {s.start_pos} but the cache holds {entry.length} "
-                                               "positions")
+                                               f"positions{drafts}")
             if s.start_pos + s.num_tokens > entry.capacity:
                 return "FAILED_PRECONDITION", (f"{where}: positions up to {s.start_pos + s.num_tokens} exceed the "
                                                f"{entry.capacity} tokens reserved at prefill")
@@ -209,7 +219,8 @@ class ShardRunner:
         started = time.perf_counter()
         for seq_id in batch.release_seq_ids:
             self.kv.release(seq_id)
-        result = BatchResult(next_token_ids=[-1] * len(batch.slices) if self.is_last else [])
+        result = BatchResult(next_token_ids=[-1] * len(batch.slices) if self.is_last else [],
+                             accepted_drafts=[0] * len(batch.slices) if self.is_last else [])
         good: list[int] = []
         rows_in: list[slice] = []
         row = 0
@@ -253,7 +264,8 @@ class ShardRunner:
             x = source.to(self.device)
         x = self.model.forward_layers(x, pos, paged)
         for s, entry in zip(slices, entries):
-            entry.length = s.start_pos + s.num_tokens
+            entry.length = s.start_pos + s.num_tokens  # rejected drafts of an earlier step are overwritten now
+            entry.draft_start = entry.length - len(s.draft_token_ids) if s.draft_token_ids else None
         if self.is_last:
             self._sample(batch, good, entries, x, rows, errors, result)
         else:
@@ -261,33 +273,38 @@ class ShardRunner:
 
     def _sample(self, batch: MicroBatch, good: list[int], entries: list[SequenceCache], x: torch.Tensor,
                 rows: list[slice], errors: dict[int, RowError], result: BatchResult) -> None:
-        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for).
+        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for), and of
+        every draft row; then each wanted token, after verifying the drafts (shard_node/speculative.py).
 
         ``good[k]`` is the batch index of the k-th computed slice; a row whose sampling fails fails alone."""
         wanted = [k for k, i in enumerate(good) if batch.return_logits or not batch.slices[i].no_sample]
         if not wanted:
             return
-        last_rows = torch.tensor([rows[k].stop - 1 for k in wanted], device=x.device)
-        logits = self.model.logits(x.index_select(0, last_rows))
+        scored = [range(rows[k].stop - 1 - len(batch.slices[good[k]].draft_token_ids), rows[k].stop) for k in wanted]
+        picked = torch.tensor([r for span in scored for r in span], device=x.device)
+        logits = self.model.logits(x.index_select(0, picked))
+        ends = [0]
+        for span in scored:
+            ends.append(ends[-1] + len(span))
         if batch.return_logits:
-            result.logits = logits
-        sampled = [j for j, k in enumerate(wanted) if not batch.slices[good[k]].no_sample]
-        greedy = [j for j in sampled if self._is_plain_greedy(batch.slices[good[wanted[j]]].sampling)]
-        if greedy:
-            picks = torch.argmax(logits[greedy], dim=-1).tolist()
-            for j, token in zip(greedy, picks):
-                result.next_token_ids[good[wanted[j]]] = int(token)
-        for j in sampled:
-            k = wanted[j]
+            result.logits = logits[torch.tensor(ends[1:], device=logits.device) - 1]
+        plain = {j for j, k in enumerate(wanted) if self._is_plain_greedy(batch.slices[good[k]].sampling)}
+        choices = torch.argmax(logits, dim=-1).tolist() if plain else []
+        for j, k in enumerate(wanted):
             i = good[k]
-            if result.next_token_ids[i] >= 0:
-                continue
             s, entry = batch.slices[i], entries[k]
+            if s.no_sample:
+                continue
             try:
                 if s.sampling.seed is not None and entry.generator is None:
                     entry.generator = torch.Generator().manual_seed(s.sampling.seed)
-                result.next_token_ids[i] = sample_next(logits[j], s.sampling, entry.generator,
-                                                       list(s.recent_token_ids))
+                drafts = list(s.draft_token_ids)
+                if j in plain:
+                    accepted, token = greedy_accepted(choices[ends[j]:ends[j + 1]], drafts)
+                else:
+                    accepted, token = verify_drafts(logits[ends[j]:ends[j + 1]], drafts, s.sampling,
+                                                    entry.generator, list(s.recent_token_ids))
+                result.next_token_ids[i], result.accepted_drafts[i] = token, accepted
             except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
                 logger.warning("sequence %s: %s", s.seq_id, e)
                 errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")

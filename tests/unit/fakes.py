@@ -35,9 +35,26 @@ class FakeContext:
 VOCAB = 1000
 
 
+COPY_PERIOD: list[int] = []  # a test sets one value P: the fake model then mostly repeats itself (see next_token)
+
+
 def next_token(context: list[int]) -> int:
-    """The fake model: the next token depends on the whole context (so a replay must rebuild it exactly)."""
+    """The fake model: the next token depends on the whole context (so a replay must rebuild it exactly). With
+    COPY_PERIOD [P] it copies the token P back, except at every 11th position (drafts from the context are then
+    right for a while and then wrong, as in a rewrite of a given text)."""
+    if COPY_PERIOD and len(context) >= COPY_PERIOD[0] and len(context) % 11:
+        return context[-COPY_PERIOD[0]]
     return (sum((i + 1) * t for i, t in enumerate(context)) * 7 + len(context)) % (VOCAB - 10) + 10
+
+
+def verify(context: list[int], drafts: list[int]) -> tuple[int, int]:
+    """The last stage's check of the drafts that end ``context``: (how many the fake model agrees with, the token
+    after them)."""
+    base = len(context) - len(drafts)
+    accepted = 0
+    while accepted < len(drafts) and next_token(context[:base + accepted]) == drafts[accepted]:
+        accepted += 1
+    return accepted, next_token(context[:base + accepted])
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -120,9 +137,12 @@ class FakeStream:
         self.on_stream_lost: Callable[[Any, str], None] | None = None
         self.used = False
         self.watched: dict[int, asyncio.Future[shard_pb2.ForwardResponse]] = {}
+        self.pending: list[asyncio.Future[shard_pb2.ForwardResponse]] = []  # replies not in yet (a drop fails them)
 
     async def send(self, request: shard_pb2.ForwardRequest) -> Awaitable[shard_pb2.ForwardResponse]:
         fut: asyncio.Future[shard_pb2.ForwardResponse] = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        fut.add_done_callback(self.pending.remove)
         await self._take(request, fut)
         return self._reply(fut)
 
@@ -196,7 +216,8 @@ class FakeStream:
             self.node.network.hand_on(request, reply, self.node_id, upstream)
         elif upstream is not None:
             reply.upstream.extend(upstream.reports)
-        fut.set_result(reply)
+        if not fut.done():  # else failed with the stream
+            fut.set_result(reply)
 
     async def _run_handed(self, request: shard_pb2.ForwardRequest,
                           fut: asyncio.Future[shard_pb2.ForwardResponse]) -> None:
@@ -214,10 +235,11 @@ class FakeStream:
         kept.hidden.data = handoff.hidden.data
         reply = self._run_or_refuse(kept)
         if not request.forward_to and not reply.error_code:  # the last stage: one token per slice it was sent
-            ran = iter(reply.next_token_ids)
-            tokens = [-1 if s.seq_id in dropped else next(ran) for s in request.seqs]
-            del reply.next_token_ids[:]
-            reply.next_token_ids.extend(tokens)
+            for field, none in ((reply.next_token_ids, -1), (reply.accepted_drafts, 0)):
+                ran = iter(list(field))
+                values = [none if s.seq_id in dropped else next(ran) for s in request.seqs]
+                del field[:]
+                field.extend(values)
         self._finish(request, reply, fut, handoff)
 
     async def notify(self, request: shard_pb2.ForwardRequest) -> None:
@@ -233,7 +255,7 @@ class FakeStream:
 
     def drop(self, why: str) -> None:
         self.node.caches.pop(self.model, None)  # a node frees every cache of a broken stream
-        for fut in self.watched.values():
+        for fut in [*self.pending, *self.watched.values()]:
             if not fut.done():
                 fut.set_exception(StageError(self.node_id, "UNAVAILABLE", why, stream_lost=True))
         self.watched.clear()
@@ -272,6 +294,7 @@ class FakeNodeClient:
         self.hold_next: asyncio.Event | None = None  # the next Forward write waits for this event
         self.shards: dict[str, FakeShard] = {}
         self.caches: dict[str, dict[str, list[int]]] = {}  # model -> seq_id -> tokens it holds
+        self.draft_floors: dict[str, dict[str, int]] = {}  # model -> seq_id -> where its unverified drafts start
         self.forwarded: list[Forwarded] = []
         self.released: list[str] = []  # seq_ids freed by Release calls
         self.loads: list[ShardLoad] = []
@@ -354,19 +377,26 @@ class FakeNodeClient:
         reply = shard_pb2.ForwardResponse(batch_id=request.batch_id, forward_seconds=0.001)
         kept: list[int] = []
         offset = 0
+        floors = self.draft_floors.setdefault(model, {})
         for s in request.seqs:
             rows, offset = tokens[offset:offset + s.num_tokens], offset + s.num_tokens
             held = cache.get(s.seq_id, []) if s.start_pos > 0 else []
-            if s.seq_id in self.fail_rows or len(held) != s.start_pos:
+            rewinds = floors.get(s.seq_id, len(held)) <= s.start_pos <= len(held)  # over unverified drafts
+            if s.seq_id in self.fail_rows or not (len(held) == s.start_pos or rewinds):
                 why = "chosen to fail" if s.seq_id in self.fail_rows else f"position {s.start_pos} != {len(held)}"
                 reply.seq_errors.add(seq_id=s.seq_id, code="INVALID_ARGUMENT", message=why)
                 reply.next_token_ids.append(-1)
+                reply.accepted_drafts.append(0)
                 continue
-            cache[s.seq_id] = held + [int(t) for t in rows]
+            cache[s.seq_id] = context = held[:s.start_pos] + [int(t) for t in rows]
+            floors[s.seq_id] = len(context) - len(s.draft_token_ids)
             kept.extend(int(t) for t in rows)
-            reply.next_token_ids.append(-1 if s.no_sample else next_token(cache[s.seq_id]))
+            accepted, token = verify(context, list(s.draft_token_ids))
+            reply.next_token_ids.append(-1 if s.no_sample else token)
+            reply.accepted_drafts.append(accepted)
         if not last:
             del reply.next_token_ids[:]
+            del reply.accepted_drafts[:]
             reply.hidden.CopyFrom(common_pb2.Tensor(dtype="int32", shape=[len(kept), 1],
                                                     data=struct.pack(f"<{len(kept)}i", *kept)))
         return reply

@@ -1,0 +1,81 @@
+"""What a micro-batch holds (one entry per sequence) and what coming back does to one sequence: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.request import Request
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One sequence's rows in a micro-batch."""
+
+    request: Request
+    start_pos: int
+    token_ids: tuple[int, ...]
+    wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
+    seq_id: str = ""  # the request's sequence id when planned (a failover gives it a new one)
+    drafts: tuple[int, ...] = ()  # speculative decoding: the last len(drafts) token_ids, to be verified
+
+    def __post_init__(self) -> None:
+        if not self.seq_id:
+            object.__setattr__(self, "seq_id", self.request.seq_id)
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    lane: int
+    entries: tuple[BatchEntry, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e.token_ids) for e in self.entries)
+
+
+@dataclass
+class StepOutcome:
+    """What one micro-batch did to its requests; the engine publishes it (events, releases, metrics)."""
+
+    # (request, its new tokens (several when drafts were accepted), finish reason or "")
+    tokens: list[tuple[Request, tuple[int, ...], str]] = field(default_factory=list)
+    failed: list[tuple[Request, str]] = field(default_factory=list)  # (request, why): it failed alone on a node
+
+
+def finish_reason(req: Request, token: int) -> str:
+    """Why ``req`` ends with ``token`` (already in its output): eos, stop, length; "" while it goes on."""
+    if token in req.eos_token_ids:
+        return "eos"
+    if token in req.stop_token_ids:
+        return "stop"
+    if len(req.output_ids) >= req.max_tokens:
+        return "length"
+    return ""
+
+
+def drafts_for(req: Request, spare: int) -> tuple[int, ...]:
+    """Draft tokens to verify after the request's newest token: at most ``spare`` (the micro-batch's budget) and
+    never past max_tokens (the token after the drafts is one more)."""
+    if req.drafting is None:
+        return ()
+    limit = min(spare, req.max_tokens - len(req.output_ids) - 1)
+    return tuple(req.drafting.propose(req.context_ids(), len(req.output_ids), limit))
+
+
+def take_tokens(entry: BatchEntry, token: int, accepted: int) -> tuple[tuple[int, ...], str]:
+    """A decode entry came back with ``token`` after ``accepted`` of its drafts: its positions up to the last
+    accepted draft are in the KV caches now, and the new tokens go to the output up to the first that ends it."""
+    req = entry.request
+    req.num_computed = entry.start_pos + len(entry.token_ids) - len(entry.drafts) + accepted
+    if entry.drafts:
+        req.num_scheduled = req.num_computed  # the rejected drafts' positions are overwritten by the next step
+        assert req.drafting is not None
+        req.drafting.record(len(entry.drafts), accepted, len(req.output_ids) + accepted + 1)
+    new: list[int] = []
+    for t in (*entry.drafts[:accepted], token):
+        req.output_ids.append(t)
+        new.append(t)
+        reason = finish_reason(req, t)
+        if reason:
+            return tuple(new), reason
+    return tuple(new), ""

@@ -1,0 +1,100 @@
+"""Speculative decoding on the coordinator: draft tokens for a sequence, and how many to propose next.
+
+Drafts come from the sequence itself (prompt lookup, an n-gram index): the newest ``n`` tokens are looked up among
+the earlier ones (longest ``n`` first, most recent match first), and the tokens that followed that match are
+proposed. Copying is common (a rewrite, an edit of given code, an answer quoting its sources), and the lookup costs
+a dictionary probe per step. The drafts go through every stage as one chunk after the newest token; the last stage
+keeps the prefix its own sampling agrees with (shard_node/speculative.py), so the output is exactly that of plain
+decoding.
+
+How many to propose adapts per sequence (``DraftState``): every draft accepted lets it propose two more next time;
+a partly accepted step, one fewer. A step with none accepted makes the sequence decode plainly for a while
+(1, 2, 4, ... up to 64 tokens), so a stream whose drafts keep missing costs almost nothing over plain decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protos.model_spec import DEFAULT_NUM_SPECULATIVE_TOKENS, DEFAULT_SPECULATIVE
+
+NGRAM_MIN, NGRAM_MAX = 2, 4  # lengths of the suffix looked up
+START_DRAFTS = 4  # a new sequence's first proposals
+MAX_BACKOFF_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class SpeculationConfig:
+    method: str = DEFAULT_SPECULATIVE  # ngram | off
+    max_draft_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "off" and self.max_draft_tokens > 0
+
+
+@dataclass
+class NgramIndex:
+    """Where each n-gram of a token list last appeared with a token after it: n-gram -> that token's position."""
+
+    min_n: int = NGRAM_MIN
+    max_n: int = NGRAM_MAX
+    table: dict[tuple[int, ...], int] = field(default_factory=dict)
+    indexed: int = 1  # positions p < indexed are in the table as continuations
+
+    def update(self, tokens: list[int]) -> None:
+        for p in range(self.indexed, len(tokens)):
+            for n in range(self.min_n, min(self.max_n, p) + 1):
+                self.table[tuple(tokens[p - n:p])] = p
+        self.indexed = max(self.indexed, len(tokens))
+
+    def lookup(self, tokens: list[int], limit: int) -> list[int]:
+        """Up to ``limit`` tokens that followed the latest earlier occurrence of the longest suffix found."""
+        self.update(tokens)
+        for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
+            at = self.table.get(tuple(tokens[len(tokens) - n:]))
+            if at is not None:
+                return tokens[at:at + limit]
+        return []
+
+
+@dataclass
+class DraftState:
+    """One sequence's speculation: its index, its current draft length, and what it proposed and got accepted."""
+
+    max_draft_tokens: int
+    index: NgramIndex = field(default_factory=NgramIndex)
+    draft_tokens: int = START_DRAFTS  # proposed next (at most)
+    resume_at: int = 0  # output length before which it decodes plainly (after a step with nothing accepted)
+    misses: int = 0  # steps in a row with nothing accepted
+    proposed: int = 0
+    accepted: int = 0
+    steps: int = 0  # verify steps
+
+    def __post_init__(self) -> None:
+        self.draft_tokens = min(self.draft_tokens, self.max_draft_tokens)
+
+    def propose(self, context: list[int], num_output: int, limit: int) -> list[int]:
+        """Drafts to verify after the newest token of ``context`` (at most ``limit``; none while backing off)."""
+        if num_output < self.resume_at or limit < 1:
+            return []
+        return self.index.lookup(context, min(self.draft_tokens, limit))
+
+    def would_propose(self, context: list[int], num_output: int) -> bool:
+        return bool(self.propose(context, num_output, 1))
+
+    def record(self, proposed: int, accepted: int, num_output: int) -> None:
+        """A verify step came back: ``accepted`` of ``proposed`` drafts; the sequence now has ``num_output``."""
+        self.proposed += proposed
+        self.accepted += accepted
+        self.steps += 1
+        if accepted == proposed:
+            self.draft_tokens = min(self.draft_tokens + 2, self.max_draft_tokens)
+            self.misses = 0
+        elif accepted > 0:
+            self.draft_tokens = max(self.draft_tokens - 1, 1)
+            self.misses = 0
+        else:
+            self.draft_tokens = max(self.draft_tokens - 1, 1)
+            self.misses += 1
+            self.resume_at = num_output + min(2 ** (self.misses - 1), MAX_BACKOFF_TOKENS)
