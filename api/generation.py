@@ -38,6 +38,8 @@ class TextChunk:
     stage_seconds: list[float] = field(default_factory=list)  # per stage compute time so far
     route: list[str] = field(default_factory=list)  # node of each stage that carries it now
     failovers: int = 0  # times it moved to replicas after a node was lost
+    draft_proposed: int = 0  # speculative decoding so far: draft tokens verified ...
+    draft_accepted: int = 0  # ... and accepted
 
 
 def _failure(stop: str) -> list[int]:
@@ -111,7 +113,8 @@ class GenerationTimes:
 
 class Generation:
     def __init__(self, backend: Backend, model: str, prompt_ids: list[int], max_tokens: int,
-                 sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False) -> None:
+                 sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False,
+                 speculative: bool = True) -> None:
         self.backend = backend
         self.model = model
         self.prompt_ids = prompt_ids
@@ -120,13 +123,15 @@ class Generation:
         self.stops = stops
         self.request_id = request_id
         self.ignore_eos = ignore_eos
+        self.speculative = speculative  # False: the coordinator decodes one token per step for it
         self.times = GenerationTimes()
         self._call: grpc.aio.UnaryStreamCall | None = None
 
     async def start(self) -> None:
         """Sends the request; returns once the coordinator accepted it, raises ApiError otherwise."""
         self._call = self.backend.coordinator.generate(self.model, self.prompt_ids, self.max_tokens, self.sampling,
-                                                       self.request_id, ignore_eos=self.ignore_eos)
+                                                       self.request_id, ignore_eos=self.ignore_eos,
+                                                       speculative=self.speculative)
         try:
             await self._read()
         except BaseException:
@@ -164,7 +169,8 @@ class Generation:
                     self.times.first_token = time.perf_counter()
                 stats = TextChunk("", prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
                                   queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
-                                  route=list(reply.route), failovers=reply.failovers)  # each chunk's usage
+                                  route=list(reply.route), failovers=reply.failovers,
+                                  draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted)
                 back = None
                 if reply.token_ids:
                     window.extend(reply.token_ids)

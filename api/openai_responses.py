@@ -9,14 +9,21 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
+class SpeculativeUsage(BaseModel):
+    proposed: int = Field(..., description="draft tokens sent through the pipeline for verification")
+    accepted: int = Field(..., description="of those, the ones the model's own choice agreed with")
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    speculative: SpeculativeUsage | None = Field(None, description="extra: speculative decoding of this request")
 
     @classmethod
-    def of(cls, prompt: int, completion: int) -> UsageInfo:
-        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    def of(cls, prompt: int, completion: int, proposed: int = 0, accepted: int = 0) -> UsageInfo:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   speculative=SpeculativeUsage(proposed=proposed, accepted=accepted))
 
 
 def now() -> int:

@@ -63,6 +63,8 @@ class SamplingRequest(BaseModel):
     repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
                                              allow_inf_nan=False, description="extra: > 1 discourages repeats")
     ignore_eos: bool = Field(False, description="extra: keep generating after EOS (benchmarks)")
+    speculative: bool | None = Field(None, description="extra: false decodes one token per step (no draft tokens "
+                                     "verified); default: the model's setting. The output is the same either way")
 
     @field_validator("stop")
     @classmethod

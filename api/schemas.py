@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from api.openai_responses import SpeculativeUsage
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
@@ -48,6 +49,8 @@ class ProcessRequest(BaseModel):
                                          f"{MAX_STOP_CHARS} characters, applied on the text")
     chat: bool | None = Field(None, description="apply the chat template (default: true when the model has one)")
     ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
+    speculative: bool = Field(True, description="false: one token per step, no draft tokens verified (the output is "
+                              "the same either way); true: the model's setting")
 
     @field_validator("stop")
     @classmethod
@@ -62,6 +65,7 @@ class ProcessRequest(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    speculative: SpeculativeUsage | None = Field(None, description="draft tokens proposed and accepted")
 
 
 class StageTime(BaseModel):

@@ -53,6 +53,13 @@ LINK_BYTES = Counter("shardline_link_bytes", "bytes of hidden states and tokens 
                      "ids or coordinator)", ["model_name", "src", "dst"])
 LINK_RTT = Histogram("shardline_link_round_trip_seconds", "one round trip over a link, as measured by a micro-batch",
                      ["model_name", "src", "dst"], buckets=RTT_BUCKETS)
+# speculative decoding: the acceptance rate is accepted / proposed, the tokens per verify step
+# (accepted + steps) / steps
+DRAFT_PROPOSED = Counter("shardline_spec_decode_num_draft_tokens", "draft tokens verified (speculative decoding)",
+                         ["model_name"])
+DRAFT_ACCEPTED = Counter("shardline_spec_decode_num_accepted_tokens", "draft tokens accepted", ["model_name"])
+DRAFT_STEPS = Counter("shardline_spec_decode_num_drafts", "sequence steps that verified drafts (each yields its "
+                      "accepted drafts plus one token)", ["model_name"])
 TRAFFIC = TrafficHistory()  # the last few minutes of the three above, per model (Cluster RPC, the web UI)
 
 # --- failures ---------------------------------------------------------------------------------------------
@@ -143,7 +150,8 @@ class ClusterSnapshot:
 
 def init_model(model: str, nodes: list[str]) -> None:
     """Creates a model's series at zero, so dashboards show 0 (not "no data") before the first event."""
-    for metric in (FAILOVERS, RECOVERIES, RECOVERY_SECONDS, FAILURES, PROMPT_TOKENS, GENERATION_TOKENS):
+    for metric in (FAILOVERS, RECOVERIES, RECOVERY_SECONDS, FAILURES, PROMPT_TOKENS, GENERATION_TOKENS,
+                   DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS):
         metric.labels(model)
     for node in nodes:
         NODE_DOWN.labels(model, node)
@@ -168,7 +176,7 @@ def observe_link(model: str, src: str, dst: str, nbytes: int, rtt_s: float | Non
 
 MODEL_SERIES = (TTFT, ITL, E2E, QUEUE, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESS, FAILURES, STAGE_SECONDS, BATCH_SEQS,
                 BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN, STAGE_BUSY, LINK_BYTES,
-                LINK_RTT)  # all have model_name
+                LINK_RTT, DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS)  # all have model_name
 NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN, STAGE_BUSY)  # those that also have node
 LINK_SERIES = (LINK_BYTES, LINK_RTT)  # those with src and dst (a node at either end)
 

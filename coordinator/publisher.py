@@ -103,6 +103,12 @@ class Publisher:
             metrics.STAGE_SECONDS.labels(self.model, replica.node_id, phase).observe(seconds)
         metrics.BATCH_SEQS.labels(self.model).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.model).observe(plan.num_tokens)
+        verified = [(e, n) for i, (e, n) in enumerate(zip(plan.entries, result.accepted)) if e.drafts
+                    and i not in result.failed]
+        if verified:
+            metrics.DRAFT_STEPS.labels(self.model).inc(len(verified))
+            metrics.DRAFT_PROPOSED.labels(self.model).inc(sum(len(e.drafts) for e, _ in verified))
+            metrics.DRAFT_ACCEPTED.labels(self.model).inc(sum(n for _, n in verified))
 
     def _observe_tokens(self, req: Request, route: Route, count: int) -> None:
         """``count`` new tokens of ``req`` (several when drafts were accepted: each is counted with the mean gap)."""

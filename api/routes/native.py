@@ -15,6 +15,7 @@ from api.backend import Backend
 from api.deps import get_backend
 from api.errors import ApiError
 from api.generation import Generation, TextChunk
+from api.openai_responses import SpeculativeUsage
 from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, json_data, named_events, sse_content
 from api.schemas import (
     DetokenizeRequest,
@@ -61,7 +62,7 @@ async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_
     sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
     assert isinstance(body.stop, list)  # ProcessRequest._check_stop stores every stop as a list
     gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
-                     body.ignore_eos)
+                     body.ignore_eos, body.speculative)
     logger.info("request %s: %s model=%s prompt=%d tokens max_tokens=%d", gen.request_id, "process", info.name,
                 len(prompt_ids), max_tokens)
     return info, gen
@@ -89,7 +90,9 @@ def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: T
         text=text, processingTime=round(elapsed_ms, 1), queueTime=round(last.queue_seconds * 1000, 1),
         timeToFirstToken=None if ttft is None else round(ttft * 1000, 1),
         tokensPerSecond=round(times.decode_rate(last.completion_tokens), 2), nodeCount=info.num_stages,
-        model=info.name, usage=Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens),
+        model=info.name, usage=Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
+                                         speculative=SpeculativeUsage(proposed=last.draft_proposed,
+                                                                      accepted=last.draft_accepted)),
         finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds, last.route),
         failovers=last.failovers, metadata=metadata)
 

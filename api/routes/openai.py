@@ -95,7 +95,7 @@ def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk,
                 if chunk.finish_reason:
                     yield sse(make("", chunk.finish_reason, None))
                     if body.include_usage:
-                        yield sse(make("", None, UsageInfo.of(chunk.prompt_tokens, chunk.completion_tokens)))
+                        yield sse(make("", None, _usage(chunk)))
                     _log_done(gen, chunk)
                     break
                 chunk = await anext(chunks)
@@ -107,6 +107,10 @@ def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk,
         yield "data: [DONE]\n\n"
 
     return event_stream(events())
+
+
+def _usage(last: TextChunk) -> UsageInfo:
+    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, last.draft_proposed, last.draft_accepted)
 
 
 def _log_done(gen: Generation, last: TextChunk) -> None:
@@ -143,7 +147,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
                              max_param=body.limit_field)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
+                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False)
     logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id, info.name,
                 len(prompt_ids), max_tokens, body.stream)
     chunks = gen.chunks()
@@ -163,7 +167,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return ChatCompletionResponse(
-        id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),
+        id=gen.request_id, model=info.name, usage=_usage(last),
         choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)])
 
 
@@ -177,7 +181,7 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos)
+                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False)
     logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
                 info.name, len(prompt_ids), max_tokens, body.stream)
     echo = ""
@@ -196,5 +200,5 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return CompletionResponse(
-        id=gen.request_id, model=info.name, usage=UsageInfo.of(last.prompt_tokens, last.completion_tokens),
+        id=gen.request_id, model=info.name, usage=_usage(last),
         choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason)])

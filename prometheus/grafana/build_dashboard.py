@@ -71,6 +71,23 @@ def build() -> dict:
          .with_panel(series("Throughput", "tokens/s", [
              q(f"sum by (model_name) (rate(shardline_generation_tokens_total{WINDOW}))", "generated {{model_name}}"),
              q(f"sum by (model_name) (rate(shardline_prompt_tokens_total{WINDOW}))", "prompt {{model_name}}", "B")]))
+         .with_row(dashboard.Row("Speculative decoding"))
+         .with_panel(series("Draft acceptance rate", "percentunit", [
+             q(f"sum by (model_name) (rate(shardline_spec_decode_num_accepted_tokens_total{WINDOW})) / sum by "
+               f"(model_name) (rate(shardline_spec_decode_num_draft_tokens_total{WINDOW}))", "{{model_name}}")], w=8,
+             description="Share of the draft tokens (from each sequence's own prompt and output) that the model's "
+                         "own choice agreed with."))
+         .with_panel(series("Tokens per verify step", "short", [
+             q(f"(sum by (model_name) (rate(shardline_spec_decode_num_accepted_tokens_total{WINDOW})) + sum by "
+               f"(model_name) (rate(shardline_spec_decode_num_drafts_total{WINDOW}))) / sum by (model_name) "
+               f"(rate(shardline_spec_decode_num_drafts_total{WINDOW}))", "{{model_name}}")], w=8,
+             description="Tokens a sequence got from one pass through the pipeline when it verified drafts (1 = "
+                         "none accepted)."))
+         .with_panel(series("Draft tokens", "tokens/s", [
+             q(f"sum by (model_name) (rate(shardline_spec_decode_num_draft_tokens_total{WINDOW}))",
+               "proposed {{model_name}}"),
+             q(f"sum by (model_name) (rate(shardline_spec_decode_num_accepted_tokens_total{WINDOW}))",
+               "accepted {{model_name}}", "B")], w=8))
          .with_row(dashboard.Row("Pipeline"))
          .with_panel(series("Per-stage forward time (mean per micro-batch)", "s", [q(per_stage, "{{node}} {{phase}}")],
                             description="The slowest stage bounds the pipeline's throughput."))

@@ -104,6 +104,7 @@ class GenerateArgs:
     sampling: SamplingParams
     request_id: str
     ignore_eos: bool
+    speculative: bool = True
 
 
 @dataclass
@@ -159,17 +160,22 @@ class FakeCoordinatorClient:
         return coordinator_pb2.RemoveNodeResponse(address="127.0.0.1:9")
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
-                 request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False) -> GenerateCall:
-        self.generated.append(GenerateArgs(model, list(prompt_ids), max_tokens, sampling, request_id, ignore_eos))
+                 request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,
+                 speculative: bool = True) -> GenerateCall:
+        self.generated.append(GenerateArgs(model, list(prompt_ids), max_tokens, sampling, request_id, ignore_eos,
+                                           speculative))
         error = rpc_error(self.generate_error, self.generate_details) if self.generate_error else None
-        call = GenerateCall(self._replies(len(prompt_ids), max_tokens), error)
+        call = GenerateCall(self._replies(len(prompt_ids), max_tokens, speculative), error)
         self.calls.append(call)
         return call
 
-    def _replies(self, prompt_tokens: int, max_tokens: int) -> list[coordinator_pb2.GenerateResponse]:
-        """The accepted message, one message per token, the finish reason on the last."""
+    def _replies(self, prompt_tokens: int, max_tokens: int, speculative: bool
+                 ) -> list[coordinator_pb2.GenerateResponse]:
+        """The accepted message, one message per token, the finish reason on the last. With speculation, 3 draft
+        tokens were proposed and 2 accepted."""
         tokens = [ord(c) for c in self.completion][:max_tokens]
-        stats = dict(prompt_tokens=prompt_tokens, stage_seconds=[0.001], route=["n1"])
+        stats = dict(prompt_tokens=prompt_tokens, stage_seconds=[0.001], route=["n1"],
+                     draft_proposed=3 * speculative, draft_accepted=2 * speculative)
         replies = [coordinator_pb2.GenerateResponse(prompt_tokens=prompt_tokens)]
         for i, token in enumerate(tokens, 1):
             if self.fail_after_tokens is not None and i > self.fail_after_tokens:

@@ -42,7 +42,8 @@ def test_process_answers_the_whole_text_with_usage_and_stages(api: FakeApi) -> N
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["text"] == "Hello" and body["finish_reason"] == "length" and body["model"] == MODEL
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5,
+                             "speculative": {"proposed": 3, "accepted": 2}}
     assert body["stages"] == [{"node": "n1", "address": "127.0.0.1:1", "layers": [0, 2], "seconds": 0.001}]
     assert body["metadata"] == {"k": 1} and body["nodeCount"] == 1
     assert api.coordinator.generated[0].prompt_ids == [ord("H"), ord("i")]
@@ -90,7 +91,25 @@ def test_chat_completion_stream_frames_role_deltas_finish_usage_and_done(api: Fa
     assert "".join(deltas) == "Hel"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert chunks[-1]["usage"]["speculative"] == {"proposed": 3, "accepted": 2}
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+
+
+@pytest.mark.parametrize("route, body", [("/v1/chat/completions", "CHAT"), ("/v1/completions", "COMPLETION"),
+                                         ("/api/model/process", "PROCESS")])
+def test_speculative_false_turns_speculation_off_for_that_request_only(api: FakeApi, route: str, body: str) -> None:
+    request = {**globals()[body], "max_tokens": 2}
+    off = api.client.post(route, json={**request, "speculative": False})
+    on = api.client.post(route, json=request)
+    assert off.status_code == on.status_code == 200, (off.text, on.text)
+    assert [g.speculative for g in api.coordinator.generated] == [False, True]
+    assert off.json()["usage"]["speculative"] == {"proposed": 0, "accepted": 0}
+    assert on.json()["usage"]["speculative"] == {"proposed": 3, "accepted": 2}
+
+
+def test_speculative_must_be_a_boolean(api: FakeApi) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "speculative": "sometimes"})
+    assert r.status_code in (400, 422) and "speculative" in r.text and not api.coordinator.generated
 
 
 def test_completion_json_with_echo_and_token_id_prompt(api: FakeApi) -> None:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from coordinator.batch import BatchEntry, take_tokens
 from coordinator.request import TokenEvent
@@ -162,3 +163,19 @@ def test_speculation_and_ring_decode_take_turns_on_a_lone_stream(copying: None) 
     first = node(clients, "n1").forwarded
     assert any(f.tokens_from_peer for f in first)  # ringing where the context has nothing to draft from
     assert r.drafting is not None and r.drafting.accepted > 0
+
+
+def test_metrics_count_the_drafts_verified_and_accepted(copying: None) -> None:
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"model_name": "m"}) or 0.0
+
+    names = ("shardline_spec_decode_num_draft_tokens_total", "shardline_spec_decode_num_accepted_tokens_total",
+             "shardline_spec_decode_num_drafts_total")
+    before = [value(n) for n in names]
+    engine, _ = make_engine([["n1"], ["n2"]])
+    r = request("a", PROMPT, 30)
+    asyncio.run(generate(engine, [r]))
+    assert r.drafting is not None
+    proposed, accepted, steps = (value(n) - b for n, b in zip(names, before))
+    assert (proposed, accepted, steps) == (r.drafting.proposed, r.drafting.accepted, r.drafting.steps)
+    assert accepted > 0
