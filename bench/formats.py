@@ -21,7 +21,8 @@ from protos.data_structures import LayerRange, SamplingParams
 from protos.hf_config import read_hf_config
 from shard_node.architectures import ModelSpec
 from shard_node.attention import plan_batch
-from shard_node.runner import MicroBatch, ShardRunner, SliceInput
+from shard_node.micro_batch import MicroBatch, SliceInput
+from shard_node.runner import ShardRunner
 from tokenizer_svc.model_tokenizer import load_model_tokenizer
 
 PERPLEXITY_TEXT = Path(__file__).resolve().parent / "data" / "perplexity.txt"

@@ -24,7 +24,8 @@ from protos.activations import decode_hidden, encode_hidden
 from protos.data_structures import LayerRange
 from protos.hf_config import read_hf_config
 from shard_node.architectures import ModelSpec
-from shard_node.runner import MicroBatch, ShardRunner, SliceInput
+from shard_node.micro_batch import MicroBatch, SliceInput
+from shard_node.runner import ShardRunner
 
 WIRE_DTYPES = ("float32", "bfloat16", "float16", "int8")
 REFERENCE = "float32"  # the model's own dtype: the uncompressed wire

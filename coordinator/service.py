@@ -20,8 +20,9 @@ from coordinator.scheduler import NeverFits, QueueFull
 from coordinator.traffic import TrafficHistory, history_to_proto
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
 from protos.config import ModelConfig, NodeConfig
-from protos.model_spec import SpecProblem, text_problem
+from protos.model_spec import SpecProblem
 from protos.model_spec_proto import spec_from_add_model
+from protos.names import text_problem
 
 logger = logging.getLogger(__name__)
 

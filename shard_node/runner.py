@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,62 +15,13 @@ from shard_node.architectures import ModelSpec
 from shard_node.attention import plan_batch
 from shard_node.gguf_weights import GgufBlocks
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
+from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, RowError, SliceInput
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
 from shard_node.shard_model import ShardModel
 from shard_node.speculative import greedy_accepted, verify_drafts
 from shard_node.weights import load_shard_weights
 
 logger = logging.getLogger(__name__)
-
-
-class BatchError(ValueError):
-    """A micro-batch that cannot run; ``code`` is the gRPC status name to report."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class SliceInput:
-    seq_id: str
-    start_pos: int
-    num_tokens: int
-    max_total_tokens: int
-    sampling: SamplingParams
-    recent_token_ids: tuple[int, ...] = ()
-    no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
-    invalid: str = ""  # why this slice cannot run (e.g. its sampling parameters); it fails alone
-    draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
-    # last stage (shard_node/speculative.py)
-
-
-@dataclass(frozen=True)
-class MicroBatch:
-    slices: tuple[SliceInput, ...]
-    token_ids: torch.Tensor | None  # first stage: [sum(num_tokens)] int64
-    hidden: torch.Tensor | None  # other stages: [sum(num_tokens), D]
-    return_logits: bool = False
-    release_seq_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RowError:
-    """One sequence of a micro-batch that could not run; the rest of the batch did."""
-
-    seq_id: str
-    code: str  # a gRPC status name
-    message: str
-
-
-@dataclass
-class BatchResult:
-    hidden: torch.Tensor | None = None  # [rows of the slices that ran, D] for non-last stages
-    next_token_ids: list[int] = field(default_factory=list)  # last stage: one per slice; -1 for no_sample / failed
-    logits: torch.Tensor | None = None  # [slices that ran and wanted a token, vocab] when asked
-    forward_seconds: float = 0.0
-    row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
-    accepted_drafts: list[int] = field(default_factory=list)  # last stage: per slice, its drafts accepted
 
 
 class ShardRunner:

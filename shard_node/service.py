@@ -19,7 +19,8 @@ from shard_node.forward_session import ForwardSession, NodeContext
 from shard_node.handoff import PeerLinks
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
-from shard_node.runner import DEFAULT_MAX_SEQUENCES, BatchResult, MicroBatch, ShardRunner
+from shard_node.micro_batch import BatchResult, MicroBatch
+from shard_node.runner import DEFAULT_MAX_SEQUENCES, ShardRunner
 from shard_node.weights import CheckpointError
 
 logger = logging.getLogger(__name__)

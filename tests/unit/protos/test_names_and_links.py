@@ -19,7 +19,7 @@ from coordinator.service import CoordinatorServicer
 from protos import coordinator_pb2, security
 from protos.addresses import canonical_address, is_local
 from protos.config import ConfigError, NodeConfig, parse_config
-from protos.model_spec import folder_name_problem
+from protos.names import folder_name_problem
 from tests.unit.fakes import Aborted, FakeContext
 
 BAD_NAMES = [".", "..", ".smol.partial", "a/b", "a\\b", "a\nb", "\x1b[31mred", "a\u202eb", "é" * 128]

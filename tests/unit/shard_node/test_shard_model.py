@@ -17,7 +17,8 @@ import torch
 from protos import common_pb2, wire
 from protos.data_structures import GREEDY_TEMPERATURE_EPS, LayerRange, SamplingError, SamplingParams
 from shard_node.architectures import ModelSpec
-from shard_node.runner import BatchError, BatchResult, MicroBatch, ShardRunner, SliceInput
+from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, SliceInput
+from shard_node.runner import ShardRunner
 from shard_node.sampler import sample_next
 
 NUM_LAYERS = 4

@@ -15,7 +15,8 @@ import torch
 
 from protos.data_structures import LayerRange, SamplingParams
 from shard_node.architectures import ModelSpec
-from shard_node.runner import BatchResult, MicroBatch, ShardRunner, SliceInput
+from shard_node.micro_batch import BatchResult, MicroBatch, SliceInput
+from shard_node.runner import ShardRunner
 from shard_node.sampler import penalized, token_probs
 from shard_node.speculative import verify_drafts
 

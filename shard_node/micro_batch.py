@@ -1,0 +1,60 @@
+"""What a shard runs: a micro-batch of sequence slices, and what comes out of it (tensors on the node's side of the
+wire; shard_node/forward_session.py decodes them from the protobuf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from protos.data_structures import SamplingParams
+
+
+class BatchError(ValueError):
+    """A micro-batch that cannot run; ``code`` is the gRPC status name to report."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SliceInput:
+    seq_id: str
+    start_pos: int
+    num_tokens: int
+    max_total_tokens: int
+    sampling: SamplingParams
+    recent_token_ids: tuple[int, ...] = ()
+    no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
+    invalid: str = ""  # why this slice cannot run (e.g. its sampling parameters); it fails alone
+    draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
+    # last stage (shard_node/speculative.py)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    slices: tuple[SliceInput, ...]
+    token_ids: torch.Tensor | None  # first stage: [sum(num_tokens)] int64
+    hidden: torch.Tensor | None  # other stages: [sum(num_tokens), D]
+    return_logits: bool = False
+    release_seq_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One sequence of a micro-batch that could not run; the rest of the batch did."""
+
+    seq_id: str
+    code: str  # a gRPC status name
+    message: str
+
+
+@dataclass
+class BatchResult:
+    hidden: torch.Tensor | None = None  # [rows of the slices that ran, D] for non-last stages
+    next_token_ids: list[int] = field(default_factory=list)  # last stage: one per slice; -1 for no_sample / failed
+    logits: torch.Tensor | None = None  # [slices that ran and wanted a token, vocab] when asked
+    forward_seconds: float = 0.0
+    row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
+    accepted_drafts: list[int] = field(default_factory=list)  # last stage: per slice, its drafts accepted
