@@ -15,13 +15,16 @@ from protos.model_spec import (
     ALLOWED_DTYPES,
     ALLOWED_FORWARDING,
     ALLOWED_QUANTIZATIONS,
+    ALLOWED_SPECULATIVE,
     ALLOWED_WIRE_DTYPES,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
     DEFAULT_QUANTIZATION,
     DEFAULT_REPLICAS,
+    DEFAULT_SPECULATIVE,
     DEFAULT_WIRE_DTYPE,
     DEVICE_PATTERN,
     DEVICE_RULE,
@@ -29,6 +32,7 @@ from protos.model_spec import (
     MAX_KV_CACHE_TOKENS,
     MAX_LAYER,
     MAX_NODE_ID_CHARS,
+    MAX_NUM_SPECULATIVE_TOKENS,
     MAX_REPLICAS,
     MAX_STAGES,
     SpecProblem,
@@ -41,8 +45,10 @@ from protos.model_spec import (
     check_max_context,
     check_name,
     check_nodes,
+    check_num_speculative_tokens,
     check_quantization,
     check_replicas,
+    check_speculative,
     check_wire_dtype,
 )
 
@@ -94,6 +100,13 @@ class AddModelRequest(BaseModel):
         DEFAULT_WIRE_DTYPE, json_schema_extra={"enum": list(ALLOWED_WIRE_DTYPES)},
         description="hidden states between stages: auto (the model's dtype, lossless), float32, bfloat16, float16, "
                     "or int8 with one scale per row")
+    speculative: Annotated[StrictStr, _rule(check_speculative)] = Field(
+        DEFAULT_SPECULATIVE, json_schema_extra={"enum": list(ALLOWED_SPECULATIVE)},
+        description="speculative decoding: ngram (draft tokens from each sequence's own prompt and output, verified "
+                    "in one pass through every stage; the output is that of plain decoding) or off")
+    num_speculative_tokens: Annotated[StrictInt, _rule(check_num_speculative_tokens)] = Field(
+        DEFAULT_NUM_SPECULATIVE_TOKENS, description=f"draft tokens verified per step at most "
+                                                    f"(1..{MAX_NUM_SPECULATIVE_TOKENS})")
     device: Annotated[StrictStr, _rule(check_device)] = Field(
         DEFAULT_DEVICE, description=DEVICE_RULE, json_schema_extra={"pattern": rf"^({DEVICE_PATTERN.pattern})$"})
     replicas: Annotated[StrictInt, _rule(check_replicas)] = Field(
@@ -144,6 +157,8 @@ class ModelStatus(BaseModel):
     quantization: str = ""
     forwarding: str = Field("", description="direct | star: how hidden states travel between its stages")
     wire_dtype: str = Field("", description="hidden states between its stages on the wire")
+    speculative: str = Field("", description="ngram | off: speculative decoding")
+    num_speculative_tokens: int = Field(0, description="draft tokens verified per step at most")
     reason: str = Field("", description="why it is pending or unavailable")
     num_layers: int = 0
     placement: list[PlacementEntry] = Field(default_factory=list)

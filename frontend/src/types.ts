@@ -49,7 +49,7 @@ export interface DoneEvent {
   tokensPerSecond: number;
   nodeCount: number;
   model?: string;
-  usage: { prompt_tokens: number; completion_tokens: number };
+  usage: { prompt_tokens: number; completion_tokens: number; speculative?: { proposed: number; accepted: number } };
   finish_reason: string;
   stages: StageTime[];
 }

@@ -1,7 +1,14 @@
-// The figures of one answer: time to first token, tokens/s, total time, tokens, node count, and the compute
-// time of each stage (per node). Filled in as the stream goes; the per-stage times come with `done`.
+// The figures of one answer: time to first token, tokens/s, total time, tokens, node count, queue time, the draft
+// tokens accepted (speculative decoding), and the compute time of each stage (per node). Filled in as the stream
+// goes; the per-stage times and the drafts come with `done`.
 import { formatCount, formatLayers, formatMs, formatRate } from "../lib/format";
 import type { Answer } from "../hooks/useAnswers";
+
+function formatDrafts(drafts: Answer["drafts"]): string {
+  if (!drafts) return "–";
+  if (drafts.proposed === 0) return "none";
+  return `${drafts.accepted} of ${drafts.proposed}`;
+}
 
 export function Figures({ answer }: { answer: Answer }) {
   const stages = answer.stages ?? [];
@@ -15,6 +22,9 @@ export function Figures({ answer }: { answer: Answer }) {
         <div><dt>Tokens</dt><dd data-testid="tokens">{formatCount(answer.tokens)}</dd></div>
         <div><dt>Nodes</dt><dd data-testid="node-count">{formatCount(answer.nodeCount)}</dd></div>
         <div><dt>Queue</dt><dd data-testid="queue">{formatMs(answer.queueMs)}</dd></div>
+        <div title="Speculative decoding: draft tokens from the prompt and the answer so far, verified in one pass">
+          <dt>Drafts accepted</dt><dd data-testid="drafts">{formatDrafts(answer.drafts)}</dd>
+        </div>
       </dl>
       {stages.length > 0 && (
         <table className="stage-times" data-testid="stage-times">

@@ -117,7 +117,7 @@ describe("PipelineView", () => {
 const ANSWER: Answer = {
   id: 1, request: { text: "Capital of France?", model: "smol", max_tokens: 64, temperature: 0, top_p: 1, chat: true },
   status: "done", started: true, text: "Paris.", ttftMs: 210, queueMs: 0.3, tokensPerSecond: 12.5, totalMs: 900,
-  tokens: 3, nodeCount: 3, finishReason: "stop",
+  tokens: 3, nodeCount: 3, finishReason: "stop", drafts: { proposed: 12, accepted: 9 },
   stages: [{ node: "node1", address: "a", layers: [0, 13], seconds: 0.25 }, { node: "node2", address: "b", layers: [13, 30], seconds: 0.5 }],
 };
 
@@ -129,14 +129,17 @@ describe("AnswerCard", () => {
     expect(screen.getByTestId("tps").textContent).toBe("12.5");
     expect(screen.getByTestId("total").textContent).toBe("900 ms");
     expect(screen.getByTestId("node-count").textContent).toBe("3");
+    expect(screen.getByTestId("drafts").textContent).toBe("9 of 12");
     const rows = within(screen.getByTestId("stage-times")).getAllByRole("row").slice(1);
     expect(rows.map((r) => r.textContent)).toEqual(["1node1layers 0–12250 ms", "2node2layers 13–29500 ms"]);
   });
 
   it("shows dashes for figures not known yet, and the API's error message", () => {
     render(<AnswerCard answer={{ ...ANSWER, status: "error", text: "", error: "model 'x' is not served",
-                                 ttftMs: undefined, tokensPerSecond: undefined, stages: undefined }} />);
+                                 ttftMs: undefined, tokensPerSecond: undefined, stages: undefined,
+                                 drafts: undefined }} />);
     expect(screen.getByTestId("ttft").textContent).toBe("–");
+    expect(screen.getByTestId("drafts").textContent).toBe("–");
     expect(screen.getByRole("alert").textContent).toBe("model 'x' is not served");
     expect(screen.queryByTestId("stage-times")).toBeNull();
   });

@@ -23,6 +23,7 @@ export interface Answer {
   nodeCount?: number;
   stages?: StageTime[];
   finishReason?: string;
+  drafts?: { proposed: number; accepted: number }; // speculative decoding: draft tokens verified and accepted
 }
 
 export interface Answers {
@@ -61,7 +62,7 @@ export function useAnswers(): Answers {
         status: "done", text: done.text, ttftMs: done.timeToFirstToken ?? undefined, queueMs: done.queueTime,
         tokensPerSecond: done.tokensPerSecond, totalMs: done.processingTime, tokens: done.usage?.completion_tokens,
         promptTokens: done.usage?.prompt_tokens, nodeCount: done.nodeCount, stages: done.stages,
-        finishReason: done.finish_reason,
+        finishReason: done.finish_reason, drafts: done.usage?.speculative,
       }))
       .catch((e: unknown) => {
         if (isAbort(e) || controller.signal.aborted) update({ status: "cancelled" });

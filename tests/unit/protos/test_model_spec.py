@@ -94,6 +94,9 @@ GOOD = [
     {"name": "m", "forwarding": "star", "wire_dtype": "int8"},
     {"name": "m", "forwarding": "direct", "wire_dtype": "bfloat16"},
     {"name": "m", "wire_dtype": "auto"},
+    {"name": "m", "speculative": "off"},
+    {"name": "m", "speculative": "ngram", "num_speculative_tokens": 32},
+    {"name": "m", "num_speculative_tokens": 1},
 ]
 BAD = [  # (spec, the field every path names)
     ({"name": ""}, "name"),
@@ -111,6 +114,10 @@ BAD = [  # (spec, the field every path names)
     ({"name": "m", "forwarding": "ring"}, "forwarding"),
     ({"name": "m", "wire_dtype": "int4"}, "wire_dtype"),
     ({"name": "m", "wire_dtype": "FLOAT16"}, "wire_dtype"),
+    ({"name": "m", "speculative": "eagle"}, "speculative"),
+    ({"name": "m", "speculative": "OFF"}, "speculative"),
+    ({"name": "m", "num_speculative_tokens": 33}, "num_speculative_tokens"),
+    ({"name": "m", "num_speculative_tokens": -1}, "num_speculative_tokens"),
     ({"name": "m", "device": "gpu"}, "device"),
     ({"name": "m", "device": "CPU"}, "device"),
     ({"name": "m", "device": "cuda:"}, "device"),
@@ -157,10 +164,12 @@ def test_the_defaults_are_the_same_everywhere() -> None:
 def test_add_model_keeps_what_the_request_gives() -> None:
     spec = {"name": "m", "source": "smol", "dtype": "float16", "device": "mps", "nodes": ["a", ["b"]],
             "layer_ranges": [[0, 4], [4, 30]], "kv_cache_tokens": 512, "max_context": 64, "replicas": 2,
-            "quantization": "int8", "forwarding": "star", "wire_dtype": "float16"}
+            "quantization": "int8", "forwarding": "star", "wire_dtype": "float16", "speculative": "off",
+            "num_speculative_tokens": 5}
     _, [added] = add_model(spec)
     model = added.model
     assert (model.forwarding, model.wire_dtype) == ("star", "float16")
+    assert (model.speculative, model.num_speculative_tokens) == ("off", 5)
     assert (model.name, model.source, model.dtype, model.quantization, model.device, model.stages,
             added.replicas) == ("m", "smol", "float16", "int8", "mps", (("a",), ("b",)), 2)
     assert [(r.start, r.end) for r in model.layer_ranges] == [(0, 4), (4, 30)]
