@@ -15,16 +15,13 @@ from protos.model_spec import (
     ALLOWED_DTYPES,
     ALLOWED_FORWARDING,
     ALLOWED_QUANTIZATIONS,
-    ALLOWED_SPECULATIVE,
     ALLOWED_WIRE_DTYPES,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
-    DEFAULT_NUM_SPECULATIVE_TOKENS,
     DEFAULT_QUANTIZATION,
     DEFAULT_REPLICAS,
-    DEFAULT_SPECULATIVE,
     DEFAULT_WIRE_DTYPE,
     DEVICE_PATTERN,
     DEVICE_RULE,
@@ -32,7 +29,6 @@ from protos.model_spec import (
     MAX_KV_CACHE_TOKENS,
     MAX_LAYER,
     MAX_NODE_ID_CHARS,
-    MAX_NUM_SPECULATIVE_TOKENS,
     MAX_REPLICAS,
     MAX_STAGES,
     SpecProblem,
@@ -45,11 +41,20 @@ from protos.model_spec import (
     check_max_context,
     check_name,
     check_nodes,
-    check_num_speculative_tokens,
     check_quantization,
     check_replicas,
-    check_speculative,
     check_wire_dtype,
+)
+from protos.speculation_spec import (
+    ALLOWED_SPECULATIVE,
+    DEFAULT_DRAFT_MODEL,
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    DEFAULT_SPECULATIVE,
+    MAX_NUM_SPECULATIVE_TOKENS,
+    check_draft_model,
+    check_num_speculative_tokens,
+    check_speculation,
+    check_speculative,
 )
 
 
@@ -102,8 +107,12 @@ class AddModelRequest(BaseModel):
                     "or int8 with one scale per row")
     speculative: Annotated[StrictStr, _rule(check_speculative)] = Field(
         DEFAULT_SPECULATIVE, json_schema_extra={"enum": list(ALLOWED_SPECULATIVE)},
-        description="speculative decoding: ngram (draft tokens from each sequence's own prompt and output, verified "
-                    "in one pass through every stage; the output is that of plain decoding) or off")
+        description="speculative decoding: ngram (draft tokens from each sequence's own prompt and output), draft "
+                    "(from draft_model) or off; the drafts are verified in one pass through every stage and the "
+                    "output is that of plain decoding")
+    draft_model: Annotated[StrictStr, _rule(check_draft_model)] = Field(
+        DEFAULT_DRAFT_MODEL, validate_default=True,
+        description="with speculative draft: the served model (same tokenizer, smaller) that proposes the drafts")
     num_speculative_tokens: Annotated[StrictInt, _rule(check_num_speculative_tokens)] = Field(
         DEFAULT_NUM_SPECULATIVE_TOKENS, description=f"draft tokens verified per step at most "
                                                     f"(1..{MAX_NUM_SPECULATIVE_TOKENS})")
@@ -120,6 +129,16 @@ class AddModelRequest(BaseModel):
         DEFAULT_KV_CACHE_TOKENS, description=f"KV budget of each shard, in tokens (1..{MAX_KV_CACHE_TOKENS})")
     max_context: Annotated[StrictInt | None, _rule(check_max_context)] = Field(
         None, description=f"cap on prompt + generated tokens (1..{MAX_CONTEXT_TOKENS})")
+
+    @field_validator("draft_model")
+    @classmethod
+    def _check_speculation(cls, v: str, info: ValidationInfo) -> str:
+        if "name" in info.data and "speculative" in info.data:  # else refused already
+            try:
+                check_speculation(info.data["name"], info.data["speculative"], v)
+            except SpecProblem as e:
+                raise ValueError(e.detail) from None
+        return v
 
     @field_validator("layer_ranges")
     @classmethod
@@ -159,6 +178,7 @@ class ModelStatus(BaseModel):
     wire_dtype: str = Field("", description="hidden states between its stages on the wire")
     speculative: str = Field("", description="ngram | off: speculative decoding")
     num_speculative_tokens: int = Field(0, description="draft tokens verified per step at most")
+    draft_model: str = Field("", description="with speculative draft: the model that proposes the drafts")
     reason: str = Field("", description="why it is pending or unavailable")
     num_layers: int = 0
     placement: list[PlacementEntry] = Field(default_factory=list)

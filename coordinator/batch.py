@@ -17,6 +17,7 @@ class BatchEntry:
     wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
     seq_id: str = ""  # the request's sequence id when planned (a failover gives it a new one)
     drafts: tuple[int, ...] = ()  # speculative decoding: the last len(drafts) token_ids, to be verified
+    provisional: bool = False  # a draft model's step: its positions may be overwritten later
 
     def __post_init__(self) -> None:
         if not self.seq_id:
@@ -67,6 +68,8 @@ def take_tokens(entry: BatchEntry, token: int, accepted: int) -> tuple[tuple[int
     accepted draft are in the KV caches now, and the new tokens go to the output up to the first that ends it."""
     req = entry.request
     req.num_computed = entry.start_pos + len(entry.token_ids) - len(entry.drafts) + accepted
+    if req.drafting is not None:
+        req.drafting.confirmed(req.num_computed)
     if entry.drafts:
         req.num_scheduled = req.num_computed  # the rejected drafts' positions are overwritten by the next step
         assert req.drafting is not None

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from coordinator import metrics
-from coordinator.forwarding import RingStep
+from coordinator.draft_model import DraftEngine, DraftModelProposer
+from coordinator.forwarding import RingStep, SentAhead
 from coordinator.membership import NodeEvent
 from coordinator.model_meta import ModelMeta
 from coordinator.node_client import ModelLoad, StageError
@@ -24,22 +25,9 @@ from coordinator.publisher import FailoverStats, Publisher
 from coordinator.replicas import ReplicaSet
 from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
-from coordinator.speculation import DraftState, SpeculationConfig
+from coordinator.speculation import DraftState, ModelDrafts, SpeculationConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class SentAhead:
-    """Ring decode: a lane's next decode step, sent before the step ``after`` ends (its input tokens come from
-    that step's last stage); ``next_batch_id`` is where its own last stage hands its tokens."""
-
-    plan: MicroBatchPlan
-    batch_id: int
-    next_batch_id: int
-    after: asyncio.Task[None]
-    task: asyncio.Task[None] | None = None
-    discard: bool = False  # the step before it failed: its outcome is dropped
 
 
 class ModelEngine:
@@ -59,6 +47,7 @@ class ModelEngine:
         self._ahead: dict[int, SentAhead] = {}  # lane -> its next decode step, sent ahead (ring decode)
         self.ring_decode = True  # coordinator.ring_decode
         self.speculation = SpeculationConfig()  # the model's speculative decoding (coordinator/speculation.py)
+        self.proposer: DraftModelProposer | None = None  # with a draft model (see use_draft_model)
         self._task: asyncio.Task[None] | None = None
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
@@ -93,6 +82,19 @@ class ModelEngine:
     def unavailable_reason(self) -> str:
         return self.replicas.unavailable_reason() if self._loaded else "it is still loading"
 
+    @property
+    def routes(self) -> list[Route]:
+        return self.replicas.routes
+
+    def wake(self) -> None:
+        """Runs the loop once more (another engine queued releases on our replicas)."""
+        self._wakeup.set()
+
+    def use_draft_model(self, served: Mapping[str, DraftEngine]) -> None:
+        """With speculative "draft": ``served`` (every served model by name) holds the draft model, now or later."""
+        if self.speculation.method == "draft":
+            self.proposer = DraftModelProposer(self.speculation.draft_model, served)
+
     def set_depth(self, depth: int) -> None:
         self.replicas.set_depth(depth)
 
@@ -126,7 +128,8 @@ class ModelEngine:
     def submit(self, req: Request) -> None:
         """Queues a request; raises NeverFits (can never fit) or QueueFull (too many waiting)."""
         if self.speculation.enabled and req.speculative and req.drafting is None:
-            req.drafting = DraftState(self.speculation.max_draft_tokens)
+            model = ModelDrafts(f"{req.seq_id}-draft") if self.proposer is not None else None
+            req.drafting = DraftState(self.speculation.max_draft_tokens, model)
         self.scheduler.add(req)
         self._wakeup.set()
 
@@ -159,6 +162,8 @@ class ModelEngine:
         self._drain_cancelled()
         self._recover_lanes()
         self._admit()
+        if self.proposer is not None:
+            self.proposer.sweep()
         self._issue()
         routes = self.replicas.routes
         await self.pipeline.flush_releases({r for lane in self._in_flight for r in routes[lane]})
@@ -188,6 +193,8 @@ class ModelEngine:
         for lane, route in enumerate(self.replicas.routes):
             if lane in self._in_flight or not all(r.state in ("ready", "draining") for r in route):
                 continue  # a draining node finishes the sequences it holds but takes no new ones
+            if self._draft_first(lane):
+                continue
             plan = self.scheduler.plan(lane)
             if plan is None:
                 continue
@@ -199,6 +206,30 @@ class ModelEngine:
             self._in_flight[lane] = task
             if ahead is not None and ahead_id is not None:
                 self._send_ahead(lane, route, ahead, ahead_id, task)
+
+    def _draft_first(self, lane: int) -> bool:
+        """With a draft model: its sequences that will decode next get their drafts first (the lane waits)."""
+        if self.proposer is None:
+            return False
+        members = self.proposer.wanting(self.scheduler.lane_members(lane))
+        if not members:
+            return False
+        self._in_flight[lane] = asyncio.get_running_loop().create_task(self._draft(lane, members),
+                                                                        name=f"{self.name}-lane{lane}-draft")
+        return True
+
+    async def _draft(self, lane: int, members: list[Request]) -> None:
+        assert self.proposer is not None
+        for r in members:
+            r.batches_in_flight += 1  # nothing else plans them meanwhile
+        try:
+            await self.proposer.propose(members)
+        finally:
+            for r in members:
+                r.batches_in_flight -= 1
+            if self._in_flight.get(lane) is asyncio.current_task():
+                del self._in_flight[lane]
+            self._wakeup.set()
 
     def _ring_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
         """Ring decode: the step after ``plan``, when ``plan`` is all the work there is (one busy lane, decode rows

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coordinator import metrics
+from coordinator.batch import MicroBatchPlan
 from coordinator.node_client import StageError
 from protos import shard_pb2
 
@@ -43,6 +44,19 @@ class RingStep:
 
     batch_id: int | None = None
     tokens_to_batch: int | None = None
+
+
+@dataclass(eq=False)
+class SentAhead:
+    """Ring decode: a lane's next decode step, sent before the step ``after`` ends (its input tokens come from
+    that step's last stage); ``next_batch_id`` is where its own last stage hands its tokens."""
+
+    plan: MicroBatchPlan
+    batch_id: int
+    next_batch_id: int
+    after: asyncio.Task[None]
+    task: asyncio.Task[None] | None = None
+    discard: bool = False  # the step before it failed: its outcome is dropped
 
 
 def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest, i: int,

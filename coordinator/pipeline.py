@@ -163,7 +163,7 @@ class Pipeline:
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
-                draft_token_ids=e.drafts,
+                draft_token_ids=e.drafts, provisional=e.provisional,
             ))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs

@@ -19,6 +19,7 @@ import grpc
 
 from coordinator import metrics
 from coordinator.cluster import build_engine, load_engine
+from coordinator.draft_model import check_draft_models, draft_model_problem
 from coordinator.engine import ModelEngine
 from coordinator.membership import Membership, NodeEvent
 from coordinator.model_meta import read_model_meta
@@ -68,6 +69,8 @@ class ModelRegistry:
         for m in self.config.models:
             m = await fit_budgets(self.config, self.clients, m)
             self.engines[m.name] = build_engine(self.config, m, self.clients)
+            self.engines[m.name].use_draft_model(self.engines)
+        check_draft_models(self.engines)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
         self.membership.start()
         self._task = asyncio.get_running_loop().create_task(self._recheck_loop(), name="pending-models")
@@ -163,6 +166,11 @@ class ModelRegistry:
             if nid not in self.nodes:
                 raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"unknown node {nid!r}; known: {sorted(self.nodes)}")
+        if m.draft_model:
+            vocab = read_model_meta(model_dir, m.max_context).vocab_size
+            problem = draft_model_problem(m.name, m.draft_model, vocab, self.engines, self.pending)
+            if problem:
+                raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if m.stages:
             await self._load(m)
         else:
@@ -217,6 +225,7 @@ class ModelRegistry:
         except ValueError as e:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
+        engine.use_draft_model(self.engines)
         self.engines[m.name] = engine
         load = asyncio.get_running_loop().create_task(load_engine(m, engine), name=f"load-{m.name}")
         self._loads[m.name] = load

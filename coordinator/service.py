@@ -161,6 +161,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         model.forwarding, model.wire_dtype = engine.pipeline.forwarding, engine.pipeline.wire_dtype
         model.speculative = engine.speculation.method
         model.num_speculative_tokens = engine.speculation.max_draft_tokens
+        model.draft_model = engine.speculation.draft_model
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
                 shard = self._shard_info(r.node_id, name)
@@ -187,6 +188,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                                  wire_dtype=p.request.model.wire_dtype,
                                                  speculative=p.request.model.speculative,
                                                  num_speculative_tokens=p.request.model.num_speculative_tokens,
+                                                 draft_model=p.request.model.draft_model,
                                                  pending_since_unix=p.since))
         return out
 

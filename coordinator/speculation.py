@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protos.model_spec import DEFAULT_NUM_SPECULATIVE_TOKENS, DEFAULT_SPECULATIVE
+from protos.speculation_spec import DEFAULT_NUM_SPECULATIVE_TOKENS, DEFAULT_SPECULATIVE
 
 NGRAM_MIN, NGRAM_MAX = 2, 4  # lengths of the suffix looked up
 START_DRAFTS = 4  # a new sequence's first proposals
@@ -25,8 +25,9 @@ MAX_BACKOFF_TOKENS = 64
 
 @dataclass(frozen=True)
 class SpeculationConfig:
-    method: str = DEFAULT_SPECULATIVE  # ngram | off
+    method: str = DEFAULT_SPECULATIVE  # ngram | draft | off
     max_draft_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+    draft_model: str = ""  # with method "draft": the served model that proposes (coordinator/draft_model.py)
 
     @property
     def enabled(self) -> bool:
@@ -59,10 +60,23 @@ class NgramIndex:
 
 
 @dataclass
+class ModelDrafts:
+    """A sequence's drafts from a draft model (coordinator/draft_model.py): what it proposed for which context, and
+    how much of the context the draft model's KV cache holds (as far as it agrees with the sequence)."""
+
+    seq_id: str  # the sequence's KV cache on the draft model's nodes
+    route: tuple[str, ...] = ()  # those nodes (another route: the cache is built again)
+    cached: int = 0  # positions of the context in that cache
+    ready: tuple[int, tuple[int, ...]] | None = None  # (context length they follow, the drafts)
+
+
+@dataclass
 class DraftState:
-    """One sequence's speculation: its index, its current draft length, and what it proposed and got accepted."""
+    """One sequence's speculation: where its drafts come from (its own n-grams, or a draft model), its current draft
+    length, and what it proposed and got accepted."""
 
     max_draft_tokens: int
+    model: ModelDrafts | None = None  # None: drafts from the n-gram index
     index: NgramIndex = field(default_factory=NgramIndex)
     draft_tokens: int = START_DRAFTS  # proposed next (at most)
     resume_at: int = 0  # output length before which it decodes plainly (after a step with nothing accepted)
@@ -75,13 +89,37 @@ class DraftState:
         self.draft_tokens = min(self.draft_tokens, self.max_draft_tokens)
 
     def propose(self, context: list[int], num_output: int, limit: int) -> list[int]:
-        """Drafts to verify after the newest token of ``context`` (at most ``limit``; none while backing off)."""
+        """Drafts to verify after the newest token of ``context`` (at most ``limit``; none while backing off, and
+        from a draft model only once it proposed for this very context)."""
         if num_output < self.resume_at or limit < 1:
             return []
+        if self.model is not None:
+            ready = self.model.ready
+            return list(ready[1][:limit]) if ready is not None and ready[0] == len(context) else []
         return self.index.lookup(context, min(self.draft_tokens, limit))
 
     def would_propose(self, context: list[int], num_output: int) -> bool:
+        if self.model is not None:
+            return num_output >= self.resume_at
         return bool(self.propose(context, num_output, 1))
+
+    def wants_model_drafts(self, context: list[int], num_output: int) -> bool:
+        """A draft model should propose for this context first (it has not yet, and the sequence is not backing
+        off)."""
+        return (self.model is not None and num_output >= self.resume_at
+                and (self.model.ready is None or self.model.ready[0] != len(context)))
+
+    def confirmed(self, num_computed: int) -> None:
+        """The sequence's KV caches hold ``num_computed`` positions that are final: the draft model's cache agrees up
+        to there at most (its own drafts beyond may have been rejected), and its drafts are used up."""
+        if self.model is not None:
+            self.model.cached = min(self.model.cached, num_computed)
+            self.model.ready = None
+
+    def back_off(self, num_output: int) -> None:
+        """No drafts this time (the draft model is down or refused): plain decoding for a while, longer each time."""
+        self.misses += 1
+        self.resume_at = num_output + min(2 ** (self.misses - 1), MAX_BACKOFF_TOKENS)
 
     def record(self, proposed: int, accepted: int, num_output: int) -> None:
         """A verify step came back: ``accepted`` of ``proposed`` drafts; the sequence now has ``num_output``."""
@@ -96,5 +134,4 @@ class DraftState:
             self.misses = 0
         else:
             self.draft_tokens = max(self.draft_tokens - 1, 1)
-            self.misses += 1
-            self.resume_at = num_output + min(2 ** (self.misses - 1), MAX_BACKOFF_TOKENS)
+            self.back_off(num_output)

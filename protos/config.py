@@ -219,6 +219,9 @@ def _parse_models(raw: dict[str, Any], nodes: tuple[NodeConfig, ...]) -> tuple[s
     models = tuple(_parse_model(m, i, nodes) for i, m in enumerate(non_empty_list(raw_models, "models")))
     names = [m.name for m in models]
     require(len(set(names)) == len(names), "models", f"model names must be unique, got {names}")
+    for i, m in enumerate(models):
+        require(not m.draft_model or m.draft_model in names, f"models[{i}].draft_model",
+                f"{m.draft_model!r} is not among the models {names}")
     if model_name is None:
         model_name = names[0]
     require(model_name in names, "model_name", f"{model_name!r} is not among the models {names}")

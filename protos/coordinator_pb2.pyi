@@ -88,7 +88,7 @@ class StageInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., state: _Optional[str] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., last_error: _Optional[str] = ..., stage: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., micro_batches: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_block_size: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting", "source", "pending_since_unix", "max_waiting", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
+    __slots__ = ("name", "num_layers", "max_context", "stages", "ready", "eos_token_ids", "dtype", "pipeline_depth", "num_stages", "failovers", "recoveries", "last_recovery_seconds", "state", "unavailable_reason", "running", "waiting", "source", "pending_since_unix", "max_waiting", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class ModelInfo(_message.Message):
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_layers: int
     max_context: int
@@ -137,7 +138,8 @@ class ModelInfo(_message.Message):
     wire_dtype: str
     speculative: str
     num_speculative_tokens: int
-    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ..., pending_since_unix: _Optional[float] = ..., max_waiting: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ...) -> None: ...
+    draft_model: str
+    def __init__(self, name: _Optional[str] = ..., num_layers: _Optional[int] = ..., max_context: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., ready: bool = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., pipeline_depth: _Optional[int] = ..., num_stages: _Optional[int] = ..., failovers: _Optional[int] = ..., recoveries: _Optional[int] = ..., last_recovery_seconds: _Optional[float] = ..., state: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ..., pending_since_unix: _Optional[float] = ..., max_waiting: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ...) -> None: ...
 
 class StageNodes(_message.Message):
     __slots__ = ("node_ids",)
@@ -146,7 +148,7 @@ class StageNodes(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddModelRequest(_message.Message):
-    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
+    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +163,7 @@ class AddModelRequest(_message.Message):
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dtype: str
@@ -175,7 +178,8 @@ class AddModelRequest(_message.Message):
     wire_dtype: str
     speculative: str
     num_speculative_tokens: int
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ...) -> None: ...
+    draft_model: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ...) -> None: ...
 
 class RemoveModelRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")

@@ -11,11 +11,14 @@ from protos.model_spec import (
     DEFAULT_DTYPE,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
-    DEFAULT_NUM_SPECULATIVE_TOKENS,
     DEFAULT_QUANTIZATION,
-    DEFAULT_SPECULATIVE,
     DEFAULT_WIRE_DTYPE,
     CheckedSpec,
+)
+from protos.speculation_spec import (
+    DEFAULT_DRAFT_MODEL,
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    DEFAULT_SPECULATIVE,
 )
 
 
@@ -35,6 +38,7 @@ class ModelConfig:
     wire_dtype: str = DEFAULT_WIRE_DTYPE  # of hidden states between stages ("auto": the model's dtype)
     speculative: str = DEFAULT_SPECULATIVE  # draft tokens verified in one pass ("ngram") or plain decoding ("off")
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS  # drafts per step at most
+    draft_model: str = DEFAULT_DRAFT_MODEL  # with speculative "draft": the served model proposing the drafts
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -19,6 +19,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from protos.names import FOLDER_NAME_RULE, folder_name_problem, text_problem
+from protos.spec_problem import SpecProblem, int_in, is_int
+from protos.speculation_spec import (
+    DEFAULT_DRAFT_MODEL,
+    DEFAULT_NUM_SPECULATIVE_TOKENS,
+    DEFAULT_SPECULATIVE,
+    check_draft_model,
+    check_num_speculative_tokens,
+    check_speculation,
+    check_speculative,
+)
 
 ALLOWED_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
@@ -37,13 +47,6 @@ DEFAULT_FORWARDING = "direct"
 # scale per row. See protos/activations.py; `make bench` measures each one's agreement and bytes per token.
 ALLOWED_WIRE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 DEFAULT_WIRE_DTYPE = "auto"
-# Speculative decoding: "ngram" (draft tokens from the sequence's own prompt and output, verified in one pass
-# through every stage; the output is that of plain decoding) or "off". ``num_speculative_tokens``: drafts verified
-# per step at most (each sequence adapts below it). See coordinator/speculation.py.
-ALLOWED_SPECULATIVE = ("ngram", "off")
-DEFAULT_SPECULATIVE = "ngram"
-DEFAULT_NUM_SPECULATIVE_TOKENS = 8
-MAX_NUM_SPECULATIVE_TOKENS = 32
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
 DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
@@ -61,23 +64,11 @@ MAX_LAYER = 2**31 - 1  # an int32 on the wire
 
 Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
 CONFIG_FIELDS = ("name", "source", "dtype", "quantization", "device", "nodes", "layer_ranges", "kv_cache_tokens",
-                 "max_context", "pipeline_depth", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
+                 "max_context", "pipeline_depth", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens",
+                 "draft_model")
 REQUEST_FIELDS = ("name", "source", "dtype", "quantization", "device", "replicas", "nodes", "layer_ranges",
-                  "kv_cache_tokens", "max_context", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens")
-
-
-class SpecProblem(ValueError):
-    """A field of a model spec breaks its rule. ``field`` is the spec's key (``nodes``), ``where`` what inside
-    it (``[1]``), ``message`` what was wrong and what is allowed."""
-
-    def __init__(self, field: str, message: str, where: str = "") -> None:
-        self.field, self.where, self.message = field, where, message
-        super().__init__(f"{field}{where} {message}")
-
-    @property
-    def detail(self) -> str:
-        """The message without the field's name (for errors that name the field by themselves)."""
-        return f"{self.where} {self.message}".strip()
+                  "kv_cache_tokens", "max_context", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens",
+                  "draft_model")
 
 
 @dataclass(frozen=True)
@@ -99,6 +90,7 @@ class CheckedSpec:
     wire_dtype: str = DEFAULT_WIRE_DTYPE
     speculative: str = DEFAULT_SPECULATIVE
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
+    draft_model: str = DEFAULT_DRAFT_MODEL  # with speculative "draft": the served model that proposes the drafts
 
 
 def device_problem(device: object) -> str:
@@ -106,16 +98,6 @@ def device_problem(device: object) -> str:
     if isinstance(device, str) and DEVICE_PATTERN.fullmatch(device):
         return ""
     return f"must be {DEVICE_RULE}, got {device!r}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_in(field: str, value: object, low: int, high: int, what: str = "") -> int:
-    if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
-        raise SpecProblem(field, f"must be an integer in {low}..{high}{what}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def check_name(value: object) -> str:
@@ -173,17 +155,6 @@ def check_wire_dtype(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
-def check_speculative(value: object) -> str:
-    if value not in ALLOWED_SPECULATIVE:
-        raise SpecProblem("speculative", f"must be one of {list(ALLOWED_SPECULATIVE)} (ngram: draft tokens from the "
-                                         f"sequence's own prompt and output, verified in one pass), got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def check_num_speculative_tokens(value: object) -> int:
-    return _int_in("num_speculative_tokens", value, 1, MAX_NUM_SPECULATIVE_TOKENS, " (draft tokens per step)")
-
-
 def check_device(value: object) -> str:
     if device_problem(value):
         raise SpecProblem("device", device_problem(value))
@@ -191,20 +162,20 @@ def check_device(value: object) -> str:
 
 
 def check_kv_cache_tokens(value: object) -> int:
-    return _int_in("kv_cache_tokens", value, 1, MAX_KV_CACHE_TOKENS, " (KV budget of each shard, in tokens)")
+    return int_in("kv_cache_tokens", value, 1, MAX_KV_CACHE_TOKENS, " (KV budget of each shard, in tokens)")
 
 
 def check_max_context(value: object) -> int | None:
-    return None if value is None else _int_in("max_context", value, 1, MAX_CONTEXT_TOKENS, " or null")
+    return None if value is None else int_in("max_context", value, 1, MAX_CONTEXT_TOKENS, " or null")
 
 
 def check_pipeline_depth(value: object) -> int | None:
-    return None if value is None else _int_in("pipeline_depth", value, 1, MAX_PIPELINE_DEPTH,
+    return None if value is None else int_in("pipeline_depth", value, 1, MAX_PIPELINE_DEPTH,
                                               " (micro-batches in flight) or null")
 
 
 def check_replicas(value: object) -> int:
-    return _int_in("replicas", value, 1, MAX_REPLICAS, " (nodes per layer range)")
+    return int_in("replicas", value, 1, MAX_REPLICAS, " (nodes per layer range)")
 
 
 def _node_id_ok(node_id: object) -> bool:
@@ -244,7 +215,7 @@ def check_layer_ranges(value: object, num_stages: int | None) -> tuple[tuple[int
                                           f"stage, got {value!r}")
     ranges: list[tuple[int, int]] = []
     for j, pair in enumerate(value):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(x) for x in pair)
+        if not (isinstance(pair, list) and len(pair) == 2 and all(is_int(x) for x in pair)
                 and 0 <= pair[0] < pair[1] <= MAX_LAYER):
             raise SpecProblem("layer_ranges", f"must be [start, end] with 0 <= start < end, got {pair!r}", f"[{j}]")
         expected = ranges[-1][1] if ranges else 0
@@ -260,13 +231,14 @@ SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs
     "kv_cache_tokens": check_kv_cache_tokens, "max_context": check_max_context,
     "pipeline_depth": check_pipeline_depth, "replicas": check_replicas, "forwarding": check_forwarding,
     "wire_dtype": check_wire_dtype, "speculative": check_speculative,
-    "num_speculative_tokens": check_num_speculative_tokens,
+    "num_speculative_tokens": check_num_speculative_tokens, "draft_model": check_draft_model,
 }
 DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "quantization": DEFAULT_QUANTIZATION, "device": DEFAULT_DEVICE,
                             "max_context": None, "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
                             "replicas": DEFAULT_REPLICAS, "forwarding": DEFAULT_FORWARDING,
                             "wire_dtype": DEFAULT_WIRE_DTYPE, "speculative": DEFAULT_SPECULATIVE,
-                            "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS}
+                            "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS,
+                            "draft_model": DEFAULT_DRAFT_MODEL}
 
 
 def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mapping[str, object] | None = None,
@@ -287,4 +259,5 @@ def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mappin
         source = check_cache_source(raw["source"] if raw.get("source") is not None else values["name"])
     stages = default_stages if raw.get("nodes") is None else check_nodes(raw["nodes"], known_nodes)
     ranges = check_layer_ranges(raw.get("layer_ranges"), len(stages))
+    check_speculation(values["name"], values["speculative"], values["draft_model"])
     return CheckedSpec(source=source, stages=stages, layer_ranges=ranges, **values)

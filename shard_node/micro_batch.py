@@ -28,6 +28,7 @@ class SliceInput:
     recent_token_ids: tuple[int, ...] = ()
     no_sample: bool = False  # an intermediate prefill chunk: the last stage samples nothing for it
     invalid: str = ""  # why this slice cannot run (e.g. its sampling parameters); it fails alone
+    provisional: bool = False  # a draft model's step: all its positions may be overwritten later
     draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
     # last stage (shard_node/speculative.py)
 

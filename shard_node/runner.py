@@ -214,8 +214,8 @@ class ShardRunner:
             x = source.to(self.device)
         x = self.model.forward_layers(x, pos, paged)
         for s, entry in zip(slices, entries):
+            entry.draft_start = self._provisional_from(s, entry)
             entry.length = s.start_pos + s.num_tokens  # rejected drafts of an earlier step are overwritten now
-            entry.draft_start = entry.length - len(s.draft_token_ids) if s.draft_token_ids else None
         if self.is_last:
             self._sample(batch, good, entries, x, rows, errors, result)
         else:
@@ -258,6 +258,16 @@ class ShardRunner:
             except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
                 logger.warning("sequence %s: %s", s.seq_id, e)
                 errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")
+
+    @staticmethod
+    def _provisional_from(s: SliceInput, entry: SequenceCache) -> int | None:
+        """Where the sequence's provisional positions start once ``s`` ran (None: all are confirmed): its drafts, or
+        with ``provisional`` all of its rows and the provisional ones before it."""
+        if s.provisional:
+            return s.start_pos if entry.draft_start is None else min(entry.draft_start, s.start_pos)
+        if s.draft_token_ids:
+            return s.start_pos + s.num_tokens - len(s.draft_token_ids)
+        return None
 
     @staticmethod
     def _is_plain_greedy(params: SamplingParams) -> bool:

@@ -31,7 +31,7 @@ router = APIRouter(tags=["admin"])
 def _status(m: coordinator_pb2.ModelInfo) -> ModelStatus:
     return ModelStatus(name=m.name, state=m.state, source=m.source, dtype=m.dtype, quantization=m.quantization,
                        forwarding=m.forwarding, wire_dtype=m.wire_dtype, speculative=m.speculative,
-                       num_speculative_tokens=m.num_speculative_tokens,
+                       num_speculative_tokens=m.num_speculative_tokens, draft_model=m.draft_model,
                        reason=m.unavailable_reason, num_layers=m.num_layers, placement=[
                            PlacementEntry(stage=s.stage, layers=[s.layers.start, s.layers.end], node=s.node_id,
                                           state=s.state, weight_bytes=s.weight_bytes,
@@ -58,7 +58,8 @@ async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backen
     request = coordinator_pb2.AddModelRequest(
         name=body.name, source=body.source or body.name, dtype=body.dtype, quantization=body.quantization,
         forwarding=body.forwarding, wire_dtype=body.wire_dtype, speculative=body.speculative,
-        num_speculative_tokens=body.num_speculative_tokens, device=body.device, replicas=body.replicas,
+        num_speculative_tokens=body.num_speculative_tokens, draft_model=body.draft_model, device=body.device,
+        replicas=body.replicas,
         stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0)
     info = await backend.add_model(request)
     status = _status(info)

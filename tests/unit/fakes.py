@@ -47,14 +47,16 @@ def next_token(context: list[int]) -> int:
     return (sum((i + 1) * t for i, t in enumerate(context)) * 7 + len(context)) % (VOCAB - 10) + 10
 
 
-def verify(context: list[int], drafts: list[int]) -> tuple[int, int]:
+def verify(context: list[int], drafts: list[int], model: Callable[[list[int]], int] | None = None
+           ) -> tuple[int, int]:
     """The last stage's check of the drafts that end ``context``: (how many the fake model agrees with, the token
-    after them)."""
+    after them). ``model``: another fake model than ``next_token``."""
+    model = model or next_token
     base = len(context) - len(drafts)
     accepted = 0
-    while accepted < len(drafts) and next_token(context[:base + accepted]) == drafts[accepted]:
+    while accepted < len(drafts) and model(context[:base + accepted]) == drafts[accepted]:
         accepted += 1
-    return accepted, next_token(context[:base + accepted])
+    return accepted, model(context[:base + accepted])
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -124,6 +126,7 @@ class Forwarded:
     forward_to: str = ""  # ... and its output goes to this node's address
     pipeline_id: str = ""
     tokens_from_peer: bool = False  # ring decode: its input tokens come from the previous step's last stage
+    provisional: bool = False  # every slice is a draft model's provisional step
 
 
 class FakeStream:
@@ -170,7 +173,8 @@ class FakeStream:
         node.forwarded.append(Forwarded(request.batch_id, [s.seq_id for s in request.seqs],
                                         list(request.release_seq_ids), request.batches_in_flight,
                                         list(request.token_ids), request.hidden_from_peer, request.forward_to,
-                                        request.pipeline_id, request.tokens_from_peer))
+                                        request.pipeline_id, request.tokens_from_peer,
+                                        bool(request.seqs) and all(s.provisional for s in request.seqs)))
         self.used = True
         if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:
             node.lose_stream_at = None
@@ -295,6 +299,7 @@ class FakeNodeClient:
         self.shards: dict[str, FakeShard] = {}
         self.caches: dict[str, dict[str, list[int]]] = {}  # model -> seq_id -> tokens it holds
         self.draft_floors: dict[str, dict[str, int]] = {}  # model -> seq_id -> where its unverified drafts start
+        self.model: Callable[[list[int]], int] | None = None  # the fake model it runs (None: next_token)
         self.forwarded: list[Forwarded] = []
         self.released: list[str] = []  # seq_ids freed by Release calls
         self.loads: list[ShardLoad] = []
@@ -389,9 +394,10 @@ class FakeNodeClient:
                 reply.accepted_drafts.append(0)
                 continue
             cache[s.seq_id] = context = held[:s.start_pos] + [int(t) for t in rows]
-            floors[s.seq_id] = len(context) - len(s.draft_token_ids)
+            floor = min(floors.get(s.seq_id, s.start_pos), s.start_pos) if s.provisional else len(context)
+            floors[s.seq_id] = floor - len(s.draft_token_ids)
             kept.extend(int(t) for t in rows)
-            accepted, token = verify(context, list(s.draft_token_ids))
+            accepted, token = verify(context, list(s.draft_token_ids), self.model)
             reply.next_token_ids.append(-1 if s.no_sample else token)
             reply.accepted_drafts.append(accepted)
         if not last:

@@ -79,6 +79,9 @@ class FakeEngine:
     def on_node_event(self, event: Any) -> None:
         pass
 
+    def use_draft_model(self, served: Any) -> None:
+        pass
+
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:

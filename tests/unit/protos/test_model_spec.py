@@ -117,6 +117,10 @@ BAD = [  # (spec, the field every path names)
     ({"name": "m", "speculative": "eagle"}, "speculative"),
     ({"name": "m", "speculative": "OFF"}, "speculative"),
     ({"name": "m", "num_speculative_tokens": 33}, "num_speculative_tokens"),
+    ({"name": "m", "speculative": "draft"}, "draft_model"),  # which one?
+    ({"name": "m", "draft_model": "small"}, "draft_model"),  # speculative is ngram
+    ({"name": "m", "speculative": "draft", "draft_model": "m"}, "draft_model"),  # itself
+    ({"name": "m", "speculative": "draft", "draft_model": "a/b"}, "draft_model"),
     ({"name": "m", "num_speculative_tokens": -1}, "num_speculative_tokens"),
     ({"name": "m", "device": "gpu"}, "device"),
     ({"name": "m", "device": "CPU"}, "device"),
@@ -174,6 +178,14 @@ def test_add_model_keeps_what_the_request_gives() -> None:
             added.replicas) == ("m", "smol", "float16", "int8", "mps", (("a",), ("b",)), 2)
     assert [(r.start, r.end) for r in model.layer_ranges] == [(0, 4), (4, 30)]
     assert (model.kv_cache_tokens, model.max_context) == (512, 64)
+
+
+def test_a_configured_draft_model_must_be_one_of_the_models() -> None:
+    draft = {"name": "big", "speculative": "draft", "draft_model": "small"}
+    config = parse_config({"models": [draft, {"name": "small"}], "nodes": NODES})
+    assert (config.models[0].speculative, config.models[0].draft_model) == ("draft", "small")
+    with pytest.raises(ConfigError, match=r"models\[0\]\.draft_model: 'small' is not among the models \['big'\]"):
+        parse_config({"models": [draft], "nodes": NODES})
 
 
 @pytest.mark.parametrize("replicas", [-1, 17])

@@ -209,3 +209,25 @@ def _exact_probs(runner: ShardRunner, context: list[int]) -> torch.Tensor:
     runner.kv.release("x")
     assert result.logits is not None
     return torch.softmax(result.logits[0], dim=-1)
+
+
+def test_a_draft_models_provisional_steps_can_all_be_overwritten(llama: tuple[Path, ModelSpec]) -> None:
+    """A draft model proposes token after token as provisional slices; after the target's verdict the next step
+    starts anywhere after the first of them, and it computes what plain decoding of that context computes."""
+    path, spec = llama
+    [runner] = _runners(path, spec, [(0, 4)])
+    prompt = [5, 6, 7, 8]
+    _run([runner], [_slice(0, 4)], prompt)
+    tokens = [9]
+    for _ in range(3):  # the draft model's steps: positions 4, 5, 6
+        step = SliceInput("s", 4 + len(tokens) - 1, 1, 0, GREEDY, provisional=True)
+        tokens.append(_run([runner], [step], tokens[-1:]).next_token_ids[0])
+    assert runner.kv.get("s").draft_start == 4 and runner.kv.get("s").length == 7
+    redo = _run([runner], [SliceInput("s", 5, 2, 0, GREEDY, provisional=True)], [11, 12])  # back to position 5
+    assert not redo.row_errors and runner.kv.get("s").length == 7
+    [fresh] = _runners(path, spec, [(0, 4)])
+    _run([fresh], [_slice(0, 4)], prompt)
+    assert _run([fresh], [_slice(4, 3)], [9, 11, 12]).next_token_ids == redo.next_token_ids
+    confirmed = _run([runner], [_slice(7, 1)], [3])  # a plain step confirms everything
+    assert not confirmed.row_errors and runner.kv.get("s").draft_start is None
+    assert _run([runner], [_slice(6, 1)], [3]).row_errors  # no going back now
