@@ -60,7 +60,7 @@ def drafts_for(req: Request, spare: int) -> tuple[int, ...]:
     if req.drafting is None:
         return ()
     limit = min(spare, req.max_tokens - len(req.output_ids) - 1)
-    return tuple(req.drafting.propose(req.context_ids(), len(req.output_ids), limit))
+    return tuple(req.drafting.propose(req.prompt_ids, req.output_ids, limit))
 
 
 def take_tokens(entry: BatchEntry, token: int, accepted: int) -> tuple[tuple[int, ...], str]:

@@ -21,7 +21,7 @@ from coordinator.model_meta import ModelMeta
 from coordinator.node_client import StageError
 from coordinator.pipeline import Pipeline, Route
 from coordinator.request import Request
-from coordinator.speculation import ModelDrafts, SpeculationConfig
+from coordinator.speculation import ModelDrafts, SpeculationConfig, span
 from protos.data_structures import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class DraftModelProposer:
         """The sequences of a lane that decode next and want the draft model's drafts first."""
         return [r for r in members if not r.in_flight and not r.cancelled and r.prefill_done
                 and r.drafting is not None and r.max_tokens - len(r.output_ids) > 1
-                and r.drafting.wants_model_drafts(r.context_ids(), len(r.output_ids))]
+                and r.drafting.wants_model_drafts(r.num_context_tokens, len(r.output_ids))]
 
     def engine(self) -> DraftEngine | None:
         engine = self.served.get(self.draft_model)
@@ -122,13 +122,13 @@ class DraftModelProposer:
 
     async def _rounds(self, pipeline: Pipeline, route: Route, reqs: list[Request]) -> None:
         """k greedy steps of the draft model for every sequence (its own k), batched."""
-        contexts = {id(r): r.context_ids() for r in reqs}
+        lengths = {id(r): r.num_context_tokens for r in reqs}
         wanted = {id(r): min(r.drafting.draft_tokens, r.max_tokens - len(r.output_ids) - 1)  # type: ignore[union-attr]
                   for r in reqs}
         got: dict[int, list[int]] = {id(r): [] for r in reqs}
         going = [r for r in reqs if wanted[id(r)] > 0]
         while going:
-            entries = [self._entry(r, contexts[id(r)], got[id(r)]) for r in going]
+            entries = [self._entry(r, got[id(r)]) for r in going]
             try:
                 result = await pipeline.step(route, MicroBatchPlan(-1, tuple(entries)))
             except (StageError, RuntimeError) as e:
@@ -147,14 +147,15 @@ class DraftModelProposer:
             going = [r for i, r in enumerate(going) if i not in result.failed and len(got[id(r)]) < wanted[id(r)]]
         for r in reqs:
             if got[id(r)]:
-                r.drafting.model.ready = (len(contexts[id(r)]), tuple(got[id(r)]))  # type: ignore[union-attr]
+                r.drafting.model.ready = (lengths[id(r)], tuple(got[id(r)]))  # type: ignore[union-attr]
 
     @staticmethod
-    def _entry(req: Request, context: list[int], drafted: list[int]) -> BatchEntry:
+    def _entry(req: Request, drafted: list[int]) -> BatchEntry:
         """The sequence's next step on the draft model: what its cache lacks of the context, or its last draft."""
         drafts = req.drafting.model  # type: ignore[union-attr]
         assert drafts is not None
-        tokens = tuple(context[drafts.cached:]) if not drafted else (drafted[-1],)
+        tokens = (drafted[-1],) if drafted else tuple(span(req.prompt_ids, req.output_ids, drafts.cached,
+                                                               req.num_context_tokens))
         shadow = Request(request_id=f"{req.request_id}-draft", seq_id=drafts.seq_id, prompt_ids=req.prompt_ids,
                          max_tokens=req.max_tokens, sampling=SamplingParams(), stop_token_ids=frozenset(),
                          eos_token_ids=frozenset())

@@ -239,7 +239,7 @@ class ModelEngine:
         if set(self._in_flight) - {lane} or not self.scheduler.decodes_alone(plan):
             return None
         if any(e.request.drafting is not None and e.request.drafting.would_propose(
-                e.request.context_ids(), len(e.request.output_ids)) for e in plan.entries):
+                e.request.prompt_ids, e.request.output_ids) for e in plan.entries):
             return None  # its next step verifies drafts: the coordinator plans it once this one is back
         return self.scheduler.successor(plan)
 

@@ -34,28 +34,48 @@ class SpeculationConfig:
         return self.method != "off" and self.max_draft_tokens > 0
 
 
+def span(prompt: list[int], output: list[int], start: int, end: int) -> list[int]:
+    """Tokens [start, end) of prompt + output, without building the whole context (it may be long)."""
+    cut = len(prompt)
+    if start >= cut:
+        return output[start - cut:end - cut]
+    return prompt[start:end] if end <= cut else prompt[start:] + output[:end - cut]
+
+
 @dataclass
 class NgramIndex:
-    """Where each n-gram of a token list last appeared with a token after it: n-gram -> that token's position."""
+    """Where each n-gram of a sequence (prompt + output) last appeared with a token after it: n-gram -> the position
+    of that token. Each position is indexed once, as the sequence grows."""
 
     min_n: int = NGRAM_MIN
     max_n: int = NGRAM_MAX
     table: dict[tuple[int, ...], int] = field(default_factory=dict)
     indexed: int = 1  # positions p < indexed are in the table as continuations
 
-    def update(self, tokens: list[int]) -> None:
-        for p in range(self.indexed, len(tokens)):
+    def update(self, prompt: list[int], output: list[int]) -> None:
+        length = len(prompt) + len(output)
+        if self.indexed >= length:
+            return
+        tokens = span(prompt, output, max(self.indexed - self.max_n, 0), length)
+        offset = max(self.indexed - self.max_n, 0)
+        for p in range(self.indexed, length):
             for n in range(self.min_n, min(self.max_n, p) + 1):
-                self.table[tuple(tokens[p - n:p])] = p
-        self.indexed = max(self.indexed, len(tokens))
+                self.table[tuple(tokens[p - n - offset:p - offset])] = p
+        self.indexed = length
 
-    def lookup(self, tokens: list[int], limit: int) -> list[int]:
-        """Up to ``limit`` tokens that followed the latest earlier occurrence of the longest suffix found."""
-        self.update(tokens)
-        for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
-            at = self.table.get(tuple(tokens[len(tokens) - n:]))
+    def lookup(self, prompt: list[int], output: list[int], limit: int) -> list[int]:
+        """``limit`` tokens that followed the latest earlier occurrence of the longest suffix found (when that is
+        fewer than ``limit`` tokens back, the text since is taken to repeat), or none."""
+        self.update(prompt, output)
+        length = len(prompt) + len(output)
+        tail = span(prompt, output, max(length - self.max_n, 0), length)
+        for n in range(min(self.max_n, length), self.min_n - 1, -1):
+            at = self.table.get(tuple(tail[len(tail) - n:]))
             if at is not None:
-                return tokens[at:at + limit]
+                drafts = span(prompt, output, at, min(at + limit, length))
+                while len(drafts) < limit:  # the match is recent: the text repeats itself with this period
+                    drafts.append(drafts[len(drafts) - (length - at)])
+                return drafts
         return []
 
 
@@ -88,26 +108,26 @@ class DraftState:
     def __post_init__(self) -> None:
         self.draft_tokens = min(self.draft_tokens, self.max_draft_tokens)
 
-    def propose(self, context: list[int], num_output: int, limit: int) -> list[int]:
-        """Drafts to verify after the newest token of ``context`` (at most ``limit``; none while backing off, and
-        from a draft model only once it proposed for this very context)."""
-        if num_output < self.resume_at or limit < 1:
+    def propose(self, prompt: list[int], output: list[int], limit: int) -> list[int]:
+        """Drafts to verify after the newest token of prompt + output (at most ``limit``; none while backing off,
+        and from a draft model only once it proposed for this very context)."""
+        if len(output) < self.resume_at or limit < 1:
             return []
         if self.model is not None:
             ready = self.model.ready
-            return list(ready[1][:limit]) if ready is not None and ready[0] == len(context) else []
-        return self.index.lookup(context, min(self.draft_tokens, limit))
+            return list(ready[1][:limit]) if ready is not None and ready[0] == len(prompt) + len(output) else []
+        return self.index.lookup(prompt, output, min(self.draft_tokens, limit))
 
-    def would_propose(self, context: list[int], num_output: int) -> bool:
+    def would_propose(self, prompt: list[int], output: list[int]) -> bool:
         if self.model is not None:
-            return num_output >= self.resume_at
-        return bool(self.propose(context, num_output, 1))
+            return len(output) >= self.resume_at
+        return bool(self.propose(prompt, output, 1))
 
-    def wants_model_drafts(self, context: list[int], num_output: int) -> bool:
+    def wants_model_drafts(self, num_context: int, num_output: int) -> bool:
         """A draft model should propose for this context first (it has not yet, and the sequence is not backing
         off)."""
         return (self.model is not None and num_output >= self.resume_at
-                and (self.model.ready is None or self.model.ready[0] != len(context)))
+                and (self.model.ready is None or self.model.ready[0] != num_context))
 
     def confirmed(self, num_computed: int) -> None:
         """The sequence's KV caches hold ``num_computed`` positions that are final: the draft model's cache agrees up

@@ -34,19 +34,28 @@ def copying() -> Iterator[None]:
 def test_the_index_proposes_what_followed_the_latest_occurrence_of_the_longest_suffix() -> None:
     index = NgramIndex(min_n=2, max_n=3)
     tokens = [1, 2, 3, 4, 9, 2, 3, 5, 6, 1, 2, 3]
-    assert index.lookup(tokens, 3) == [4, 9, 2]  # "1 2 3" wins over the later "2 3" (before 5)
+    assert index.lookup(tokens, [], 3) == [4, 9, 2]  # "1 2 3" wins over the later "2 3" (before 5)
     index = NgramIndex(min_n=2, max_n=3)
     tokens = [1, 2, 3, 4, 9, 2, 3, 5, 6, 7, 2, 3]
-    assert index.lookup(tokens, 3) == [5, 6, 7]  # only "2 3" is found: its latest occurrence
-    assert index.lookup(tokens[:-1] + [8], 3) == []  # "2 8" never appeared
+    assert index.lookup(tokens[:5], tokens[5:], 3) == [5, 6, 7]  # only "2 3" is found: its latest occurrence
+    assert index.lookup(tokens[:5], tokens[5:-1] + [8], 3) == []  # "2 8" never appeared
 
 
 def test_the_index_grows_with_the_tokens_and_proposes_at_most_the_limit() -> None:
     index = NgramIndex(min_n=2, max_n=2)
-    tokens = [5, 6, 7, 8]
-    assert index.lookup(tokens, 4) == []
-    tokens += [5, 6]
-    assert index.lookup(tokens, 4) == [7, 8, 5, 6] and index.lookup(tokens, 1) == [7]
+    prompt, output = [5, 6, 7], [8]
+    assert index.lookup(prompt, output, 4) == []
+    output += [5, 6]
+    assert index.lookup(prompt, output, 4) == [7, 8, 5, 6] and index.lookup(prompt, output, 1) == [7]
+
+
+@pytest.mark.parametrize("cut", range(0, 13))
+def test_the_index_reads_prompt_and_output_as_one_sequence_wherever_they_meet(cut: int) -> None:
+    tokens = [4, 1, 2, 3, 4, 1, 2, 9, 4, 1, 2, 3]
+    grown, whole = NgramIndex(), NgramIndex()
+    for end in range(cut, len(tokens) + 1):  # the output grows token by token
+        assert grown.lookup(tokens[:cut], tokens[cut:end], 5) == whole.lookup(tokens[:end], [], 5)
+    assert whole.lookup(tokens, [], 5) == [4, 1, 2, 9, 4]  # the 4-gram "4 1 2 3" opened the sequence
 
 
 def test_draft_length_grows_on_hits_shrinks_on_misses_and_backs_off_after_none_accepted() -> None:
@@ -63,8 +72,9 @@ def test_draft_length_grows_on_hits_shrinks_on_misses_and_backs_off_after_none_a
     assert state.resume_at == 36  # one plain token, then drafts again
     state.record(6, 0, num_output=37)
     assert state.resume_at == 39  # two
-    assert state.propose([1, 2, 1, 2], num_output=38, limit=8) == []  # backing off
-    assert state.propose([1, 2, 1, 2], num_output=39, limit=8) == [1, 2]
+    repeating = [1, 2, 3] * 13
+    assert state.propose([], repeating[:38], limit=8) == []  # backing off
+    assert state.propose([], repeating[:39], limit=8) == [1, 2, 3, 1, 2]  # its draft length is down to 5
     state.record(2, 1, num_output=41)
     assert state.misses == 0
     assert (state.proposed, state.accepted, state.steps) == (4 + 6 + 8 + 8 + 7 + 6 + 2, 4 + 6 + 8 + 3 + 1, 7)
