@@ -67,7 +67,7 @@ def take_tokens(entry: BatchEntry, token: int, accepted: int) -> tuple[tuple[int
     """A decode entry came back with ``token`` after ``accepted`` of its drafts: its positions up to the last
     accepted draft are in the KV caches now, and the new tokens go to the output up to the first that ends it."""
     req = entry.request
-    req.num_computed = entry.start_pos + len(entry.token_ids) - len(entry.drafts) + accepted
+    req.num_computed += len(entry.token_ids) - len(entry.drafts) + accepted  # (chunks may come back out of order)
     if req.drafting is not None:
         req.drafting.confirmed(req.num_computed)
     if entry.drafts:

@@ -157,7 +157,7 @@ def test_a_verify_entry_moves_the_positions_to_the_last_accepted_draft() -> None
     r.output_ids = [4]
     r.num_computed = r.num_scheduled = 3
     r.drafting = DraftState(8)
-    entry = BatchEntry(r, 3, (4, 5, 6, 7), True, drafts=(5, 6, 7))
+    entry = BatchEntry(r, 3, (4, 5, 6, 7), True, drafts=(5, 6, 7))  # position 3 holds 4, the drafts 4..6
     r.num_scheduled = 7
     tokens, reason = take_tokens(entry, 9, accepted=1)
     assert tokens == (5, 9) and reason == "" and r.output_ids == [4, 5, 9]
