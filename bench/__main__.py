@@ -1,6 +1,7 @@
 """python -m bench: the same workload against Shardline (3 nodes on loopback, and in network namespaces on links
 of several delays: the latency table, star relay vs direct forwarding), monolithic transformers and llama.cpp,
-plus the wire dtypes' accuracy; writes bench/results/latest.{json,md} and throughput.png."""
+plus the wire dtypes' accuracy and speculative decoding off vs on (issue 20); writes bench/results/latest.{json,md}
+and throughput.png."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from bench.report import (
 )
 from bench.report_md import write_markdown
 from bench.scale_run import record_weight_bandwidth
+from bench.spec_md import summary_json
 from bench.stats import RequestTrace, Round, summarize
 from bench.weight_formats import FLOAT32, WeightFormat
 from bench.workload import Workload, build_workload
@@ -194,6 +196,11 @@ class Bench:
 
         run_latency_table(self.rep, self.args, self.w, self.run_dir, self.node_threads, self.save)
 
+    def speculative(self) -> None:
+        from bench.speculative import run_speculative
+
+        run_speculative(self.rep, self.args, self.w, self.run_dir, self.node_threads, self.save)
+
     def scale(self) -> None:
         from bench.scale_run import run_scale
 
@@ -207,6 +214,8 @@ class Bench:
         self.rep.ratios = compute_ratios(self.rep)
         self.rep.checks = self.checks()
         self.rep.targets = targets_json(self.rep)
+        if self.rep.speculative.get("plan"):
+            self.rep.speculative["summary"] = summary_json(self.rep.speculative)
         write_json(self.rep, out / "latest.json")
         write_markdown(self.rep, out / "latest.md")
         try:
@@ -243,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         (HF, bench.transformers, args.skip_transformers),
         (LLAMACPP, bench.llamacpp, args.skip_llamacpp),
         ("netns", bench.netns, args.skip_netns),
+        ("speculative", bench.speculative, args.skip_speculative),
         ("scale", bench.scale, args.skip_scale),
     ]
     code = 0

@@ -29,7 +29,7 @@ from bench.relay_cluster import FORWARDING_MODES, RelayCluster, coordinator_sett
 from bench.report import BenchReport
 from bench.shardline_cluster import NodePlan
 from bench.shardline_runner import run_round
-from bench.stats import Round, RunResult, summarize
+from bench.stats import Round, RunResult, draft_totals, summarize
 from bench.workload import Workload
 from protos import coordinator_pb2_grpc
 from protos.runtime import GRPC_OPTIONS
@@ -56,7 +56,8 @@ class TablePlan:
 
 def _result(label: str, kind: str, c: int, rounds: list[Round], n: int) -> RunResult:
     mode = "sequential" if c == 1 else "concurrent streams"
-    r = summarize(label, kind, c, mode, rounds, n, extra={"first_tokens": rounds[0].traces[0].token_ids[:32]})
+    r = summarize(label, kind, c, mode, rounds, n, extra={"first_tokens": rounds[0].traces[0].token_ids[:32],
+                                                         **draft_totals(rounds)})
     log(f"  {label} {kind} c={c}: aggregate {r.aggregate_tps:.1f} tok/s, TTFT p50 {r.ttft_p50_ms:.0f} ms, "
         f"per-stream {r.decode_tps_per_stream_mean:.1f} tok/s"
         f"{'' if r.all_counts_exact else '  (TOKEN COUNT/ERROR: ' + '; '.join(r.errors[:2]) + ')'}")

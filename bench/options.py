@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--skip-wire-dtypes", action="store_true",
                    help="skip the wire dtypes' accuracy and bytes per token (in process)")
     p.add_argument("--skip-hop", action="store_true")
+    p.add_argument("--skip-speculative", action="store_true", help="skip the speculative-decoding section")
     p.add_argument("--skip-scale", action="store_true",
                    help="skip the scale row (a random-weight 1.7B Llama over 3 memory-budgeted nodes)")
     p.add_argument("--scale-tokens", type=int, default=8, help="new tokens per request in the scale row (default 8)")

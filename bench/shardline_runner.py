@@ -13,7 +13,7 @@ import grpc
 
 from bench.procs import log
 from bench.shardline_cluster import NodePlan, ShardlineCluster
-from bench.stats import RequestTrace, Round, RunResult, summarize
+from bench.stats import RequestTrace, Round, RunResult, draft_totals, summarize
 from bench.workload import Workload
 from protos import common_pb2, coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 from protos.runtime import GRPC_OPTIONS
@@ -30,6 +30,7 @@ async def _generate(stub: coordinator_pb2_grpc.CoordinatorStub, model: str, ids:
     times: list[float] = []
     out: list[int] = []
     finish, err = "", ""
+    drafts = (0, 0)  # the request's draft_proposed, draft_accepted so far
     req = coordinator_pb2.GenerateRequest(model=model, prompt_token_ids=ids, max_tokens=n,
                                           sampling=common_pb2.SamplingParams(), ignore_eos=True, request_id=rid)
     try:
@@ -37,13 +38,15 @@ async def _generate(stub: coordinator_pb2_grpc.CoordinatorStub, model: str, ids:
             now = time.perf_counter()
             times.extend([now] * len(msg.token_ids))
             out.extend(msg.token_ids)
+            drafts = max(drafts, (msg.draft_proposed, msg.draft_accepted))
             if msg.finish_reason:
                 finish, err = msg.finish_reason, msg.error
     except grpc.aio.AioRpcError as e:
         err = f"{e.code().name}: {e.details()}"
     if finish and finish != "length" and not err:
         err = f"finish_reason {finish!r} after {len(out)} tokens"
-    return RequestTrace(t_release=release[0], token_times=times, token_ids=out, finish_reason=finish, error=err)
+    return RequestTrace(t_release=release[0], token_times=times, token_ids=out, finish_reason=finish, error=err,
+                        draft_proposed=drafts[0], draft_accepted=drafts[1])
 
 
 async def run_round(stub: coordinator_pb2_grpc.CoordinatorStub, model: str, ids: list[int], n: int, c: int,
@@ -148,7 +151,7 @@ async def measure(cluster: ShardlineCluster, workload: Workload, system: str, pr
                 key = f"{kind}/c={c}"
                 kv_peaks[key] = peak
                 r = summarize(system, kind, c, mode, rounds, n,
-                              extra={"node_peaks": peak,
+                              extra={"node_peaks": peak, **draft_totals(rounds),
                                      "first_tokens": rounds[0].traces[0].token_ids[:32]})
                 results.append(r)
                 log(f"  {system} {kind} c={c}: aggregate {r.aggregate_tps:.1f} tok/s, TTFT p50 {r.ttft_p50_ms:.0f} ms, "

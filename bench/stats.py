@@ -16,6 +16,8 @@ class RequestTrace:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = ""
     error: str = ""
+    draft_proposed: int = 0  # speculative decoding: the request's draft tokens sent for verification ...
+    draft_accepted: int = 0  # ... and accepted (Shardline only)
 
     @property
     def n_tokens(self) -> int:
@@ -27,7 +29,8 @@ class RequestTrace:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RequestTrace:
         return cls(t_release=d["t_release"], token_times=list(d["token_times"]), token_ids=list(d.get("token_ids", [])),
-                   finish_reason=d.get("finish_reason", ""), error=d.get("error", ""))
+                   finish_reason=d.get("finish_reason", ""), error=d.get("error", ""),
+                   draft_proposed=d.get("draft_proposed", 0), draft_accepted=d.get("draft_accepted", 0))
 
 
 @dataclass
@@ -42,6 +45,13 @@ class Round:
         if not ends:
             return 0.0
         return max(ends) - min(t.t_release for t in self.traces)
+
+
+def draft_totals(rounds: list[Round]) -> dict[str, int]:
+    """Speculative decoding over every request of the rounds: drafts proposed and accepted."""
+    traces = [t for r in rounds for t in r.traces]
+    return {"draft_proposed": sum(t.draft_proposed for t in traces),
+            "draft_accepted": sum(t.draft_accepted for t in traces)}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -10,7 +10,14 @@ from bench.options import parse_args
 from bench.report import BenchReport, load_report, write_json
 from bench.report_md import write_markdown
 from bench.spec_md import speculative_section, summary_json
-from bench.spec_stats import StreamTrace, cell_pairs, figures, find_pair, output_differences
+from bench.spec_stats import (
+    StreamTrace,
+    cell_pairs,
+    figures,
+    find_pair,
+    output_differences,
+    prompt_speedup_geomeans,
+)
 from bench.spec_targets import IdentityCheck, check_targets
 from bench.spec_workload import COPY, OPEN, PROMPT_TEXTS, SpecPrompt
 from bench.speculative import SpecPlan, cycled, modes, round_plan
@@ -47,6 +54,17 @@ def test_figures_of_one_stream_off_and_on() -> None:
     assert on.acceptance == 0.5 and on.tokens_per_verify_step == 3.0 and on.tokens_per_step == 3.0
 
 
+def test_streams_round_trip_through_their_compact_json() -> None:
+    t = _trace("p", COPY, True, steps=[1, 3, 3, 3], drafts=[0, 4, 4, 4], accepted=6, release=5.0)
+    t.other_cores = 0.25
+    d = t.to_json()
+    assert d["token_ids"] == " ".join(map(str, IDS)) and d["step_ms"] == "100.00 200.00 300.00 400.00"
+    back = StreamTrace.from_json(d)
+    assert back.token_ids == IDS and back.step_drafts == [0, 4, 4, 4] and back.other_cores == 0.25
+    assert abs(figures([back]).tps_per_stream - figures([t]).tps_per_stream) < 1e-6  # type: ignore[operator]
+    assert figures([back]).tokens_per_verify_step == 3.0 and StreamTrace.from_json(asdict(t)) == t
+
+
 def test_aggregate_counts_each_round_from_its_release_to_its_last_token() -> None:
     a = [_trace("p", COPY, True, c=2, rnd=0), _trace("q", COPY, True, c=2, rnd=0, step_s=0.2)]
     b = [_trace("p", COPY, True, c=2, rnd=1, release=100.0), _trace("q", COPY, True, c=2, rnd=1, release=100.0)]
@@ -60,6 +78,7 @@ def test_cell_pairs_ratio_and_per_prompt_cells() -> None:
     pairs = cell_pairs(traces)
     assert [(p.key.kind, p.key.concurrency) for p in pairs] == [(COPY, 1)]
     assert abs(pairs[0].speedup("tps_per_stream") - 2.0 / (0.4 + 0.2)) < 1e-9  # type: ignore[operator]
+    assert abs(prompt_speedup_geomeans(traces)[(COPY, 0.0)] - (2.5 * 5.0) ** 0.5) < 1e-9
     per_prompt = cell_pairs(traces, by_prompt=True)
     assert [p.key.kind for p in per_prompt] == ["a", "b"]
     assert abs(per_prompt[1].speedup("tps_per_stream") - 1.0 / 0.2) < 1e-9  # type: ignore[operator]
@@ -114,7 +133,7 @@ def test_round_plan_alternates_off_and_on_and_cycles_prompts_at_c8() -> None:
 
 def _report(traces: list[StreamTrace]) -> BenchReport:
     rep = BenchReport(settings={}, machine={}, workload={})
-    rep.speculative = {"plan": asdict(SpecPlan([0.0, 25.0])), "streams": [asdict(t) for t in traces],
+    rep.speculative = {"plan": asdict(SpecPlan([0.0, 25.0])), "streams": [t.to_json() for t in traces],
                        "prompts": [{"name": "a", "kind": COPY, "text": "t", "num_tokens": 3}],
                        "speculation": {"speculative": "ngram", "num_speculative_tokens": 8},
                        "transformers": {"transformers": "x", "torch": "y", "threads": 2, "other_cores_avg": 0.0,
