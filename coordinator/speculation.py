@@ -8,8 +8,9 @@ keeps the prefix its own sampling agrees with (shard_node/speculative.py), so th
 decoding.
 
 How many to propose adapts per sequence (``DraftState``): every draft accepted lets it propose two more next time;
-a partly accepted step, one fewer. A step with none accepted makes the sequence decode plainly for a while
-(1, 2, 4, ... up to 64 tokens), so a stream whose drafts keep missing costs almost nothing over plain decoding.
+a partly accepted step, one fewer. A second step in a row with none accepted makes the sequence decode plainly for a
+while (1, 2, 4, ... up to 64 tokens), so a stream whose drafts keep missing costs almost nothing over plain
+decoding.
 """
 
 from __future__ import annotations
@@ -137,9 +138,11 @@ class DraftState:
             self.model.ready = None
 
     def back_off(self, num_output: int) -> None:
-        """No drafts this time (the draft model is down or refused): plain decoding for a while, longer each time."""
+        """Nothing accepted (or no drafts: the draft model is down or refused): from the second time in a row, plain
+        decoding for a while, twice as long each time."""
         self.misses += 1
-        self.resume_at = num_output + min(2 ** (self.misses - 1), MAX_BACKOFF_TOKENS)
+        if self.misses > 1:
+            self.resume_at = num_output + min(2 ** (self.misses - 2), MAX_BACKOFF_TOKENS)
 
     def record(self, proposed: int, accepted: int, num_output: int) -> None:
         """A verify step came back: ``accepted`` of ``proposed`` drafts; the sequence now has ``num_output``."""

@@ -69,15 +69,17 @@ def test_draft_length_grows_on_hits_shrinks_on_misses_and_backs_off_after_none_a
     state.record(8, 3, num_output=34)
     assert state.draft_tokens == 7 and state.resume_at == 0
     state.record(7, 0, num_output=35)
-    assert state.resume_at == 36  # one plain token, then drafts again
+    assert state.resume_at == 0  # one miss: drafts again at once
     state.record(6, 0, num_output=37)
-    assert state.resume_at == 39  # two
+    assert state.resume_at == 38  # two in a row: one plain token first
     repeating = [1, 2, 3] * 13
-    assert state.propose([], repeating[:38], limit=8) == []  # backing off
-    assert state.propose([], repeating[:39], limit=8) == [1, 2, 3, 1, 2]  # its draft length is down to 5
-    state.record(2, 1, num_output=41)
+    assert state.propose([], repeating[:37], limit=8) == []  # backing off
+    assert state.propose([], repeating[:38], limit=8) == [3, 1, 2, 3, 1]  # its draft length is down to 5
+    state.record(5, 0, num_output=40)
+    assert state.resume_at == 42  # three in a row: two
+    state.record(2, 1, num_output=43)
     assert state.misses == 0
-    assert (state.proposed, state.accepted, state.steps) == (4 + 6 + 8 + 8 + 7 + 6 + 2, 4 + 6 + 8 + 3 + 1, 7)
+    assert (state.proposed, state.accepted, state.steps) == (4 + 6 + 8 + 8 + 7 + 6 + 5 + 2, 4 + 6 + 8 + 3 + 1, 8)
 
 
 # ----- through the engine -------------------------------------------------------------------------------------
