@@ -119,7 +119,8 @@ def test_kill_during_200_token_stream_fails_over_to_the_replica(failover_cluster
     undisturbed = stream_text(cluster, REPLICATED, 200)
     before = model_state(cluster, REPLICATED)
     carried = [r for r in before["replicas"] if r["micro_batches"] > 0]  # the route that carried the stream
-    assert sorted(r["stage"] for r in carried) == [0, 1] and all(r["micro_batches"] >= 200 for r in carried)
+    assert sorted(r["stage"] for r in carried) == [0, 1]
+    assert all(r["micro_batches"] >= 200 // 9 for r in carried)  # a step yields 1 token, or up to 1 + 8 drafts
     killed: list[str] = []
 
     def kill_at_40(i: int) -> None:
