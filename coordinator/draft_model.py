@@ -12,6 +12,7 @@ sequence decodes plainly for a while (``DraftState.back_off``) and its cache is 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
@@ -84,6 +85,7 @@ class DraftModelProposer:
         self.draft_model = draft_model
         self.served = served  # every served model by name (the registry's engines)
         self.holding: dict[str, tuple[Request, ModelDrafts]] = {}  # draft caches on the draft model's nodes
+        self._caches = itertools.count(1)  # a new cache gets a new id: a release of an old one may still be pending
 
     @staticmethod
     def wanting(members: Sequence[Request]) -> list[Request]:
@@ -117,7 +119,7 @@ class DraftModelProposer:
         if drafts.route != nodes:
             self._release(drafts)
             drafts.route, drafts.cached = nodes, 0
-            drafts.seq_id = f"{req.seq_id}-draft{len(self.holding)}"
+            drafts.seq_id = f"{req.seq_id}-draft{next(self._caches)}"
         self.holding[drafts.seq_id] = (req, drafts)
 
     async def _rounds(self, pipeline: Pipeline, route: Route, reqs: list[Request]) -> None:
