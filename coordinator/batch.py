@@ -17,8 +17,7 @@ class BatchEntry:
     wants_token: bool  # False for a prefill chunk that does not reach the end of the prompt
     seq_id: str = ""  # the request's sequence id when planned (a failover gives it a new one)
     drafts: tuple[int, ...] = ()  # speculative decoding: the last len(drafts) token_ids, to be verified
-    provisional: bool = False  # a draft model's step, or a chained one: its positions may be overwritten later
-    chained: bool = False  # sent before the step before it came back, guessing that every draft of that one holds
+    provisional: bool = False  # a draft model's step: its positions may be overwritten later
 
     def __post_init__(self) -> None:
         if not self.seq_id:
@@ -42,7 +41,6 @@ class StepOutcome:
     # (request, its new tokens (several when drafts were accepted), finish reason or "")
     tokens: list[tuple[Request, tuple[int, ...], str]] = field(default_factory=list)
     failed: list[tuple[Request, str]] = field(default_factory=list)  # (request, why): it failed alone on a node
-    guessed_wrong: list[int] = field(default_factory=list)  # chained entries whose guess did not hold: dropped
 
 
 def finish_reason(req: Request, token: int) -> str:
@@ -63,27 +61,6 @@ def drafts_for(req: Request, spare: int) -> tuple[int, ...]:
         return ()
     limit = min(spare, req.max_tokens - len(req.output_ids) - 1)
     return tuple(req.drafting.propose(req.prompt_ids, req.output_ids, limit))
-
-
-def chained_entry(entry: BatchEntry) -> BatchEntry | None:
-    """The step after the verify entry ``entry`` (in flight), guessing that all its drafts are accepted and the
-    next token is the n-gram's next one: that guessed token with the n-gram's following tokens as its drafts, at the
-    positions after ``entry``'s, all provisional; None when the n-gram has nothing more or max_tokens is near."""
-    req, k = entry.request, len(entry.drafts)
-    room = req.max_tokens - len(req.output_ids) - k - 2  # drafts it may carry: both steps' tokens fit max_tokens
-    if req.drafting is None or not entry.drafts or room < 1:
-        return None
-    more = req.drafting.continuation(req.prompt_ids, req.output_ids, k + 1 + min(room, req.drafting.draft_tokens))
-    if len(more) < k + 2 or tuple(more[:k]) != entry.drafts:
-        return None
-    return BatchEntry(req, entry.start_pos + len(entry.token_ids), tuple(more[k:]), True, drafts=tuple(more[k + 1:]),
-                      provisional=True, chained=True)
-
-
-def guess_held(entry: BatchEntry) -> bool:
-    """A chained entry is valid once the step before it came back as guessed: its first token is the newest."""
-    req = entry.request
-    return req.num_computed == entry.start_pos and bool(req.output_ids) and req.output_ids[-1] == entry.token_ids[0]
 
 
 def take_tokens(entry: BatchEntry, token: int, accepted: int) -> tuple[tuple[int, ...], str]:

@@ -73,7 +73,6 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
     engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
     engine.prefill_mode = coord.pipelined_prefill
     engine.ring_decode = coord.ring_decode
-    engine.chain_speculation = coord.chain_speculation
     engine.speculation = SpeculationConfig(model.speculative, model.num_speculative_tokens, model.draft_model)
     return engine
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from coordinator.batch import BatchEntry, MicroBatchPlan
@@ -97,17 +97,6 @@ class DraftModelProposer:
     def engine(self) -> DraftEngine | None:
         engine = self.served.get(self.draft_model)
         return engine if engine is not None and engine.ready and not engine.draining else None
-
-    async def propose_for_lane(self, members: list[Request], done: Callable[[], None]) -> None:
-        """``propose`` for a lane's sequences, which nothing else plans meanwhile; ``done`` frees the lane."""
-        for r in members:
-            r.batches_in_flight += 1
-        try:
-            await self.propose(members)
-        finally:
-            for r in members:
-                r.batches_in_flight -= 1
-            done()
 
     async def propose(self, reqs: Sequence[Request]) -> None:
         """Drafts for each of ``reqs`` (decode rows of one lane, each with a DraftState whose ``model`` is set),

@@ -1,21 +1,20 @@
 """The generation loop of one model: drain cancelled -> admit -> plan -> step -> postprocess -> publish.
 
-Up to ``depth`` micro-batches are in flight at once (one per lane), so while the last stage works on one, the first
-stage already works on the next. Each lane runs along a route (one replica of every layer range; ``ReplicaSet`` keeps
-the routes and the replicas' states). When a node of a route is lost, every sequence of the lanes through it is
-replayed (prompt plus the tokens so far, under a new sequence id) along a route of healthy replicas; without a healthy
-replica for some range the model is unavailable and its waiting requests end with an error naming the node and range.
+Up to ``depth`` micro-batches are in flight at once (one per lane), so while the last stage works on one,
+the first stage already works on the next. Each lane runs along a route (one replica of every layer range;
+``ReplicaSet`` keeps the routes and the replicas' states). When a node of a route is lost, every sequence of
+the lanes through it goes back to the front of the queue with a new sequence id and is replayed, prompt plus
+the tokens generated so far, along a route of healthy replicas. Without a healthy replica for some range the
+model is unavailable: its waiting requests end with an error naming the node and range.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 
 from coordinator import metrics
-from coordinator.batch import guess_held
 from coordinator.draft_model import DraftEngine, DraftModelProposer
 from coordinator.forwarding import RingStep, SentAhead
 from coordinator.membership import NodeEvent
@@ -26,7 +25,7 @@ from coordinator.publisher import FailoverStats, Publisher
 from coordinator.replicas import ReplicaSet
 from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
-from coordinator.speculation import DraftState, IdleShare, ModelDrafts, SpeculationConfig
+from coordinator.speculation import DraftState, ModelDrafts, SpeculationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +33,34 @@ logger = logging.getLogger(__name__)
 class ModelEngine:
     def __init__(self, name: str, meta: ModelMeta, pipeline: Pipeline, scheduler: Scheduler,
                  model_load: ModelLoad | None = None) -> None:
-        self.name, self.meta, self.pipeline, self.scheduler = name, meta, pipeline, scheduler
+        self.name = name
+        self.meta = meta
+        self.pipeline = pipeline
+        self.scheduler = scheduler
         self._wakeup = asyncio.Event()
         self.replicas = ReplicaSet(pipeline, scheduler, model_load, self._wakeup.set)
         self.publisher = Publisher(name, scheduler)
-        self.loaded = False  # the first load finished (some replicas may have failed); requests run
-        self.draining = False  # being removed: admits nothing new, reloads nothing
+        self._loaded = False  # the first load finished (some replicas may have failed)
+        self._draining = False  # being removed: admits nothing new
         self.prefill_mode = "auto"  # coordinator.pipelined_prefill; load_engine decides "auto" from the hosts
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
         self._ahead: dict[int, SentAhead] = {}  # lane -> its next decode step, sent ahead (ring decode)
         self.ring_decode = True  # coordinator.ring_decode
-        self.chain_speculation = True  # coordinator.chain_speculation: verify steps sent ahead on a guess
-        self.idle = IdleShare()  # how much of a step its stages wait (chained verify steps while it is high)
         self.speculation = SpeculationConfig()  # the model's speculative decoding (coordinator/speculation.py)
         self.proposer: DraftModelProposer | None = None  # with a draft model (see use_draft_model)
         self._task: asyncio.Task[None] | None = None
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
+
+    # ----- state ------------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     @property
     def stats(self) -> FailoverStats:
@@ -67,16 +77,17 @@ class ModelEngine:
     @property
     def ready(self) -> bool:
         """Loaded, and every layer range has a replica that can take work."""
-        return self.loaded and self.replicas.ready
+        return self._loaded and self.replicas.ready
 
     def unavailable_reason(self) -> str:
-        return self.replicas.unavailable_reason() if self.loaded else "it is still loading"
+        return self.replicas.unavailable_reason() if self._loaded else "it is still loading"
 
     @property
     def routes(self) -> list[Route]:
         return self.replicas.routes
 
-    def wake(self) -> None:  # runs the loop once more (another engine queued releases on our replicas)
+    def wake(self) -> None:
+        """Runs the loop once more (another engine queued releases on our replicas)."""
         self._wakeup.set()
 
     def use_draft_model(self, served: Mapping[str, DraftEngine]) -> None:
@@ -89,18 +100,20 @@ class ModelEngine:
 
     def mark_loaded(self) -> None:
         """The first load finished: node events may now reload replicas, and requests run."""
-        self.loaded = True
+        self._loaded = True
         self._wakeup.set()
 
     def start_draining(self) -> None:
         """The model is being removed: new requests are refused, nothing is reloaded."""
-        self.draining = True
+        self._draining = True
 
     def loading_on(self, node_id: str) -> bool:
         return self.replicas.loading_on(node_id)
 
     def on_node_event(self, event: NodeEvent) -> None:
-        self.replicas.on_node_event(event, reload=self.loaded and not self.draining)
+        self.replicas.on_node_event(event, reload=self._loaded and not self._draining)
+
+    # ----- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"engine-{self.name}")
@@ -129,6 +142,8 @@ class ModelEngine:
             self.scheduler.remove(req)
             req.finish("cancelled")
         self._wakeup.set()
+
+    # ----- the loop ---------------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         while True:
@@ -164,7 +179,7 @@ class ModelEngine:
         for lane in self.replicas.take_lost_lanes(busy):
             self.publisher.replay(lane, self.replicas.routes[lane])
         self.replicas.reroute_idle_lanes(busy)
-        if self.loaded and not self.ready and self.scheduler.waiting:
+        if self._loaded and not self.ready and self.scheduler.waiting:
             self.publisher.fail_waiting(f"model {self.name} is unavailable: {self.unavailable_reason()}")
 
     def _admit(self) -> None:
@@ -174,7 +189,7 @@ class ModelEngine:
 
     def _issue(self) -> None:
         """One micro-batch for every idle lane whose route can take it (step -> postprocess -> publish in _run),
-        and the step after it sent ahead: ring decode's, or a chained verify step."""
+        and with ring decode the decode step after it, sent ahead."""
         for lane, route in enumerate(self.replicas.routes):
             if lane in self._in_flight or not all(r.state in ("ready", "draining") for r in route):
                 continue  # a draining node finishes the sequences it holds but takes no new ones
@@ -191,22 +206,30 @@ class ModelEngine:
             self._in_flight[lane] = task
             if ahead is not None and ahead_id is not None:
                 self._send_ahead(lane, route, ahead, ahead_id, task)
-            elif (chain := self._chain_ahead(lane, plan)) is not None:
-                self._send_chained(lane, route, chain, task)
 
     def _draft_first(self, lane: int) -> bool:
         """With a draft model: its sequences that will decode next get their drafts first (the lane waits)."""
-        members = self.proposer.wanting(self.scheduler.lane_members(lane)) if self.proposer else []
-        if self.proposer is None or not members:
+        if self.proposer is None:
             return False
-        self._in_flight[lane] = asyncio.get_running_loop().create_task(
-            self.proposer.propose_for_lane(members, lambda: self._lane_free(lane)), name=f"{self.name}-lane{lane}-d")
+        members = self.proposer.wanting(self.scheduler.lane_members(lane))
+        if not members:
+            return False
+        self._in_flight[lane] = asyncio.get_running_loop().create_task(self._draft(lane, members),
+                                                                        name=f"{self.name}-lane{lane}-draft")
         return True
 
-    def _lane_free(self, lane: int) -> None:
-        if self._in_flight.get(lane) is asyncio.current_task():
-            del self._in_flight[lane]
-        self._wakeup.set()
+    async def _draft(self, lane: int, members: list[Request]) -> None:
+        assert self.proposer is not None
+        for r in members:
+            r.batches_in_flight += 1  # nothing else plans them meanwhile
+        try:
+            await self.proposer.propose(members)
+        finally:
+            for r in members:
+                r.batches_in_flight -= 1
+            if self._in_flight.get(lane) is asyncio.current_task():
+                del self._in_flight[lane]
+            self._wakeup.set()
 
     def _ring_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
         """Ring decode: the step after ``plan``, when ``plan`` is all the work there is (one busy lane, decode rows
@@ -220,22 +243,6 @@ class ModelEngine:
             return None  # its next step verifies drafts: the coordinator plans it once this one is back
         return self.scheduler.successor(plan)
 
-    def _chain_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
-        """Speculative decoding, one busy lane of a multi-stage model whose stages wait more than they compute (the
-        links are slow): the verify step after ``plan``, sent now on the guess that ``plan``'s drafts all hold
-        (coordinator.chain_speculation; Scheduler.chained). A wrong guess costs compute, so not where compute is
-        what a step waits for."""
-        if not self.chain_speculation or not self.idle.chains or len(self.pipeline.groups) < 2 \
-                or set(self._in_flight) - {lane}:
-            return None
-        return self.scheduler.chained(plan)
-
-    def _send_chained(self, lane: int, route: Route, plan: MicroBatchPlan, after: asyncio.Task[None]) -> None:
-        link = SentAhead(plan, 0, 0, after, chained=True)
-        link.task = asyncio.get_running_loop().create_task(self._run(route, plan, None, link),
-                                                           name=f"{self.name}-lane{lane}+")
-        self._ahead[lane] = link
-
     def _send_ahead(self, lane: int, route: Route, plan: MicroBatchPlan, batch_id: int,
                     after: asyncio.Task[None]) -> None:
         link = SentAhead(plan, batch_id, self.pipeline.reserve_batch_id(), after)
@@ -248,10 +255,7 @@ class ModelEngine:
         outcome: StepResult | Exception | None = None
         try:
             try:
-                started = time.perf_counter()
                 outcome = await self.pipeline.step(route, plan, ring)
-                if link is None:  # a step sent ahead also waited for the one before it
-                    self.idle.observe(time.perf_counter() - started, sum(outcome.stage_seconds))
             except (StageError, RuntimeError) as e:
                 outcome = e
             if link is not None:
@@ -279,20 +283,15 @@ class ModelEngine:
     def _step_done(self, lane: int, route: Route, ok: bool) -> None:
         """The lane's step ended: the step sent ahead of it (ring decode) becomes the lane's, and the next is sent
         ahead of that one while the lane still decodes alone; after a failure the steps ahead are given up."""
-        self._lane_free(lane)
+        if self._in_flight.get(lane) is asyncio.current_task():
+            del self._in_flight[lane]
         link = self._ahead.pop(lane, None)
         if link is None or link.task is None:
             return
         self._in_flight[lane] = link.task
         if not ok:
             link.discard = True
-            if not link.chained:  # a ring step waits for its input: tell it none comes
-                self.pipeline.abandon(route, link.batch_id)
-        if link.chained:  # while the guesses hold, the next guess goes out
-            chain = self._chain_ahead(lane, link.plan) if ok and all(map(guess_held, link.plan.entries)) else None
-            if chain is not None:
-                self._send_chained(lane, route, chain, link.task)
-            return
+            self.pipeline.abandon(route, link.batch_id)
         nxt = self._ring_ahead(lane, link.plan) if ok else None
         if nxt is not None:
             self._send_ahead(lane, route, nxt, link.next_batch_id, link.task)

@@ -57,7 +57,6 @@ class SentAhead:
     after: asyncio.Task[None]
     task: asyncio.Task[None] | None = None
     discard: bool = False  # the step before it failed: its outcome is dropped
-    chained: bool = False  # speculative decoding: its own tokens, guessed (nothing is handed to it; see Scheduler)
 
 
 def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest, i: int,

@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass
 
 from coordinator import metrics
-from coordinator.batch import guess_held
 from coordinator.pipeline import Route, StepResult
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import MicroBatchPlan, Scheduler
@@ -39,8 +38,7 @@ class Publisher:
 
     def deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         """Publishes what the scheduler made of a micro-batch that came back."""
-        self._observe_batch(plan, route, result, [i for i, e in enumerate(plan.entries) if e.chained
-                                                   and not guess_held(e)])
+        self._observe_batch(plan, route, result)
         outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed,
                                              result.accepted)
         for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
@@ -99,14 +97,14 @@ class Publisher:
         logger.debug("request %s admitted to lane %d after %.3f s in the queue", req.request_id, req.lane,
                      req.queue_seconds)
 
-    def _observe_batch(self, plan: MicroBatchPlan, route: Route, result: StepResult, dropped: list[int]) -> None:
+    def _observe_batch(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         phase = "decode" if all(e.request.prefill_done for e in plan.entries) else "prefill"
         for replica, seconds in zip(route, result.stage_seconds):
             metrics.STAGE_SECONDS.labels(self.model, replica.node_id, phase).observe(seconds)
         metrics.BATCH_SEQS.labels(self.model).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.model).observe(plan.num_tokens)
         verified = [(e, n) for i, (e, n) in enumerate(zip(plan.entries, result.accepted)) if e.drafts
-                    and i not in result.failed and i not in dropped]
+                    and i not in result.failed]
         if verified:
             metrics.DRAFT_STEPS.labels(self.model).inc(len(verified))
             metrics.DRAFT_PROPOSED.labels(self.model).inc(sum(len(e.drafts) for e, _ in verified))

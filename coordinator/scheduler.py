@@ -18,15 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from coordinator.batch import (
-    BatchEntry,
-    MicroBatchPlan,
-    StepOutcome,
-    chained_entry,
-    drafts_for,
-    guess_held,
-    take_tokens,
-)
+from coordinator.batch import BatchEntry, MicroBatchPlan, StepOutcome, drafts_for, take_tokens
 from coordinator.request import Request, RequestStatus
 
 __all__ = ["BatchEntry", "MicroBatchPlan", "NeverFits", "QueueFull", "Scheduler", "StepOutcome"]
@@ -211,25 +203,6 @@ class Scheduler:
             e.request.num_scheduled = e.start_pos + 1
         return MicroBatchPlan(plan.lane, tuple(entries)) if entries else None
 
-    def chained(self, plan: MicroBatchPlan) -> MicroBatchPlan | None:
-        """Speculative decoding, one busy lane: the verify step after ``plan`` (in flight), guessing that all of
-        ``plan``'s drafts hold (``chained_entry``), for greedy sequences only (a guess must not use up random draws);
-        None unless ``plan`` is all the work there is and every entry of it can be chained."""
-        planned = {e.request for e in plan.entries}
-        if self.waiting or any(r not in planned for r in self.running if not r.cancelled):
-            return None
-        if not all(e.request.sampling.is_greedy and e.request.sampling.repetition_penalty == 1.0
-                   for e in plan.entries):
-            return None
-        entries = [chained_entry(e) for e in plan.entries]
-        if not entries or any(e is None for e in entries):
-            return None
-        for e in entries:
-            assert e is not None
-            e.request.batches_in_flight += 1
-            e.request.num_scheduled = e.start_pos + len(e.token_ids)
-        return MicroBatchPlan(plan.lane, tuple(e for e in entries if e is not None))
-
     def unschedule(self, plan: MicroBatchPlan) -> None:
         """A ring step that was given up: its positions are to be sent again (by the coordinator)."""
         for e in plan.entries:
@@ -261,10 +234,6 @@ class Scheduler:
             if len(req.stage_seconds) != len(stage_seconds):
                 req.stage_seconds = [0.0] * len(stage_seconds)
             req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, stage_seconds)]
-            if entry.chained and not guess_held(entry):
-                req.num_scheduled = req.num_computed  # its positions are overwritten by the next step
-                out.guessed_wrong.append(i)
-                continue
             if not entry.wants_token or req.cancelled or req.is_finished:
                 req.num_computed += len(entry.token_ids)
                 continue  # a prefill chunk (the next follows in this lane), or a request drained at the next tick

@@ -43,27 +43,6 @@ def span(prompt: list[int], output: list[int], start: int, end: int) -> list[int
     return prompt[start:end] if end <= cut else prompt[start:] + output[:end - cut]
 
 
-CHAIN_WHEN_IDLE = 0.5  # chained verify steps only while the stages are idle for more than this share of a step
-IDLE_SMOOTHING = 0.2  # weight of the newest step
-
-
-@dataclass
-class IdleShare:
-    """Of a model's recent steps' time, the share its stages did not compute (links, queues), averaged. Verify steps
-    are chained on a guess (Scheduler.chained) only while it is high: a wrong guess costs compute, which is what a
-    step waits for on fast links."""
-
-    share: float = 0.0
-
-    def observe(self, seconds: float, computed: float) -> None:
-        if seconds > 0:
-            self.share += (max(0.0, 1.0 - computed / seconds) - self.share) * IDLE_SMOOTHING
-
-    @property
-    def chains(self) -> bool:
-        return self.share >= CHAIN_WHEN_IDLE
-
-
 @dataclass
 class NgramIndex:
     """Where each n-gram of a sequence (prompt + output) last appeared with a token after it: n-gram -> the position
@@ -139,12 +118,6 @@ class DraftState:
             ready = self.model.ready
             return list(ready[1][:limit]) if ready is not None and ready[0] == len(prompt) + len(output) else []
         return self.index.lookup(prompt, output, min(self.draft_tokens, limit))
-
-    def continuation(self, prompt: list[int], output: list[int], count: int) -> list[int]:
-        """The n-gram drafts' first ``count`` tokens, whatever the draft length (chained verify steps)."""
-        if self.model is not None or len(output) < self.resume_at or count < 1:
-            return []
-        return self.index.lookup(prompt, output, count)
 
     def would_propose(self, prompt: list[int], output: list[int]) -> bool:
         if self.model is not None:

@@ -70,7 +70,6 @@ class CoordinatorConfig:
     metrics_port: int = 0  # Prometheus /metrics of the coordinator on this port (0 = off)
     pipelined_prefill: str = "auto"  # a prompt's chunks in the stages at once: auto (>1 machine), always, never
     ring_decode: bool = True  # one lane decoding alone: the last stage hands tokens to the first stage
-    chain_speculation: bool = True  # one lane verifying drafts alone: the next verify step goes out on a guess
 
 
 @dataclass(frozen=True)

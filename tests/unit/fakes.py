@@ -394,10 +394,8 @@ class FakeNodeClient:
                 reply.accepted_drafts.append(0)
                 continue
             cache[s.seq_id] = context = held[:s.start_pos] + [int(t) for t in rows]
-            if s.provisional:  # a draft model's step or a chained verify step: all of it may be overwritten
-                floors[s.seq_id] = min(floors.get(s.seq_id, s.start_pos), s.start_pos)
-            else:
-                floors[s.seq_id] = len(context) - len(s.draft_token_ids)
+            floor = min(floors.get(s.seq_id, s.start_pos), s.start_pos) if s.provisional else len(context)
+            floors[s.seq_id] = floor - len(s.draft_token_ids)
             kept.extend(int(t) for t in rows)
             accepted, token = verify(context, list(s.draft_token_ids), self.model)
             reply.next_token_ids.append(-1 if s.no_sample else token)

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from coordinator.batch import BatchEntry, take_tokens
 from coordinator.request import TokenEvent
-from coordinator.speculation import DraftState, IdleShare, NgramIndex
+from coordinator.speculation import DraftState, NgramIndex
 from tests.unit import fakes
 from tests.unit.coordinator.builders import events_of, expected_tokens, generate, make_engine, node, request, tokens_of
 
@@ -91,22 +91,8 @@ def test_speculation_gives_the_tokens_of_plain_decoding_in_fewer_steps(copying: 
     [tokens] = asyncio.run(generate(engine, [r]))
     assert tokens == expected_tokens(PROMPT, 40)
     assert r.drafting is not None and r.drafting.accepted > 0 and r.drafting.proposed > r.drafting.accepted
-    steps = [f for f in node(clients, "n1").forwarded if not f.provisional]  # not counting chained guesses
-    assert len(steps) < 40 - r.drafting.accepted + 2  # each accepted draft saved a step (the prefill is one more)
-
-
-@pytest.mark.parametrize("chain", [True, False])
-def test_verify_steps_chained_on_a_guess_give_the_same_tokens(copying: None, chain: bool) -> None:
-    engine, clients = make_engine([["n1"], ["n2"], ["n3"]], depth=3)
-    engine.chain_speculation = chain
-    engine.idle = IdleShare(1.0)  # as on slow links: the stages mostly wait
-    engine.idle.observe = lambda seconds, computed: None  # type: ignore[method-assign]  # fakes take no time
-    r = request("a", PROMPT, 60)
-    [tokens] = asyncio.run(generate(engine, [r]))
-    assert tokens == expected_tokens(PROMPT, 60)
-    chained = [f for f in node(clients, "n1").forwarded if f.provisional]
-    assert bool(chained) == chain  # sent before the step before them came back, their positions provisional
-    assert r.drafting is not None and r.drafting.accepted > 0
+    steps = len(node(clients, "n1").forwarded)
+    assert steps < 40 - r.drafting.accepted + 2  # each accepted draft saved a step (the prefill is one more)
 
 
 def test_plain_and_verify_rows_share_micro_batches_and_every_sequence_gets_its_tokens(copying: None) -> None:
@@ -189,17 +175,6 @@ def test_speculation_and_ring_decode_take_turns_on_a_lone_stream(copying: None) 
     first = node(clients, "n1").forwarded
     assert any(f.tokens_from_peer for f in first)  # ringing where the context has nothing to draft from
     assert r.drafting is not None and r.drafting.accepted > 0
-
-
-def test_verify_steps_are_chained_only_while_the_stages_mostly_wait() -> None:
-    idle = IdleShare()
-    assert not idle.chains
-    for _ in range(10):
-        idle.observe(seconds=0.150, computed=0.030)  # slow links: 80% waiting
-    assert idle.chains and 0.7 < idle.share < 0.8
-    for _ in range(10):
-        idle.observe(seconds=0.050, computed=0.045)  # loopback: the stages compute
-    assert not idle.chains
 
 
 def test_metrics_count_the_drafts_verified_and_accepted(copying: None) -> None:
