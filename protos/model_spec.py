@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from protos.names import FOLDER_NAME_RULE, folder_name_problem, text_problem
-from protos.spec_problem import SpecProblem, int_in, is_int
+from protos.spec_problem import SpecProblem, int_in, is_int, one_of
 from protos.speculation_spec import (
     DEFAULT_DRAFT_MODEL,
     DEFAULT_NUM_SPECULATIVE_TOKENS,
@@ -130,29 +130,19 @@ def check_prepare_source(value: object) -> str:
 
 
 def check_dtype(value: object) -> str:
-    if value not in ALLOWED_DTYPES:
-        raise SpecProblem("dtype", f"must be one of {list(ALLOWED_DTYPES)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return one_of("dtype", value, ALLOWED_DTYPES)
 
 
 def check_quantization(value: object) -> str:
-    if value not in ALLOWED_QUANTIZATIONS:
-        raise SpecProblem("quantization", f"must be one of {list(ALLOWED_QUANTIZATIONS)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return one_of("quantization", value, ALLOWED_QUANTIZATIONS)
 
 
 def check_forwarding(value: object) -> str:
-    if value not in ALLOWED_FORWARDING:
-        raise SpecProblem("forwarding", f"must be one of {list(ALLOWED_FORWARDING)} (direct: stage to stage; star: "
-                                        f"through the coordinator), got {value!r}")
-    return value  # type: ignore[return-value]
+    return one_of("forwarding", value, ALLOWED_FORWARDING, " (direct: stage to stage; star: through the coordinator)")
 
 
 def check_wire_dtype(value: object) -> str:
-    if value not in ALLOWED_WIRE_DTYPES:
-        raise SpecProblem("wire_dtype", f"must be one of {list(ALLOWED_WIRE_DTYPES)} (hidden states between stages; "
-                                        f"auto: the model's dtype), got {value!r}")
-    return value  # type: ignore[return-value]
+    return one_of("wire_dtype", value, ALLOWED_WIRE_DTYPES, " (hidden states between stages; auto: the model's dtype)")
 
 
 def check_device(value: object) -> str:

@@ -21,6 +21,12 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def one_of(field: str, value: object, allowed: tuple[str, ...], what: str = "") -> str:
+    if value not in allowed:
+        raise SpecProblem(field, f"must be one of {list(allowed)}{what}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def int_in(field: str, value: object, low: int, high: int, what: str = "") -> int:
     if not is_int(value) or not low <= value <= high:  # type: ignore[operator]
         raise SpecProblem(field, f"must be an integer in {low}..{high}{what}, got {value!r}")

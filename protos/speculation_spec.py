@@ -10,7 +10,7 @@ coordinator/speculation.py and coordinator/draft_model.py.
 from __future__ import annotations
 
 from protos.names import folder_name_problem
-from protos.spec_problem import SpecProblem, int_in
+from protos.spec_problem import SpecProblem, int_in, one_of
 
 ALLOWED_SPECULATIVE = ("ngram", "draft", "off")
 DEFAULT_SPECULATIVE = "ngram"
@@ -20,10 +20,8 @@ DEFAULT_DRAFT_MODEL = ""  # none
 
 
 def check_speculative(value: object) -> str:
-    if value not in ALLOWED_SPECULATIVE:
-        raise SpecProblem("speculative", f"must be one of {list(ALLOWED_SPECULATIVE)} (ngram: draft tokens from the "
-                                         f"sequence's own prompt and output; draft: from draft_model), got {value!r}")
-    return value  # type: ignore[return-value]
+    return one_of("speculative", value, ALLOWED_SPECULATIVE, " (ngram: draft tokens from the sequence's own prompt "
+                  "and output; draft: from draft_model)")
 
 
 def check_num_speculative_tokens(value: object) -> int:
