@@ -1,8 +1,8 @@
 """Speculative decoding on the coordinator: draft tokens for a sequence, and how many to propose next.
 
 Drafts come from the sequence itself (prompt lookup, an n-gram index): the newest ``n`` tokens are looked up among
-the earlier ones (longest ``n`` first, most recent match first), and the tokens that followed that match are
-proposed. Copying is common (a rewrite, an edit of given code, an answer quoting its sources), and the lookup costs
+the earlier ones (longest ``n`` first; the occurrence just past where the sequence is copying from first, else the
+most recent), and the tokens that followed that occurrence are proposed. Copying is common (a rewrite, an edit of given code, an answer quoting its sources), and the lookup costs
 a dictionary probe per step. The drafts go through every stage as one chunk after the newest token; the last stage
 keeps the prefix its own sampling agrees with (shard_node/speculative.py), so the output is exactly that of plain
 decoding.
@@ -15,11 +15,13 @@ decoding.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from protos.speculation_spec import DEFAULT_NUM_SPECULATIVE_TOKENS, DEFAULT_SPECULATIVE
 
-NGRAM_MIN, NGRAM_MAX = 2, 4  # lengths of the suffix looked up
+NGRAM_MIN, NGRAM_MAX = 2, 4  # lengths of the suffix looked up anywhere
+SOURCE_WINDOW = 4  # how far past where the sequence copies from a lone newest token is looked up
 START_DRAFTS = 4  # a new sequence's first proposals
 MAX_BACKOFF_TOKENS = 64
 
@@ -45,39 +47,61 @@ def span(prompt: list[int], output: list[int], start: int, end: int) -> list[int
 
 @dataclass
 class NgramIndex:
-    """Where each n-gram of a sequence (prompt + output) last appeared with a token after it: n-gram -> the position
-    of that token. Each position is indexed once, as the sequence grows."""
+    """Every position of a sequence (prompt + output) where each n-gram (n = 1 .. ``max_n``) appeared with a token
+    after it: n-gram -> the positions of those tokens, ascending. Each position is indexed once, as the sequence
+    grows.
+
+    A lookup also keeps where the sequence is copying from (``source``: the position whose token it would write
+    next if it went on copying, moved along as tokens are added). An edit (a corrected word, a renamed name) breaks
+    every longer n-gram for a few tokens; near the source, even the newest token alone finds where to go on."""
 
     min_n: int = NGRAM_MIN
     max_n: int = NGRAM_MAX
-    table: dict[tuple[int, ...], int] = field(default_factory=dict)
+    window: int = SOURCE_WINDOW
+    table: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     indexed: int = 1  # positions p < indexed are in the table as continuations
+    anchor: tuple[int, int] | None = None  # (a position copied from, the sequence's length then)
 
     def update(self, prompt: list[int], output: list[int]) -> None:
         length = len(prompt) + len(output)
         if self.indexed >= length:
             return
-        tokens = span(prompt, output, max(self.indexed - self.max_n, 0), length)
         offset = max(self.indexed - self.max_n, 0)
+        tokens = span(prompt, output, offset, length)
         for p in range(self.indexed, length):
-            for n in range(self.min_n, min(self.max_n, p) + 1):
-                self.table[tuple(tokens[p - n - offset:p - offset])] = p
+            for n in range(1, min(self.max_n, p) + 1):
+                self.table.setdefault(tuple(tokens[p - n - offset:p - offset]), []).append(p)
         self.indexed = length
 
+    def source(self, length: int) -> int | None:
+        """Where a copy that went on token by token since the last proposal would be now."""
+        return None if self.anchor is None else self.anchor[0] + length - self.anchor[1]
+
     def lookup(self, prompt: list[int], output: list[int], limit: int) -> list[int]:
-        """``limit`` tokens that followed the latest earlier occurrence of the longest suffix found (when that is
-        fewer than ``limit`` tokens back, the text since is taken to repeat), or none."""
+        """``limit`` tokens that followed an earlier occurrence of the longest suffix found, or none. Among its
+        occurrences, the one at most ``window`` tokens past the source wins, otherwise the latest; the newest token
+        alone (n = 1) counts only next to the source. When the occurrence is fewer than ``limit`` tokens back, the
+        text since is taken to repeat."""
         self.update(prompt, output)
         length = len(prompt) + len(output)
         tail = span(prompt, output, max(length - self.max_n, 0), length)
-        for n in range(min(self.max_n, length), self.min_n - 1, -1):
-            at = self.table.get(tuple(tail[len(tail) - n:]))
+        source = self.source(length)
+        for n in range(min(self.max_n, length), 0, -1):
+            at = self._pick(self.table.get(tuple(tail[len(tail) - n:]), []), source, near_only=n < self.min_n)
             if at is not None:
                 drafts = span(prompt, output, at, min(at + limit, length))
                 while len(drafts) < limit:  # the match is recent: the text repeats itself with this period
                     drafts.append(drafts[len(drafts) - (length - at)])
+                self.anchor = (at, length)
                 return drafts
         return []
+
+    def _pick(self, positions: list[int], source: int | None, near_only: bool) -> int | None:
+        if source is not None:
+            first = bisect.bisect_left(positions, source)
+            if first < len(positions) and positions[first] <= source + self.window:
+                return positions[first]
+        return None if near_only or not positions else positions[-1]
 
 
 @dataclass

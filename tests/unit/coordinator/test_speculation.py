@@ -49,6 +49,17 @@ def test_the_index_grows_with_the_tokens_and_proposes_at_most_the_limit() -> Non
     assert index.lookup(prompt, output, 4) == [7, 8, 5, 6] and index.lookup(prompt, output, 1) == [7]
 
 
+def test_after_an_edit_the_index_goes_on_copying_from_where_the_sequence_copied() -> None:
+    prompt = [1, 2, 3, 6, 7, 8, 20, 6, 7, 9]  # "6 7" twice: before 8, and (latest) before 9
+    index = NgramIndex(min_n=2, max_n=3)
+    assert index.lookup(prompt, [1, 2], 3) == [3, 6, 7]  # copying from the start
+    assert index.lookup(prompt, [1, 2, 33], 3) == []  # 3 was edited into 33: nothing ends with it
+    assert index.lookup(prompt, [1, 2, 33, 6], 3) == [7, 8, 20]  # the lone 6 next to where the copy had got to
+    assert index.lookup(prompt, [1, 2, 33, 6, 7], 3) == [8, 20, 6]  # "6 7" there, not its latest occurrence
+    assert NgramIndex(min_n=2, max_n=3).lookup(prompt, [1, 2, 33, 6, 7], 3) == [9, 1, 2]  # copying from nowhere
+    assert NgramIndex(min_n=2, max_n=3).lookup(prompt, [1, 2, 33, 6], 3) == []  # a lone token: only near a copy
+
+
 @pytest.mark.parametrize("cut", range(0, 13))
 def test_the_index_reads_prompt_and_output_as_one_sequence_wherever_they_meet(cut: int) -> None:
     tokens = [4, 1, 2, 3, 4, 1, 2, 9, 4, 1, 2, 3]
