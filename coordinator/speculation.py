@@ -2,10 +2,10 @@
 
 Drafts come from the sequence itself (prompt lookup, an n-gram index): the newest ``n`` tokens are looked up among
 the earlier ones (longest ``n`` first; the occurrence just past where the sequence is copying from first, else the
-most recent), and the tokens that followed that occurrence are proposed. Copying is common (a rewrite, an edit of given code, an answer quoting its sources), and the lookup costs
-a dictionary probe per step. The drafts go through every stage as one chunk after the newest token; the last stage
-keeps the prefix its own sampling agrees with (shard_node/speculative.py), so the output is exactly that of plain
-decoding.
+most recent), and the tokens that followed that occurrence are proposed. Copying is common (a rewrite, an edit of
+given code, an answer quoting its sources), and the lookup costs a few dictionary probes per step. The drafts go
+through every stage as one chunk after the newest token; the last stage keeps the prefix its own sampling agrees
+with (shard_node/speculative.py), so the output is exactly that of plain decoding.
 
 How many to propose adapts per sequence (``DraftState``): every draft accepted lets it propose two more next time;
 a partly accepted step, one fewer. A second step in a row with none accepted makes the sequence decode plainly for a
