@@ -165,6 +165,13 @@ class Backend:
         except grpc.aio.AioRpcError as e:
             raise self.tokenizer_error(e) from None
 
+    async def token_pieces(self, model: str, token_ids: list[int]) -> list[tuple[str, bytes]]:
+        """Each token's text on its own and its bytes (log-probabilities)."""
+        try:
+            return await self.tokenizer.token_pieces(await self._tokenizer_of(model), token_ids)
+        except grpc.aio.AioRpcError as e:
+            raise self.tokenizer_error(e) from None
+
     async def has_chat_template(self, model: str) -> bool:
         try:
             return (await self.tokenizer.info(await self._tokenizer_of(model))).has_chat_template

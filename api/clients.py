@@ -43,6 +43,11 @@ class TokenizerClient:
             skip_special_tokens=True), timeout=self.timeout_s)
         return reply.text, reply.prefix_offset, reply.read_offset
 
+    async def token_pieces(self, model: str, token_ids: list[int]) -> list[tuple[str, bytes]]:
+        reply = await self.stub.TokenPieces(tokenizer_pb2.TokenPiecesRequest(model=model, token_ids=token_ids),
+                                            timeout=self.timeout_s)
+        return list(zip(reply.texts, reply.bytes))
+
     async def info(self, model: str = "") -> tokenizer_pb2.TokenizerInfo:
         return await self.stub.Info(tokenizer_pb2.TokenizerInfoRequest(model=model), timeout=self.timeout_s)
 

@@ -19,8 +19,9 @@ import grpc
 
 from api.backend import Backend
 from api.errors import ApiError, redact_paths
-from protos import coordinator_pb2
-from protos.data_structures import SamplingParams
+from api.logprobs import ChosenToken, resolve
+from protos import coordinator_pb2, wire
+from protos.data_structures import SamplingParams, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class TextChunk:
     failovers: int = 0  # times it moved to replicas after a node was lost
     draft_proposed: int = 0  # speculative decoding so far: draft tokens verified ...
     draft_accepted: int = 0  # ... and accepted
+    logprobs: list[ChosenToken] = field(default_factory=list)  # of the tokens since the chunk before (when asked)
 
 
 def _failure(stop: str) -> list[int]:
@@ -159,6 +161,7 @@ class Generation:
         pending = ""  # decoded text not yet sent (could be the start of a stop string)
         scanner = StopScanner(self.stops)
         n_prompt = len(self.prompt_ids)
+        logprobs: list[ChosenToken] = []  # of tokens whose text is not yet sent
         try:
             while True:
                 reply = await self._read()
@@ -172,6 +175,9 @@ class Generation:
                                   route=list(reply.route), failovers=reply.failovers,
                                   draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted)
                 back = None
+                if reply.HasField("logprobs"):
+                    logprobs += await resolve(self.backend, self.model, reply.token_ids, self._logprobs(reply))
+                stats.logprobs = logprobs
                 if reply.token_ids:
                     window.extend(reply.token_ids)
                     delta, prefix, read = await self.backend.decode_incremental(self.model, window, prefix, read)
@@ -190,8 +196,19 @@ class Generation:
                 out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
                 if out:
                     yield replace(stats, text=out)
+                    logprobs = []
         finally:
             self.cancel()  # stops generation when the client left or a stop string hit
+
+    @staticmethod
+    def _logprobs(reply: coordinator_pb2.GenerateResponse) -> TokenLogprobs:
+        try:
+            lp = wire.logprobs_from_proto(reply.logprobs) or TokenLogprobs()
+        except wire.WireError as e:
+            raise ApiError(502, f"the coordinator sent malformed logprobs: {e}") from None
+        if len(lp.logprobs) != len(reply.token_ids):
+            raise ApiError(502, f"the coordinator sent {len(lp.logprobs)} logprobs for {len(reply.token_ids)} tokens")
+        return lp
 
     async def text(self) -> tuple[str, TextChunk]:
         """The whole completion and its last chunk (finish reason, usage)."""

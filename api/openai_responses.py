@@ -4,7 +4,7 @@ official ``openai`` client reads them; the requests are in api/openai_schemas.py
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,7 +39,8 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = Field(None, description="with logprobs: {content: [{token, logprob, bytes, "
+                                            "top_logprobs}]}")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -60,7 +61,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -78,7 +79,8 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = Field(None, description="with logprobs: {tokens, token_logprobs, "
+                                            "top_logprobs, text_offset}")
 
 
 class CompletionResponse(BaseModel):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS_TOKENS,
+    MAX_PENALTY,
     MAX_REPETITION_PENALTY,
     MAX_TEMPERATURE,
+    MAX_TOP_LOGPROBS,
     MIN_REPETITION_PENALTY,
     SamplingParams,
 )
@@ -54,9 +58,15 @@ class SamplingRequest(BaseModel):
     n: int | None = Field(None, description="number of choices; only 1 is supported")
     stream: bool = Field(False, description="stream chunks as server-sent events, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, description="only 0 is supported; use repetition_penalty")
-    frequency_penalty: float | None = Field(None, description="only 0 is supported; use repetition_penalty")
-    logit_bias: dict[str, float] | None = Field(None, description="not supported (must be empty)")
+    presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False,
+                                           description="subtracted from the logit of every token already in the "
+                                           "output")
+    frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False,
+                                            description="subtracted from a token's logit per time it is already in "
+                                            "the output")
+    logit_bias: dict[str, float] | None = Field(None, description=f"token id (as a string) -> a bias in "
+                                                f"[{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}] added to its logit; at "
+                                                f"most {MAX_LOGIT_BIAS_TOKENS} tokens")
     user: str | None = Field(None, description="ignored")
     # Extras, as in vLLM:
     top_k: int | None = Field(None, ge=-1, description="extra: sample among the k most likely tokens; 0 or -1 = off")
@@ -82,19 +92,25 @@ class SamplingRequest(BaseModel):
             raise ValueError(f"n is {v}, but only n = 1 is supported: send one request per choice")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _check_penalty(cls, v: float | None) -> float | None:
-        if v not in (None, 0, 0.0):
-            raise ValueError(f"{v} is not supported, only 0; use the extra field repetition_penalty instead")
-        return v
-
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v:
-            raise ValueError("logit_bias is not supported")
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"logit_bias names {len(v)} tokens; at most {MAX_LOGIT_BIAS_TOKENS} are allowed")
+        for key, bias in v.items():
+            if not key.strip().isdigit() or int(key) >= 2**31:
+                raise ValueError(f"logit_bias key {key!r} is not a token id (a non-negative integer, as a string)")
+            if not (isinstance(bias, (int, float)) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
+                raise ValueError(f"logit_bias[{key!r}] is {bias!r}; a bias must be a number in "
+                                 f"[{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]")
         return v
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no log-probabilities; n: the chosen tokens' and the n most likely at each position."""
+        return None
 
     @property
     def stops(self) -> list[str]:
@@ -108,9 +124,13 @@ class SamplingRequest(BaseModel):
         # k at least the vocabulary size keeps every token, as off does (the wire's top_k is an int32)
         top_k = self.top_k if self.top_k and 0 < self.top_k < 2**31 else 0
         seed = None if self.seed is None else self.seed % 2**64
+        bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
         return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, top_k=top_k, seed=seed,
-                              repetition_penalty=self.repetition_penalty or 1.0)
+                              repetition_penalty=self.repetition_penalty or 1.0,
+                              presence_penalty=self.presence_penalty or 0.0,
+                              frequency_penalty=self.frequency_penalty or 0.0, logit_bias=SamplingParams.biases(bias),
+                              logprobs=self.top_logprobs_wanted)
 
 
 class ContentPart(BaseModel):
@@ -157,25 +177,23 @@ class ResponseFormat(BaseModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens (newer name)")
-    logprobs: bool | None = Field(None, description="not supported")
-    top_logprobs: int | None = Field(None, description="not supported")
+    logprobs: bool | None = Field(None, description="return the log-probability of each output token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: also the this "
+                                     "many most likely tokens at each position")
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = Field(None, description="not supported")
     tool_choice: str | dict[str, Any] | None = Field(None, description="not supported (only 'none')")
 
-    @field_validator("logprobs")
-    @classmethod
-    def _check_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported")
-        return v
-
     @field_validator("top_logprobs")
     @classmethod
-    def _check_top_logprobs(cls, v: int | None) -> int | None:
-        if v:
-            raise ValueError("top_logprobs is not supported")
+    def _top_logprobs_need_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
         return v
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("tools")
     @classmethod
@@ -206,7 +224,8 @@ class CompletionRequest(SamplingRequest):
     echo: bool = Field(False, description="prepend the prompt to the returned text")
     suffix: str | None = Field(None, description="not supported")
     best_of: int | None = Field(None, description="only 1 is supported")
-    logprobs: int | None = Field(None, description="not supported")
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="return the log-probability of "
+                                 "each output token and of this many most likely tokens at its position")
 
     @field_validator("prompt")
     @classmethod
@@ -243,10 +262,15 @@ class CompletionRequest(SamplingRequest):
 
     @field_validator("logprobs")
     @classmethod
-    def _check_logprobs(cls, v: int | None) -> int | None:
-        if v is not None:
-            raise ValueError("logprobs are not supported")
+    def _no_prompt_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("echo"):
+            raise ValueError("logprobs with echo (the prompt's log-probabilities) are not supported yet; send echo or "
+                             "logprobs")
         return v
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @property
     def prompt_text(self) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coordinator.request import Request
+from protos.data_structures import TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,21 @@ class MicroBatchPlan:
         return sum(len(e.token_ids) for e in self.entries)
 
 
+@dataclass(frozen=True)
+class NewTokens:
+    """A request's tokens out of one micro-batch (several when drafts were accepted)."""
+
+    request: Request
+    token_ids: tuple[int, ...]
+    finish_reason: str = ""  # the last of them ended it: eos | stop | length
+    logprobs: TokenLogprobs | None = None  # of token_ids, where its sampling asks
+
+
 @dataclass
 class StepOutcome:
     """What one micro-batch did to its requests; the engine publishes it (events, releases, metrics)."""
 
-    # (request, its new tokens (several when drafts were accepted), finish reason or "")
-    tokens: list[tuple[Request, tuple[int, ...], str]] = field(default_factory=list)
+    tokens: list[NewTokens] = field(default_factory=list)
     failed: list[tuple[Request, str]] = field(default_factory=list)  # (request, why): it failed alone on a node
 
 

@@ -238,9 +238,8 @@ class ModelEngine:
             return None
         if set(self._in_flight) - {lane} or not self.scheduler.decodes_alone(plan):
             return None
-        if any(e.request.drafting is not None and e.request.drafting.would_propose(
-                e.request.prompt_ids, e.request.output_ids) for e in plan.entries):
-            return None  # its next step verifies drafts: the coordinator plans it once this one is back
+        if any(e.request.next_step_needs_coordinator for e in plan.entries):
+            return None
         return self.scheduler.successor(plan)
 
     def _send_ahead(self, lane: int, route: Route, plan: MicroBatchPlan, batch_id: int,

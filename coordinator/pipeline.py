@@ -25,7 +25,7 @@ from coordinator.forwarding import COORDINATOR, RingStep, run_direct
 from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
 from protos import shard_pb2, wire
-from protos.data_structures import LayerRange
+from protos.data_structures import LayerRange, TokenLogprobs
 from protos.model_spec import DEFAULT_FORWARDING, DEFAULT_WIRE_DTYPE
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class StepResult:
     failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
     ring_broken: str = ""  # ring decode: why the tokens did not reach the next step's first stage
     accepted: list[int] = field(default_factory=list)  # per entry: its drafts accepted (speculative decoding)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # per entry, where its sampling asks
 
 
 @dataclass
@@ -158,12 +159,12 @@ class Pipeline:
         slices = []
         for e in plan.entries:
             req = e.request
-            recent = req.context_ids() if req.sampling.repetition_penalty != 1.0 else []
+            recent = req.context_ids() if req.sampling.needs_history else []
             slices.append(shard_pb2.SequenceSlice(
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
-                draft_token_ids=e.drafts, provisional=e.provisional,
+                draft_token_ids=e.drafts, provisional=e.provisional, prompt_tokens=req.num_prompt_tokens,
             ))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
@@ -264,9 +265,14 @@ class Pipeline:
         entries = plan.entries
         if any(not 0 <= accepted.get(e.seq_id, 0) <= len(e.drafts) for e in entries):
             raise RuntimeError("last stage accepted more draft tokens than a sequence had")
+        try:
+            logprobs = {s.seq_id: wire.logprobs_from_proto(lp) for s, lp in zip(request.seqs, reply.logprobs)}
+        except wire.WireError as e:
+            raise RuntimeError(f"last stage: {e}") from None
         return StepResult([tokens.get(e.seq_id, -1) for e in entries], relay.seconds,
                           {i: failed[e.seq_id] for i, e in enumerate(entries) if e.seq_id in failed},
-                          reply.tokens_handoff_error, [accepted.get(e.seq_id, 0) for e in entries])
+                          reply.tokens_handoff_error, [accepted.get(e.seq_id, 0) for e in entries],
+                          [logprobs.get(e.seq_id) for e in entries])
 
     def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
                      failed: dict[str, str], last: bool) -> None:

@@ -40,18 +40,19 @@ class Publisher:
         """Publishes what the scheduler made of a micro-batch that came back."""
         self._observe_batch(plan, route, result)
         outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed,
-                                             result.accepted)
+                                             result.accepted, result.logprobs)
         for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
             logger.error("model %s: request %s failed alone: %s", self.model, req.request_id, why)
             release_later(req, route)
             req.finish("error", why)
-        for req, tokens, reason in outcome.tokens:
-            self._observe_tokens(req, route, len(tokens))
-            if reason:
+        for new in outcome.tokens:
+            req = new.request
+            self._observe_tokens(req, route, len(new.token_ids))
+            if new.finish_reason:
                 release_later(req, route)
-                req.finish(reason, token_ids=tokens)
+                req.finish(new.finish_reason, token_ids=new.token_ids, logprobs=new.logprobs)
             else:
-                req.events.put_nowait(TokenEvent(tokens))
+                req.events.put_nowait(TokenEvent(new.token_ids, logprobs=new.logprobs))
 
     def fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         """The whole micro-batch failed (refused by a node): its requests end with ``why``."""

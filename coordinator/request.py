@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from coordinator.speculation import DraftState
-from protos.data_structures import SamplingParams
+from protos.data_structures import SamplingParams, TokenLogprobs
 
 
 class RequestStatus(Enum):
@@ -22,6 +22,7 @@ class TokenEvent:
     token_ids: tuple[int, ...]
     finish_reason: str = ""  # eos | length | stop | cancelled | error
     error: str = ""
+    logprobs: TokenLogprobs | None = None  # of token_ids, where the sampling asks
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +78,13 @@ class Request:
         """Only the newest token is missing from the KV caches (the next step is a one-row decode)."""
         return self.num_computed >= self.num_context_tokens - 1 and self.num_computed >= len(self.prompt_ids)
 
+    @property
+    def next_step_needs_coordinator(self) -> bool:
+        """Its next step cannot be sent ahead in a ring: it verifies drafts, or its penalties need the token in
+        flight (which only the last stage and the first see)."""
+        return self.sampling.needs_history or (self.drafting is not None
+                                               and self.drafting.would_propose(self.prompt_ids, self.output_ids))
+
     def context_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
@@ -118,11 +126,12 @@ class Request:
         if self.failover_started is None:
             self.failover_started = time.monotonic()
 
-    def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = ()) -> None:
+    def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = (),
+               logprobs: TokenLogprobs | None = None) -> None:
         """Marks the request done and sends its last event (with its last tokens, if any)."""
         if self.status == RequestStatus.FINISHED:
             return
         self.status = RequestStatus.FINISHED
         self.finished_time = time.monotonic()
         self.finish_reason = reason
-        self.events.put_nowait(TokenEvent(token_ids, reason, error))
+        self.events.put_nowait(TokenEvent(token_ids, reason, error, logprobs))

@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from coordinator.batch import BatchEntry, MicroBatchPlan, StepOutcome, drafts_for, take_tokens
+from coordinator.batch import BatchEntry, MicroBatchPlan, NewTokens, StepOutcome, drafts_for, take_tokens
 from coordinator.request import Request, RequestStatus
+from protos.data_structures import TokenLogprobs
 
 __all__ = ["BatchEntry", "MicroBatchPlan", "NeverFits", "QueueFull", "Scheduler", "StepOutcome"]
 
@@ -216,13 +217,15 @@ class Scheduler:
                 and r.lane in self.usable and self.lane_routes[r.lane] == route]
 
     def postprocess(self, plan: MicroBatchPlan, next_token_ids: list[int], stage_seconds: list[float],
-                    failed: dict[int, str], accepted: list[int] | None = None) -> StepOutcome:
+                    failed: dict[int, str], accepted: list[int] | None = None,
+                    logprobs: list[TokenLogprobs | None] | None = None) -> StepOutcome:
         """The bookkeeping of a micro-batch that came back, no I/O: positions now in the KV cache, time per stage,
         each wanted token (after the ``accepted`` drafts, per entry) appended to its request's output, and finish
         detection. Requests that finished or failed (``failed``: entry index -> why) leave the scheduler; cancelled
-        ones are drained at the next tick."""
+        ones are drained at the next tick. ``logprobs`` (per entry) go with the tokens kept."""
         out = StepOutcome()
         accepted = accepted or [0] * len(plan.entries)
+        logprobs = logprobs or [None] * len(plan.entries)
         for i, (entry, token) in enumerate(zip(plan.entries, next_token_ids)):
             req = entry.request
             if req.is_finished or entry.seq_id != req.seq_id:
@@ -240,7 +243,8 @@ class Scheduler:
             tokens, reason = take_tokens(entry, token, accepted[i])
             if reason:
                 self.remove(req)
-            out.tokens.append((req, tokens, reason))
+            chosen = logprobs[i]
+            out.tokens.append(NewTokens(req, tokens, reason, None if chosen is None else chosen.first(len(tokens))))
         return out
 
     def remove(self, req: Request) -> None:

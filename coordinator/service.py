@@ -100,6 +100,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             sampling = wire.sampling_from_proto(request.sampling)
         except ValueError as e:
             problem = problem or str(e)
+        else:
+            if sampling.logit_bias and sampling.logit_bias[-1][0] >= meta.vocab_size:
+                problem = problem or (f"logit_bias names token {sampling.logit_bias[-1][0]}; token ids must be in "
+                                      f"[0, {meta.vocab_size})")
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         request_id = request.request_id or uuid.uuid4().hex[:12]
@@ -126,7 +130,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 prompt_tokens=prompt_tokens, completion_tokens=completion, queue_seconds=req.queue_seconds,
                 stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers,
                 draft_proposed=req.drafting.proposed if req.drafting else 0,
-                draft_accepted=req.drafting.accepted if req.drafting else 0)
+                draft_accepted=req.drafting.accepted if req.drafting else 0,
+                logprobs=None if event.logprobs is None else wire.logprobs_to_proto(event.logprobs))
             if event.finish_reason:
                 return
 

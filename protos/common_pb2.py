@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\tshardline\"H\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nrow_scales\x18\x04 \x01(\x0c\"\x7f\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x1a\n\x12repetition_penalty\x18\x06 \x01(\x02\"(\n\nLayerRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/common.proto\x12\tshardline\"H\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nrow_scales\x18\x04 \x01(\x0c\"\x95\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x1a\n\x12repetition_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x08 \x01(\x02\x12\x1c\n\x14logit_bias_token_ids\x18\t \x03(\x05\x12\x19\n\x11logit_bias_values\x18\n \x03(\x02\x12\x14\n\x0chas_logprobs\x18\x0b \x01(\x08\x12\x10\n\x08logprobs\x18\x0c \x01(\x05\"[\n\rTokenLogprobs\x12\x10\n\x08logprobs\x18\x01 \x03(\x02\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\x15\n\rtop_token_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"(\n\nLayerRange\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=34
   _globals['_TENSOR']._serialized_end=106
-  _globals['_SAMPLINGPARAMS']._serialized_start=108
-  _globals['_SAMPLINGPARAMS']._serialized_end=235
-  _globals['_LAYERRANGE']._serialized_start=237
-  _globals['_LAYERRANGE']._serialized_end=277
+  _globals['_SAMPLINGPARAMS']._serialized_start=109
+  _globals['_SAMPLINGPARAMS']._serialized_end=386
+  _globals['_TOKENLOGPROBS']._serialized_start=388
+  _globals['_TOKENLOGPROBS']._serialized_end=479
+  _globals['_LAYERRANGE']._serialized_start=481
+  _globals['_LAYERRANGE']._serialized_end=521
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: bool = ..., request_id: _Optional[str] = ..., no_speculation: bool = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("token_ids", "finish_reason", "error", "prompt_tokens", "completion_tokens", "queue_seconds", "stage_seconds", "route", "failovers", "draft_proposed", "draft_accepted")
+    __slots__ = ("token_ids", "finish_reason", "error", "prompt_tokens", "completion_tokens", "queue_seconds", "stage_seconds", "route", "failovers", "draft_proposed", "draft_accepted", "logprobs")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class GenerateResponse(_message.Message):
     FAILOVERS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROPOSED_FIELD_NUMBER: _ClassVar[int]
     DRAFT_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
     error: str
@@ -51,7 +52,8 @@ class GenerateResponse(_message.Message):
     failovers: int
     draft_proposed: int
     draft_accepted: int
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., stage_seconds: _Optional[_Iterable[float]] = ..., route: _Optional[_Iterable[str]] = ..., failovers: _Optional[int] = ..., draft_proposed: _Optional[int] = ..., draft_accepted: _Optional[int] = ...) -> None: ...
+    logprobs: _common_pb2.TokenLogprobs
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., stage_seconds: _Optional[_Iterable[float]] = ..., route: _Optional[_Iterable[str]] = ..., failovers: _Optional[int] = ..., draft_proposed: _Optional[int] = ..., draft_accepted: _Optional[int] = ..., logprobs: _Optional[_Union[_common_pb2.TokenLogprobs, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -86,6 +86,22 @@ class TokenizerInfoRequest(_message.Message):
     model: str
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
+class TokenPiecesRequest(_message.Message):
+    __slots__ = ("model", "token_ids")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TokenPiecesResponse(_message.Message):
+    __slots__ = ("texts", "bytes")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    bytes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., bytes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class TokenizerInfo(_message.Message):
     __slots__ = ("models", "vocab_size", "eos_token_ids", "has_chat_template")
     MODELS_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class TokenizerStub(object):
                 request_serializer=protos_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
                 response_deserializer=protos_dot_tokenizer__pb2.TokenizerInfo.FromString,
                 _registered_method=True)
+        self.TokenPieces = channel.unary_unary(
+                '/shardline.Tokenizer/TokenPieces',
+                request_serializer=protos_dot_tokenizer__pb2.TokenPiecesRequest.SerializeToString,
+                response_deserializer=protos_dot_tokenizer__pb2.TokenPiecesResponse.FromString,
+                _registered_method=True)
 
 
 class TokenizerServicer(object):
@@ -95,6 +100,13 @@ class TokenizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TokenPieces(self, request, context):
+        """Each token on its own (log-probabilities): its text decoded alone and its exact bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +134,11 @@ def add_TokenizerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=protos_dot_tokenizer__pb2.TokenizerInfoRequest.FromString,
                     response_serializer=protos_dot_tokenizer__pb2.TokenizerInfo.SerializeToString,
+            ),
+            'TokenPieces': grpc.unary_unary_rpc_method_handler(
+                    servicer.TokenPieces,
+                    request_deserializer=protos_dot_tokenizer__pb2.TokenPiecesRequest.FromString,
+                    response_serializer=protos_dot_tokenizer__pb2.TokenPiecesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +276,33 @@ class Tokenizer(object):
             '/shardline.Tokenizer/Info',
             protos_dot_tokenizer__pb2.TokenizerInfoRequest.SerializeToString,
             protos_dot_tokenizer__pb2.TokenizerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenPieces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Tokenizer/TokenPieces',
+            protos_dot_tokenizer__pb2.TokenPiecesRequest.SerializeToString,
+            protos_dot_tokenizer__pb2.TokenPiecesResponse.FromString,
             options,
             channel_credentials,
             insecure,

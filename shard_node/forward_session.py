@@ -19,7 +19,7 @@ import torch
 
 from protos import shard_pb2, tensors, wire
 from protos.activations import decode_hidden, encode_hidden
-from protos.data_structures import SamplingParams
+from protos.data_structures import SamplingParams, TokenLogprobs
 from shard_node import metrics
 from shard_node.handoff import Abandoned, Mailbox, PeerError, PeerLinks, Refused, key_of
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, SliceInput
@@ -191,6 +191,10 @@ class ForwardSession:
             if any(result.accepted_drafts):  # speculative decoding (none accepted: left empty)
                 accepted = iter(result.accepted_drafts)
                 reply.accepted_drafts.extend(0 if s.seq_id in gone else next(accepted) for s in req.seqs)
+            if any(lp is not None for lp in result.logprobs):  # (an empty message for a sequence that asked for none)
+                chosen = iter(result.logprobs)
+                reply.logprobs.extend(wire.logprobs_to_proto(TokenLogprobs() if s.seq_id in gone else
+                                                             next(chosen) or TokenLogprobs()) for s in req.seqs)
         if result.logits is not None:
             reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
         reply.forward_seconds = result.forward_seconds
@@ -292,4 +296,5 @@ def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
     except ValueError as e:
         sampling, invalid = SamplingParams(), str(e)
     return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
-                      tuple(s.recent_token_ids), s.no_sample, invalid, s.provisional, tuple(s.draft_token_ids))
+                      tuple(s.recent_token_ids), s.no_sample, invalid, s.provisional, tuple(s.draft_token_ids),
+                      s.prompt_tokens)

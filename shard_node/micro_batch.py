@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from protos.data_structures import SamplingParams
+from protos.data_structures import SamplingParams, TokenLogprobs
+from shard_node.sampler import TokenHistory
 
 
 class BatchError(ValueError):
@@ -31,6 +32,11 @@ class SliceInput:
     provisional: bool = False  # a draft model's step: all its positions may be overwritten later
     draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
     # last stage (shard_node/speculative.py)
+    prompt_tokens: int = 0  # recent_token_ids[:prompt_tokens] is the prompt (presence and frequency penalties)
+
+    def history(self) -> TokenHistory:
+        """The tokens it has seen before its first draft (for its penalties)."""
+        return TokenHistory(list(self.recent_token_ids), self.prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -59,3 +65,4 @@ class BatchResult:
     forward_seconds: float = 0.0
     row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
     accepted_drafts: list[int] = field(default_factory=list)  # last stage: per slice, its drafts accepted
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # last stage: per slice, when it asks

@@ -17,6 +17,7 @@ from shard_node.gguf_weights import GgufBlocks
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, RowError, SliceInput
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
+from shard_node.sampler import chosen_logprobs
 from shard_node.shard_model import ShardModel
 from shard_node.speculative import greedy_accepted, verify_drafts
 from shard_node.weights import load_shard_weights
@@ -112,6 +113,8 @@ class ShardRunner:
         if s.draft_token_ids and (len(s.draft_token_ids) >= s.num_tokens or s.no_sample):
             return "INVALID_ARGUMENT", (f"{where}: {len(s.draft_token_ids)} draft tokens need a slice of more rows "
                                         f"(num_tokens {s.num_tokens}) that samples (no_sample is set: {s.no_sample})")
+        if self.is_last and s.sampling.logit_bias and s.sampling.logit_bias[-1][0] >= self.spec.vocab_size:
+            return "INVALID_ARGUMENT", f"{where}: logit_bias token ids must be in [0, {self.spec.vocab_size})"
         if s.draft_token_ids and not all(0 <= t < self.spec.vocab_size for t in s.draft_token_ids):
             return "INVALID_ARGUMENT", f"{where}: draft token ids must be in [0, {self.spec.vocab_size})"
         if s.start_pos == 0:
@@ -169,8 +172,8 @@ class ShardRunner:
         started = time.perf_counter()
         for seq_id in batch.release_seq_ids:
             self.kv.release(seq_id)
-        result = BatchResult(next_token_ids=[-1] * len(batch.slices) if self.is_last else [],
-                             accepted_drafts=[0] * len(batch.slices) if self.is_last else [])
+        last = len(batch.slices) if self.is_last else 0
+        result = BatchResult(next_token_ids=[-1] * last, accepted_drafts=[0] * last, logprobs=[None] * last)
         good: list[int] = []
         rows_in: list[slice] = []
         row = 0
@@ -249,12 +252,15 @@ class ShardRunner:
                 if s.sampling.seed is not None and entry.generator is None:
                     entry.generator = torch.Generator().manual_seed(s.sampling.seed)
                 drafts = list(s.draft_token_ids)
+                rows_j = logits[ends[j]:ends[j + 1]]
                 if j in plain:
                     accepted, token = greedy_accepted(choices[ends[j]:ends[j + 1]], drafts)
                 else:
-                    accepted, token = verify_drafts(logits[ends[j]:ends[j + 1]], drafts, s.sampling,
-                                                    entry.generator, list(s.recent_token_ids))
+                    accepted, token = verify_drafts(rows_j, drafts, s.sampling, entry.generator, s.history())
                 result.next_token_ids[i], result.accepted_drafts[i] = token, accepted
+                if s.sampling.logprobs is not None:
+                    result.logprobs[i] = chosen_logprobs(rows_j[:accepted + 1], drafts[:accepted] + [token],
+                                                         s.sampling.logprobs)
             except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
                 logger.warning("sequence %s: %s", s.seq_id, e)
                 errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")
@@ -271,4 +277,4 @@ class ShardRunner:
 
     @staticmethod
     def _is_plain_greedy(params: SamplingParams) -> bool:
-        return params.is_greedy and params.repetition_penalty == 1.0
+        return params.is_greedy and not params.changes_logits

@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 
 from protos.data_structures import SamplingParams
-from shard_node.sampler import draw, penalized, sample_next, token_probs
+from shard_node.sampler import TokenHistory, draw, penalized, sample_next, token_probs
 
 
 def verify_drafts(logits: torch.Tensor, drafts: list[int], params: SamplingParams,
-                  generator: torch.Generator | None, seen_token_ids: list[int]) -> tuple[int, int]:
+                  generator: torch.Generator | None, history: TokenHistory) -> tuple[int, int]:
     """(drafts accepted, the token after them). ``logits``: [len(drafts) + 1, vocab], one row per prefix;
-    ``seen_token_ids``: the context before the first draft (for the repetition penalty)."""
-    seen = list(seen_token_ids)
+    ``history``: the context before the first draft (for the penalties)."""
+    seen = history
     for i, draft in enumerate(drafts):
         row = penalized(logits[i], params, seen)
         if params.is_greedy:
@@ -34,7 +34,7 @@ def verify_drafts(logits: torch.Tensor, drafts: list[int], params: SamplingParam
             if float(torch.rand((), generator=generator)) >= float(probs[draft]):
                 probs[draft] = 0.0  # p(d) < 1 here, so something else is left
                 return i, draw(probs, generator)
-        seen.append(draft)
+        seen = seen.then(draft) if params.needs_history else seen
     return len(drafts), sample_next(logits[len(drafts)], params, generator, seen)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, processors
 
 from tokenizer_svc.chat_template import render_chat
+from tokenizer_svc.token_pieces import TokenPieces
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 EXTRA_SPECIALS_KEY = "additional_special_tokens"
@@ -32,10 +33,12 @@ class ModelTokenizer:
     clean_up_spaces: bool = False
     vocab_size: int = field(init=False)  # with the added tokens, as len(AutoTokenizer)
     special_ids: dict[str, int] = field(init=False)  # special added tokens' ids by their text
+    pieces: TokenPieces = field(init=False)  # each token on its own (log-probabilities)
 
     def __post_init__(self) -> None:
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.special_ids = {t.content: i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.pieces = TokenPieces(self.tokenizer)
 
     @property
     def eos_token_id(self) -> int | None:

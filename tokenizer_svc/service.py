@@ -1,4 +1,4 @@
-"""Tokenizer gRPC servicer: Encode, Decode, ApplyChatTemplate, DecodeIncremental, Info.
+"""Tokenizer gRPC servicer: Encode, Decode, ApplyChatTemplate, DecodeIncremental, Info, TokenPieces.
 
 Tokenizer work runs in worker threads, at most ``tokenizer.max_concurrent`` calls at once (others wait their
 turn), so that a long prompt never stalls the event loop that answers every other call. Inputs are bounded by
@@ -131,6 +131,17 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return tokenizer_pb2.DecodeIncrementalResponse(text=text, prefix_offset=prefix, read_offset=read)
+
+    @timed
+    async def TokenPieces(self, request: tokenizer_pb2.TokenPiecesRequest, context: grpc.aio.ServicerContext
+                          ) -> tokenizer_pb2.TokenPiecesResponse:
+        """Each token on its own: its text decoded alone and its bytes."""
+        await self._check_ids_count(len(request.token_ids), context)
+        tok = await self._tok(request.model, context)
+        ids = list(request.token_ids)
+        await self._check_ids(request.model, ids, context)
+        pieces = await self._run(tok.pieces.pieces, ids)
+        return tokenizer_pb2.TokenPiecesResponse(texts=[t for t, _ in pieces], bytes=[b for _, b in pieces])
 
     async def Info(self, request: tokenizer_pb2.TokenizerInfoRequest, context: grpc.aio.ServicerContext
                    ) -> tokenizer_pb2.TokenizerInfo:

@@ -19,6 +19,7 @@ from api.backend import Backend
 from api.deps import get_backend, get_started_at
 from api.errors import ApiError, error_body
 from api.generation import FinishReason, Generation, TextChunk
+from api.logprobs import ChosenToken, chat_logprobs, completion_logprobs
 from api.openai_responses import (
     AssistantMessage,
     ChatChoice,
@@ -80,22 +81,24 @@ async def _first(request: Request, gen: Generation, chunks: AsyncGenerator[TextC
         raise
 
 
+MakeChunk = Callable[[str, list[ChosenToken], FinishReason | None, UsageInfo | None], dict[str, Any]]
+
+
 def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk, None], body: SamplingRequest,
-            make: Callable[[str, FinishReason | None, UsageInfo | None], dict[str, Any]],
-            opening: dict[str, Any] | None = None) -> StreamingResponse:
-    """SSE of OpenAI chunks; ``make(text, finish_reason, usage)`` builds one chunk's JSON."""
+            make: MakeChunk, opening: dict[str, Any] | None = None) -> StreamingResponse:
+    """SSE of OpenAI chunks; ``make(text, logprobs, finish_reason, usage)`` builds one chunk's JSON."""
     async def events() -> AsyncIterator[str]:
         try:
             if opening is not None:
                 yield sse(opening)
             chunk = first
             while True:
-                if chunk.text:
-                    yield sse(make(chunk.text, None, None))
+                if chunk.text or chunk.logprobs:
+                    yield sse(make(chunk.text, chunk.logprobs, None, None))
                 if chunk.finish_reason:
-                    yield sse(make("", chunk.finish_reason, None))
+                    yield sse(make("", [], chunk.finish_reason, None))
                     if body.include_usage:
-                        yield sse(make("", None, _usage(chunk)))
+                        yield sse(make("", [], None, _usage(chunk)))
                     _log_done(gen, chunk)
                     break
                 chunk = await anext(chunks)
@@ -122,13 +125,15 @@ def _log_done(gen: Generation, last: TextChunk) -> None:
 
 
 async def _collect(first: TextChunk, chunks: AsyncGenerator[TextChunk, None], request: Request
-                   ) -> tuple[str, TextChunk]:
-    async def rest() -> tuple[str, TextChunk]:
-        parts, last = [first.text], first
+                   ) -> tuple[str, list[ChosenToken], TextChunk]:
+    """The whole text, the log-probabilities of its tokens (when asked) and the last chunk."""
+    async def rest() -> tuple[str, list[ChosenToken], TextChunk]:
+        parts, logprobs, last = [first.text], list(first.logprobs), first
         while not last.finish_reason:
             last = await anext(chunks)
             parts.append(last.text)
-        return "".join(parts), last
+            logprobs += last.logprobs
+        return "".join(parts), logprobs, last
 
     try:
         return await until_disconnected(request, rest())
@@ -153,22 +158,25 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
     if body.stream:
-        def make(text: str, finish: FinishReason | None, usage: UsageInfo | None) -> dict[str, Any]:
+        def make(text: str, logprobs: list[ChosenToken], finish: FinishReason | None, usage: UsageInfo | None
+                 ) -> dict[str, Any]:
             out = ChatCompletionChunk(id=gen.request_id, model=info.name, choices=[], usage=usage).model_dump()
             delta = {"content": text} if text else {}  # OpenAI leaves out what a delta does not change
             if usage is None:
-                out["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                out["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish,
+                                   "logprobs": chat_logprobs(logprobs) if body.logprobs and logprobs else None}]
             return out
 
-        opening = make("", None, None)
+        opening = make("", [], None, None)
         opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
         return _stream(gen, first, chunks, body, make, opening)
-    text, last = await _collect(first, chunks, request)
+    text, logprobs, last = await _collect(first, chunks, request)
     assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return ChatCompletionResponse(
         id=gen.request_id, model=info.name, usage=_usage(last),
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)])
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason,
+                            logprobs=chat_logprobs(logprobs) if body.logprobs else None)])
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=_streamed(CompletionChunk))
@@ -184,21 +192,29 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
                      f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False)
     logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
                 info.name, len(prompt_ids), max_tokens, body.stream)
+    wants_logprobs = body.logprobs is not None
     echo = ""
     if body.echo:
         echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
     if body.stream:
-        def make(text: str, finish: FinishReason | None, usage: UsageInfo | None) -> dict[str, Any]:
-            choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]
+        sent = len(echo)  # characters of the choice's text so far (log-probabilities' text_offset)
+
+        def make(text: str, logprobs: list[ChosenToken], finish: FinishReason | None, usage: UsageInfo | None
+                 ) -> dict[str, Any]:
+            nonlocal sent
+            lp = completion_logprobs(logprobs, sent) if wants_logprobs and logprobs else None
+            sent += len(text)
+            choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish, logprobs=lp)]
             return CompletionChunk(id=gen.request_id, model=info.name, choices=choices,
                                    usage=usage).model_dump(exclude_none=False)
 
-        return _stream(gen, first, chunks, body, make, make(echo, None, None) if echo else None)
-    text, last = await _collect(first, chunks, request)
+        return _stream(gen, first, chunks, body, make, make(echo, [], None, None) if echo else None)
+    text, logprobs, last = await _collect(first, chunks, request)
     assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
     return CompletionResponse(
         id=gen.request_id, model=info.name, usage=_usage(last),
-        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason)])
+        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason,
+                                  logprobs=completion_logprobs(logprobs, len(echo)) if wants_logprobs else None)])

@@ -4,9 +4,10 @@ node behind the coordinator's NodeClient interface (``FakeNodeClient``, ``fake_c
 from __future__ import annotations
 
 import asyncio
+import copy
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -127,6 +128,7 @@ class Forwarded:
     pipeline_id: str = ""
     tokens_from_peer: bool = False  # ring decode: its input tokens come from the previous step's last stage
     provisional: bool = False  # every slice is a draft model's provisional step
+    seqs: list[shard_pb2.SequenceSlice] = field(default_factory=list)  # as sent
 
 
 class FakeStream:
@@ -174,7 +176,8 @@ class FakeStream:
                                         list(request.release_seq_ids), request.batches_in_flight,
                                         list(request.token_ids), request.hidden_from_peer, request.forward_to,
                                         request.pipeline_id, request.tokens_from_peer,
-                                        bool(request.seqs) and all(s.provisional for s in request.seqs)))
+                                        bool(request.seqs) and all(s.provisional for s in request.seqs),
+                                        [copy.deepcopy(s) for s in request.seqs]))
         self.used = True
         if node.lose_stream_at is not None and len(node.forwarded) >= node.lose_stream_at:
             node.lose_stream_at = None

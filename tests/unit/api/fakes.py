@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from api.backend import Backend
-from protos import coordinator_pb2, tokenizer_pb2
+from protos import common_pb2, coordinator_pb2, tokenizer_pb2
 from protos.config import Config, parse_config
 from protos.data_structures import SamplingParams
 
@@ -67,6 +67,10 @@ class FakeTokenizerClient:
                                  ) -> tuple[str, int, int]:
         self._call("decode_incremental")
         return "".join(map(chr, token_ids[read_offset:])), len(token_ids), len(token_ids)
+
+    async def token_pieces(self, model: str, token_ids: list[int]) -> list[tuple[str, bytes]]:
+        self._call("token_pieces")
+        return [(chr(t), chr(t).encode()) for t in token_ids]
 
     async def info(self, model: str = "") -> tokenizer_pb2.TokenizerInfo:
         self._call("info")
@@ -165,14 +169,15 @@ class FakeCoordinatorClient:
         self.generated.append(GenerateArgs(model, list(prompt_ids), max_tokens, sampling, request_id, ignore_eos,
                                            speculative))
         error = rpc_error(self.generate_error, self.generate_details) if self.generate_error else None
-        call = GenerateCall(self._replies(len(prompt_ids), max_tokens, speculative), error)
+        call = GenerateCall(self._replies(len(prompt_ids), max_tokens, speculative, sampling.logprobs), error)
         self.calls.append(call)
         return call
 
-    def _replies(self, prompt_tokens: int, max_tokens: int, speculative: bool
+    def _replies(self, prompt_tokens: int, max_tokens: int, speculative: bool, top: int | None = None
                  ) -> list[coordinator_pb2.GenerateResponse]:
         """The accepted message, one message per token, the finish reason on the last. With speculation, 3 draft
-        tokens were proposed and 2 accepted."""
+        tokens were proposed and 2 accepted. With ``top`` (logprobs asked): token i has log-probability -i / 10, and
+        the next ``top`` code points after it are the most likely, at -i / 10 - 1, -2, ..."""
         tokens = [ord(c) for c in self.completion][:max_tokens]
         stats = dict(prompt_tokens=prompt_tokens, stage_seconds=[0.001], route=["n1"],
                      draft_proposed=3 * speculative, draft_accepted=2 * speculative)
@@ -182,8 +187,13 @@ class FakeCoordinatorClient:
                 replies.append(coordinator_pb2.GenerateResponse(finish_reason="error", error="node n1 is down"))
                 return replies
             last = i == max_tokens
-            replies.append(coordinator_pb2.GenerateResponse(
-                token_ids=[token], completion_tokens=i, finish_reason="length" if last else "", **stats))
+            reply = coordinator_pb2.GenerateResponse(
+                token_ids=[token], completion_tokens=i, finish_reason="length" if last else "", **stats)
+            if top is not None:
+                reply.logprobs.CopyFrom(common_pb2.TokenLogprobs(
+                    logprobs=[-i / 10], top=top, top_token_ids=[token + 1 + j for j in range(top)],
+                    top_logprobs=[-i / 10 - 1 - j for j in range(top)]))
+            replies.append(reply)
         if len(tokens) < max_tokens:
             replies.append(coordinator_pb2.GenerateResponse(finish_reason="eos", completion_tokens=len(tokens),
                                                             **stats))

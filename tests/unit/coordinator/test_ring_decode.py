@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from coordinator.request import Request
+from protos.data_structures import SamplingParams
 from tests.unit.coordinator.builders import events_of, expected_tokens, generate, make_engine, node, request, tokens_of
 
 
@@ -25,6 +26,21 @@ def test_without_ring_decode_every_step_brings_its_tokens() -> None:
     [tokens] = asyncio.run(generate(engine, [request("a", [5, 6, 7], 8)]))
     assert tokens == expected_tokens([5, 6, 7], 8)
     assert not any(f.tokens_from_peer for f in node(clients, "n1").forwarded)
+
+
+def test_a_stream_with_penalties_is_never_decoded_in_a_ring() -> None:
+    """Its penalties count every token so far, and the token in flight would reach only the first stage: each step
+    goes through the coordinator, which sends the whole history with it."""
+    engine, clients = make_engine([["n1"], ["n2"], ["n3"]], depth=3)
+    req = request("a", [5, 6, 7], 8)
+    req.sampling = SamplingParams(frequency_penalty=0.5)
+    [tokens] = asyncio.run(generate(engine, [req]))
+    assert tokens == expected_tokens([5, 6, 7], 8)  # (the fake model ignores penalties)
+    last = node(clients, "n3").forwarded
+    assert not any(f.tokens_from_peer for f in node(clients, "n1").forwarded)
+    histories = [list(s.recent_token_ids) for f in last for s in f.seqs if not s.no_sample]
+    assert histories[-1] == [5, 6, 7, *tokens[:-1]]  # the last step saw every token before its own
+    assert all(s.prompt_tokens == 3 for f in last for s in f.seqs)
 
 
 def test_a_request_that_joins_a_ring_ends_it_and_both_get_their_tokens() -> None:

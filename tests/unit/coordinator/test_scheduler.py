@@ -251,7 +251,7 @@ def test_postprocess_appends_tokens_and_detects_each_finish() -> None:
     _running(s, goes_on, eos, length, stop)
     plan = MicroBatchPlan(0, tuple(BatchEntry(r, 0, (1, 2, 3), True) for r in (goes_on, eos, length, stop)))
     out = s.postprocess(plan, [9, 2, 9, 7], [0.5, 0.25], {})
-    assert [(r.request_id, t, why) for r, t, why in out.tokens] == [
+    assert [(n.request.request_id, n.token_ids, n.finish_reason) for n in out.tokens] == [
         ("on", (9,), ""), ("eos", (2,), "eos"), ("len", (9,), "length"), ("stop", (7,), "stop")]
     assert s.running == [goes_on]  # the finished ones left the scheduler
     assert goes_on.output_ids == [9] and goes_on.num_computed == 3 and goes_on.stage_seconds == [0.5, 0.25]

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from protos import common_pb2
-from protos.data_structures import LayerRange, SamplingParams
+from protos import common_pb2, wire
+from protos.data_structures import LayerRange, SamplingParams, TokenLogprobs
 from protos.tensors import MAX_DIMS, dtype_from_name, tensor_from_proto, tensor_to_proto
 from protos.wire import (
     WireError,
@@ -192,3 +192,20 @@ def test_sampling_zero_defaults_normalised() -> None:
 def test_layer_range_roundtrip() -> None:
     r = LayerRange(3, 17)
     assert layer_range_from_proto(layer_range_to_proto(r)) == r
+
+
+def test_penalties_bias_and_logprobs_survive_the_wire() -> None:
+    params = SamplingParams(temperature=0.5, presence_penalty=-0.5, frequency_penalty=1.5,
+                            logit_bias=((3, -100.0), (7, 2.5)), logprobs=0)
+    assert wire.sampling_from_proto(wire.sampling_to_proto(params)) == params
+    assert wire.sampling_from_proto(wire.sampling_to_proto(SamplingParams())).logprobs is None
+    lp = TokenLogprobs((-0.5, -1.0), 2, (1, 2, 3, 4), (-0.5, -1.5, -1.0, -2.0))
+    assert wire.logprobs_from_proto(wire.logprobs_to_proto(lp)) == lp
+    broken = wire.logprobs_to_proto(lp)
+    del broken.top_logprobs[-1]
+    with pytest.raises(wire.WireError, match="top ids"):
+        wire.logprobs_from_proto(broken)
+    uneven = wire.sampling_to_proto(params)
+    del uneven.logit_bias_values[-1]
+    with pytest.raises(ValueError, match="logit_bias"):
+        wire.sampling_from_proto(uneven)

@@ -19,7 +19,7 @@ from protos.data_structures import GREEDY_TEMPERATURE_EPS, LayerRange, SamplingE
 from shard_node.architectures import ModelSpec
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, SliceInput
 from shard_node.runner import ShardRunner
-from shard_node.sampler import sample_next
+from shard_node.sampler import TokenHistory, sample_next
 
 NUM_LAYERS = 4
 VOCAB = 1000
@@ -412,8 +412,8 @@ def test_tiny_top_p_equals_greedy() -> None:
 def test_repetition_penalty_demotes_seen_tokens() -> None:
     lg = torch.zeros(10)
     lg[3], lg[7] = 5.0, 4.0
-    assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, [3]) == 7
-    assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, []) == 3
+    assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, TokenHistory([3])) == 7
+    assert sample_next(lg, SamplingParams(repetition_penalty=2.0), None, TokenHistory()) == 3
     assert lg[3] == 5.0  # the caller's logits are not modified
 
 

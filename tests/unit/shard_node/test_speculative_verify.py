@@ -17,7 +17,7 @@ from protos.data_structures import LayerRange, SamplingParams
 from shard_node.architectures import ModelSpec
 from shard_node.micro_batch import BatchResult, MicroBatch, SliceInput
 from shard_node.runner import ShardRunner
-from shard_node.sampler import penalized, token_probs
+from shard_node.sampler import TokenHistory, penalized, token_probs
 from shard_node.speculative import verify_drafts
 
 GREEDY = SamplingParams()
@@ -159,7 +159,7 @@ def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
 @pytest.mark.parametrize("draft", [0, 2, 3], ids=["likely-draft", "unlikely-draft", "least-likely-draft"])
 def test_speculative_sampling_keeps_the_distribution_of_one_position(sampling: SamplingParams, draft: int) -> None:
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0, 1.5], [0.0, 0.3, 2.0, -0.5, 1.0, 0.1]])
-    seen = [1, 4]
+    seen = TokenHistory([1, 4], prompt_tokens=2)
     want = token_probs(penalized(logits[0], sampling, seen), sampling)
     want = want / want.sum()
     generator = torch.Generator().manual_seed(11)

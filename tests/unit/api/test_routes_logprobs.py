@@ -1,0 +1,70 @@
+"""Log-probabilities in OpenAI's shapes, over a fake coordinator (tests/unit/api/fakes.py: token i of the answer has
+log-probability -i / 10, and the code points after it are its alternatives), streamed and not, and the sampling
+fields that reach the coordinator: penalties and logit bias."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.api.conftest import FakeApi
+from tests.unit.api.test_routes_generation import CHAT, COMPLETION, openai_stream
+
+
+def test_chat_logprobs_list_each_token_with_its_bytes_and_alternatives(api: FakeApi) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3, "logprobs": True, "top_logprobs": 2})
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["H", "e", "l"]
+    assert [t["logprob"] for t in content] == pytest.approx([-0.1, -0.2, -0.3])
+    assert content[0]["bytes"] == [72] and [p["token"] for p in content[0]["top_logprobs"]] == ["I", "J"]
+    assert api.coordinator.generated[0].sampling.logprobs == 2
+    plain = api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3})
+    assert plain.json()["choices"][0]["logprobs"] is None and api.coordinator.generated[1].sampling.logprobs is None
+
+
+def test_streamed_chat_logprobs_go_with_their_text(api: FakeApi) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 4, "stream": True, "logprobs": True})
+    chunks = [c for c in openai_stream(r.text) if c["choices"]]
+    text = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    tokens = ["".join(t["token"] for t in (c["choices"][0]["logprobs"] or {"content": []})["content"])
+              for c in chunks]
+    assert text == tokens and "".join(text) == "Hell"
+
+
+def test_a_stop_string_keeps_the_logprobs_of_the_tokens_up_to_it(api: FakeApi) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "stop": [" th"], "logprobs": True})
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "Hello" and choice["finish_reason"] == "stop"
+    assert "".join(t["token"] for t in choice["logprobs"]["content"]).startswith("Hello")
+
+
+def test_completion_logprobs_have_tokens_offsets_and_top_dicts(api: FakeApi) -> None:
+    r = api.client.post("/v1/completions", json={**COMPLETION, "max_tokens": 3, "logprobs": 1})
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["H", "e", "l"] and lp["text_offset"] == [0, 1, 2]
+    assert lp["token_logprobs"] == pytest.approx([-0.1, -0.2, -0.3])
+    assert lp["top_logprobs"][0] == pytest.approx({"I": -1.1, "H": -0.1})  # the chosen one too (as vLLM)
+    r = api.client.post("/v1/completions", json={**COMPLETION, "max_tokens": 3, "logprobs": 0, "stream": True})
+    streamed = [c["choices"][0]["logprobs"] for c in openai_stream(r.text) if c["choices"][0]["logprobs"]]
+    assert [t for lp in streamed for t in lp["tokens"]] == ["H", "e", "l"]
+    assert [o for lp in streamed for o in lp["text_offset"]] == [0, 1, 2]
+
+
+def test_penalties_and_logit_bias_reach_the_coordinator(api: FakeApi) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1, "presence_penalty": 0.5,
+                                                      "frequency_penalty": -1, "logit_bias": {"7": 5, "3": -100}})
+    assert r.status_code == 200, r.text
+    sampling = api.coordinator.generated[0].sampling
+    assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -1.0)
+    assert sampling.logit_bias == ((3, -100.0), (7, 5.0))
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"), ({"top_logprobs": 1}, "top_logprobs"),
+    ({"logit_bias": {"-1": 1}}, "logit_bias"), ({"logit_bias": {"1": "x"}}, "logit_bias"),
+    ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"), ({"presence_penalty": 2.5}, "presence_penalty"),
+])
+def test_out_of_range_fields_are_422_naming_them(api: FakeApi, body: dict, field: str) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, **body})
+    assert r.status_code == 422 and r.json()["error"]["param"].startswith(field), r.text
+    assert not api.coordinator.generated
