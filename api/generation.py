@@ -20,7 +20,7 @@ import grpc
 from api.backend import Backend
 from api.errors import ApiError, redact_paths
 from api.logprobs import ChosenToken, resolve
-from protos import coordinator_pb2, wire
+from protos import common_pb2, coordinator_pb2, wire
 from protos.data_structures import SamplingParams, TokenLogprobs
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class GenerationTimes:
 class Generation:
     def __init__(self, backend: Backend, model: str, prompt_ids: list[int], max_tokens: int,
                  sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False,
-                 speculative: bool = True) -> None:
+                 speculative: bool = True, prompt_logprobs: bool = False) -> None:
         self.backend = backend
         self.model = model
         self.prompt_ids = prompt_ids
@@ -126,6 +126,8 @@ class Generation:
         self.request_id = request_id
         self.ignore_eos = ignore_eos
         self.speculative = speculative  # False: the coordinator decodes one token per step for it
+        self.prompt_logprobs = prompt_logprobs  # score the prompt too (arrives with the first tokens)
+        self.prompt_scores: list[ChosenToken] | None = None  # of prompt tokens 1 .. n-1, once they came
         self.times = GenerationTimes()
         self._call: grpc.aio.UnaryStreamCall | None = None
 
@@ -133,7 +135,8 @@ class Generation:
         """Sends the request; returns once the coordinator accepted it, raises ApiError otherwise."""
         self._call = self.backend.coordinator.generate(self.model, self.prompt_ids, self.max_tokens, self.sampling,
                                                        self.request_id, ignore_eos=self.ignore_eos,
-                                                       speculative=self.speculative)
+                                                       speculative=self.speculative,
+                                                       prompt_logprobs=self.prompt_logprobs)
         try:
             await self._read()
         except BaseException:
@@ -176,7 +179,12 @@ class Generation:
                                   draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted)
                 back = None
                 if reply.HasField("logprobs"):
-                    logprobs += await resolve(self.backend, self.model, reply.token_ids, self._logprobs(reply))
+                    logprobs += await resolve(self.backend, self.model, reply.token_ids,
+                                              self._logprobs(reply.logprobs, len(reply.token_ids)))
+                if reply.HasField("prompt_logprobs"):
+                    scored = self.prompt_ids[1:]
+                    self.prompt_scores = await resolve(self.backend, self.model, scored,
+                                                       self._logprobs(reply.prompt_logprobs, len(scored)))
                 stats.logprobs = logprobs
                 if reply.token_ids:
                     window.extend(reply.token_ids)
@@ -201,13 +209,13 @@ class Generation:
             self.cancel()  # stops generation when the client left or a stop string hit
 
     @staticmethod
-    def _logprobs(reply: coordinator_pb2.GenerateResponse) -> TokenLogprobs:
+    def _logprobs(msg: common_pb2.TokenLogprobs, tokens: int) -> TokenLogprobs:
         try:
-            lp = wire.logprobs_from_proto(reply.logprobs) or TokenLogprobs()
+            lp = wire.logprobs_from_proto(msg) or TokenLogprobs()
         except wire.WireError as e:
             raise ApiError(502, f"the coordinator sent malformed logprobs: {e}") from None
-        if len(lp.logprobs) != len(reply.token_ids):
-            raise ApiError(502, f"the coordinator sent {len(lp.logprobs)} logprobs for {len(reply.token_ids)} tokens")
+        if len(lp.logprobs) != tokens:
+            raise ApiError(502, f"the coordinator sent {len(lp.logprobs)} logprobs for {tokens} tokens")
         return lp
 
     async def text(self) -> tuple[str, TextChunk]:

@@ -59,13 +59,16 @@ def chat_logprobs(tokens: Sequence[ChosenToken]) -> dict[str, Any]:
             "refusal": None}
 
 
-def completion_logprobs(tokens: Sequence[ChosenToken], text_offset: int) -> dict[str, Any]:
+def completion_logprobs(tokens: Sequence[ChosenToken], text_offset: int, unscored: str | None = None
+                        ) -> dict[str, Any]:
     """A completion choice's (or chunk's) ``logprobs``; ``text_offset``: where the first token's text starts in the
-    choice's text."""
+    choice's text. ``unscored``: the text of a token before them without a log-probability (a prompt's first)."""
+    lead = [] if unscored is None else [unscored]
     offsets = []
-    for t in tokens:  # (the tokens' texts, as vLLM counts them)
+    for text in [*lead, *(t.chosen.token for t in tokens)]:  # (the tokens' texts, as vLLM counts them)
         offsets.append(text_offset)
-        text_offset += len(t.chosen.token)
-    return {"tokens": [t.chosen.token for t in tokens], "token_logprobs": [t.chosen.logprob for t in tokens],
-            "top_logprobs": [{p.token: p.logprob for p in (*t.top, t.chosen)} for t in tokens],  # as vLLM: the
-            "text_offset": offsets}  # chosen token too, when it is not among the most likely
+        text_offset += len(text)
+    return {"tokens": lead + [t.chosen.token for t in tokens],
+            "token_logprobs": [None] * len(lead) + [t.chosen.logprob for t in tokens],
+            "top_logprobs": [None] * len(lead) + [{p.token: p.logprob for p in (*t.top, t.chosen)} for t in tokens],
+            "text_offset": offsets}  # (as vLLM, a top_logprobs entry holds the chosen token too)

@@ -221,7 +221,8 @@ class ChatCompletionRequest(SamplingRequest):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         ..., description="text, or token ids; a list holds one prompt (n = 1, no batching of prompts)")
-    echo: bool = Field(False, description="prepend the prompt to the returned text")
+    echo: bool = Field(False, description="prepend the prompt to the returned text (with logprobs: the prompt's "
+                       "tokens first, the first one with null log-probability)")
     suffix: str | None = Field(None, description="not supported")
     best_of: int | None = Field(None, description="only 1 is supported")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="return the log-probability of "
@@ -258,14 +259,6 @@ class CompletionRequest(SamplingRequest):
     def _check_best_of(cls, v: int | None) -> int | None:
         if v not in (None, 1):
             raise ValueError(f"best_of is {v}, but only 1 is supported")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_prompt_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is not None and info.data.get("echo"):
-            raise ValueError("logprobs with echo (the prompt's log-probabilities) are not supported yet; send echo or "
-                             "logprobs")
         return v
 
     @property

@@ -43,6 +43,7 @@ class NewTokens:
     token_ids: tuple[int, ...]
     finish_reason: str = ""  # the last of them ended it: eos | stop | length
     logprobs: TokenLogprobs | None = None  # of token_ids, where its sampling asks
+    prompt_logprobs: TokenLogprobs | None = None  # of its prompt (once, with its first tokens), where asked
 
 
 @dataclass

@@ -20,12 +20,13 @@ from coordinator.forwarding import RingStep, SentAhead
 from coordinator.membership import NodeEvent
 from coordinator.model_meta import ModelMeta
 from coordinator.node_client import ModelLoad, StageError
-from coordinator.pipeline import Pipeline, Route, StepResult
+from coordinator.pipeline import Pipeline, Route
 from coordinator.publisher import FailoverStats, Publisher
 from coordinator.replicas import ReplicaSet
 from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
 from coordinator.speculation import DraftState, ModelDrafts, SpeculationConfig
+from coordinator.step_result import StepResult
 
 logger = logging.getLogger(__name__)
 

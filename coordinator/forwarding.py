@@ -80,6 +80,7 @@ def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.F
         message.report_errors_only = True
         for s in message.seqs:  # sampling inputs are read by the last stage only
             del s.recent_token_ids[:]
+            del s.score_token_ids[:]
     return message
 
 

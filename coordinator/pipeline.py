@@ -24,8 +24,9 @@ from coordinator import metrics
 from coordinator.forwarding import COORDINATOR, RingStep, run_direct
 from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
+from coordinator.step_result import StepResult, step_result
 from protos import shard_pb2, wire
-from protos.data_structures import LayerRange, TokenLogprobs
+from protos.data_structures import LayerRange
 from protos.model_spec import DEFAULT_FORWARDING, DEFAULT_WIRE_DTYPE
 
 logger = logging.getLogger(__name__)
@@ -111,16 +112,6 @@ class StageGroup:
 Route = tuple[Replica, ...]  # one replica per stage group, in layer order
 
 
-@dataclass(frozen=True)
-class StepResult:
-    next_token_ids: list[int]  # one per entry; -1 for prefill chunks that sample nothing (and failed entries)
-    stage_seconds: list[float]  # compute time reported by each stage of the route
-    failed: dict[int, str] = field(default_factory=dict)  # entry index -> why that sequence alone failed
-    ring_broken: str = ""  # ring decode: why the tokens did not reach the next step's first stage
-    accepted: list[int] = field(default_factory=list)  # per entry: its drafts accepted (speculative decoding)
-    logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # per entry, where its sampling asks
-
-
 @dataclass
 class _Relay:
     """How far one micro-batch got along its route."""
@@ -165,6 +156,7 @@ class Pipeline:
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
                 draft_token_ids=e.drafts, provisional=e.provisional, prompt_tokens=req.num_prompt_tokens,
+                score_token_ids=req.prompt_to_score(e.start_pos, len(e.token_ids)),
             ))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
@@ -213,7 +205,8 @@ class Pipeline:
             self.in_flight -= 0 if waits else 1
             for replica, ticket in zip(route[relay.reached:], tickets[relay.reached:]):  # must not hold up later ones
                 await replica.order.pass_turn(ticket)
-        return self._result(plan, request, relay)
+        assert relay.reply is not None
+        return step_result(plan, request, relay.reply, relay.seconds, relay.failed)
 
     async def _stage(self, i: int, route: Sequence[Replica], request: shard_pb2.ForwardRequest, releases: list[str],
                      ticket: int, relay: _Relay) -> None:
@@ -252,27 +245,6 @@ class Pipeline:
         metrics.observe_link(self.model, replica.node_id, COORDINATOR, back)
         if reply.seq_errors:
             self._drop_failed(request, replica, reply, relay.failed, last=i == len(route) - 1)
-
-    @staticmethod
-    def _result(plan: MicroBatchPlan, request: shard_pb2.ForwardRequest, relay: _Relay) -> StepResult:
-        reply, failed = relay.reply, relay.failed
-        assert reply is not None
-        if len(reply.next_token_ids) != len(request.seqs) and request.seqs:
-            raise RuntimeError(f"last stage returned {len(reply.next_token_ids)} tokens for "
-                               f"{len(request.seqs)} sequences")
-        tokens = dict(zip((s.seq_id for s in request.seqs), reply.next_token_ids)) if request.seqs else {}
-        accepted = dict(zip((s.seq_id for s in request.seqs), reply.accepted_drafts))  # empty: none accepted
-        entries = plan.entries
-        if any(not 0 <= accepted.get(e.seq_id, 0) <= len(e.drafts) for e in entries):
-            raise RuntimeError("last stage accepted more draft tokens than a sequence had")
-        try:
-            logprobs = {s.seq_id: wire.logprobs_from_proto(lp) for s, lp in zip(request.seqs, reply.logprobs)}
-        except wire.WireError as e:
-            raise RuntimeError(f"last stage: {e}") from None
-        return StepResult([tokens.get(e.seq_id, -1) for e in entries], relay.seconds,
-                          {i: failed[e.seq_id] for i, e in enumerate(entries) if e.seq_id in failed},
-                          reply.tokens_handoff_error, [accepted.get(e.seq_id, 0) for e in entries],
-                          [logprobs.get(e.seq_id) for e in entries])
 
     def _drop_failed(self, request: shard_pb2.ForwardRequest, replica: Replica, reply: shard_pb2.ForwardResponse,
                      failed: dict[str, str], last: bool) -> None:

@@ -9,9 +9,10 @@ import uuid
 from dataclasses import dataclass
 
 from coordinator import metrics
-from coordinator.pipeline import Route, StepResult
+from coordinator.pipeline import Route
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import MicroBatchPlan, Scheduler
+from coordinator.step_result import StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Publisher:
         """Publishes what the scheduler made of a micro-batch that came back."""
         self._observe_batch(plan, route, result)
         outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed,
-                                             result.accepted, result.logprobs)
+                                             result.accepted, result.logprobs, result.scored)
         for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
             logger.error("model %s: request %s failed alone: %s", self.model, req.request_id, why)
             release_later(req, route)
@@ -50,9 +51,11 @@ class Publisher:
             self._observe_tokens(req, route, len(new.token_ids))
             if new.finish_reason:
                 release_later(req, route)
-                req.finish(new.finish_reason, token_ids=new.token_ids, logprobs=new.logprobs)
+                req.finish(new.finish_reason, token_ids=new.token_ids, logprobs=new.logprobs,
+                           prompt_logprobs=new.prompt_logprobs)
             else:
-                req.events.put_nowait(TokenEvent(new.token_ids, logprobs=new.logprobs))
+                req.events.put_nowait(TokenEvent(new.token_ids, logprobs=new.logprobs,
+                                                 prompt_logprobs=new.prompt_logprobs))
 
     def fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         """The whole micro-batch failed (refused by a node): its requests end with ``why``."""

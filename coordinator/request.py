@@ -23,6 +23,7 @@ class TokenEvent:
     finish_reason: str = ""  # eos | length | stop | cancelled | error
     error: str = ""
     logprobs: TokenLogprobs | None = None  # of token_ids, where the sampling asks
+    prompt_logprobs: TokenLogprobs | None = None  # of the prompt's tokens after the first, once, where asked
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +55,8 @@ class Request:
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
     speculative: bool = True  # the caller allows speculative decoding (where the model has it on)
     drafting: DraftState | None = None  # speculative decoding (coordinator/speculation.py); None: plain decoding
+    prompt_logprobs: bool = False  # the caller wants the prompt scored (log-probabilities of its tokens)
+    prompt_scores: dict[int, TokenLogprobs] | None = field(default_factory=dict)  # by chunk start; None: delivered
 
     @property
     def in_flight(self) -> bool:
@@ -84,6 +87,22 @@ class Request:
         flight (which only the last stage and the first see)."""
         return self.sampling.needs_history or (self.drafting is not None
                                                and self.drafting.would_propose(self.prompt_ids, self.output_ids))
+
+    def prompt_to_score(self, start: int, num_tokens: int) -> list[int]:
+        """With prompt log-probabilities, the prompt tokens that rows [start, start + num_tokens) predict (none once
+        they were delivered: a failover replays the prompt without scoring it again)."""
+        if not self.prompt_logprobs or self.prompt_scores is None:
+            return []
+        return self.prompt_ids[start + 1:start + num_tokens + 1]
+
+    def take_prompt_scores(self) -> TokenLogprobs | None:
+        """The prompt's log-probabilities, once: when every chunk's are in (then never again)."""
+        if self.prompt_scores is None or sum(len(lp.logprobs) for lp in self.prompt_scores.values()) < len(
+                self.prompt_ids) - 1:
+            return None
+        joined = sum((self.prompt_scores[start] for start in sorted(self.prompt_scores)), TokenLogprobs())
+        self.prompt_scores = None
+        return joined
 
     def context_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
@@ -127,11 +146,11 @@ class Request:
             self.failover_started = time.monotonic()
 
     def finish(self, reason: str, error: str = "", token_ids: tuple[int, ...] = (),
-               logprobs: TokenLogprobs | None = None) -> None:
+               logprobs: TokenLogprobs | None = None, prompt_logprobs: TokenLogprobs | None = None) -> None:
         """Marks the request done and sends its last event (with its last tokens, if any)."""
         if self.status == RequestStatus.FINISHED:
             return
         self.status = RequestStatus.FINISHED
         self.finished_time = time.monotonic()
         self.finish_reason = reason
-        self.events.put_nowait(TokenEvent(token_ids, reason, error, logprobs))
+        self.events.put_nowait(TokenEvent(token_ids, reason, error, logprobs, prompt_logprobs))

@@ -218,14 +218,17 @@ class Scheduler:
 
     def postprocess(self, plan: MicroBatchPlan, next_token_ids: list[int], stage_seconds: list[float],
                     failed: dict[int, str], accepted: list[int] | None = None,
-                    logprobs: list[TokenLogprobs | None] | None = None) -> StepOutcome:
+                    logprobs: list[TokenLogprobs | None] | None = None,
+                    scored: list[TokenLogprobs | None] | None = None) -> StepOutcome:
         """The bookkeeping of a micro-batch that came back, no I/O: positions now in the KV cache, time per stage,
         each wanted token (after the ``accepted`` drafts, per entry) appended to its request's output, and finish
         detection. Requests that finished or failed (``failed``: entry index -> why) leave the scheduler; cancelled
-        ones are drained at the next tick. ``logprobs`` (per entry) go with the tokens kept."""
+        ones are drained at the next tick. ``logprobs`` (per entry) go with the tokens kept; ``scored`` (per entry,
+        of its prompt tokens) go with the request's first tokens once every chunk's are in."""
         out = StepOutcome()
         accepted = accepted or [0] * len(plan.entries)
         logprobs = logprobs or [None] * len(plan.entries)
+        scored = scored or [None] * len(plan.entries)
         for i, (entry, token) in enumerate(zip(plan.entries, next_token_ids)):
             req = entry.request
             if req.is_finished or entry.seq_id != req.seq_id:
@@ -237,6 +240,9 @@ class Scheduler:
             if len(req.stage_seconds) != len(stage_seconds):
                 req.stage_seconds = [0.0] * len(stage_seconds)
             req.stage_seconds = [a + b for a, b in zip(req.stage_seconds, stage_seconds)]
+            prompt_scores = scored[i]
+            if prompt_scores is not None and req.prompt_scores is not None:
+                req.prompt_scores[entry.start_pos] = prompt_scores
             if not entry.wants_token or req.cancelled or req.is_finished:
                 req.num_computed += len(entry.token_ids)
                 continue  # a prefill chunk (the next follows in this lane), or a request drained at the next tick
@@ -244,7 +250,8 @@ class Scheduler:
             if reason:
                 self.remove(req)
             chosen = logprobs[i]
-            out.tokens.append(NewTokens(req, tokens, reason, None if chosen is None else chosen.first(len(tokens))))
+            out.tokens.append(NewTokens(req, tokens, reason, None if chosen is None else chosen.first(len(tokens)),
+                                        req.take_prompt_scores()))
         return out
 
     def remove(self, req: Request) -> None:

@@ -111,7 +111,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request_id=request_id, seq_id=f"{request_id}-{uuid.uuid4().hex[:8]}", prompt_ids=prompt,
             max_tokens=request.max_tokens, sampling=sampling, stop_token_ids=frozenset(request.stop_token_ids),
             eos_token_ids=frozenset() if request.ignore_eos else frozenset(meta.eos_token_ids),
-            speculative=not request.no_speculation,
+            speculative=not request.no_speculation, prompt_logprobs=request.prompt_logprobs,
         )
 
     async def _replies(self, model: str, req: Request) -> AsyncIterator[coordinator_pb2.GenerateResponse]:
@@ -131,7 +131,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers,
                 draft_proposed=req.drafting.proposed if req.drafting else 0,
                 draft_accepted=req.drafting.accepted if req.drafting else 0,
-                logprobs=None if event.logprobs is None else wire.logprobs_to_proto(event.logprobs))
+                logprobs=None if event.logprobs is None else wire.logprobs_to_proto(event.logprobs),
+                prompt_logprobs=None if event.prompt_logprobs is None else wire.logprobs_to_proto(
+                    event.prompt_logprobs))
             if event.finish_reason:
                 return
 

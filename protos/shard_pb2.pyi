@@ -42,7 +42,7 @@ class UnloadShardResponse(_message.Message):
     def __init__(self, unloaded: bool = ...) -> None: ...
 
 class SequenceSlice(_message.Message):
-    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens")
+    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens", "score_token_ids")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     START_POS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class SequenceSlice(_message.Message):
     DRAFT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     seq_id: str
     start_pos: int
     num_tokens: int
@@ -63,7 +64,8 @@ class SequenceSlice(_message.Message):
     draft_token_ids: _containers.RepeatedScalarFieldContainer[int]
     provisional: bool
     prompt_tokens: int
-    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    score_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ..., score_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only", "tokens_from_peer", "tokens_to", "tokens_batch_id")
@@ -108,7 +110,7 @@ class ForwardRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ..., tokens_from_peer: bool = ..., tokens_to: _Optional[str] = ..., tokens_batch_id: _Optional[int] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
-    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node", "tokens_handoff_error", "accepted_drafts", "logprobs")
+    __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node", "tokens_handoff_error", "accepted_drafts", "logprobs", "scored")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +125,7 @@ class ForwardResponse(_message.Message):
     TOKENS_HANDOFF_ERROR_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     hidden: _common_pb2.Tensor
     next_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -137,7 +140,8 @@ class ForwardResponse(_message.Message):
     tokens_handoff_error: str
     accepted_drafts: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprobs]
-    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., held_seconds: _Optional[float] = ..., upstream: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_node: _Optional[str] = ..., tokens_handoff_error: _Optional[str] = ..., accepted_drafts: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ...) -> None: ...
+    scored: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprobs]
+    def __init__(self, batch_id: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., forward_seconds: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., seq_errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., held_seconds: _Optional[float] = ..., upstream: _Optional[_Iterable[_Union[StageReport, _Mapping]]] = ..., error_node: _Optional[str] = ..., tokens_handoff_error: _Optional[str] = ..., accepted_drafts: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ..., scored: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ...) -> None: ...
 
 class StageReport(_message.Message):
     __slots__ = ("node_id", "forward_seconds", "handoff_bytes", "handoff_rtt_seconds", "seq_errors")

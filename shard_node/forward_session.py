@@ -1,10 +1,10 @@
 """One coordinator Forward stream on a node: its micro-batches run in the order they came, each answered on it.
 
-With the star relay a micro-batch brings its input (token ids or hidden states) and its reply carries the output.
-With shard-to-shard forwarding (``pipeline_id`` set) a later stage's input comes by Handoff from the previous
-stage's node (``hidden_from_peer``: it waits in the ``Mailbox``) and a stage's output goes by Handoff to the next
-one (``forward_to``); the reply to the coordinator then carries only times, errors and (last stage) the tokens.
-A message with ``abandon`` gives a micro-batch up at once, even while the stream's turn waits for its input.
+With the star relay a micro-batch brings its input (token ids or hidden states) and its reply carries the output. With
+shard-to-shard forwarding (``pipeline_id`` set) a later stage's input comes by Handoff from the previous stage's node
+(``hidden_from_peer``: it waits in the ``Mailbox``) and a stage's output goes by Handoff to the next one
+(``forward_to``); the reply to the coordinator then carries only times, errors and (last stage) the tokens. A message
+with ``abandon`` gives a micro-batch up at once, even while the stream's turn waits for its input.
 """
 
 from __future__ import annotations
@@ -185,16 +185,16 @@ class ForwardSession:
               dropped: list[str]) -> None:
         """Tokens (one per slice of the request: -1 for those dropped earlier), logits, times, row errors."""
         if result.hidden is None:  # the last stage: one token per slice it was sent
-            ran = iter(result.next_token_ids)
-            gone = set(dropped)
+            ran, gone = iter(result.next_token_ids), set(dropped)
             reply.next_token_ids.extend(-1 if s.seq_id in gone else next(ran) for s in req.seqs)
             if any(result.accepted_drafts):  # speculative decoding (none accepted: left empty)
                 accepted = iter(result.accepted_drafts)
                 reply.accepted_drafts.extend(0 if s.seq_id in gone else next(accepted) for s in req.seqs)
-            if any(lp is not None for lp in result.logprobs):  # (an empty message for a sequence that asked for none)
-                chosen = iter(result.logprobs)
-                reply.logprobs.extend(wire.logprobs_to_proto(TokenLogprobs() if s.seq_id in gone else
-                                                             next(chosen) or TokenLogprobs()) for s in req.seqs)
+            for out, values in ((reply.logprobs, result.logprobs), (reply.scored, result.scored)):
+                given = iter(values)  # (an empty message for a sequence that asked for none)
+                if any(lp is not None for lp in values):
+                    out.extend(wire.logprobs_to_proto(TokenLogprobs() if s.seq_id in gone else next(given)
+                                                      or TokenLogprobs()) for s in req.seqs)
         if result.logits is not None:
             reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
         reply.forward_seconds = result.forward_seconds
@@ -297,4 +297,4 @@ def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
         sampling, invalid = SamplingParams(), str(e)
     return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
                       tuple(s.recent_token_ids), s.no_sample, invalid, s.provisional, tuple(s.draft_token_ids),
-                      s.prompt_tokens)
+                      s.prompt_tokens, tuple(s.score_token_ids))

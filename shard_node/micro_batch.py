@@ -33,6 +33,7 @@ class SliceInput:
     draft_token_ids: tuple[int, ...] = ()  # speculative decoding: its last rows are these drafts, verified on the
     # last stage (shard_node/speculative.py)
     prompt_tokens: int = 0  # recent_token_ids[:prompt_tokens] is the prompt (presence and frequency penalties)
+    score_token_ids: tuple[int, ...] = ()  # last stage: the log-probability of each at its row, from the first
 
     def history(self) -> TokenHistory:
         """The tokens it has seen before its first draft (for its penalties)."""
@@ -66,3 +67,4 @@ class BatchResult:
     row_errors: list[RowError] = field(default_factory=list)  # failed sequences, in batch order
     accepted_drafts: list[int] = field(default_factory=list)  # last stage: per slice, its drafts accepted
     logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # last stage: per slice, when it asks
+    scored: list[TokenLogprobs | None] = field(default_factory=list)  # last stage: per slice, of score_token_ids

@@ -115,6 +115,11 @@ class ShardRunner:
                                         f"(num_tokens {s.num_tokens}) that samples (no_sample is set: {s.no_sample})")
         if self.is_last and s.sampling.logit_bias and s.sampling.logit_bias[-1][0] >= self.spec.vocab_size:
             return "INVALID_ARGUMENT", f"{where}: logit_bias token ids must be in [0, {self.spec.vocab_size})"
+        sampling_rows = 0 if s.no_sample else 1 + len(s.draft_token_ids)
+        if len(s.score_token_ids) > s.num_tokens - sampling_rows or not all(0 <= t < self.spec.vocab_size
+                                                                            for t in s.score_token_ids):
+            return "INVALID_ARGUMENT", (f"{where}: score_token_ids must be ids in [0, {self.spec.vocab_size}), at "
+                                        f"most one per row before the {sampling_rows} that sample")
         if s.draft_token_ids and not all(0 <= t < self.spec.vocab_size for t in s.draft_token_ids):
             return "INVALID_ARGUMENT", f"{where}: draft token ids must be in [0, {self.spec.vocab_size})"
         if s.start_pos == 0:
@@ -173,7 +178,8 @@ class ShardRunner:
         for seq_id in batch.release_seq_ids:
             self.kv.release(seq_id)
         last = len(batch.slices) if self.is_last else 0
-        result = BatchResult(next_token_ids=[-1] * last, accepted_drafts=[0] * last, logprobs=[None] * last)
+        result = BatchResult(next_token_ids=[-1] * last, accepted_drafts=[0] * last, logprobs=[None] * last,
+                             scored=[None] * last)
         good: list[int] = []
         rows_in: list[slice] = []
         row = 0
@@ -226,14 +232,16 @@ class ShardRunner:
 
     def _sample(self, batch: MicroBatch, good: list[int], entries: list[SequenceCache], x: torch.Tensor,
                 rows: list[slice], errors: dict[int, RowError], result: BatchResult) -> None:
-        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for), and of
-        every draft row; then each wanted token, after verifying the drafts (shard_node/speculative.py).
+        """Logits of each slice's last row (only where a token is wanted, unless logits are asked for), of every
+        draft row and of the rows that score given tokens (prompt log-probabilities); then each wanted token, after
+        verifying the drafts (shard_node/speculative.py).
 
         ``good[k]`` is the batch index of the k-th computed slice; a row whose sampling fails fails alone."""
-        wanted = [k for k, i in enumerate(good) if batch.return_logits or not batch.slices[i].no_sample]
+        wanted = [k for k, i in enumerate(good) if batch.return_logits or not batch.slices[i].no_sample
+                  or batch.slices[i].score_token_ids]
         if not wanted:
             return
-        scored = [range(rows[k].stop - 1 - len(batch.slices[good[k]].draft_token_ids), rows[k].stop) for k in wanted]
+        scored = [self._logit_rows(batch.slices[good[k]], rows[k], batch.return_logits) for k in wanted]
         picked = torch.tensor([r for span in scored for r in span], device=x.device)
         logits = self.model.logits(x.index_select(0, picked))
         ends = [0]
@@ -246,15 +254,19 @@ class ShardRunner:
         for j, k in enumerate(wanted):
             i = good[k]
             s, entry = batch.slices[i], entries[k]
+            first = ends[j] + len(s.score_token_ids)  # the rows that sample
+            if s.score_token_ids:
+                result.scored[i] = chosen_logprobs(logits[ends[j]:first], list(s.score_token_ids),
+                                                   s.sampling.logprobs or 0)
             if s.no_sample:
                 continue
             try:
                 if s.sampling.seed is not None and entry.generator is None:
                     entry.generator = torch.Generator().manual_seed(s.sampling.seed)
                 drafts = list(s.draft_token_ids)
-                rows_j = logits[ends[j]:ends[j + 1]]
+                rows_j = logits[first:ends[j + 1]]
                 if j in plain:
-                    accepted, token = greedy_accepted(choices[ends[j]:ends[j + 1]], drafts)
+                    accepted, token = greedy_accepted(choices[first:ends[j + 1]], drafts)
                 else:
                     accepted, token = verify_drafts(rows_j, drafts, s.sampling, entry.generator, s.history())
                 result.next_token_ids[i], result.accepted_drafts[i] = token, accepted
@@ -264,6 +276,14 @@ class ShardRunner:
             except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
                 logger.warning("sequence %s: %s", s.seq_id, e)
                 errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")
+
+    @staticmethod
+    def _logit_rows(s: SliceInput, rows: slice, all_last: bool) -> list[int]:
+        """Its rows whose logits are needed: the scoring ones, then those that sample (or else the last, asked)."""
+        scored = list(range(rows.start, rows.start + len(s.score_token_ids)))
+        if not s.no_sample:
+            return scored + list(range(rows.stop - 1 - len(s.draft_token_ids), rows.stop))
+        return scored + [rows.stop - 1] if all_last and len(scored) < rows.stop - rows.start else scored
 
     @staticmethod
     def _provisional_from(s: SliceInput, entry: SequenceCache) -> int | None:

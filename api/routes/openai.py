@@ -188,11 +188,12 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     prompt_text = body.prompt_text
     prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+    wants_logprobs = body.logprobs is not None
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False)
+                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False,
+                     prompt_logprobs=body.echo and wants_logprobs)
     logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
                 info.name, len(prompt_ids), max_tokens, body.stream)
-    wants_logprobs = body.logprobs is not None
     echo = ""
     if body.echo:
         echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
@@ -210,11 +211,25 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
             return CompletionChunk(id=gen.request_id, model=info.name, choices=choices,
                                    usage=usage).model_dump(exclude_none=False)
 
-        return _stream(gen, first, chunks, body, make, make(echo, [], None, None) if echo else None)
+        opening = make(echo, [], None, None) if echo else None
+        if opening is not None and gen.prompt_logprobs:
+            opening["choices"][0]["logprobs"] = await _prompt_logprobs(backend, gen)
+        return _stream(gen, first, chunks, body, make, opening)
     text, logprobs, last = await _collect(first, chunks, request)
     assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
     _log_done(gen, last)
+    lp = completion_logprobs(logprobs, len(echo)) if wants_logprobs else None
+    if lp is not None and gen.prompt_logprobs:
+        prompt_lp = await _prompt_logprobs(backend, gen)
+        lp = {key: prompt_lp[key] + values for key, values in lp.items()}
     return CompletionResponse(
         id=gen.request_id, model=info.name, usage=_usage(last),
-        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason,
-                                  logprobs=completion_logprobs(logprobs, len(echo)) if wants_logprobs else None)])
+        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason, logprobs=lp)])
+
+
+async def _prompt_logprobs(backend: Backend, gen: Generation) -> dict[str, Any]:
+    """The prompt's tokens in a completion's ``logprobs`` (echo): the first without a log-probability."""
+    if gen.prompt_scores is None:
+        raise ApiError(502, "the coordinator did not send the prompt's log-probabilities")
+    [(first, _)] = await backend.token_pieces(gen.model, gen.prompt_ids[:1])
+    return completion_logprobs(gen.prompt_scores, 0, unscored=first)

@@ -128,3 +128,25 @@ def test_presence_and_frequency_penalties_match_openai_semantics(cluster: Runnin
     assert r.choices[0].text == tokenizer(str(smol_dir)).decode(expected, skip_special_tokens=True)
     plain = client(cluster).completions.create(model=SMOL, prompt=REPEATING, temperature=0, max_tokens=24)
     assert plain.choices[0].text != r.choices[0].text  # the penalties changed something
+
+
+def test_echo_scores_every_prompt_token_as_evaluation_harnesses_ask(cluster: RunningCluster, smol_dir: Path) -> None:
+    """lm-evaluation-harness's log-likelihood request: token ids, echo, logprobs 1, one new token. The prompt is
+    longer than a micro-batch here, so it is scored chunk by chunk on the last stage."""
+    context = ids_of(smol_dir, "Question: What is the capital of France? Answer:")
+    continuation = ids_of(smol_dir, " Paris, a city on the Seine river in the north of the country, known for the "
+                                    "Eiffel Tower, the Louvre and its cafes; about two million people live there.")
+    prompt = context + continuation
+    assert len(prompt) > 32  # the cluster's max_batch_tokens: two chunks at least
+    r = client(cluster).completions.create(model=SMOL, prompt=prompt, echo=True, logprobs=1, max_tokens=1,
+                                           temperature=0)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(prompt) + 1 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    reference = reference_logprobs(smol_dir, prompt[:1], prompt[1:])
+    expected = [float(reference[i, t]) for i, t in enumerate(prompt[1:])]
+    assert lp.token_logprobs[1:len(prompt)] == pytest.approx(expected, abs=1e-4)
+    greedy = [t == int(torch.argmax(reference[i])) for i, t in enumerate(prompt[1:])]
+    is_greedy = [abs(v - max(top.values())) < 1e-6 for v, top in zip(lp.token_logprobs[1:len(prompt)],
+                                                                        lp.top_logprobs[1:len(prompt)])]
+    assert is_greedy == greedy and not all(greedy)
+    assert r.choices[0].text.startswith(tokenizer(str(smol_dir)).decode(prompt))

@@ -189,7 +189,6 @@ def test_client_errors_through_openai(cluster: RunningCluster) -> None:
      "frequency_penalty"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"a": 1}}, "logit_bias"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, "logit_bias"),
-    ("completions", {"prompt": "hi", "echo": True, "logprobs": 1}, "logprobs"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": ["x"] * 17}, "stop"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": "often"}, "stream"),

@@ -165,11 +165,17 @@ class FakeCoordinatorClient:
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,
-                 speculative: bool = True) -> GenerateCall:
+                 speculative: bool = True, prompt_logprobs: bool = False) -> GenerateCall:
         self.generated.append(GenerateArgs(model, list(prompt_ids), max_tokens, sampling, request_id, ignore_eos,
                                            speculative))
         error = rpc_error(self.generate_error, self.generate_details) if self.generate_error else None
         call = GenerateCall(self._replies(len(prompt_ids), max_tokens, speculative, sampling.logprobs), error)
+        if prompt_logprobs and len(call.replies) > 1:  # prompt token i (from 1) at -i, its successor the likeliest
+            top = sampling.logprobs or 0
+            call.replies[1].prompt_logprobs.CopyFrom(common_pb2.TokenLogprobs(
+                logprobs=[-float(i) for i in range(1, len(prompt_ids))], top=top,
+                top_token_ids=[t + 1 for t in prompt_ids[1:] for _ in range(top)],
+                top_logprobs=[-0.5] * (top * (len(prompt_ids) - 1))))
         self.calls.append(call)
         return call
 

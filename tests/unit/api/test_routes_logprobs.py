@@ -68,3 +68,19 @@ def test_out_of_range_fields_are_422_naming_them(api: FakeApi, body: dict, field
     r = api.client.post("/v1/chat/completions", json={**CHAT, **body})
     assert r.status_code == 422 and r.json()["error"]["param"].startswith(field), r.text
     assert not api.coordinator.generated
+
+
+def test_echo_with_logprobs_scores_the_prompt_first(api: FakeApi) -> None:
+    r = api.client.post("/v1/completions", json={**COMPLETION, "max_tokens": 2, "echo": True, "logprobs": 1})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["text"] == "OnceHe"
+    lp = choice["logprobs"]
+    assert lp["tokens"] == ["O", "n", "c", "e", "H", "e"]
+    assert lp["token_logprobs"][:4] == [None, -1.0, -2.0, -3.0] and lp["top_logprobs"][0] is None
+    assert lp["top_logprobs"][1] == {"o": -0.5, "n": -1.0} and lp["text_offset"] == [0, 1, 2, 3, 4, 5]
+    r = api.client.post("/v1/completions", json={**COMPLETION, "max_tokens": 2, "echo": True, "logprobs": 0,
+                                                  "stream": True})
+    chunks = [c["choices"][0] for c in openai_stream(r.text)]
+    assert chunks[0]["text"] == "Once" and chunks[0]["logprobs"]["tokens"] == ["O", "n", "c", "e"]
+    assert [t for c in chunks[1:] if c["logprobs"] for t in c["logprobs"]["tokens"]] == ["H", "e"]
