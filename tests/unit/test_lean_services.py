@@ -79,8 +79,9 @@ def _installed_by(requirements: list[str], extras: dict[str, list[str]]) -> set[
 # what a service's process imports once serving (its entry module and the Docker HEALTHCHECK)
 SERVICE_MODULES = {"api": ["api.__main__", "api.main"], "coordinator": ["coordinator.__main__"],
                    "tokenizer": ["tokenizer_svc.__main__"], "node": ["shard_node.__main__"]}
-# imported only when present (grpc/__init__.py's grpc.tools shim, anyio's event-loop sniffing); fine without them
-OPTIONAL_IMPORTS = {"grpc_tools", "sniffio"}
+# imported only when present (grpc/__init__.py's grpc.tools shim, anyio's event-loop sniffing, torch's datapipes
+# pickling with dill, which lm-eval brings into the dev environment); fine without them
+OPTIONAL_IMPORTS = {"grpc_tools", "sniffio", "dill"}
 # top-level modules a service loads (beyond interpreter start-up) -> the distributions that ship them
 IMPORTED_DISTRIBUTIONS = """
 import importlib, json, sys
