@@ -116,12 +116,13 @@ class CoordinatorClient:
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,
-                 speculative: bool = True, prompt_logprobs: bool = False) -> grpc.aio.UnaryStreamCall:
+                 speculative: bool = True, prompt_logprobs: bool = False, grammar: str = ""
+                 ) -> grpc.aio.UnaryStreamCall:
         """The Generate stream; cancel() it to stop generation and free the KV cache."""
         req = coordinator_pb2.GenerateRequest(
             model=model, prompt_token_ids=prompt_ids, max_tokens=max_tokens,
             sampling=wire.sampling_to_proto(sampling), stop_token_ids=stop_token_ids or [], ignore_eos=ignore_eos,
-            request_id=request_id, no_speculation=not speculative, prompt_logprobs=prompt_logprobs)
+            request_id=request_id, no_speculation=not speculative, prompt_logprobs=prompt_logprobs, grammar=grammar)
         return self.stub.Generate(req, timeout=self.timeout_s)
 
     async def close(self) -> None:

@@ -116,7 +116,7 @@ class GenerationTimes:
 class Generation:
     def __init__(self, backend: Backend, model: str, prompt_ids: list[int], max_tokens: int,
                  sampling: SamplingParams, stops: list[str], request_id: str, ignore_eos: bool = False,
-                 speculative: bool = True, prompt_logprobs: bool = False) -> None:
+                 speculative: bool = True, prompt_logprobs: bool = False, grammar: str = "") -> None:
         self.backend = backend
         self.model = model
         self.prompt_ids = prompt_ids
@@ -127,6 +127,7 @@ class Generation:
         self.ignore_eos = ignore_eos
         self.speculative = speculative  # False: the coordinator decodes one token per step for it
         self.prompt_logprobs = prompt_logprobs  # score the prompt too (arrives with the first tokens)
+        self.grammar = grammar  # structured output (api/structured.py): the grammar the output stays inside
         self.prompt_scores: list[ChosenToken] | None = None  # of prompt tokens 1 .. n-1, once they came
         self.times = GenerationTimes()
         self._call: grpc.aio.UnaryStreamCall | None = None
@@ -136,7 +137,7 @@ class Generation:
         self._call = self.backend.coordinator.generate(self.model, self.prompt_ids, self.max_tokens, self.sampling,
                                                        self.request_id, ignore_eos=self.ignore_eos,
                                                        speculative=self.speculative,
-                                                       prompt_logprobs=self.prompt_logprobs)
+                                                       prompt_logprobs=self.prompt_logprobs, grammar=self.grammar)
         try:
             await self._read()
         except BaseException:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api.response_format import ResponseFormat
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_LOGIT_BIAS,
@@ -159,19 +160,6 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-
-    @field_validator("type")
-    @classmethod
-    def _check_type(cls, v: str) -> str:
-        if v != "text":
-            raise ValueError(f"response_format {v!r} is not supported; only 'text'")
-        return v
 
 
 class ChatCompletionRequest(SamplingRequest):

@@ -79,8 +79,8 @@ def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.F
         message.forward_to, message.forward_to_node = nxt.client.node.address, nxt.node_id
         message.report_errors_only = True
         for s in message.seqs:  # sampling inputs are read by the last stage only
-            del s.recent_token_ids[:]
-            del s.score_token_ids[:]
+            del s.recent_token_ids[:], s.score_token_ids[:], s.grammar_token_ids[:]
+            s.grammar = ""
     return message
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.hf_config import int_field, read_generation_config, read_hf_config, token_ids
+from protos.hf_config import eos_token_ids, int_field, read_hf_config
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class ModelMeta:
 def read_model_meta(model_dir: Path, max_context_cap: int | None = None) -> ModelMeta:
     """ModelNotPrepared (a FileNotFoundError) when the folder has no config.json, HfConfigError when it is invalid."""
     cfg = read_hf_config(model_dir)
-    eos = token_ids(read_generation_config(model_dir).get("eos_token_id")) or token_ids(cfg.get("eos_token_id"))
+    eos = eos_token_ids(model_dir, cfg)
     num_layers = int_field(cfg, "num_hidden_layers", "n_layer")
     max_context = int_field(cfg, "max_position_embeddings", "n_positions", default=2048)
     if max_context_cap:

@@ -151,13 +151,14 @@ class Pipeline:
         for e in plan.entries:
             req = e.request
             recent = req.context_ids() if req.sampling.needs_history else []
+            grammar, grammar_ids = req.grammar_to_send(e.wants_token)
             slices.append(shard_pb2.SequenceSlice(
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
                 max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
                 draft_token_ids=e.drafts, provisional=e.provisional, prompt_tokens=req.num_prompt_tokens,
-                score_token_ids=req.prompt_to_score(e.start_pos, len(e.token_ids)),
-            ))
+                score_token_ids=req.prompt_to_score(e.start_pos, len(e.token_ids)), grammar=grammar,
+                grammar_token_ids=grammar_ids))
         ids = [e.request.request_id for e in plan.entries]
         carried = ",".join(ids[:8]) + (f",+{len(ids) - 8} more" if len(ids) > 8 else "")  # for the nodes' logs
         wire_dtype = "" if self.wire_dtype == "auto" else self.wire_dtype

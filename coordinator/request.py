@@ -56,6 +56,8 @@ class Request:
     speculative: bool = True  # the caller allows speculative decoding (where the model has it on)
     drafting: DraftState | None = None  # speculative decoding (coordinator/speculation.py); None: plain decoding
     prompt_logprobs: bool = False  # the caller wants the prompt scored (log-probabilities of its tokens)
+    grammar: str = ""  # structured output: the llguidance grammar its output must stay inside
+    grammar_sent_to: str = ""  # the sequence id (KV caches) whose last stage has the grammar
     prompt_scores: dict[int, TokenLogprobs] | None = field(default_factory=dict)  # by chunk start; None: delivered
 
     @property
@@ -103,6 +105,13 @@ class Request:
         joined = sum((self.prompt_scores[start] for start in sorted(self.prompt_scores)), TokenLogprobs())
         self.prompt_scores = None
         return joined
+
+    def grammar_to_send(self, samples: bool) -> tuple[str, list[int]]:
+        """The grammar (and the output it must move past) for a slice that samples on caches that lack it yet."""
+        if not self.grammar or not samples or self.grammar_sent_to == self.seq_id:
+            return "", []
+        self.grammar_sent_to = self.seq_id
+        return self.grammar, list(self.output_ids)
 
     def context_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids

@@ -111,7 +111,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request_id=request_id, seq_id=f"{request_id}-{uuid.uuid4().hex[:8]}", prompt_ids=prompt,
             max_tokens=request.max_tokens, sampling=sampling, stop_token_ids=frozenset(request.stop_token_ids),
             eos_token_ids=frozenset() if request.ignore_eos else frozenset(meta.eos_token_ids),
-            speculative=not request.no_speculation, prompt_logprobs=request.prompt_logprobs,
+            speculative=not request.no_speculation, prompt_logprobs=request.prompt_logprobs, grammar=request.grammar,
         )
 
     async def _replies(self, model: str, req: Request) -> AsyncIterator[coordinator_pb2.GenerateResponse]:

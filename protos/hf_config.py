@@ -46,6 +46,11 @@ def read_generation_config(model_dir: Path) -> dict[str, Any]:
     return _read_json(path) if path.is_file() else {}
 
 
+def eos_token_ids(model_dir: Path, cfg: Mapping[str, object]) -> tuple[int, ...]:
+    """The ids that end generation: generation_config.json's, else config.json's (``cfg``)."""
+    return tuple(token_ids(read_generation_config(model_dir).get("eos_token_id")) or token_ids(cfg.get("eos_token_id")))
+
+
 def int_field(cfg: Mapping[str, object], *names: str, default: int | None = None) -> int:
     """The first of ``names`` that config.json sets (HF spells some fields per architecture: num_hidden_layers or
     n_layer), as an int; ``default`` when none is set, else HfConfigError naming them."""

@@ -21,8 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from shard_node.grammar import SequenceGrammar
 
 BLOCK_SIZE = 16  # positions per block
 PAD_SLOT = 0  # block 0 is never given out: padded reads of a batch point at its first slot, kept at zero
@@ -48,6 +52,7 @@ class SequenceCache:
     draft_start: int | None = None  # speculative decoding: positions from here to ``length`` hold drafts not yet
     # known to be accepted; the next micro-batch may start anywhere in [draft_start, length] (overwriting the rest)
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
+    grammar: SequenceGrammar | None = None  # structured output (last stage)
     last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
 
 

@@ -34,6 +34,21 @@ class SliceInput:
     # last stage (shard_node/speculative.py)
     prompt_tokens: int = 0  # recent_token_ids[:prompt_tokens] is the prompt (presence and frequency penalties)
     score_token_ids: tuple[int, ...] = ()  # last stage: the log-probability of each at its row, from the first
+    grammar: str = ""  # last stage: structured output from here on (shard_node/grammar.py) ...
+    grammar_token_ids: tuple[int, ...] = ()  # ... past the output so far
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Its token is the argmax of its raw logits (nothing changes them, no grammar from this slice)."""
+        return self.sampling.is_greedy and not self.sampling.changes_logits and not self.grammar
+
+    def rows_with_logits(self, rows: slice, all_last: bool) -> list[int]:
+        """Of its ``rows`` (in the micro-batch), those whose logits the last stage needs: the scoring ones, then the
+        newest and the drafts when it samples (or else its last, when every slice's last logits are asked for)."""
+        scored = list(range(rows.start, rows.start + len(self.score_token_ids)))
+        if not self.no_sample:
+            return scored + list(range(rows.stop - 1 - len(self.draft_token_ids), rows.stop))
+        return scored + [rows.stop - 1] if all_last and len(scored) < rows.stop - rows.start else scored
 
     def history(self) -> TokenHistory:
         """The tokens it has seen before its first draft (for its penalties)."""

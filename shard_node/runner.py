@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protos.data_structures import LayerRange, SamplingParams
+from protos.data_structures import LayerRange
 from protos.model_spec import DEFAULT_QUANTIZATION
 from shard_node.architectures import ModelSpec
 from shard_node.attention import plan_batch
 from shard_node.gguf_weights import GgufBlocks
+from shard_node.grammar import SequenceGrammar, grammar_tokenizer
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, RowError, SliceInput
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
@@ -241,7 +242,7 @@ class ShardRunner:
                   or batch.slices[i].score_token_ids]
         if not wanted:
             return
-        scored = [self._logit_rows(batch.slices[good[k]], rows[k], batch.return_logits) for k in wanted]
+        scored = [batch.slices[good[k]].rows_with_logits(rows[k], batch.return_logits) for k in wanted]
         picked = torch.tensor([r for span in scored for r in span], device=x.device)
         logits = self.model.logits(x.index_select(0, picked))
         ends = [0]
@@ -249,7 +250,7 @@ class ShardRunner:
             ends.append(ends[-1] + len(span))
         if batch.return_logits:
             result.logits = logits[torch.tensor(ends[1:], device=logits.device) - 1]
-        plain = {j for j, k in enumerate(wanted) if self._is_plain_greedy(batch.slices[good[k]].sampling)}
+        plain = {j for j, k in enumerate(wanted) if batch.slices[good[k]].plain_greedy and entries[k].grammar is None}
         choices = torch.argmax(logits, dim=-1).tolist() if plain else []
         for j, k in enumerate(wanted):
             i = good[k]
@@ -263,12 +264,15 @@ class ShardRunner:
             try:
                 if s.sampling.seed is not None and entry.generator is None:
                     entry.generator = torch.Generator().manual_seed(s.sampling.seed)
+                if s.grammar and entry.grammar is None:
+                    entry.grammar = self._grammar(s)
                 drafts = list(s.draft_token_ids)
                 rows_j = logits[first:ends[j + 1]]
                 if j in plain:
                     accepted, token = greedy_accepted(choices[first:ends[j + 1]], drafts)
                 else:
-                    accepted, token = verify_drafts(rows_j, drafts, s.sampling, entry.generator, s.history())
+                    accepted, token = verify_drafts(rows_j, drafts, s.sampling, entry.generator, s.history(),
+                                                    entry.grammar)
                 result.next_token_ids[i], result.accepted_drafts[i] = token, accepted
                 if s.sampling.logprobs is not None:
                     result.logprobs[i] = chosen_logprobs(rows_j[:accepted + 1], drafts[:accepted] + [token],
@@ -276,14 +280,6 @@ class ShardRunner:
             except (ValueError, RuntimeError) as e:  # this sequence's sampling only; the others go on
                 logger.warning("sequence %s: %s", s.seq_id, e)
                 errors[i] = RowError(s.seq_id, "INTERNAL", f"sequence {s.seq_id!r}: {e}")
-
-    @staticmethod
-    def _logit_rows(s: SliceInput, rows: slice, all_last: bool) -> list[int]:
-        """Its rows whose logits are needed: the scoring ones, then those that sample (or else the last, asked)."""
-        scored = list(range(rows.start, rows.start + len(s.score_token_ids)))
-        if not s.no_sample:
-            return scored + list(range(rows.stop - 1 - len(s.draft_token_ids), rows.stop))
-        return scored + [rows.stop - 1] if all_last and len(scored) < rows.stop - rows.start else scored
 
     @staticmethod
     def _provisional_from(s: SliceInput, entry: SequenceCache) -> int | None:
@@ -295,6 +291,8 @@ class ShardRunner:
             return s.start_pos + s.num_tokens - len(s.draft_token_ids)
         return None
 
-    @staticmethod
-    def _is_plain_greedy(params: SamplingParams) -> bool:
-        return params.is_greedy and not params.changes_logits
+    def _grammar(self, s: SliceInput) -> SequenceGrammar:
+        """A new cache's structured output, past the sequence's output so far."""
+        vocab = self.spec.vocab_size
+        return SequenceGrammar.start(grammar_tokenizer(self.model_dir, vocab), s.grammar, vocab,
+                                     list(s.grammar_token_ids))

@@ -14,28 +14,34 @@ from __future__ import annotations
 import torch
 
 from protos.data_structures import SamplingParams
-from shard_node.sampler import TokenHistory, draw, penalized, sample_next, token_probs
+from shard_node.grammar import SequenceGrammar, constrained, taken
+from shard_node.sampler import TokenHistory, draw, penalized, token_probs
 
 
 def verify_drafts(logits: torch.Tensor, drafts: list[int], params: SamplingParams,
-                  generator: torch.Generator | None, history: TokenHistory) -> tuple[int, int]:
+                  generator: torch.Generator | None, history: TokenHistory,
+                  grammar: SequenceGrammar | None = None) -> tuple[int, int]:
     """(drafts accepted, the token after them). ``logits``: [len(drafts) + 1, vocab], one row per prefix;
-    ``history``: the context before the first draft (for the penalties)."""
+    ``history``: the context before the first draft (for the penalties); ``grammar``: the sequence's structured
+    output (every row is masked by it, and it moves past each token kept)."""
     seen = history
     for i, draft in enumerate(drafts):
-        row = penalized(logits[i], params, seen)
+        row = constrained(penalized(logits[i], params, seen), grammar)
         if params.is_greedy:
             choice = int(torch.argmax(row))
             if choice != draft:
-                return i, choice
+                return i, taken(choice, grammar)
         else:
             probs = token_probs(row, params)
             probs = probs / probs.sum()  # top-p leaves it unnormalised
             if float(torch.rand((), generator=generator)) >= float(probs[draft]):
                 probs[draft] = 0.0  # p(d) < 1 here, so something else is left
-                return i, draw(probs, generator)
+                return i, taken(draw(probs, generator), grammar)
+        taken(draft, grammar)
         seen = seen.then(draft) if params.needs_history else seen
-    return len(drafts), sample_next(logits[len(drafts)], params, generator, seen)
+    last = constrained(penalized(logits[len(drafts)], params, seen), grammar)
+    token = int(torch.argmax(last)) if params.is_greedy else draw(token_probs(last, params), generator)
+    return len(drafts), taken(token, grammar)
 
 
 def greedy_accepted(choices: list[int], drafts: list[int]) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from api.openai_responses import (
 from api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from api.routes import ERROR_RESPONSES, openai_events, sse_content
 from api.streaming import event_stream, sse, until_disconnected
+from api.structured import json_schema_grammar
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -151,8 +152,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     prompt_ids = await backend.encode_chat(info.name, messages)
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
                              max_param=body.limit_field)
+    schema = body.response_format.output_schema if body.response_format else None
+    grammar = "" if schema is None else json_schema_grammar(schema)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False)
+                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False,
+                     grammar=grammar)
     logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id, info.name,
                 len(prompt_ids), max_tokens, body.stream)
     chunks = gen.chunks()

@@ -148,6 +148,43 @@ def test_kill_during_200_token_stream_fails_over_to_the_replica(failover_cluster
     assert any("down" in e for e in node["events"]) and "up" in node["events"][-1], node["events"]
 
 
+def structured_text(cluster: RunningCluster, on_chunk=None) -> str:
+    """A streamed chat answer held to a JSON schema (the grammar lives on the last stage, with the KV cache)."""
+    client = openai.OpenAI(base_url=f"{cluster.api_url}/v1", api_key="unused", max_retries=0)
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "lines": {
+        "type": "array", "items": {"type": "string"}, "maxItems": 8}}, "required": ["title", "lines"],
+        "additionalProperties": False}
+    stream = client.chat.completions.create(
+        model=REPLICATED, messages=[{"role": "user", "content": "Write a poem about the sea as JSON."}],
+        max_tokens=120, temperature=0, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "poem", "schema": schema}})
+    parts = []
+    for i, chunk in enumerate(stream):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if on_chunk:
+            on_chunk(i)
+    return "".join(parts)
+
+
+def test_structured_output_keeps_its_grammar_across_a_failover(failover_cluster: RunningCluster) -> None:
+    """The replica's last stage gets the grammar again, moved past the output so far: the same JSON comes out."""
+    cluster = failover_cluster
+    wait_until("every replica ready", lambda: all_ready(cluster, REPLICATED))
+    undisturbed = structured_text(cluster)
+    assert undisturbed.startswith('{"title": "')
+    killed: list[str] = []
+
+    def kill_at_20(i: int) -> None:
+        if i == 20 and not killed:
+            killed.append(holder(cluster, ["b1", "b2"]))
+            kill_node(cluster, killed[0])
+
+    assert structured_text(cluster, kill_at_20) == undisturbed
+    assert killed, "the stream ended before the kill"
+    wait_until(f"{killed[0]} serving again", lambda: all_ready(cluster, REPLICATED))
+
+
 def test_kill_first_stage_under_concurrent_streams(failover_cluster: RunningCluster) -> None:
     """Four streams spread over both routes; the first-stage node of one route dies; all four complete exactly."""
     cluster = failover_cluster

@@ -109,6 +109,7 @@ class GenerateArgs:
     request_id: str
     ignore_eos: bool
     speculative: bool = True
+    grammar: str = ""
 
 
 @dataclass
@@ -165,9 +166,9 @@ class FakeCoordinatorClient:
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,
-                 speculative: bool = True, prompt_logprobs: bool = False) -> GenerateCall:
+                 speculative: bool = True, prompt_logprobs: bool = False, grammar: str = "") -> GenerateCall:
         self.generated.append(GenerateArgs(model, list(prompt_ids), max_tokens, sampling, request_id, ignore_eos,
-                                           speculative))
+                                           speculative, grammar))
         error = rpc_error(self.generate_error, self.generate_details) if self.generate_error else None
         call = GenerateCall(self._replies(len(prompt_ids), max_tokens, speculative, sampling.logprobs), error)
         if prompt_logprobs and len(call.replies) > 1:  # prompt token i (from 1) at -i, its successor the likeliest

@@ -84,3 +84,26 @@ def test_echo_with_logprobs_scores_the_prompt_first(api: FakeApi) -> None:
     chunks = [c["choices"][0] for c in openai_stream(r.text)]
     assert chunks[0]["text"] == "Once" and chunks[0]["logprobs"]["tokens"] == ["O", "n", "c", "e"]
     assert [t for c in chunks[1:] if c["logprobs"] for t in c["logprobs"]["tokens"]] == ["H", "e"]
+
+
+def test_response_format_becomes_a_grammar_for_the_coordinator(api: FakeApi) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}})
+    assert r.status_code == 200, r.text
+    assert '"a"' in api.coordinator.generated[0].grammar and "integer" in api.coordinator.generated[0].grammar
+    api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "response_format": {"type": "json_object"}})
+    assert "object" in api.coordinator.generated[1].grammar
+    api.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "response_format": {"type": "text"}})
+    assert api.coordinator.generated[2].grammar == ""
+
+
+@pytest.mark.parametrize("response_format, status", [
+    ({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "strin"}}}, 400),
+    ({"type": "json_schema", "json_schema": {"name": "a"}}, 422),
+    ({"type": "xml"}, 422),
+])
+def test_a_schema_that_cannot_be_enforced_is_refused(api: FakeApi, response_format: dict, status: int) -> None:
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "response_format": response_format})
+    assert r.status_code == status and "response_format" in r.text, r.text
+    assert not api.coordinator.generated

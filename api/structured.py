@@ -1,0 +1,31 @@
+"""Structured output: OpenAI's ``response_format`` as the grammar the last stage enforces while it decodes
+(shard_node/grammar.py). llguidance compiles a JSON schema to a grammar here, so a schema it cannot compile is a 400
+with its message before anything runs. JSON comes out on one line, spaced as json.dumps spaces it (no other
+whitespace), so a small model cannot spend its tokens on blank space."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import llguidance
+
+from api.errors import ApiError
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
+# json.dumps' separators, and no other whitespace between tokens
+COMPILE_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def json_schema_grammar(schema: dict[str, Any], param: str = "response_format") -> str:
+    """The grammar of ``schema`` (llguidance's JSON form); ApiError 400 naming ``param`` when it does not compile."""
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=COMPILE_OPTIONS)
+    except (ValueError, TypeError) as e:
+        raise ApiError(400, f"{param}: the JSON schema cannot be compiled: {e}", param) from None
+    problem = llguidance.LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise ApiError(400, f"{param}: the JSON schema cannot be enforced: {problem}", param)
+    return grammar
