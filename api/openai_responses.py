@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.tool_schemas import ToolCall
+
 
 class SpeculativeUsage(BaseModel):
     proposed: int = Field(..., description="draft tokens sent through the pipeline for verification")
@@ -32,13 +34,14 @@ def now() -> int:
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = Field(None, description="the functions it calls (finish_reason tool_calls)")
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: dict[str, Any] | None = Field(None, description="with logprobs: {content: [{token, logprob, bytes, "
                                             "top_logprobs}]}")
 
@@ -60,7 +63,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: dict[str, Any] | None = None
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.response_format import ResponseFormat
+from api.tool_schemas import MAX_TOOLS, ToolCall, ToolChoice, ToolDef
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_LOGIT_BIAS,
@@ -154,6 +155,13 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's earlier function calls")
+    tool_call_id: str | None = Field(None, description="a tool message: the call it answers")
+
+    def as_dict(self) -> dict[str, Any]:
+        """role (developer is system), content as text, and the function-calling fields (api/tools.py)."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text,
+                "name": self.name, "tool_calls": self.tool_calls, "tool_call_id": self.tool_call_id}
 
     @property
     def text(self) -> str:
@@ -169,8 +177,10 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: also the this "
                                      "many most likely tokens at each position")
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="not supported (only 'none')")
+    tools: list[ToolDef] | None = Field(None, max_length=MAX_TOOLS, description="functions the model may call "
+                                        "(api/tools.py: their arguments follow each one's parameter schema)")
+    tool_choice: ToolChoice | None = Field(None, description="none, auto (default with tools), required, or "
+                                           "{type: function, function: {name}}")
 
     @field_validator("top_logprobs")
     @classmethod
@@ -182,20 +192,6 @@ class ChatCompletionRequest(SamplingRequest):
     @property
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    @field_validator("tools")
-    @classmethod
-    def _check_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("tools (function calling) are not supported")
-        return v
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _check_tool_choice(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if v not in (None, "none", "auto"):
-            raise ValueError("tool_choice is not supported (tools are not)")
-        return v
 
     @property
     def token_limit(self) -> int | None:

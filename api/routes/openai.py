@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -36,6 +36,7 @@ from api.openai_schemas import ChatCompletionRequest, CompletionRequest, Samplin
 from api.routes import ERROR_RESPONSES, openai_events, sse_content
 from api.streaming import event_stream, sse, until_disconnected
 from api.structured import json_schema_grammar
+from api.tools import plan_tools, read_answer, render_messages
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -148,12 +149,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     """Chat completion: the messages go through the model's chat template."""
     info = await backend.model(body.model)
     await backend.check_queue(info)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
-    prompt_ids = await backend.encode_chat(info.name, messages)
+    tools = plan_tools(body.tools, body.tool_choice)
+    schema = body.response_format.output_schema if body.response_format else None
+    if tools is not None and schema is not None:
+        raise ApiError(400, "response_format cannot be combined with tools (their answer has its own format)",
+                       "response_format")
+    grammar = json_schema_grammar(tools.schema, "tools") if tools else "" if schema is None else json_schema_grammar(
+        schema)
+    prompt_ids = await backend.encode_chat(info.name, render_messages([m.as_dict() for m in body.messages], tools))
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
                              max_param=body.limit_field)
-    schema = body.response_format.output_schema if body.response_format else None
-    grammar = "" if schema is None else json_schema_grammar(schema)
     gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
                      f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False,
                      grammar=grammar)
@@ -161,6 +166,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
                 len(prompt_ids), max_tokens, body.stream)
     chunks = gen.chunks()
     first = await _first(request, gen, chunks)
+    if tools is not None:
+        return await _tool_answer(request, gen, first, chunks, body)
     if body.stream:
         def make(text: str, logprobs: list[ChosenToken], finish: FinishReason | None, usage: UsageInfo | None
                  ) -> dict[str, Any]:
@@ -181,6 +188,34 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
         id=gen.request_id, model=info.name, usage=_usage(last),
         choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason,
                             logprobs=chat_logprobs(logprobs) if body.logprobs else None)])
+
+
+async def _tool_answer(request: Request, gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk, None],
+                       body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+    """A turn with tools: the whole JSON answer (api/tools.py), as calls or words; streamed as one delta."""
+    text, logprobs, last = await _collect(first, chunks, request)
+    _log_done(gen, last)
+    content, calls = read_answer(text)
+    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
+    finish: Literal["stop", "length", "tool_calls"] = "tool_calls" if calls else last.finish_reason
+    choice = ChatChoice(message=AssistantMessage(content=content, tool_calls=calls or None), finish_reason=finish,
+                        logprobs=chat_logprobs(logprobs) if body.logprobs else None)
+    if not body.stream:
+        return ChatCompletionResponse(id=gen.request_id, model=gen.model, usage=_usage(last), choices=[choice])
+    head = ChatCompletionChunk(id=gen.request_id, model=gen.model, choices=[]).model_dump()
+    delta: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        delta["tool_calls"] = [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]
+
+    async def events() -> AsyncIterator[str]:
+        yield sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice.logprobs,
+                                        "finish_reason": None}]})
+        yield sse({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+        if body.include_usage:
+            yield sse({**head, "usage": _usage(last).model_dump()})
+        yield "data: [DONE]\n\n"
+
+    return event_stream(events())
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=_streamed(CompletionChunk))
