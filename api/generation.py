@@ -9,6 +9,7 @@ on the text, and no part of a stop string is ever yielded. ``gen.cancel()`` (als
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -96,6 +97,37 @@ class StopScanner:
 
 
 @dataclass
+class Detokenizer:
+    """Incremental detokenization of one generation through the tokenizer service: ids from the detokenizer's
+    prefix_offset on (all it still needs) and the offsets into them."""
+
+    backend: Backend
+    model: str
+    window: list[int] = field(default_factory=list)
+    prefix: int = 0
+    read: int = 0
+
+    async def text_of(self, ids: list[int]) -> str:
+        """The text that ``ids`` (the next generated ones) add; never half a character."""
+        self.window.extend(ids)
+        delta, prefix, read = await self.backend.decode_incremental(self.model, self.window, self.prefix, self.read)
+        self.window, self.prefix, self.read = self.window[prefix:], 0, read - prefix  # the ids before are done
+        return delta
+
+    def copy(self) -> Detokenizer:
+        return Detokenizer(self.backend, self.model, list(self.window), self.prefix, self.read)
+
+
+async def tokens_to_stop(detok: Detokenizer, scanner: StopScanner, ids: list[int]) -> int:
+    """How many of ``ids`` (one event's tokens, several when drafts were accepted) it takes to complete the stop
+    string that all of them complete, from ``detok`` and ``scanner`` as they were before them."""
+    for used in range(1, len(ids)):
+        if copy.deepcopy(scanner).feed(await detok.copy().text_of(ids[:used])) is not None:
+            return used
+    return len(ids)
+
+
+@dataclass
 class GenerationTimes:
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -160,8 +192,7 @@ class Generation:
 
     async def chunks(self) -> AsyncGenerator[TextChunk, None]:
         """Text deltas; the last chunk has finish_reason. Raises ApiError (503 when a stage failed)."""
-        window: list[int] = []  # ids from the detokenizer's prefix_offset on: all it still needs
-        prefix = read = 0  # offsets into window
+        detok = Detokenizer(self.backend, self.model)
         pending = ""  # decoded text not yet sent (could be the start of a stop string)
         scanner = StopScanner(self.stops)
         n_prompt = len(self.prompt_ids)
@@ -179,23 +210,20 @@ class Generation:
                                   route=list(reply.route), failovers=reply.failovers,
                                   draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted)
                 back = None
-                if reply.HasField("logprobs"):
-                    logprobs += await resolve(self.backend, self.model, reply.token_ids,
-                                              self._logprobs(reply.logprobs, len(reply.token_ids)))
-                if reply.HasField("prompt_logprobs"):
-                    scored = self.prompt_ids[1:]
-                    self.prompt_scores = await resolve(self.backend, self.model, scored,
-                                                       self._logprobs(reply.prompt_logprobs, len(scored)))
+                logprobs += await self._read_logprobs(reply)
                 stats.logprobs = logprobs
-                if reply.token_ids:
-                    window.extend(reply.token_ids)
-                    delta, prefix, read = await self.backend.decode_incremental(self.model, window, prefix, read)
-                    window, prefix, read = window[prefix:], 0, read - prefix  # the ids before prefix are done
+                ids = list(reply.token_ids)
+                before = (detok.copy(), copy.deepcopy(scanner)) if len(ids) > 1 else None
+                if ids:
+                    delta = await detok.text_of(ids)
                     pending += delta
                     back = scanner.feed(delta)
                 if back is not None:
-                    self.times.finished = time.perf_counter()
-                    yield replace(stats, text=pending[:len(pending) - back], finish_reason="stop")
+                    unused = len(ids) - (await tokens_to_stop(*before, ids) if before else len(ids))
+                    self.times.finished = time.perf_counter()  # (tokens after the stop string's end: not counted)
+                    kept = logprobs[:len(logprobs) - unused] if reply.HasField("logprobs") else logprobs
+                    yield replace(stats, text=pending[:len(pending) - back], finish_reason="stop",
+                                  completion_tokens=stats.completion_tokens - unused, logprobs=kept)
                     return
                 if reply.finish_reason:
                     self.times.finished = time.perf_counter()
@@ -208,6 +236,17 @@ class Generation:
                     logprobs = []
         finally:
             self.cancel()  # stops generation when the client left or a stop string hit
+
+    async def _read_logprobs(self, reply: coordinator_pb2.GenerateResponse) -> list[ChosenToken]:
+        """The log-probabilities of the reply's tokens (when asked), and once, the prompt's (``prompt_scores``)."""
+        if reply.HasField("prompt_logprobs"):
+            scored = self.prompt_ids[1:]
+            self.prompt_scores = await resolve(self.backend, self.model, scored,
+                                               self._logprobs(reply.prompt_logprobs, len(scored)))
+        if not reply.HasField("logprobs"):
+            return []
+        return await resolve(self.backend, self.model, reply.token_ids,
+                             self._logprobs(reply.logprobs, len(reply.token_ids)))
 
     @staticmethod
     def _logprobs(msg: common_pb2.TokenLogprobs, tokens: int) -> TokenLogprobs:

@@ -119,6 +119,7 @@ class FakeCoordinatorClient:
     generate_error: grpc.StatusCode | None = None  # the coordinator refuses a Generate with this code
     generate_details: str = ""
     fail_after_tokens: int | None = None  # a generation fails (finish "error") after this many tokens
+    tokens_per_reply: int = 1  # several: events of several tokens, as when drafts were accepted
     list_error: grpc.StatusCode | None = None  # ListModels and Cluster fail with this code
     admin_error: grpc.StatusCode | None = None  # AddModel, RemoveModel, RegisterNode, RemoveNode fail
     admin_details: str = ""
@@ -204,10 +205,25 @@ class FakeCoordinatorClient:
         if len(tokens) < max_tokens:
             replies.append(coordinator_pb2.GenerateResponse(finish_reason="eos", completion_tokens=len(tokens),
                                                             **stats))
-        return replies
+        return replies[:1] + [_merged(replies[i:i + self.tokens_per_reply])
+                              for i in range(1, len(replies), self.tokens_per_reply)]
 
     async def close(self) -> None:
         pass
+
+
+def _merged(replies: list[coordinator_pb2.GenerateResponse]) -> coordinator_pb2.GenerateResponse:
+    """One event of these replies' tokens (their last one's counts and finish reason)."""
+    out = coordinator_pb2.GenerateResponse()
+    out.CopyFrom(replies[-1])
+    del out.token_ids[:]
+    out.token_ids.extend(t for r in replies for t in r.token_ids)
+    if any(r.HasField("logprobs") for r in replies):
+        out.logprobs.CopyFrom(common_pb2.TokenLogprobs(
+            logprobs=[v for r in replies for v in r.logprobs.logprobs], top=replies[0].logprobs.top,
+            top_token_ids=[t for r in replies for t in r.logprobs.top_token_ids],
+            top_logprobs=[v for r in replies for v in r.logprobs.top_logprobs]))
+    return out
 
 
 def make_config(**api: object) -> Config:

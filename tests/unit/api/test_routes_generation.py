@@ -135,6 +135,19 @@ def test_stop_strings_cut_the_text(api: FakeApi) -> None:
     assert api.coordinator.calls[0].cancelled  # the rest is not generated
 
 
+@pytest.mark.parametrize("tokens_per_reply", [1, 3, 5])
+def test_a_stop_string_inside_an_event_of_several_tokens_counts_the_tokens_up_to_it(api: FakeApi,
+                                                                                   tokens_per_reply: int) -> None:
+    """With drafts accepted, one event brings several tokens; those after the one that completed the stop string
+    were generated but are not part of the answer, and are not counted (nor their log-probabilities)."""
+    api.coordinator.tokens_per_reply = tokens_per_reply
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "stop": [" th"], "logprobs": True})
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "Hello" and choice["finish_reason"] == "stop"
+    assert r.json()["usage"]["completion_tokens"] == len("Hello th")  # the tokens up to the stop string's end
+    assert "".join(t["token"] for t in choice["logprobs"]["content"]) == "Hello th"
+
+
 # refusals: the coordinator's and the backend's checks, with their HTTP status
 
 @pytest.mark.parametrize(("route", "body"), GENERATING)
