@@ -154,8 +154,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     if tools is not None and schema is not None:
         raise ApiError(400, "response_format cannot be combined with tools (their answer has its own format)",
                        "response_format")
-    grammar = json_schema_grammar(tools.schema, "tools") if tools else "" if schema is None else json_schema_grammar(
-        schema)
+    grammar = (await json_schema_grammar(tools.schema, "tools") if tools else
+               "" if schema is None else await json_schema_grammar(schema))
     prompt_ids = await backend.encode_chat(info.name, render_messages([m.as_dict() for m in body.messages], tools))
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
                              max_param=body.limit_field)

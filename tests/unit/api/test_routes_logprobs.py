@@ -107,3 +107,10 @@ def test_a_schema_that_cannot_be_enforced_is_refused(api: FakeApi, response_form
     r = api.client.post("/v1/chat/completions", json={**CHAT, "response_format": response_format})
     assert r.status_code == status and "response_format" in r.text, r.text
     assert not api.coordinator.generated
+
+
+def test_a_schema_beyond_the_size_bound_is_refused_before_compiling(api: FakeApi) -> None:
+    huge = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(3000)}}
+    r = api.client.post("/v1/chat/completions", json={**CHAT, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "huge", "schema": huge}}})
+    assert r.status_code == 400 and "65536" in r.json()["error"]["message"], r.text
