@@ -99,8 +99,8 @@ class Request:
 
     def take_prompt_scores(self) -> TokenLogprobs | None:
         """The prompt's log-probabilities, once: when every chunk's are in (then never again)."""
-        if self.prompt_scores is None or sum(len(lp.logprobs) for lp in self.prompt_scores.values()) < len(
-                self.prompt_ids) - 1:
+        if not self.prompt_logprobs or self.prompt_scores is None or sum(
+                len(lp.logprobs) for lp in self.prompt_scores.values()) < len(self.prompt_ids) - 1:
             return None
         joined = sum((self.prompt_scores[start] for start in sorted(self.prompt_scores)), TokenLogprobs())
         self.prompt_scores = None
