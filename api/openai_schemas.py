@@ -181,6 +181,8 @@ class ChatCompletionRequest(SamplingRequest):
                                         "(api/tools.py: their arguments follow each one's parameter schema)")
     tool_choice: ToolChoice | None = Field(None, description="none, auto (default with tools), required, or "
                                            "{type: function, function: {name}}")
+    parallel_tool_calls: bool | None = Field(None, description="true: up to 8 calls in one answer; default one (as "
+                                             "llama.cpp's server)")
 
     @field_validator("top_logprobs")
     @classmethod

@@ -26,9 +26,10 @@ class ToolPlan:
     schema: dict[str, Any]
 
 
-def plan_tools(tools: list[ToolDef] | None, choice: ToolChoice | None) -> ToolPlan | None:
+def plan_tools(tools: list[ToolDef] | None, choice: ToolChoice | None, parallel: bool = False) -> ToolPlan | None:
     """None when the turn is plain text (no tools, or ``tool_choice: none``); ApiError 400 for a named function that
-    is not among the tools."""
+    is not among the tools. One call per answer unless ``parallel`` (as llama.cpp's server: a small model asked for
+    a list of calls tends to repeat the first one until the list is full)."""
     if not tools or choice == "none":
         return None
     offered = tools
@@ -37,7 +38,8 @@ def plan_tools(tools: list[ToolDef] | None, choice: ToolChoice | None) -> ToolPl
         if not offered:
             raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools "
                            f"({', '.join(t.function.name for t in tools)})", "tool_choice")
-    calls = {"type": "array", "minItems": 1, "maxItems": 1 if isinstance(choice, NamedToolChoice) else MAX_CALLS,
+    single = isinstance(choice, NamedToolChoice) or not parallel
+    calls = {"type": "array", "minItems": 1, "maxItems": 1 if single else MAX_CALLS,
              "items": {"anyOf": [_call_schema(t) for t in offered]}}
     must_call = choice == "required" or isinstance(choice, NamedToolChoice)
     answers = [{"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],

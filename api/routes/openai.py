@@ -149,7 +149,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     """Chat completion: the messages go through the model's chat template."""
     info = await backend.model(body.model)
     await backend.check_queue(info)
-    tools = plan_tools(body.tools, body.tool_choice)
+    tools = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls is True)
     schema = body.response_format.output_schema if body.response_format else None
     if tools is not None and schema is not None:
         raise ApiError(400, "response_format cannot be combined with tools (their answer has its own format)",

@@ -23,6 +23,9 @@ TOOLS = [ToolDef.model_validate(WEATHER), ToolDef.model_validate(TIME)]
 def test_the_answer_schema_follows_tool_choice() -> None:
     auto = plan_tools(TOOLS, "auto")
     assert auto is not None and len(auto.schema["anyOf"]) == 2  # calls, or words
+    assert auto.schema["anyOf"][0]["properties"]["tool_calls"]["maxItems"] == 1  # one call unless parallel
+    parallel = plan_tools(TOOLS, "auto", parallel=True)
+    assert parallel is not None and parallel.schema["anyOf"][0]["properties"]["tool_calls"]["maxItems"] == 8
     calls = auto.schema["anyOf"][0]["properties"]["tool_calls"]["items"]["anyOf"]
     assert [c["properties"]["name"]["const"] for c in calls] == ["get_weather", "get_time"]
     assert calls[0]["properties"]["arguments"] == WEATHER["function"]["parameters"]
