@@ -42,7 +42,7 @@ class UnloadShardResponse(_message.Message):
     def __init__(self, unloaded: bool = ...) -> None: ...
 
 class SequenceSlice(_message.Message):
-    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens", "score_token_ids", "grammar", "grammar_token_ids")
+    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens", "score_token_ids", "grammar", "grammar_token_ids", "fork_from")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     START_POS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class SequenceSlice(_message.Message):
     SCORE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    FORK_FROM_FIELD_NUMBER: _ClassVar[int]
     seq_id: str
     start_pos: int
     num_tokens: int
@@ -69,7 +70,8 @@ class SequenceSlice(_message.Message):
     score_token_ids: _containers.RepeatedScalarFieldContainer[int]
     grammar: str
     grammar_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ..., score_token_ids: _Optional[_Iterable[int]] = ..., grammar: _Optional[str] = ..., grammar_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    fork_from: str
+    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ..., score_token_ids: _Optional[_Iterable[int]] = ..., grammar: _Optional[str] = ..., grammar_token_ids: _Optional[_Iterable[int]] = ..., fork_from: _Optional[str] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only", "tokens_from_peer", "tokens_to", "tokens_batch_id")

@@ -297,4 +297,4 @@ def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
         sampling, invalid = SamplingParams(), str(e)
     return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
                       tuple(s.recent_token_ids), s.no_sample, invalid, s.provisional, tuple(s.draft_token_ids),
-                      s.prompt_tokens, tuple(s.score_token_ids), s.grammar, tuple(s.grammar_token_ids))
+                      s.prompt_tokens, tuple(s.score_token_ids), s.grammar, tuple(s.grammar_token_ids), s.fork_from)

@@ -131,14 +131,17 @@ class KVCache:
             self._seqs[seq_id] = entry
             return entry
 
-    def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int) -> SequenceCache:
-        """A new sequence that shares the source's full blocks (a common prefix): their reference counts go up,
-        and the new sequence's length is the shared positions. Its own positions go into new blocks."""
+    def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int,
+             length: int | None = None) -> SequenceCache:
+        """A new sequence that shares the source's full blocks (a common prefix, its first ``length`` positions, a
+        multiple of the block size; default: as many as fit): their reference counts go up, and the new sequence's
+        length is the shared positions. Its own positions go into new blocks."""
         with self._lock:
             if seq_id in self._seqs:
                 raise ValueError(f"sequence {seq_id!r} already has a KV cache; release it first")
             self.check_fits({seq_id: max_tokens})
-            shared = source.blocks[:min(source.length, max_tokens) // self.block_size]
+            shared = source.blocks[:min(source.length, max_tokens) // self.block_size if length is None
+                                   else length // self.block_size]
             for block in shared:
                 self._refs[block] += 1
             own = self._take(blocks_for(max_tokens, self.block_size) - len(shared))

@@ -36,6 +36,7 @@ class SliceInput:
     score_token_ids: tuple[int, ...] = ()  # last stage: the log-probability of each at its row, from the first
     grammar: str = ""  # last stage: structured output from here on (shard_node/grammar.py) ...
     grammar_token_ids: tuple[int, ...] = ()  # ... past the output so far
+    fork_from: str = ""  # a new cache on this sequence's first start_pos positions (shard_node/slice_checks.py)
 
     @property
     def plain_greedy(self) -> bool:

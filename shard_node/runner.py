@@ -20,6 +20,7 @@ from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, RowError
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
 from shard_node.sampler import chosen_logprobs
 from shard_node.shard_model import ShardModel
+from shard_node.slice_checks import cache_of, cache_problem
 from shard_node.speculative import greedy_accepted, verify_drafts
 from shard_node.weights import load_shard_weights
 
@@ -123,28 +124,9 @@ class ShardRunner:
                                         f"most one per row before the {sampling_rows} that sample")
         if s.draft_token_ids and not all(0 <= t < self.spec.vocab_size for t in s.draft_token_ids):
             return "INVALID_ARGUMENT", f"{where}: draft token ids must be in [0, {self.spec.vocab_size})"
-        if s.start_pos == 0:
-            if s.seq_id in self.kv and s.seq_id not in batch.release_seq_ids:
-                return "FAILED_PRECONDITION", f"{where} already has a KV cache; release it first"
-            max_ctx = self.spec.max_positions
-            if not s.num_tokens <= s.max_total_tokens <= max_ctx:
-                return "INVALID_ARGUMENT", (f"{where}: max_total_tokens must be in [num_tokens={s.num_tokens}, "
-                                            f"{max_ctx}], got {s.max_total_tokens}")
-        else:
-            if s.seq_id not in self.kv or s.seq_id in batch.release_seq_ids:
-                return "FAILED_PRECONDITION", (f"{where} has no KV cache on this node (start_pos {s.start_pos} > 0 "
-                                               "needs an earlier prefill)")
-            entry = self.kv.get(s.seq_id)
-            if entry.owner != owner:
-                return "FAILED_PRECONDITION", f"{where} belongs to another Forward stream"
-            if s.start_pos != entry.length and not (entry.draft_start is not None
-                                                    and entry.draft_start <= s.start_pos <= entry.length):
-                drafts = "" if entry.draft_start is None else f" (drafts from position {entry.draft_start})"
-                return "FAILED_PRECONDITION", (f"{where}: start_pos {s.start_pos} but the cache holds {entry.length} "
-                                               f"positions{drafts}")
-            if s.start_pos + s.num_tokens > entry.capacity:
-                return "FAILED_PRECONDITION", (f"{where}: positions up to {s.start_pos + s.num_tokens} exceed the "
-                                               f"{entry.capacity} tokens reserved at prefill")
+        problem = cache_problem(self.kv, batch.release_seq_ids, s, owner, self.spec.max_positions)
+        if problem is not None:
+            return problem
         if check_ids and batch.token_ids is not None:
             ids = batch.token_ids[row:row + s.num_tokens]
             if int(ids.min()) < 0 or int(ids.max()) >= self.spec.vocab_size:
@@ -153,7 +135,7 @@ class ShardRunner:
 
     def _check_room(self, batch: MicroBatch, errors: dict[int, RowError]) -> None:
         """New sequences that do not fit the KV budget fail alone, in order: the first ones that fit go on."""
-        new = {i: s for i, s in enumerate(batch.slices) if s.start_pos == 0 and i not in errors}
+        new = {i: s for i, s in enumerate(batch.slices) if (s.start_pos == 0 or s.fork_from) and i not in errors}
         try:
             self.kv.check_fits({s.seq_id: s.max_total_tokens for s in new.values()}, batch.release_seq_ids)
             return
@@ -203,8 +185,7 @@ class ShardRunner:
         entries = []
         for s in slices:
             try:
-                entries.append(self.kv.get(s.seq_id) if s.start_pos > 0 else
-                               self.kv.allocate(s.seq_id, s.max_total_tokens, owner))
+                entries.append(cache_of(self.kv, s, owner))
             except (CacheFull, UnknownSequence) as e:  # validated above; only a race could get here
                 raise BatchError("RESOURCE_EXHAUSTED" if isinstance(e, CacheFull) else "NOT_FOUND", str(e)) from e
         rows, row = [], 0
