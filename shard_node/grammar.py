@@ -94,9 +94,6 @@ class SequenceGrammar:
             raise ValueError("the grammar allows no token here")
         return logits.float().masked_fill(torch.from_numpy(forbidden).to(logits.device), float("-inf"))
 
-    def allows(self, token: int) -> bool:
-        return self.matcher.validate_tokens([token]) == 1
-
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise ValueError(f"token {token} is outside the grammar: {self.matcher.get_error() or 'not allowed'}")

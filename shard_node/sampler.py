@@ -67,13 +67,17 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-                history: TokenHistory | None = None) -> int:
-    """logits: [vocab] float32 of one sequence's last position."""
-    logits = penalized(logits, params, history)
+def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """The token of logits already processed (penalties, bias, a grammar's mask): argmax, or a draw."""
     if params.is_greedy:
         return int(torch.argmax(logits))
     return draw(token_probs(logits, params), generator)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                history: TokenHistory | None = None) -> int:
+    """logits: [vocab] float32 of one sequence's last position."""
+    return choose(penalized(logits, params, history), params, generator)
 
 
 def chosen_logprobs(logits: torch.Tensor, chosen: list[int], top: int) -> TokenLogprobs:

@@ -15,7 +15,7 @@ import torch
 
 from protos.data_structures import SamplingParams
 from shard_node.grammar import SequenceGrammar, constrained, taken
-from shard_node.sampler import TokenHistory, draw, penalized, token_probs
+from shard_node.sampler import TokenHistory, choose, draw, penalized, token_probs
 
 
 def verify_drafts(logits: torch.Tensor, drafts: list[int], params: SamplingParams,
@@ -40,8 +40,7 @@ def verify_drafts(logits: torch.Tensor, drafts: list[int], params: SamplingParam
         taken(draft, grammar)
         seen = seen.then(draft) if params.needs_history else seen
     last = constrained(penalized(logits[len(drafts)], params, seen), grammar)
-    token = int(torch.argmax(last)) if params.is_greedy else draw(token_probs(last, params), generator)
-    return len(drafts), taken(token, grammar)
+    return len(drafts), taken(choose(last, params, generator), grammar)
 
 
 def greedy_accepted(choices: list[int], drafts: list[int]) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -76,6 +76,15 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
         if ids and (min(ids) < 0 or max(ids) >= vocab):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids must be in [0, {vocab})")
 
+    async def _tok_and_ids(self, model: str, token_ids: Sequence[int], context: grpc.aio.ServicerContext
+                           ) -> tuple[ModelTokenizer, list[int]]:
+        """The model's tokenizer and the ids, checked (count first, then each id against its vocabulary)."""
+        await self._check_ids_count(len(token_ids), context)
+        tok = await self._tok(model, context)
+        ids = list(token_ids)
+        await self._check_ids(model, ids, context)
+        return tok, ids
+
     @timed
     async def Encode(self, request: tokenizer_pb2.EncodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.EncodeResponse:
@@ -89,10 +98,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def Decode(self, request: tokenizer_pb2.DecodeRequest, context: grpc.aio.ServicerContext
                      ) -> tokenizer_pb2.DecodeResponse:
         """Token ids to text."""
-        await self._check_ids_count(len(request.token_ids), context)
-        tok = await self._tok(request.model, context)
-        ids = list(request.token_ids)
-        await self._check_ids(request.model, ids, context)
+        tok, ids = await self._tok_and_ids(request.model, request.token_ids, context)
         text = await self._run(tok.decode, ids, skip_special_tokens=request.skip_special_tokens)
         return tokenizer_pb2.DecodeResponse(text=text)
 
@@ -121,10 +127,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def DecodeIncremental(self, request: tokenizer_pb2.DecodeIncrementalRequest,
                                 context: grpc.aio.ServicerContext) -> tokenizer_pb2.DecodeIncrementalResponse:
         """New text of ids[read_offset:], held back while a character is incomplete."""
-        await self._check_ids_count(len(request.token_ids), context)
-        tok = await self._tok(request.model, context)
-        ids = list(request.token_ids)
-        await self._check_ids(request.model, ids, context)
+        tok, ids = await self._tok_and_ids(request.model, request.token_ids, context)
         try:
             text, prefix, read = await self._run(decode_incremental, tok, ids, request.prefix_offset,
                                                  request.read_offset, request.skip_special_tokens)
@@ -136,10 +139,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
     async def TokenPieces(self, request: tokenizer_pb2.TokenPiecesRequest, context: grpc.aio.ServicerContext
                           ) -> tokenizer_pb2.TokenPiecesResponse:
         """Each token on its own: its text decoded alone and its bytes."""
-        await self._check_ids_count(len(request.token_ids), context)
-        tok = await self._tok(request.model, context)
-        ids = list(request.token_ids)
-        await self._check_ids(request.model, ids, context)
+        tok, ids = await self._tok_and_ids(request.model, request.token_ids, context)
         pieces = await self._run(tok.pieces.pieces, ids)
         return tokenizer_pb2.TokenPiecesResponse(texts=[t for t, _ in pieces], bytes=[b for _, b in pieces])
 
