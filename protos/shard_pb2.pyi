@@ -42,7 +42,7 @@ class UnloadShardResponse(_message.Message):
     def __init__(self, unloaded: bool = ...) -> None: ...
 
 class SequenceSlice(_message.Message):
-    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens", "score_token_ids", "grammar", "grammar_token_ids", "fork_from")
+    __slots__ = ("seq_id", "start_pos", "num_tokens", "max_total_tokens", "sampling", "recent_token_ids", "no_sample", "draft_token_ids", "provisional", "prompt_tokens", "score_token_ids", "grammar", "grammar_token_ids", "fork_from", "prefix_hashes")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     START_POS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class SequenceSlice(_message.Message):
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FORK_FROM_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HASHES_FIELD_NUMBER: _ClassVar[int]
     seq_id: str
     start_pos: int
     num_tokens: int
@@ -71,10 +72,21 @@ class SequenceSlice(_message.Message):
     grammar: str
     grammar_token_ids: _containers.RepeatedScalarFieldContainer[int]
     fork_from: str
-    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ..., score_token_ids: _Optional[_Iterable[int]] = ..., grammar: _Optional[str] = ..., grammar_token_ids: _Optional[_Iterable[int]] = ..., fork_from: _Optional[str] = ...) -> None: ...
+    prefix_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_id: _Optional[str] = ..., start_pos: _Optional[int] = ..., num_tokens: _Optional[int] = ..., max_total_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., recent_token_ids: _Optional[_Iterable[int]] = ..., no_sample: bool = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., provisional: bool = ..., prompt_tokens: _Optional[int] = ..., score_token_ids: _Optional[_Iterable[int]] = ..., grammar: _Optional[str] = ..., grammar_token_ids: _Optional[_Iterable[int]] = ..., fork_from: _Optional[str] = ..., prefix_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class KeepBlocks(_message.Message):
+    __slots__ = ("seq_id", "first_block", "hashes")
+    SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    seq_id: str
+    first_block: int
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_id: _Optional[str] = ..., first_block: _Optional[int] = ..., hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only", "tokens_from_peer", "tokens_to", "tokens_batch_id")
+    __slots__ = ("model", "batch_id", "seqs", "token_ids", "hidden", "return_logits", "release_seq_ids", "request_id", "batches_in_flight", "wire_dtype", "pipeline_id", "hidden_from_peer", "forward_to", "forward_to_node", "abandon", "report_errors_only", "tokens_from_peer", "tokens_to", "tokens_batch_id", "keep_blocks", "evict_block_hashes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +106,8 @@ class ForwardRequest(_message.Message):
     TOKENS_FROM_PEER_FIELD_NUMBER: _ClassVar[int]
     TOKENS_TO_FIELD_NUMBER: _ClassVar[int]
     TOKENS_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EVICT_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SequenceSlice]
@@ -113,7 +127,9 @@ class ForwardRequest(_message.Message):
     tokens_from_peer: bool
     tokens_to: str
     tokens_batch_id: int
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ..., tokens_from_peer: bool = ..., tokens_to: _Optional[str] = ..., tokens_batch_id: _Optional[int] = ...) -> None: ...
+    keep_blocks: _containers.RepeatedCompositeFieldContainer[KeepBlocks]
+    evict_block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SequenceSlice, _Mapping]]] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., return_logits: bool = ..., release_seq_ids: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., batches_in_flight: _Optional[int] = ..., wire_dtype: _Optional[str] = ..., pipeline_id: _Optional[str] = ..., hidden_from_peer: bool = ..., forward_to: _Optional[str] = ..., forward_to_node: _Optional[str] = ..., abandon: bool = ..., report_errors_only: bool = ..., tokens_from_peer: bool = ..., tokens_to: _Optional[str] = ..., tokens_batch_id: _Optional[int] = ..., keep_blocks: _Optional[_Iterable[_Union[KeepBlocks, _Mapping]]] = ..., evict_block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ForwardResponse(_message.Message):
     __slots__ = ("batch_id", "hidden", "next_token_ids", "logits", "forward_seconds", "error_code", "error_message", "seq_errors", "held_seconds", "upstream", "error_node", "tokens_handoff_error", "accepted_drafts", "logprobs", "scored")
@@ -212,12 +228,16 @@ class SeqError(_message.Message):
     def __init__(self, seq_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("model", "seq_ids")
+    __slots__ = ("model", "seq_ids", "keep_blocks", "evict_block_hashes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EVICT_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     seq_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., seq_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    keep_blocks: _containers.RepeatedCompositeFieldContainer[KeepBlocks]
+    evict_block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., seq_ids: _Optional[_Iterable[str]] = ..., keep_blocks: _Optional[_Iterable[_Union[KeepBlocks, _Mapping]]] = ..., evict_block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("released",)
@@ -230,7 +250,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size", "kv_capacity_bytes", "quantization", "kernel", "kv_block_size", "kv_blocks_total", "kv_blocks_used")
+    __slots__ = ("model", "layers", "num_layers_total", "dtype", "device", "architecture", "has_embedding", "has_head", "weight_bytes", "layer_weight_bytes", "kv_capacity_tokens", "kv_used_tokens", "num_sequences", "hidden_size", "vocab_size", "kv_capacity_bytes", "quantization", "kernel", "kv_block_size", "kv_blocks_total", "kv_blocks_used", "kv_cached_blocks")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +272,7 @@ class ShardInfo(_message.Message):
     KV_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     model: str
     layers: _common_pb2.LayerRange
     num_layers_total: int
@@ -273,7 +294,8 @@ class ShardInfo(_message.Message):
     kv_block_size: int
     kv_blocks_total: int
     kv_blocks_used: int
-    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., kernel: _Optional[str] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ...) -> None: ...
+    kv_cached_blocks: int
+    def __init__(self, model: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., num_layers_total: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., architecture: _Optional[str] = ..., has_embedding: bool = ..., has_head: bool = ..., weight_bytes: _Optional[int] = ..., layer_weight_bytes: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., kv_used_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., quantization: _Optional[str] = ..., kernel: _Optional[str] = ..., kv_block_size: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_cached_blocks: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "shards", "rss_bytes", "host_id", "cpu_count", "memory_budget_bytes", "memory_used_bytes")

@@ -19,10 +19,11 @@ import torch
 
 from protos import shard_pb2, tensors, wire
 from protos.activations import decode_hidden, encode_hidden
-from protos.data_structures import SamplingParams, TokenLogprobs
+from protos.data_structures import TokenLogprobs
 from shard_node import metrics
+from shard_node.batch_decode import decode_batch
 from shard_node.handoff import Abandoned, Mailbox, PeerError, PeerLinks, Refused, key_of
-from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, SliceInput
+from shard_node.micro_batch import BatchError, BatchResult, MicroBatch
 from shard_node.runner import ShardRunner
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ForwardSession:
         try:
             runner = self._runner(req.model)
             given = await self._input(runner, req)
-            batch = decode_batch(runner, req, given)
+            batch = decode_batch(runner, req, given.seqs, given.hidden, given.token_ids)
             result = await self.ctx.run(runner, batch, self.owner, req.batches_in_flight)
         except UpstreamFailed as e:
             reply.error_code, reply.error_message, reply.error_node = e.code, str(e), e.node
@@ -265,36 +266,3 @@ class ForwardSession:
                      len(req.seqs), reply.forward_seconds * 1000)
         metrics.FORWARD_SECONDS.labels(req.model, self.ctx.node_id, phase).observe(reply.forward_seconds)
         metrics.BATCH_TOKENS.labels(req.model, self.ctx.node_id).observe(sum(s.num_tokens for s in req.seqs))
-
-
-def decode_batch(runner: ShardRunner, req: shard_pb2.ForwardRequest, given: _Input) -> MicroBatch:
-    """The micro-batch, with every repeated field's length checked before it becomes a Python list."""
-    max_seqs = runner.kv.max_sequences
-    max_ctx = runner.spec.max_positions
-    if len(req.seqs) > max_seqs or len(req.release_seq_ids) > 2 * max_seqs:
-        raise BatchError("INVALID_ARGUMENT", f"a micro-batch carries at most {max_seqs} sequences and "
-                         f"{2 * max_seqs} releases, got {len(req.seqs)} and {len(req.release_seq_ids)}")
-    for s in req.seqs:
-        if not 0 <= s.num_tokens <= max_ctx or max(len(s.recent_token_ids), len(s.draft_token_ids)) > max_ctx:
-            raise BatchError("INVALID_ARGUMENT", f"sequence {s.seq_id[:64]!r}: num_tokens must be in [1, "
-                             f"{max_ctx}] and recent_token_ids and draft_token_ids at most {max_ctx} long (the "
-                             f"context), got {s.num_tokens}, {len(s.recent_token_ids)} and {len(s.draft_token_ids)}")
-    total = sum(s.num_tokens for s in given.seqs)
-    ids = list(req.token_ids) if given.token_ids is None else given.token_ids
-    if runner.is_first and len(ids) != total:
-        raise BatchError("INVALID_ARGUMENT", f"first stage needs token_ids of length {total} (the sum of "
-                         f"num_tokens), got {len(ids)}")
-    slices = tuple(_slice(s) for s in given.seqs)
-    token_ids = torch.tensor(ids, dtype=torch.int64) if runner.is_first else None
-    return MicroBatch(slices, token_ids, given.hidden, req.return_logits, tuple(req.release_seq_ids))
-
-
-def _slice(s: shard_pb2.SequenceSlice) -> SliceInput:
-    """One sequence's slice; invalid sampling parameters fail that sequence only (INVALID_ARGUMENT)."""
-    try:
-        sampling, invalid = wire.sampling_from_proto(s.sampling), ""
-    except ValueError as e:
-        sampling, invalid = SamplingParams(), str(e)
-    return SliceInput(s.seq_id, s.start_pos, s.num_tokens, s.max_total_tokens, sampling,
-                      tuple(s.recent_token_ids), s.no_sample, invalid, s.provisional, tuple(s.draft_token_ids),
-                      s.prompt_tokens, tuple(s.score_token_ids), s.grammar, tuple(s.grammar_token_ids), s.fork_from)

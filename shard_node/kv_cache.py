@@ -8,6 +8,12 @@ attention reads a plain view of the pool; only when the free space is fragmented
 its keys are gathered. Blocks go back when their reference count drops to zero (``fork`` lets a second sequence
 share a prefix's full blocks), merging with free neighbours.
 
+Prefix caching: the coordinator names full blocks by a hash of their tokens and every token before them (``keep``:
+the prefix cache holds a reference), and a new sequence may start on cached blocks (``allocate`` with prefix
+hashes). The coordinator decides what is cached and what is evicted (least recently used), and counts the same way
+as ``used_tokens`` does: each cached block once, and each sequence's reservation less the positions it took from the
+cache; the node never evicts on its own, except when the Forward stream that kept the blocks closes.
+
 Admission counts tokens, as the coordinator does. The pool has enough blocks for the token budget plus one partly
 filled block per sequence, so a sequence admitted by tokens always gets its blocks. On CPU the untouched part of
 the pool is only address space; on CUDA it is real. Block 0 is never given out: padded reads point at its first
@@ -54,6 +60,7 @@ class SequenceCache:
     generator: torch.Generator | None = None  # per-request seeded sampling (last stage)
     grammar: SequenceGrammar | None = None  # structured output (last stage)
     last_used: float = field(default_factory=time.monotonic)  # the KVCache's clock, at allocate and every get
+    shared_tokens: int = 0  # its first positions, taken from the prefix cache: not part of its reservation
 
 
 def blocks_for(tokens: int, block_size: int = BLOCK_SIZE) -> int:
@@ -80,6 +87,7 @@ class KVCache:
         self._free_blocks = self.num_blocks
         self._refs = [0] * (self.num_blocks + 1)
         self._seqs: dict[str, SequenceCache] = {}
+        self._cached: dict[int, tuple[int, int]] = {}  # prefix cache: block hash -> (block, owner that kept it)
         self._lock = threading.Lock()
         self._clock = clock
 
@@ -89,7 +97,16 @@ class KVCache:
 
     @property
     def used_tokens(self) -> int:
-        return sum(s.capacity for s in self._seqs.values())
+        """Reserved by sequences (less what they took from the prefix cache) and held by the prefix cache."""
+        return sum(s.capacity - s.shared_tokens for s in self._seqs.values()) + self.cached_tokens
+
+    @property
+    def cached_blocks(self) -> int:
+        return len(self._cached)
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached) * self.block_size
 
     @property
     def used_blocks(self) -> int:
@@ -110,7 +127,7 @@ class KVCache:
         if held > self.max_sequences:
             raise CacheFull(f"{len(requests)} new sequence(s) would make {held} on this shard; it holds at most "
                             f"{self.max_sequences} at once (limits.max_sequences_per_shard)")
-        freed = sum(self._seqs[s].capacity for s in released)
+        freed = sum(self._seqs[s].capacity - self._seqs[s].shared_tokens for s in released)
         free = self.capacity_tokens - self.used_tokens + freed
         if need > free:
             raise CacheFull(
@@ -119,17 +136,59 @@ class KVCache:
                 f"{self.used_blocks} of {self.num_blocks} blocks of {self.block_size} in use)"
             )
 
-    def allocate(self, seq_id: str, max_tokens: int, owner: int) -> SequenceCache:
-        """Reserves max_tokens for a new sequence and takes their blocks (one run when one fits)."""
+    def allocate(self, seq_id: str, max_tokens: int, owner: int, prefix_hashes: tuple[int, ...] = ()
+                 ) -> SequenceCache:
+        """Reserves max_tokens for a new sequence and takes their blocks (one run when one fits); with
+        ``prefix_hashes``, its first blocks are those cached blocks (shared, not copied) and it holds their positions
+        already."""
         with self._lock:
             if seq_id in self._seqs:
                 raise ValueError(f"sequence {seq_id!r} already has a KV cache; release it first")
-            self.check_fits({seq_id: max_tokens})
-            entry = SequenceCache(seq_id, owner, max_tokens, self._take(blocks_for(max_tokens, self.block_size)),
-                                  last_used=self._clock())
+            missing = self.missing_prefix(owner, prefix_hashes)
+            if missing is not None:
+                raise UnknownSequence(f"block {missing} of the prefix is not in this node's prefix cache")
+            shared_tokens = len(prefix_hashes) * self.block_size
+            self.check_fits({seq_id: max_tokens - shared_tokens})
+            shared = [self._cached[h][0] for h in prefix_hashes]
+            for block in shared:
+                self._refs[block] += 1
+            own = self._take(blocks_for(max_tokens, self.block_size) - len(shared))
+            entry = SequenceCache(seq_id, owner, max_tokens, shared + own, length=shared_tokens,
+                                  last_used=self._clock(), shared_tokens=shared_tokens)
             entry.first_slot = self._first_slot(entry.blocks)
             self._seqs[seq_id] = entry
             return entry
+
+    def missing_prefix(self, owner: int, prefix_hashes: tuple[int, ...]) -> int | None:
+        """The index of the first of these blocks that this owner's prefix cache lacks (None: it has them all)."""
+        return next((i for i, h in enumerate(prefix_hashes) if self._cached.get(h, (0, -1))[1] != owner), None)
+
+    def keep(self, seq_id: str, first_block: int, hashes: list[int]) -> int:
+        """Puts the sequence's blocks first_block, first_block + 1, ... in the prefix cache under ``hashes`` (a hash
+        already cached, or a block not yet full, is skipped; an unknown sequence keeps nothing); how many were kept."""
+        with self._lock:
+            entry = self._seqs.get(seq_id)
+            if entry is None or first_block < 0:
+                return 0
+            full = entry.length // self.block_size
+            kept = 0
+            for block_index, h in enumerate(hashes, start=first_block):
+                if block_index >= full:
+                    break
+                if h not in self._cached:
+                    block = entry.blocks[block_index]
+                    self._refs[block] += 1
+                    self._cached[h] = (block, entry.owner)
+                    kept += 1
+            return kept
+
+    def evict(self, hashes: list[int]) -> int:
+        """Drops these blocks from the prefix cache (unknown hashes are ignored); a block no sequence holds is free."""
+        with self._lock:
+            gone = [self._cached.pop(h) for h in hashes if h in self._cached]
+            for block, _ in gone:
+                self._unref(block)
+            return len(gone)
 
     def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int,
              length: int | None = None) -> SequenceCache:
@@ -171,6 +230,8 @@ class KVCache:
             gone = [s for s, e in self._seqs.items() if e.owner == owner]
             for s in gone:
                 self._drop_blocks(self._seqs.pop(s))
+            for h in [h for h, (_, o) in self._cached.items() if o == owner]:
+                self._unref(self._cached.pop(h)[0])
             return len(gone)
 
     def release_idle(self, idle_s: float) -> list[str]:
@@ -218,10 +279,13 @@ class KVCache:
     def _drop_blocks(self, entry: SequenceCache) -> None:
         """Under the lock: one reference less on each of the sequence's blocks; a block nobody holds is free."""
         for block in entry.blocks:
-            self._refs[block] -= 1
-            if self._refs[block] == 0:
-                self._give(block)
+            self._unref(block)
         entry.blocks = []
+
+    def _unref(self, block: int) -> None:
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            self._give(block)
 
     def _give(self, block: int) -> None:
         """Under the lock: a free block back among the runs, merged with the runs around it."""

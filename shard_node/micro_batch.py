@@ -37,6 +37,17 @@ class SliceInput:
     grammar: str = ""  # last stage: structured output from here on (shard_node/grammar.py) ...
     grammar_token_ids: tuple[int, ...] = ()  # ... past the output so far
     fork_from: str = ""  # a new cache on this sequence's first start_pos positions (shard_node/slice_checks.py)
+    prefix_hashes: tuple[int, ...] = ()  # a new cache on these blocks of the prefix cache (shard_node/kv_cache.py)
+
+    @property
+    def starts_cache(self) -> bool:
+        """Its first slice: a new cache (from position 0, forked, or on cached prefix blocks)."""
+        return self.start_pos == 0 or bool(self.fork_from) or bool(self.prefix_hashes)
+
+    @property
+    def new_tokens(self) -> int:
+        """KV positions a new cache reserves: max_total_tokens less the cached blocks it starts on."""
+        return self.max_total_tokens - (self.start_pos if self.prefix_hashes else 0)
 
     @property
     def plain_greedy(self) -> bool:
@@ -63,6 +74,17 @@ class MicroBatch:
     hidden: torch.Tensor | None  # other stages: [sum(num_tokens), D]
     return_logits: bool = False
     release_seq_ids: tuple[str, ...] = ()
+    keep_blocks: tuple[KeepBlocks, ...] = ()  # prefix caching, before anything else: blocks to keep ...
+    evict_hashes: tuple[int, ...] = ()  # ... then cached blocks to drop
+
+
+@dataclass(frozen=True)
+class KeepBlocks:
+    """Blocks first_block, first_block + 1, ... of a sequence to keep in the prefix cache under these hashes."""
+
+    seq_id: str
+    first_block: int
+    hashes: tuple[int, ...]
 
 
 @dataclass(frozen=True)

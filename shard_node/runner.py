@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from shard_node.attention import plan_batch
 from shard_node.gguf_weights import GgufBlocks
 from shard_node.grammar import SequenceGrammar, grammar_tokenizer
 from shard_node.kv_cache import DEFAULT_MAX_SEQUENCES, CacheFull, KVCache, SequenceCache, UnknownSequence
-from shard_node.micro_batch import BatchError, BatchResult, MicroBatch, RowError, SliceInput
+from shard_node.micro_batch import BatchError, BatchResult, KeepBlocks, MicroBatch, RowError, SliceInput
 from shard_node.quantize import kernel_description, quantize_linears, quantize_shard
 from shard_node.sampler import chosen_logprobs
 from shard_node.shard_model import ShardModel
@@ -135,27 +136,29 @@ class ShardRunner:
 
     def _check_room(self, batch: MicroBatch, errors: dict[int, RowError]) -> None:
         """New sequences that do not fit the KV budget fail alone, in order: the first ones that fit go on."""
-        new = {i: s for i, s in enumerate(batch.slices) if (s.start_pos == 0 or s.fork_from) and i not in errors}
+        new = {i: s for i, s in enumerate(batch.slices) if s.starts_cache and i not in errors}
         try:
-            self.kv.check_fits({s.seq_id: s.max_total_tokens for s in new.values()}, batch.release_seq_ids)
+            self.kv.check_fits({s.seq_id: s.new_tokens for s in new.values()}, batch.release_seq_ids)
             return
         except CacheFull:
             pass
         fitting: dict[str, int] = {}
         for i, s in new.items():
             try:
-                self.kv.check_fits({**fitting, s.seq_id: s.max_total_tokens}, batch.release_seq_ids)
+                self.kv.check_fits({**fitting, s.seq_id: s.new_tokens}, batch.release_seq_ids)
             except CacheFull as e:
                 errors[i] = RowError(s.seq_id, "RESOURCE_EXHAUSTED", f"layers {self.layers}: {e}")
             else:
-                fitting[s.seq_id] = s.max_total_tokens
+                fitting[s.seq_id] = s.new_tokens
 
     @torch.inference_mode()
     def run(self, batch: MicroBatch, owner: int) -> BatchResult:
         """One forward of every valid slice together: projections and MLPs see all rows at once.
 
         Rows that failed (validation, sampling) are reported in ``row_errors`` and left out of ``hidden``;
-        ``next_token_ids`` keeps one entry per slice (-1 for those)."""
+        ``next_token_ids`` keeps one entry per slice (-1 for those). The prefix cache's keeps and evictions come
+        first, whatever becomes of the batch (the coordinator counted them when it sent them)."""
+        self.update_prefix_cache(batch.keep_blocks, batch.evict_hashes)
         errors = self.validate(batch, owner)
         started = time.perf_counter()
         for seq_id in batch.release_seq_ids:
@@ -178,6 +181,11 @@ class ShardRunner:
         result.row_errors = [errors[i] for i in sorted(errors)]
         result.forward_seconds = time.perf_counter() - started
         return result
+
+    def update_prefix_cache(self, keep: Iterable[KeepBlocks], evict: Iterable[int]) -> None:
+        for k in keep:
+            self.kv.keep(k.seq_id, k.first_block, list(k.hashes))
+        self.kv.evict(list(evict))
 
     def _forward(self, batch: MicroBatch, owner: int, good: list[int], rows_in: list[slice],
                  errors: dict[int, RowError], result: BatchResult) -> None:

@@ -14,12 +14,13 @@ import torch
 from protos import shard_pb2, shard_pb2_grpc, tensors, wire
 from shard_node import metrics
 from shard_node.architectures import UnsupportedArchitecture
+from shard_node.batch_decode import prefix_cache_updates
 from shard_node.cores import CoreShare
 from shard_node.forward_session import ForwardSession, NodeContext
 from shard_node.handoff import PeerLinks
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
-from shard_node.micro_batch import BatchResult, MicroBatch
+from shard_node.micro_batch import BatchError, BatchResult, MicroBatch
 from shard_node.runner import DEFAULT_MAX_SEQUENCES, ShardRunner
 from shard_node.weights import CheckpointError
 
@@ -95,6 +96,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             kv_capacity_bytes=runner.kv.capacity_tokens * runner.kv.bytes_per_token,
             quantization=runner.quantization, kernel=runner.kernel, kv_block_size=runner.kv.block_size,
             kv_blocks_total=runner.kv.num_blocks, kv_blocks_used=runner.kv.used_blocks,
+            kv_cached_blocks=runner.kv.cached_blocks,
         )
 
     async def LoadShard(self, request: shard_pb2.LoadShardRequest, context: grpc.aio.ServicerContext
@@ -187,11 +189,18 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
 
     async def Release(self, request: shard_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
                       ) -> shard_pb2.ReleaseResponse:
-        """Frees the KV caches of the named sequences (unknown ids are ignored)."""
+        """Frees the KV caches of the named sequences (unknown ids are ignored), after the prefix cache's keeps and
+        evictions."""
         runner = self.runners.get(request.model)
         if runner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not loaded here")
             raise AssertionError("abort raises")  # pragma: no cover
+        try:
+            keep, evict = prefix_cache_updates(runner.kv, request.keep_blocks, request.evict_block_hashes)
+        except BatchError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise AssertionError("abort raises") from None  # pragma: no cover
+        runner.update_prefix_cache(keep, evict)
         return shard_pb2.ReleaseResponse(released=sum(runner.kv.release(s) for s in request.seq_ids))
 
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:

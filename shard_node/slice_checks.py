@@ -1,5 +1,6 @@
 """Whether a slice can run on this shard's KV cache, and the cache it runs on: a new sequence (start_pos 0), one that
-goes on where its cache ends (or within its unverified drafts), or a fork that starts on another sequence's prefix.
+goes on where its cache ends (or within its unverified drafts), a fork that starts on another sequence's prefix, or
+one that starts on blocks of the prefix cache (``prefix_hashes``, shard_node/kv_cache.py).
 
 A fork (``fork_from``) shares the source's full blocks up to its ``start_pos`` (a multiple of the block size, at most
 what the source holds for sure), so n choices of one prompt, or a request that repeats a cached prefix, compute only
@@ -17,12 +18,14 @@ def cache_problem(kv: KVCache, releasing: tuple[str, ...], s: SliceInput, owner:
                   max_positions: int) -> Problem | None:
     """What is wrong with ``s``'s cache on this shard (``releasing``: caches freed before the batch runs)."""
     where = f"sequence {s.seq_id!r}"
-    if s.start_pos == 0 or s.fork_from:
+    if s.starts_cache:
         if s.seq_id in kv and s.seq_id not in releasing:
             return "FAILED_PRECONDITION", f"{where} already has a KV cache; release it first"
         if not s.start_pos + s.num_tokens <= s.max_total_tokens <= max_positions:
             return "INVALID_ARGUMENT", (f"{where}: max_total_tokens must be in [start_pos + num_tokens="
                                         f"{s.start_pos + s.num_tokens}, {max_positions}], got {s.max_total_tokens}")
+        if s.prefix_hashes:
+            return _prefix_problem(kv, s, owner)
         return _fork_problem(kv, releasing, s, owner) if s.fork_from else None
     if s.seq_id not in kv or s.seq_id in releasing:
         return "FAILED_PRECONDITION", (f"{where} has no KV cache on this node (start_pos {s.start_pos} > 0 needs an "
@@ -54,10 +57,23 @@ def _fork_problem(kv: KVCache, releasing: tuple[str, ...], s: SliceInput, owner:
     return None
 
 
+def _prefix_problem(kv: KVCache, s: SliceInput, owner: int) -> Problem | None:
+    where = f"sequence {s.seq_id!r}"
+    if s.fork_from or s.start_pos != len(s.prefix_hashes) * kv.block_size:
+        return "INVALID_ARGUMENT", (f"{where}: a slice on {len(s.prefix_hashes)} cached blocks starts at "
+                                    f"{len(s.prefix_hashes) * kv.block_size} (blocks of {kv.block_size}), not at "
+                                    f"{s.start_pos}, and forks from nothing else")
+    missing = kv.missing_prefix(owner, s.prefix_hashes)
+    if missing is not None:
+        return "ABORTED", (f"{where}: block {missing} of its prefix is not in this node's prefix cache (evicted, or "
+                           "kept by another Forward stream); send the prefix again")
+    return None
+
+
 def cache_of(kv: KVCache, s: SliceInput, owner: int) -> SequenceCache:
     """The cache ``s`` runs on (checked by cache_problem): new, forked, or its own."""
     if s.fork_from:
         return kv.fork(kv.get(s.fork_from), s.seq_id, owner, s.max_total_tokens, length=s.start_pos)
-    if s.start_pos == 0:
-        return kv.allocate(s.seq_id, s.max_total_tokens, owner)
+    if s.starts_cache:
+        return kv.allocate(s.seq_id, s.max_total_tokens, owner, s.prefix_hashes)
     return kv.get(s.seq_id)
