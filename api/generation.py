@@ -42,6 +42,7 @@ class TextChunk:
     failovers: int = 0  # times it moved to replicas after a node was lost
     draft_proposed: int = 0  # speculative decoding so far: draft tokens verified ...
     draft_accepted: int = 0  # ... and accepted
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
     logprobs: list[ChosenToken] = field(default_factory=list)  # of the tokens since the chunk before (when asked)
 
 
@@ -208,7 +209,8 @@ class Generation:
                 stats = TextChunk("", prompt_tokens=n_prompt, completion_tokens=reply.completion_tokens,
                                   queue_seconds=reply.queue_seconds, stage_seconds=list(reply.stage_seconds),
                                   route=list(reply.route), failovers=reply.failovers,
-                                  draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted)
+                                  draft_proposed=reply.draft_proposed, draft_accepted=reply.draft_accepted,
+                                  cached_tokens=reply.cached_tokens)
                 back = None
                 logprobs += await self._read_logprobs(reply)
                 stats.logprobs = logprobs

@@ -16,15 +16,21 @@ class SpeculativeUsage(BaseModel):
     accepted: int = Field(..., description="of those, the ones the model's own choice agreed with")
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(..., description="prompt tokens whose KV came from the prefix cache (not prefilled)")
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=lambda: PromptTokensDetails(cached_tokens=0))
     speculative: SpeculativeUsage | None = Field(None, description="extra: speculative decoding of this request")
 
     @classmethod
-    def of(cls, prompt: int, completion: int, proposed: int = 0, accepted: int = 0) -> UsageInfo:
+    def of(cls, prompt: int, completion: int, proposed: int = 0, accepted: int = 0, cached: int = 0) -> UsageInfo:
         return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
                    speculative=SpeculativeUsage(proposed=proposed, accepted=accepted))
 
 

@@ -65,6 +65,7 @@ class ProcessRequest(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = Field(0, description="prompt tokens whose KV came from the prefix cache (not prefilled)")
     speculative: SpeculativeUsage | None = Field(None, description="draft tokens proposed and accepted")
 
 

@@ -12,6 +12,7 @@ from coordinator.model_meta import ModelMeta, read_model_meta
 from coordinator.node_client import ModelLoad, NodeClients
 from coordinator.partition import check_explicit_ranges, partition_layers
 from coordinator.pipeline import Pipeline, Replica, StageGroup
+from coordinator.prefix_cache import PrefixIndex
 from coordinator.scheduler import Scheduler
 from coordinator.speculation import SpeculationConfig
 from protos.config import Config, ModelConfig, NodeConfig
@@ -63,7 +64,8 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
     max_seqs = config.limits.max_sequences_per_shard
     scheduler = Scheduler(model.kv_cache_tokens, depth=model.pipeline_depth or len(groups),
                           max_waiting=coord.max_waiting, max_batch_tokens=coord.max_batch_tokens,
-                          max_batch_seqs=coord.max_batch_seqs, max_running=max_seqs)
+                          max_batch_seqs=coord.max_batch_seqs, max_running=max_seqs,
+                          prefix=PrefixIndex() if coord.prefix_caching else None)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
     load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,

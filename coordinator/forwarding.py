@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from coordinator import metrics
 from coordinator.batch import MicroBatchPlan
 from coordinator.node_client import StageError
+from coordinator.upkeep import Upkeep
 from protos import shard_pb2
 
 if TYPE_CHECKING:
@@ -60,12 +61,12 @@ class SentAhead:
 
 
 def stage_message(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest, i: int,
-                  releases: list[str], ring: RingStep | None = None) -> shard_pb2.ForwardRequest:
+                  upkeep: Upkeep, ring: RingStep | None = None) -> shard_pb2.ForwardRequest:
     """Stage ``i``'s copy of the micro-batch: what it needs of ``request`` and where its input and output go."""
     message = shard_pb2.ForwardRequest()
     message.CopyFrom(request)
     message.pipeline_id = pipe.pipeline_id
-    message.release_seq_ids.extend(releases)
+    upkeep.add_to(message)
     if i == 0 and ring is not None and ring.batch_id is not None:
         del message.token_ids[:]
         message.tokens_from_peer = True
@@ -90,7 +91,7 @@ async def _timed(reply: Awaitable[shard_pb2.ForwardResponse]) -> Timed:
 
 
 async def run_direct(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.ForwardRequest,
-                     releases: list[list[str]], tickets: list[int], relay: _Relay, ring: RingStep | None = None
+                     releases: list[Upkeep], tickets: list[int], relay: _Relay, ring: RingStep | None = None
                      ) -> None:
     """Sends the micro-batch to every stage of ``route`` and waits for the last one's reply (see the module doc)."""
     batch_id = request.batch_id

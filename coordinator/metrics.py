@@ -58,6 +58,11 @@ LINK_RTT = Histogram("shardline_link_round_trip_seconds", "one round trip over a
 DRAFT_PROPOSED = Counter("shardline_spec_decode_num_draft_tokens", "draft tokens verified (speculative decoding)",
                          ["model_name"])
 DRAFT_ACCEPTED = Counter("shardline_spec_decode_num_accepted_tokens", "draft tokens accepted", ["model_name"])
+# prefix caching (as vLLM's prefix_cache_queries / prefix_cache_hits): the hit rate is hits / queries
+PREFIX_QUERIES = Counter("shardline_prefix_cache_queries", "prompt tokens of admitted requests that could use the "
+                         "prefix cache", ["model_name"])
+PREFIX_HITS = Counter("shardline_prefix_cache_hits", "of those, tokens whose KV came from the prefix cache",
+                      ["model_name"])
 DRAFT_STEPS = Counter("shardline_spec_decode_num_drafts", "sequence steps that verified drafts (each yields its "
                       "accepted drafts plus one token)", ["model_name"])
 TRAFFIC = TrafficHistory()  # the last few minutes of the three above, per model (Cluster RPC, the web UI)
@@ -98,12 +103,18 @@ class StateCollector(Collector):
                                    labels=["model_name", "node"])
         replica = GaugeMetricFamily("shardline_replica_state", "1 for the state a node's shard of a model is in",
                                     labels=["model_name", "node", "state"])
+        cached = GaugeMetricFamily("shardline_prefix_cache_blocks", "KV blocks a node's prefix cache holds",
+                                   labels=["model_name", "node"])
+        hit_rate = GaugeMetricFamily("shardline_prefix_cache_hit_rate", "share of prompt tokens served from the "
+                                     "prefix cache since start (0 before any)", labels=["model_name"])
         for m in snap.models:
             running.add_metric([m.name], m.running)
             waiting.add_metric([m.name], m.waiting)
             in_flight.add_metric([m.name], m.in_flight)
             depth.add_metric([m.name], m.depth)
+            hit_rate.add_metric([m.name], m.prefix_hit_rate)
             for r in m.replicas:
+                cached.add_metric([m.name, r.node], r.cached_blocks)
                 kv_used.add_metric([m.name, r.node], r.kv_used)
                 kv_cap.add_metric([m.name, r.node], r.kv_capacity)
                 for state in NODE_STATES:
@@ -115,7 +126,7 @@ class StateCollector(Collector):
             up.add_metric([n.node], 1.0 if n.state != "down" else 0.0)
             for s in NODE_STATES:
                 node_state.add_metric([n.node, s], 1.0 if n.state == s else 0.0)
-        yield from (running, waiting, in_flight, depth, kv_used, kv_cap, replica, up, node_state)
+        yield from (running, waiting, in_flight, depth, kv_used, kv_cap, replica, cached, hit_rate, up, node_state)
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class ReplicaSnapshot:
     state: str
     kv_used: int
     kv_capacity: int
+    cached_blocks: int = 0  # in its prefix cache
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class ModelSnapshot:
     in_flight: int
     depth: int
     replicas: list[ReplicaSnapshot]
+    prefix_hit_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,7 @@ class ClusterSnapshot:
 def init_model(model: str, nodes: list[str]) -> None:
     """Creates a model's series at zero, so dashboards show 0 (not "no data") before the first event."""
     for metric in (FAILOVERS, RECOVERIES, RECOVERY_SECONDS, FAILURES, PROMPT_TOKENS, GENERATION_TOKENS,
-                   DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS):
+                   DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS, PREFIX_QUERIES, PREFIX_HITS):
         metric.labels(model)
     for node in nodes:
         NODE_DOWN.labels(model, node)
@@ -174,9 +187,10 @@ def observe_link(model: str, src: str, dst: str, nbytes: int, rtt_s: float | Non
     TRAFFIC.add_link(model, src, dst, nbytes, rtt_s)
 
 
+# all have model_name
 MODEL_SERIES = (TTFT, ITL, E2E, QUEUE, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESS, FAILURES, STAGE_SECONDS, BATCH_SEQS,
                 BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN, STAGE_BUSY, LINK_BYTES,
-                LINK_RTT, DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS)  # all have model_name
+                LINK_RTT, DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS, PREFIX_QUERIES, PREFIX_HITS)
 NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN, STAGE_BUSY)  # those that also have node
 LINK_SERIES = (LINK_BYTES, LINK_RTT)  # those with src and dst (a node at either end)
 

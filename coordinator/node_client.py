@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.forward_stream import ForwardStream, StageError
+from coordinator.upkeep import Upkeep
 
 __all__ = ["Deadlines", "ForwardStream", "ModelLoad", "NodeClient", "NodeClients", "ShardLoad", "StageError"]
 from protos import security, shard_pb2, shard_pb2_grpc, wire
@@ -121,9 +122,11 @@ class NodeClient:
         reply = await self.stub.UnloadShard(shard_pb2.UnloadShardRequest(model=model), timeout=self.deadlines.rpc_s)
         return reply.unloaded
 
-    async def release(self, model: str, seq_ids: list[str]) -> int:
-        reply = await self.stub.Release(shard_pb2.ReleaseRequest(model=model, seq_ids=seq_ids),
-                                        timeout=self.deadlines.rpc_s)
+    async def release(self, model: str, upkeep: Upkeep) -> int:
+        """Releases sequences, after the prefix cache's keeps and evictions (coordinator/upkeep.py)."""
+        request = shard_pb2.ReleaseRequest(model=model)
+        upkeep.add_to(request)
+        reply = await self.stub.Release(request, timeout=self.deadlines.rpc_s)
         return reply.released
 
     def stream(self, model: str) -> ForwardStream:

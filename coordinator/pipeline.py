@@ -25,6 +25,7 @@ from coordinator.forwarding import COORDINATOR, RingStep, run_direct
 from coordinator.node_client import ForwardStream, NodeClient, StageError
 from coordinator.scheduler import MicroBatchPlan
 from coordinator.step_result import StepResult, step_result
+from coordinator.upkeep import Upkeep
 from protos import shard_pb2, wire
 from protos.data_structures import LayerRange
 from protos.model_spec import DEFAULT_FORWARDING, DEFAULT_WIRE_DTYPE
@@ -74,7 +75,9 @@ class Replica:
     retry_load_at: float = 0.0  # time.monotonic() before which a failed load is not tried again
     micro_batches: int = 0  # micro-batches it has run (the web UI shows activity from it)
     order: IssueOrder = field(default_factory=IssueOrder)
-    pending_release: list[str] = field(default_factory=list)  # ride on the next micro-batch sent here
+    pending_release: list[str] = field(default_factory=list)  # ride on the next micro-batch sent here,
+    pending_keep: list[shard_pb2.KeepBlocks] = field(default_factory=list)  # with the prefix cache's keeps
+    pending_evict: list[int] = field(default_factory=list)  # and evictions (coordinator/upkeep.py)
 
     @property
     def node_id(self) -> str:
@@ -89,9 +92,20 @@ class Replica:
     def usable(self) -> bool:
         return self.state == "ready"
 
-    def take_releases(self) -> list[str]:
-        taken, self.pending_release = self.pending_release, []
+    def take_upkeep(self) -> Upkeep:
+        taken = Upkeep(self.pending_release, self.pending_keep, self.pending_evict)
+        self.pending_release, self.pending_keep, self.pending_evict = [], [], []
         return taken
+
+    def owe_again(self, upkeep: Upkeep) -> None:
+        """What was taken for a micro-batch that may not have arrived: sent again with the next one."""
+        self.pending_release[:0] = upkeep.release
+        self.pending_keep[:0] = upkeep.keep
+        self.pending_evict[:0] = upkeep.evict
+
+    def forget_upkeep(self) -> None:
+        """The node lost its caches (or is gone): nothing is owed any more."""
+        self.pending_release, self.pending_keep, self.pending_evict = [], [], []
 
     def describe(self) -> str:
         return f"node {self.node_id} ({self.client.node.address}, layers {self.layers.start}-{self.layers.end - 1} " \
@@ -152,9 +166,11 @@ class Pipeline:
             req = e.request
             recent = req.context_ids() if req.sampling.needs_history else []
             grammar, grammar_ids = req.grammar_to_send(e.wants_token)
+            first = e.start_pos == req.cached_positions  # its cache starts here (after the cached blocks it uses)
             slices.append(shard_pb2.SequenceSlice(
                 seq_id=req.seq_id, start_pos=e.start_pos, num_tokens=len(e.token_ids),
-                max_total_tokens=req.reserved_tokens if e.start_pos == 0 else 0,
+                max_total_tokens=req.reserved_tokens if first else 0,
+                prefix_hashes=req.prefix_hashes if first else (),
                 sampling=wire.sampling_to_proto(req.sampling), recent_token_ids=recent, no_sample=not e.wants_token,
                 draft_token_ids=e.drafts, provisional=e.provisional, prompt_tokens=req.num_prompt_tokens,
                 score_token_ids=req.prompt_to_score(e.start_pos, len(e.token_ids)), grammar=grammar,
@@ -184,7 +200,7 @@ class Pipeline:
         Must be called in issue order (the engine calls it synchronously up to its first await).
         """
         tickets = [r.order.take() for r in route]
-        releases = [r.take_releases() for r in route]
+        releases = [r.take_upkeep() for r in route]
         ring = ring if self.forwarding == "direct" and len(route) > 1 else None
         request = self._request(plan, ring.batch_id if ring and ring.batch_id else next(self._batch_ids))
         request.token_ids.extend(t for e in plan.entries for t in e.token_ids)
@@ -199,8 +215,8 @@ class Pipeline:
                     await self._stage(i, route, request, releases[i], tickets[i], relay)
         except BaseException:
             first = max(relay.reached - 1, 0)
-            for replica, ids in zip(route[first:], releases[first:]):
-                replica.pending_release.extend(ids)  # may not have arrived; release ids are idempotent
+            for replica, upkeep in zip(route[first:], releases[first:]):
+                replica.owe_again(upkeep)  # may not have arrived; it is idempotent
             raise
         finally:
             self.in_flight -= 0 if waits else 1
@@ -209,12 +225,12 @@ class Pipeline:
         assert relay.reply is not None
         return step_result(plan, request, relay.reply, relay.seconds, relay.failed)
 
-    async def _stage(self, i: int, route: Sequence[Replica], request: shard_pb2.ForwardRequest, releases: list[str],
+    async def _stage(self, i: int, route: Sequence[Replica], request: shard_pb2.ForwardRequest, upkeep: Upkeep,
                      ticket: int, relay: _Relay) -> None:
         """Sends the micro-batch to stage ``i`` in its ticket's turn and waits for its reply."""
         replica = route[i]
         if not request.seqs:  # every sequence failed on an earlier stage: nothing left to send
-            replica.pending_release.extend(releases)
+            replica.owe_again(upkeep)
             return
         if i > 0:
             assert relay.reply is not None
@@ -222,8 +238,9 @@ class Pipeline:
             request.hidden.CopyFrom(relay.reply.hidden)  # relayed as bytes; never decoded here
             metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(relay.reply.hidden.data))
         into = len(request.hidden.data) + len(request.hidden.row_scales) + len(request.token_ids) * 4
-        del request.release_seq_ids[:]
-        request.release_seq_ids.extend(releases)
+        for repeated in (request.release_seq_ids, request.keep_blocks, request.evict_block_hashes):
+            del repeated[:]
+        upkeep.add_to(request)
         await replica.order.wait_turn(ticket)
         if replica.state == "down":  # lost while this micro-batch was on its way: do not wait on it
             relay.reached = i + 1
@@ -260,14 +277,14 @@ class Pipeline:
         request.seqs.extend(kept)
 
     async def flush_releases(self, busy: set[Replica]) -> None:
-        """Sends pending releases with a Release call to replicas no micro-batch is about to visit."""
-        todo = [(r, r.pending_release) for r in self.replicas if r.pending_release and r not in busy]
-        for r, _ in todo:
-            r.pending_release = []
+        """Sends pending releases (and prefix-cache upkeep) with a Release call to replicas no micro-batch is about
+        to visit."""
+        todo = [(r, r.take_upkeep()) for r in self.replicas if r not in busy and r.state != "down"]
+        todo = [(r, upkeep) for r, upkeep in todo if upkeep]
         if not todo:
             return
-        results = await asyncio.gather(*(r.client.release(self.model, ids) for r, ids in todo if r.state != "down"),
+        results = await asyncio.gather(*(r.client.release(self.model, upkeep) for r, upkeep in todo),
                                        return_exceptions=True)
-        for (r, ids), res in zip([t for t in todo if t[0].state != "down"], results):
+        for (r, upkeep), res in zip(todo, results):
             if isinstance(res, BaseException):
-                logger.warning("release of %d sequence(s) on %s failed: %r", len(ids), r.node_id, res)
+                logger.warning("release of %d sequence(s) on %s failed: %r", len(upkeep.release), r.node_id, res)

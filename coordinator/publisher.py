@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 from coordinator import metrics
 from coordinator.pipeline import Route
+from coordinator.prefix_cache import PrefixIndex
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import MicroBatchPlan, Scheduler
 from coordinator.step_result import StepResult
+from protos import shard_pb2
+from protos.data_structures import KV_BLOCK_SIZE, PREFIX_MISSING
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,22 @@ class FailoverStats:
     failovers: int = 0  # sequences moved to another route
     recoveries: int = 0  # of those, how many produced their next token
     last_recovery_seconds: float = 0.0  # loss seen -> next token, of the last recovered sequence
+
+
+def keep_later(req: Request, route: Route, prefix: PrefixIndex, blocks: int) -> None:
+    """Its sequence's full blocks up to ``blocks`` go into the prefix cache of every live node of ``route`` with the
+    next micro-batch or Release call there (before its release); a block evicted but not yet told stays instead."""
+    if blocks <= req.kept_blocks:
+        return
+    hashes = req.context_hashes(blocks)[req.kept_blocks:]
+    for replica in route:
+        if replica.state != "down":
+            prefix.add(replica.node_id, hashes)
+            kept = set(hashes)
+            replica.pending_evict = [h for h in replica.pending_evict if h not in kept]
+            replica.pending_keep.append(shard_pb2.KeepBlocks(seq_id=req.seq_id, first_block=req.kept_blocks,
+                                                             hashes=hashes))
+    req.kept_blocks = blocks
 
 
 def release_later(req: Request, route: Route) -> None:
@@ -43,12 +62,19 @@ class Publisher:
         outcome = self.scheduler.postprocess(plan, result.next_token_ids, result.stage_seconds, result.failed,
                                              result.accepted, result.logprobs, result.scored)
         for req, why in outcome.failed:  # these alone failed on a node; the rest of the batch goes on
+            if req.prefix_hashes and PREFIX_MISSING in why:
+                self._without_cache(req, route, why)
+                continue
             logger.error("model %s: request %s failed alone: %s", self.model, req.request_id, why)
             release_later(req, route)
             req.finish("error", why)
         for new in outcome.tokens:
             req = new.request
             self._observe_tokens(req, route, len(new.token_ids))
+            prefix = self.scheduler.prefix
+            if prefix is not None and req.use_prefix_cache and (new.finish_reason or req.kept_blocks * KV_BLOCK_SIZE
+                                                                < req.num_prompt_tokens):
+                keep_later(req, route, prefix, req.num_computed // KV_BLOCK_SIZE)  # its prompt, and at the end all
             if new.finish_reason:
                 release_later(req, route)
                 req.finish(new.finish_reason, token_ids=new.token_ids, logprobs=new.logprobs,
@@ -56,6 +82,19 @@ class Publisher:
             else:
                 req.events.put_nowait(TokenEvent(new.token_ids, logprobs=new.logprobs,
                                                  prompt_logprobs=new.prompt_logprobs))
+
+    def _without_cache(self, req: Request, route: Route, why: str) -> None:
+        """A node lacked cached blocks the coordinator counted on (it should not happen): the request starts over
+        from its first token, and those blocks are evicted everywhere."""
+        logger.warning("model %s: request %s starts again without the prefix cache: %s", self.model, req.request_id,
+                       why)
+        if self.scheduler.prefix is not None:
+            for replica in route:
+                self.scheduler.prefix.discard(replica.node_id, req.prefix_hashes)
+        release_later(req, route)
+        req.use_prefix_cache = False
+        req.restart_on_new_route(f"{req.request_id}-{uuid.uuid4().hex[:8]}")
+        self.scheduler.requeue_front([req])
 
     def fail(self, plan: MicroBatchPlan, route: Route, why: str) -> None:
         """The whole micro-batch failed (refused by a node): its requests end with ``why``."""
@@ -98,6 +137,11 @@ class Publisher:
         if req.failovers == 0:
             metrics.QUEUE.labels(self.model).observe(req.queue_seconds)
             metrics.PROMPT_TOKENS.labels(self.model).inc(req.num_prompt_tokens)
+            prefix = self.scheduler.prefix
+            if prefix is not None and req.use_prefix_cache and not req.prompt_logprobs:
+                prefix.count_query(req.num_prompt_tokens, req.cached_tokens)
+                metrics.PREFIX_QUERIES.labels(self.model).inc(req.num_prompt_tokens)
+                metrics.PREFIX_HITS.labels(self.model).inc(req.cached_tokens)
         logger.debug("request %s admitted to lane %d after %.3f s in the queue", req.request_id, req.lane,
                      req.queue_seconds)
 

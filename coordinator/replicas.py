@@ -112,7 +112,9 @@ class ReplicaSet:
             logger.warning("model %s: %s is %s: %s", self.model, replica.describe(), state, why)
             metrics.NODE_DOWN.labels(self.model, replica.node_id).inc()
         replica.state, replica.last_error = state, why
-        replica.pending_release.clear()  # the node has freed them, or is gone
+        replica.forget_upkeep()  # the node has freed them, or is gone
+        if self.scheduler.prefix is not None:
+            self.scheduler.prefix.forget(replica.node_id)
         for lane, route in enumerate(self.routes):
             if replica in route and self.scheduler.lane_members(lane):
                 self.lost_lanes.add(lane)
@@ -173,6 +175,10 @@ class ReplicaSet:
             return
         replica.kv_capacity_tokens = info.kv_capacity_tokens
         replica.weight_bytes = info.weight_bytes
+        if self.scheduler.prefix is not None and info.kv_block_size not in (0, self.scheduler.prefix.block_size):
+            logger.warning("model %s: %s has KV blocks of %d positions, not %d: prefix caching is off", self.model,
+                           replica.describe(), info.kv_block_size, self.scheduler.prefix.block_size)
+            self.scheduler.prefix = None
         replica.state, replica.last_error = "ready", ""
         logger.info("model %s: %s loaded (%.1f MB) in %.1f s", self.model, replica.describe(),
                     info.weight_bytes / 1e6, time.monotonic() - started)

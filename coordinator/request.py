@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from coordinator.prefix_cache import chain_hashes
 from coordinator.speculation import DraftState
-from protos.data_structures import SamplingParams, TokenLogprobs
+from protos.data_structures import KV_BLOCK_SIZE, SamplingParams, TokenLogprobs
 
 
 class RequestStatus(Enum):
@@ -59,6 +60,11 @@ class Request:
     grammar: str = ""  # structured output: the llguidance grammar its output must stay inside
     grammar_sent_to: str = ""  # the sequence id (KV caches) whose last stage has the grammar
     prompt_scores: dict[int, TokenLogprobs] | None = field(default_factory=dict)  # by chunk start; None: delivered
+    use_prefix_cache: bool = True  # may start on cached blocks (not with prompt log-probabilities, nor after a miss)
+    prefix_hashes: tuple[int, ...] = ()  # prefix caching: the cached blocks its sequence starts on (at admission)
+    kept_blocks: int = 0  # its sequence's first blocks that the route's prefix caches hold (started on, or kept)
+    cached_tokens: int = 0  # prompt positions found in the prefix cache at its first admission (usage)
+    block_hashes: list[int] = field(default_factory=list)  # of its context's full blocks, computed as needed
 
     @property
     def in_flight(self) -> bool:
@@ -73,6 +79,28 @@ class Request:
     def reserved_tokens(self) -> int:
         """KV positions reserved on each stage: the prompt plus every token it may generate."""
         return len(self.prompt_ids) + self.max_tokens
+
+    @property
+    def cached_positions(self) -> int:
+        """Positions its sequence took from the prefix cache: its first slice starts there."""
+        return len(self.prefix_hashes) * KV_BLOCK_SIZE
+
+    @property
+    def new_kv_tokens(self) -> int:
+        """What its reservation adds on each stage: the cached blocks it starts on are counted already."""
+        return self.reserved_tokens - self.cached_positions
+
+    def context_hashes(self, blocks: int) -> list[int]:
+        """The prefix-cache names of its context's first ``blocks`` full blocks."""
+        return chain_hashes(self.context_ids(), self.block_hashes, blocks)
+
+    def start_on_cache(self, hashes: list[int]) -> None:
+        """Admitted on a route whose prefix caches hold these first blocks of its context: it starts after them."""
+        self.prefix_hashes = tuple(hashes)
+        self.kept_blocks = len(hashes)
+        self.num_computed = self.num_scheduled = self.cached_positions
+        if self.failovers == 0:
+            self.cached_tokens = self.cached_positions
 
     @property
     def num_context_tokens(self) -> int:
@@ -147,6 +175,7 @@ class Request:
         """Its KV is lost (a node of its route failed): replay prompt + output under a new sequence id."""
         self.seq_id = seq_id
         self.num_computed = self.num_scheduled = 0
+        self.prefix_hashes, self.kept_blocks = (), 0
         self.batches_in_flight = 0
         self.lane = -1
         self.status = RequestStatus.WAITING

@@ -11,6 +11,9 @@ Prefill is pipelined: a lane with budget left takes the next chunk of a prompt w
 still in flight on another lane of the same route (every replica runs micro-batches in issue order, so
 chunk 2 runs on stage 1 while chunk 1 runs on stage 2).
 A request whose route lost a node goes back to the front of the queue and is replayed elsewhere.
+With prefix caching (``prefix``, coordinator/prefix_cache.py), a request goes to the lane whose route holds the
+most of its context's first blocks, starts after them, and cached blocks no running request uses are evicted, least
+recently used first, when nothing fits otherwise.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import time
 from collections import deque
 
 from coordinator.batch import BatchEntry, MicroBatchPlan, NewTokens, StepOutcome, drafts_for, take_tokens
+from coordinator.prefix_cache import PrefixIndex
 from coordinator.request import Request, RequestStatus
-from protos.data_structures import TokenLogprobs
+from protos.data_structures import KV_BLOCK_SIZE, TokenLogprobs
 
 __all__ = ["BatchEntry", "MicroBatchPlan", "NeverFits", "QueueFull", "Scheduler", "StepOutcome"]
 
@@ -35,7 +39,7 @@ class QueueFull(RuntimeError):
 
 class Scheduler:
     def __init__(self, kv_capacity_tokens: int, depth: int = 1, max_waiting: int = 256, max_batch_tokens: int = 256,
-                 max_batch_seqs: int = 128, max_running: int = 1024) -> None:
+                 max_batch_seqs: int = 128, max_running: int = 1024, prefix: PrefixIndex | None = None) -> None:
         self.kv_capacity_tokens = kv_capacity_tokens  # smallest stage's budget: more can never fit
         self.max_waiting = max_waiting
         self.max_running = max_running  # sequences a shard holds at most (limits.max_sequences_per_shard)
@@ -47,6 +51,7 @@ class Scheduler:
         self.lane_routes: list[tuple[str, ...]] = [()] * depth  # node of each stage, per lane
         self.usable: set[int] = set(range(depth))  # lanes whose every node is ready
         self.pipelined_prefill = True  # a prompt's next chunk may go while its earlier one is in flight
+        self.prefix = prefix  # prefix caching: what every node's prefix cache holds (None: off)
 
     @property
     def depth(self) -> int:
@@ -68,11 +73,14 @@ class Scheduler:
         return sum(r.reserved_tokens for r in self.running)
 
     def reserved_on(self) -> dict[str, int]:
-        """KV tokens reserved on each node by the running requests."""
+        """KV tokens reserved on each node by the running requests, and held by its prefix cache."""
         out: dict[str, int] = {}
         for r in self.running:
             for node in self.lane_routes[r.lane]:
-                out[node] = out.get(node, 0) + r.reserved_tokens
+                out[node] = out.get(node, 0) + r.new_kv_tokens
+        if self.prefix is not None:
+            for node in {n for route in self.lane_routes for n in route}:
+                out[node] = out.get(node, 0) + self.prefix.tokens_on(node)
         return out
 
     def lane_has_room(self, lane: int, tokens: int, reserved: dict[str, int] | None = None) -> bool:
@@ -111,20 +119,56 @@ class Scheduler:
         sizes = self._lane_sizes()
         while self.waiting and len(self.running) < self.max_running:
             req = self.waiting[0]
-            lanes = sorted(self.usable, key=lambda lane: (sizes[lane], lane))
-            lane = next((x for x in lanes if self.lane_has_room(x, req.reserved_tokens, reserved)), None)
-            if lane is None:
+            placed = self._place(req, sorted(self.usable, key=lambda lane: (sizes[lane], lane)), reserved)
+            if placed is None:
                 break
+            lane, cached = placed
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
             req.admitted_time = req.admitted_time or time.monotonic()
             req.lane = lane
+            if cached:
+                req.start_on_cache(cached)
+            if self.prefix is not None:
+                self.prefix.touch(self.lane_routes[lane], cached)
             sizes[lane] += 1
             for node in self.lane_routes[lane]:
-                reserved[node] = reserved.get(node, 0) + req.reserved_tokens
+                reserved[node] = reserved.get(node, 0) + req.new_kv_tokens
             self.running.append(req)
             admitted.append(req)
         return admitted
+
+    def _place(self, req: Request, lanes: list[int], reserved: dict[str, int]) -> tuple[int, list[int]] | None:
+        """The lane for ``req`` (of ``lanes``, least loaded first) and the cached blocks it starts on there: the lane
+        with the most of them that has room, else one where evicting unused cached blocks makes room."""
+        hashes = self.cacheable_blocks(req)
+        cached = {x: hashes[:self.prefix.hits(self.lane_routes[x], hashes)] if self.prefix and hashes else []
+                  for x in lanes}
+        lanes = sorted(lanes, key=lambda x: -len(cached[x]))
+        for x in lanes:
+            if self.lane_has_room(x, req.reserved_tokens - len(cached[x]) * KV_BLOCK_SIZE, reserved):
+                return x, cached[x]
+        if self.prefix is None:
+            return None
+        pinned = {h for r in self.running for h in r.prefix_hashes}
+        for x in lanes:
+            need = req.reserved_tokens - len(cached[x]) * KV_BLOCK_SIZE
+            keep = pinned | set(cached[x])
+            short = {n: reserved.get(n, 0) + need - self.node_capacity.get(n, self.kv_capacity_tokens)
+                     for n in self.lane_routes[x]}
+            if short and all(s <= self.prefix.evictable(n, keep) * KV_BLOCK_SIZE for n, s in short.items()):
+                for n, s in short.items():
+                    if s > 0:
+                        gone = self.prefix.evict(n, -(-s // KV_BLOCK_SIZE), keep)
+                        reserved[n] = reserved.get(n, 0) - len(gone) * KV_BLOCK_SIZE
+                return x, cached[x]
+        return None
+
+    def cacheable_blocks(self, req: Request) -> list[int]:
+        """The names of the context blocks ``req`` could start on: its full blocks before its newest token."""
+        if self.prefix is None or not req.use_prefix_cache or req.prompt_logprobs:
+            return []
+        return req.context_hashes((req.num_context_tokens - 1) // KV_BLOCK_SIZE)
 
     def requeue_front(self, reqs: list[Request]) -> None:
         """Puts running requests back at the head of the queue, in their order (their route lost a node)."""

@@ -129,6 +129,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 token_ids=event.token_ids, finish_reason=event.finish_reason, error=event.error,
                 prompt_tokens=prompt_tokens, completion_tokens=completion, queue_seconds=req.queue_seconds,
                 stage_seconds=req.stage_seconds, route=req.route_nodes, failovers=req.failovers,
+                cached_tokens=req.cached_tokens,
                 draft_proposed=req.drafting.proposed if req.drafting else 0,
                 draft_accepted=req.drafting.accepted if req.drafting else 0,
                 logprobs=None if event.logprobs is None else wire.logprobs_to_proto(event.logprobs),
@@ -268,9 +269,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """What the state gauges report at a scrape (from the metrics thread: dicts are copied first, atomically)."""
         models = []
         for name, e in list(self.engines.items()):
+            prefix = e.scheduler.prefix
             replicas = [metrics.ReplicaSnapshot(r.node_id, r.state, self._shard_info(r.node_id, name).kv_used_tokens,
-                                                r.kv_capacity_tokens) for r in e.pipeline.replicas]
+                                                r.kv_capacity_tokens, prefix.blocks_on(r.node_id) if prefix else 0)
+                        for r in e.pipeline.replicas]
             models.append(metrics.ModelSnapshot(name, len(e.scheduler.running), len(e.scheduler.waiting),
-                                                e.num_in_flight, e.depth, replicas))
+                                                e.num_in_flight, e.depth, replicas,
+                                                prefix.hit_rate if prefix else 0.0))
         nodes = [metrics.NodeSnapshot(n, self.membership.state(n)) for n in list(self.membership.status)]
         return metrics.ClusterSnapshot(models, nodes)

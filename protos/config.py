@@ -70,6 +70,7 @@ class CoordinatorConfig:
     metrics_port: int = 0  # Prometheus /metrics of the coordinator on this port (0 = off)
     pipelined_prefill: str = "auto"  # a prompt's chunks in the stages at once: auto (>1 machine), always, never
     ring_decode: bool = True  # one lane decoding alone: the last stage hands tokens to the first stage
+    prefix_caching: bool = True  # KV blocks of earlier requests' prefixes are kept on every stage and reused
 
 
 @dataclass(frozen=True)

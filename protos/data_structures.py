@@ -6,6 +6,9 @@ import math
 import struct
 from dataclasses import dataclass
 
+KV_BLOCK_SIZE = 16  # positions per block of a shard's paged KV pool (the unit of prefix caching)
+PREFIX_MISSING = "not in this node's prefix cache"  # in the error of a slice on cached blocks the node lacks
+
 
 @dataclass(frozen=True)
 class LayerRange:

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from protos.data_structures import KV_BLOCK_SIZE
+
 if TYPE_CHECKING:
     from shard_node.grammar import SequenceGrammar
 
-BLOCK_SIZE = 16  # positions per block
+BLOCK_SIZE = KV_BLOCK_SIZE  # positions per block
 PAD_SLOT = 0  # block 0 is never given out: padded reads of a batch point at its first slot, kept at zero
 DEFAULT_MAX_SEQUENCES = 1024
 

@@ -8,6 +8,7 @@ what is new: nothing is copied, and the blocks stay until every sequence holding
 
 from __future__ import annotations
 
+from protos.data_structures import PREFIX_MISSING
 from shard_node.kv_cache import KVCache, SequenceCache
 from shard_node.micro_batch import SliceInput
 
@@ -65,8 +66,8 @@ def _prefix_problem(kv: KVCache, s: SliceInput, owner: int) -> Problem | None:
                                     f"{s.start_pos}, and forks from nothing else")
     missing = kv.missing_prefix(owner, s.prefix_hashes)
     if missing is not None:
-        return "ABORTED", (f"{where}: block {missing} of its prefix is not in this node's prefix cache (evicted, or "
-                           "kept by another Forward stream); send the prefix again")
+        return "ABORTED", (f"{where}: block {missing} of its prefix is {PREFIX_MISSING} (evicted, or kept by another "
+                           "Forward stream); send the prefix again")
     return None
 
 

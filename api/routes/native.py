@@ -91,6 +91,7 @@ def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: T
         timeToFirstToken=None if ttft is None else round(ttft * 1000, 1),
         tokensPerSecond=round(times.decode_rate(last.completion_tokens), 2), nodeCount=info.num_stages,
         model=info.name, usage=Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
+                                     cached_tokens=last.cached_tokens,
                                          speculative=SpeculativeUsage(proposed=last.draft_proposed,
                                                                       accepted=last.draft_accepted)),
         finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds, last.route),

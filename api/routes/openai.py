@@ -115,7 +115,8 @@ def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk,
 
 
 def _usage(last: TextChunk) -> UsageInfo:
-    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, last.draft_proposed, last.draft_accepted)
+    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, last.draft_proposed, last.draft_accepted,
+                        last.cached_tokens)
 
 
 def _log_done(gen: Generation, last: TextChunk) -> None:

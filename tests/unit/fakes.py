@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from coordinator.node_client import Deadlines, NodeClients, ShardLoad, StageError
+from coordinator.upkeep import Upkeep
 from protos import common_pb2, shard_pb2, wire
 from protos.config import NodeConfig
-from protos.data_structures import LayerRange
+from protos.data_structures import KV_BLOCK_SIZE, PREFIX_MISSING, LayerRange
 
 
 class Aborted(Exception):
@@ -301,6 +302,7 @@ class FakeNodeClient:
         self.hold_next: asyncio.Event | None = None  # the next Forward write waits for this event
         self.shards: dict[str, FakeShard] = {}
         self.caches: dict[str, dict[str, list[int]]] = {}  # model -> seq_id -> tokens it holds
+        self.prefix: dict[str, dict[int, list[int]]] = {}  # model -> prefix cache: block hash -> the block's tokens
         self.draft_floors: dict[str, dict[str, int]] = {}  # model -> seq_id -> where its unverified drafts start
         self.model: Callable[[list[int]], int] | None = None  # the fake model it runs (None: next_token)
         self.forwarded: list[Forwarded] = []
@@ -356,11 +358,22 @@ class FakeNodeClient:
         self.unloaded.append(model)
         return self.shards.pop(model, None) is not None
 
-    async def release(self, model: str, seq_ids: list[str]) -> int:
+    async def release(self, model: str, upkeep: Upkeep) -> int:
         self._check()
-        self.released.extend(seq_ids)
+        self._prefix_upkeep(model, upkeep.keep, upkeep.evict)
+        self.released.extend(upkeep.release)
         cache = self.caches.get(model, {})
-        return sum(cache.pop(s, None) is not None for s in seq_ids)
+        return sum(cache.pop(s, None) is not None for s in upkeep.release)
+
+    def _prefix_upkeep(self, model: str, keep: Iterable[shard_pb2.KeepBlocks], evict: Iterable[int]) -> None:
+        cache, prefix = self.caches.get(model, {}), self.prefix.setdefault(model, {})
+        for k in keep:
+            held = cache.get(k.seq_id, [])
+            for i, h in enumerate(k.hashes, start=k.first_block):
+                if (i + 1) * KV_BLOCK_SIZE <= len(held):
+                    prefix.setdefault(h, held[i * KV_BLOCK_SIZE:(i + 1) * KV_BLOCK_SIZE])
+        for h in evict:
+            prefix.pop(h, None)
 
     def stream(self, model: str) -> FakeStream:
         return self.streams.setdefault(model, FakeStream(self, model))
@@ -376,6 +389,7 @@ class FakeNodeClient:
     def run(self, model: str, request: shard_pb2.ForwardRequest) -> shard_pb2.ForwardResponse:
         """One micro-batch: releases first, then every row extends its sequence's cache; the last stage samples."""
         cache = self.caches.setdefault(model, {})
+        self._prefix_upkeep(model, request.keep_blocks, request.evict_block_hashes)
         for sid in request.release_seq_ids:
             cache.pop(sid, None)
         shard = self.shards.get(model)
@@ -389,6 +403,14 @@ class FakeNodeClient:
         for s in request.seqs:
             rows, offset = tokens[offset:offset + s.num_tokens], offset + s.num_tokens
             held = cache.get(s.seq_id, []) if s.start_pos > 0 else []
+            if s.prefix_hashes:
+                blocks = [self.prefix.get(model, {}).get(h) for h in s.prefix_hashes]
+                if any(b is None for b in blocks):
+                    reply.seq_errors.add(seq_id=s.seq_id, code="ABORTED", message=f"block is {PREFIX_MISSING}")
+                    reply.next_token_ids.append(-1)
+                    reply.accepted_drafts.append(0)
+                    continue
+                held = [t for b in blocks for t in b or []]
             rewinds = floors.get(s.seq_id, len(held)) <= s.start_pos <= len(held)  # over unverified drafts
             if s.seq_id in self.fail_rows or not (len(held) == s.start_pos or rewinds):
                 why = "chosen to fail" if s.seq_id in self.fail_rows else f"position {s.start_pos} != {len(held)}"

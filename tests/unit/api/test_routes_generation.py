@@ -42,7 +42,7 @@ def test_process_answers_the_whole_text_with_usage_and_stages(api: FakeApi) -> N
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["text"] == "Hello" and body["finish_reason"] == "length" and body["model"] == MODEL
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5,
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "cached_tokens": 0,
                              "speculative": {"proposed": 3, "accepted": 2}}
     assert body["stages"] == [{"node": "n1", "address": "127.0.0.1:1", "layers": [0, 2], "seconds": 0.001}]
     assert body["metadata"] == {"k": 1} and body["nodeCount"] == 1

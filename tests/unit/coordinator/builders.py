@@ -9,6 +9,7 @@ from coordinator.engine import ModelEngine
 from coordinator.model_meta import ModelMeta
 from coordinator.node_client import ModelLoad, NodeClients
 from coordinator.pipeline import Pipeline, Replica, StageGroup
+from coordinator.prefix_cache import PrefixIndex
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import Scheduler
 from protos.data_structures import LayerRange, SamplingParams
@@ -32,12 +33,13 @@ def make_pipeline(stages: list[list[str]], kv: int = 1000, forwarding: str = "di
 
 
 def make_engine(stages: list[list[str]], kv: int = 1000, depth: int = 1, max_waiting: int = 8,
-                max_batch_tokens: int = 256, loaded: bool = True, forwarding: str = "direct"
-                ) -> tuple[ModelEngine, NodeClients]:
+                max_batch_tokens: int = 256, loaded: bool = True, forwarding: str = "direct",
+                prefix_caching: bool = False) -> tuple[ModelEngine, NodeClients]:
     pipeline, clients = make_pipeline(stages, kv, forwarding)
     meta = ModelMeta(path=Path("/models/m"), model_type="llama", num_layers=len(stages), max_context=256,
                      vocab_size=VOCAB, eos_token_ids=())
-    scheduler = Scheduler(kv, depth=depth, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens)
+    scheduler = Scheduler(kv, depth=depth, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens,
+                          prefix=PrefixIndex() if prefix_caching else None)
     engine = ModelEngine(MODEL, meta, pipeline, scheduler, ModelLoad(MODEL, "/models/m", "float32", "cpu", kv))
     if loaded:
         engine.mark_loaded()
@@ -70,7 +72,8 @@ def tokens_of(events: list[TokenEvent]) -> list[int]:
 async def settled(engine: ModelEngine) -> None:
     """Lets the engine's loop run (callbacks only, no clock) until nothing is in flight and every release is out."""
     for _ in range(1000):
-        pending = any(r.pending_release for r in engine.pipeline.replicas if r.state != "down")
+        pending = any(r.pending_release or r.pending_keep or r.pending_evict for r in engine.pipeline.replicas
+                      if r.state != "down")
         if not engine.num_in_flight and not pending:
             for _ in range(5):  # the last Release calls finish
                 await asyncio.sleep(0)
