@@ -201,6 +201,11 @@ class Bench:
 
         run_speculative(self.rep, self.args, self.w, self.run_dir, self.node_threads, self.save)
 
+    def prefix(self) -> None:
+        from bench.prefix import run_prefix
+
+        run_prefix(self.rep, self.w, self.run_dir, self.node_threads)
+
     def scale(self) -> None:
         from bench.scale_run import run_scale
 
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         ("netns", bench.netns, args.skip_netns),
         ("speculative", bench.speculative, args.skip_speculative),
         ("scale", bench.scale, args.skip_scale),
+        ("prefix", bench.prefix, args.skip_prefix),
     ]
     code = 0
     try:

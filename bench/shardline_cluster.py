@@ -36,7 +36,8 @@ class NodePlan:
 
 
 def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_port: int, threads: int,
-                 pipeline_depth: int | None, fmt: WeightFormat = FLOAT32) -> None:
+                 pipeline_depth: int | None, fmt: WeightFormat = FLOAT32, coordinator: dict[str, Any] | None = None
+                 ) -> None:
     tok_port, api_port = free_ports(2)
     entries: list[dict[str, Any]] = []
     for i, n in enumerate(nodes):
@@ -48,7 +49,7 @@ def write_config(path: Path, workload: Workload, nodes: list[NodePlan], coord_po
                     "quantization": fmt.quantization, "device": "cpu",
                     "nodes": [n.node_id for n in nodes], "kv_cache_tokens": 32768}],
         "nodes": entries,
-        "coordinator": {"address": f"127.0.0.1:{coord_port}"},
+        "coordinator": {"address": f"127.0.0.1:{coord_port}", **(coordinator or {})},
         "tokenizer": {"address": f"127.0.0.1:{tok_port}"},
         "api": {"host": "127.0.0.1", "port": api_port},
     }

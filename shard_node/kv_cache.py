@@ -99,8 +99,13 @@ class KVCache:
 
     @property
     def used_tokens(self) -> int:
-        """Reserved by sequences (less what they took from the prefix cache) and held by the prefix cache."""
-        return sum(s.capacity - s.shared_tokens for s in self._seqs.values()) + self.cached_tokens
+        """Reserved by sequences and held by the prefix cache (what admission counts)."""
+        return self.reserved_tokens + self.cached_tokens
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Reserved by live sequences, less the positions they took from the prefix cache."""
+        return sum(s.capacity - s.shared_tokens for s in self._seqs.values())
 
     @property
     def cached_blocks(self) -> int:

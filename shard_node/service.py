@@ -91,7 +91,7 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             dtype=tensors.DTYPE_NAMES[runner.dtype], device=str(runner.device), architecture=spec.model_type,
             has_embedding=runner.model.embed_tokens is not None, has_head=runner.is_last,
             weight_bytes=runner.model.weight_bytes(), layer_weight_bytes=runner.model.layer_weight_bytes(),
-            kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.used_tokens,
+            kv_capacity_tokens=runner.kv.capacity_tokens, kv_used_tokens=runner.kv.reserved_tokens,
             num_sequences=runner.kv.num_sequences, hidden_size=spec.hidden_size, vocab_size=spec.vocab_size,
             kv_capacity_bytes=runner.kv.capacity_tokens * runner.kv.bytes_per_token,
             quantization=runner.quantization, kernel=runner.kernel, kv_block_size=runner.kv.block_size,

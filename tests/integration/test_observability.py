@@ -92,6 +92,10 @@ def test_prometheus_scrapes_every_service_and_the_main_series_move(observed: Run
     moved = {
         "shardline_generation_tokens_total": 6,
         "shardline_prompt_tokens_total": 6,
+        "shardline_prefix_cache_queries_total": 6,
+        "shardline_prefix_cache_hits_total": 16,  # three chats of the same template: their first block at least
+        "shardline_prefix_cache_hit_rate": 1e-6,
+        "shardline_prefix_cache_blocks": 1,
         f"shardline_request_success_total{{{labelled}}}": 6,
         "shardline_time_to_first_token_seconds_count": 6,
         "shardline_inter_token_latency_seconds_count": 1,

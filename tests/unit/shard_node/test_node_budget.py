@@ -37,7 +37,7 @@ def fake_runner(fail: set[str]) -> Any:
                                 embed_tokens=None)
         kv = SimpleNamespace(capacity_tokens=kv_tokens, bytes_per_token=size.kv_bytes // kv_tokens, used_tokens=0,
                              num_sequences=0, block_size=16, num_blocks=kv_tokens // 16, used_blocks=0,
-                             cached_blocks=0)
+                             cached_blocks=0, reserved_tokens=0)
         return SimpleNamespace(name=name, model_dir=model_dir, spec=spec, layers=layers, dtype=dtype,
                                device=device, model=model, kv=kv, is_last=True, quantization=quantization,
                                kernel=kernel_description(quantization, device))
