@@ -27,6 +27,7 @@ from protos.data_structures import (
 
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256  # per stop string; also the native routes' bound (api/schemas.py)
+MAX_CHOICES = 16  # n and best_of: generations one request may start
 
 
 def check_stop_lengths(stops: list[str]) -> None:
@@ -57,7 +58,8 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} stop strings of at most "
                                          f"{MAX_STOP_CHARS} characters, applied on the text; the stop string itself "
                                          "is not returned")
-    n: int | None = Field(None, description="number of choices; only 1 is supported")
+    n: int | None = Field(None, description=f"number of choices, at most {MAX_CHOICES}; they share the prompt's KV "
+                          "(its prefill runs once), and with a seed choice i samples with seed + i")
     stream: bool = Field(False, description="stream chunks as server-sent events, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False,
@@ -90,8 +92,8 @@ class SamplingRequest(BaseModel):
     @field_validator("n")
     @classmethod
     def _check_n(cls, v: int | None) -> int | None:
-        if v not in (None, 1):
-            raise ValueError(f"n is {v}, but only n = 1 is supported: send one request per choice")
+        if v is not None and not 1 <= v <= MAX_CHOICES:
+            raise ValueError(f"n is {v}; it must be in [1, {MAX_CHOICES}]")
         return v
 
     @field_validator("logit_bias")
@@ -210,7 +212,8 @@ class CompletionRequest(SamplingRequest):
     echo: bool = Field(False, description="prepend the prompt to the returned text (with logprobs: the prompt's "
                        "tokens first, the first one with null log-probability)")
     suffix: str | None = Field(None, description="not supported")
-    best_of: int | None = Field(None, description="only 1 is supported")
+    best_of: int | None = Field(None, description=f"generate this many (n <= best_of <= {MAX_CHOICES}) and return the "
+                                "n with the highest cumulative log-probability; not with stream")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="return the log-probability of "
                                  "each output token and of this many most likely tokens at its position")
 
@@ -242,9 +245,10 @@ class CompletionRequest(SamplingRequest):
 
     @field_validator("best_of")
     @classmethod
-    def _check_best_of(cls, v: int | None) -> int | None:
-        if v not in (None, 1):
-            raise ValueError(f"best_of is {v}, but only 1 is supported")
+    def _check_best_of(cls, v: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n") or 1
+        if v is not None and not n <= v <= MAX_CHOICES:
+            raise ValueError(f"best_of is {v}; it must be in [n = {n}, {MAX_CHOICES}]")
         return v
 
     @property

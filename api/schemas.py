@@ -6,7 +6,7 @@ removed at runtime) in api/admin_schemas.py."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -16,8 +16,30 @@ from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_REPETITION_PENALTY,
     MAX_TEMPERATURE,
+    MAX_TOP_LOGPROBS,
     MIN_REPETITION_PENALTY,
 )
+
+MAX_HISTORY_TURNS = 256  # earlier turns of a conversation sent with one request
+
+
+class ChatTurn(BaseModel):
+    """One earlier turn of a conversation (the web UI sends them all with each new message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., max_length=200_000)
+
+
+class TokenLogprob(BaseModel):
+    """A generated token with its log-probability and the most likely tokens at its position (OpenAI's chat
+    shape)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def _utf8_encodable(value: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +73,15 @@ class ProcessRequest(BaseModel):
     ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
     speculative: bool = Field(True, description="false: one token per step, no draft tokens verified (the output is "
                               "the same either way); true: the model's setting")
+    history: list[ChatTurn] = Field(default_factory=list, max_length=MAX_HISTORY_TURNS,
+                                    description="with the chat template: the conversation before `text`, oldest "
+                                    "first (`text` is the next user message); repeated prefixes come from the "
+                                    "prefix cache")
+    logprobs: bool = Field(False, description="return each generated token's log-probability")
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS, description="with logprobs: this many most likely "
+                              "tokens at each position")
+    json_schema: dict[str, Any] | None = Field(None, description="structured output: the answer is JSON valid "
+                                               "against this schema, enforced while decoding")
 
     @field_validator("stop")
     @classmethod
@@ -90,6 +121,7 @@ class ProcessResponse(BaseModel):
                                     "node that carried the request (after a failover, the replica it moved to)")
     failovers: int = Field(0, description="times the request moved to replicas after a node was lost")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = Field(None, description="with logprobs: one per generated token")
 
 
 class StreamStage(BaseModel):
@@ -123,6 +155,7 @@ class StreamToken(BaseModel):
     tokens: int = Field(..., description="tokens generated so far")
     elapsedMs: float
     tokensPerSecond: float
+    logprobs: list[TokenLogprob] | None = Field(None, description="with logprobs: of this delta's tokens")
 
 
 class TokenizeRequest(BaseModel):

@@ -15,6 +15,7 @@ from api.backend import Backend
 from api.deps import get_backend
 from api.errors import ApiError
 from api.generation import Generation, TextChunk
+from api.logprobs import ChosenToken, chat_logprobs
 from api.openai_responses import SpeculativeUsage
 from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, json_data, named_events, sse_content
 from api.schemas import (
@@ -30,9 +31,11 @@ from api.schemas import (
     StreamToken,
     TokenizeRequest,
     TokenizeResponse,
+    TokenLogprob,
     Usage,
 )
 from api.streaming import EventStreamResponse, event_stream, sse, until_disconnected
+from api.structured import json_schema_grammar
 from protos import coordinator_pb2
 from protos.data_structures import SamplingParams
 
@@ -54,15 +57,20 @@ async def _prepare(backend: Backend, body: ProcessRequest) -> tuple[coordinator_
     info = await backend.model(body.model)
     await backend.check_queue(info)
     chat = await backend.has_chat_template(info.name) if body.chat is None else body.chat
+    if body.history and not chat:
+        raise ApiError(400, "history needs the chat template (chat: true, and a model that has one)", "history")
     if chat:
-        prompt_ids = await backend.encode_chat(info.name, [{"role": "user", "content": body.text}], "text")
+        messages = [*(t.model_dump() for t in body.history), {"role": "user", "content": body.text}]
+        prompt_ids = await backend.encode_chat(info.name, messages, "text")
     else:
         prompt_ids = await backend.encode(info.name, body.text, param="text")
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, prompt_param="text")
-    sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty)
+    sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.seed, body.repetition_penalty,
+                              logprobs=body.top_logprobs if body.logprobs else None)
+    grammar = "" if body.json_schema is None else await json_schema_grammar(body.json_schema, "json_schema")
     assert isinstance(body.stop, list)  # ProcessRequest._check_stop stores every stop as a list
     gen = Generation(backend, info.name, prompt_ids, max_tokens, sampling, body.stop, uuid.uuid4().hex[:12],
-                     body.ignore_eos, body.speculative)
+                     body.ignore_eos, body.speculative, grammar=grammar)
     logger.info("request %s: %s model=%s prompt=%d tokens max_tokens=%d", gen.request_id, "process", info.name,
                 len(prompt_ids), max_tokens)
     return info, gen
@@ -80,7 +88,7 @@ def _stages(info: coordinator_pb2.ModelInfo, seconds: list[float], route: list[s
 
 
 def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: TextChunk,
-            metadata: dict[str, Any]) -> ProcessResponse:
+            metadata: dict[str, Any], logprobs: list[TokenLogprob] | None = None) -> ProcessResponse:
     times = gen.times
     elapsed_ms = ((times.finished or time.perf_counter()) - times.started) * 1000
     ttft = times.ttft_s
@@ -95,7 +103,7 @@ def _result(info: coordinator_pb2.ModelInfo, gen: Generation, text: str, last: T
                                          speculative=SpeculativeUsage(proposed=last.draft_proposed,
                                                                       accepted=last.draft_accepted)),
         finish_reason=last.finish_reason, stages=_stages(info, last.stage_seconds, last.route),
-        failovers=last.failovers, metadata=metadata)
+        failovers=last.failovers, metadata=metadata, logprobs=logprobs)
 
 
 @router.post("/api/model/process", response_model=ProcessResponse, responses=ERROR_RESPONSES)
@@ -103,12 +111,25 @@ async def process(body: ProcessRequest, request: Request, backend: Backend = Dep
     """Generates a completion for `text` through the whole pipeline and returns it at once, with its timings."""
     info, gen = await _prepare(backend, body)
 
-    async def run() -> tuple[str, TextChunk]:
+    async def run() -> tuple[str, TextChunk, list[ChosenToken]]:
         await gen.start()
-        return await gen.text()
+        parts, logprobs = [], []
+        async for chunk in gen.chunks():
+            parts.append(chunk.text)
+            logprobs += chunk.logprobs
+            if chunk.finish_reason:
+                return "".join(parts), chunk, logprobs
+        raise ApiError(502, "the generation ended without a finish reason")
 
-    text, last = await until_disconnected(request, run())
-    return _result(info, gen, text, last, body.metadata)
+    text, last, logprobs = await until_disconnected(request, run())
+    return _result(info, gen, text, last, body.metadata, _logprobs(body, logprobs))
+
+
+def _logprobs(body: ProcessRequest, tokens: list[ChosenToken]) -> list[TokenLogprob] | None:
+    """The tokens' log-probabilities as the native routes give them (None unless asked)."""
+    if not body.logprobs:
+        return None
+    return [TokenLogprob(**t) for t in chat_logprobs(tokens)["content"]]
 
 
 @router.post("/api/model/stream", response_class=EventStreamResponse, responses={
@@ -125,6 +146,7 @@ async def stream(body: ProcessRequest, request: Request, backend: Backend = Depe
         yield sse(StreamStart(id=gen.request_id, model=info.name, promptTokens=len(gen.prompt_ids),
                               maxTokens=gen.max_tokens, nodeCount=info.num_stages, stages=stages).model_dump(), "start")
         parts: list[str] = []
+        chosen: list[ChosenToken] = []
         first_sent = False
         try:
             async for chunk in gen.chunks():
@@ -133,14 +155,17 @@ async def stream(body: ProcessRequest, request: Request, backend: Backend = Depe
                     yield sse(StreamFirstToken(timeToFirstToken=round((gen.times.ttft_s or 0) * 1000, 1),
                                                queueTime=round(chunk.queue_seconds * 1000, 1)).model_dump(),
                               "first_token")
-                if chunk.text:
+                chosen += chunk.logprobs
+                if chunk.text or (body.logprobs and chunk.logprobs):
                     parts.append(chunk.text)
                     yield sse(StreamToken(
                         text=chunk.text, tokens=chunk.completion_tokens,
                         elapsedMs=round((time.perf_counter() - gen.times.started) * 1000, 1),
-                        tokensPerSecond=round(gen.times.decode_rate(chunk.completion_tokens), 2)).model_dump(), "token")
+                        tokensPerSecond=round(gen.times.decode_rate(chunk.completion_tokens), 2),
+                        logprobs=_logprobs(body, chunk.logprobs)).model_dump(), "token")
                 if chunk.finish_reason:
-                    yield sse(_result(info, gen, "".join(parts), chunk, body.metadata).model_dump(), "done")
+                    yield sse(_result(info, gen, "".join(parts), chunk, body.metadata,
+                                      _logprobs(body, chosen)).model_dump(), "done")
         except ApiError as e:
             logger.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
             yield sse(e.body(), "error")

@@ -7,18 +7,20 @@ an error after that arrives as a ``data: {"error": ...}`` event followed by ``da
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.backend import Backend
+from api.choices import Choice, choice_sampling, collect_choices, log_done, start_choices, stream_choices, usage_of
 from api.deps import get_backend, get_started_at
-from api.errors import ApiError, error_body
-from api.generation import FinishReason, Generation, TextChunk
+from api.errors import ApiError
+from api.generation import FinishReason, Generation
 from api.logprobs import ChosenToken, chat_logprobs, completion_logprobs
 from api.openai_responses import (
     AssistantMessage,
@@ -32,9 +34,9 @@ from api.openai_responses import (
     ModelList,
     UsageInfo,
 )
-from api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from api.openai_schemas import ChatCompletionRequest, CompletionRequest
 from api.routes import ERROR_RESPONSES, openai_events, sse_content
-from api.streaming import event_stream, sse, until_disconnected
+from api.streaming import event_stream, sse
 from api.structured import json_schema_grammar
 from api.tools import plan_tools, read_answer, render_messages
 
@@ -70,80 +72,6 @@ async def get_model(model: str, backend: Backend = Depends(get_backend), created
                      num_stages=m.num_stages)
 
 
-async def _first(request: Request, gen: Generation, chunks: AsyncGenerator[TextChunk, None]) -> TextChunk:
-    """Starts the generation and waits for its first text (or its end); cancelled if the client leaves."""
-    async def run() -> TextChunk:
-        await gen.start()
-        return await anext(chunks)
-
-    try:
-        return await until_disconnected(request, run())
-    except BaseException:
-        gen.cancel()
-        raise
-
-
-MakeChunk = Callable[[str, list[ChosenToken], FinishReason | None, UsageInfo | None], dict[str, Any]]
-
-
-def _stream(gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk, None], body: SamplingRequest,
-            make: MakeChunk, opening: dict[str, Any] | None = None) -> StreamingResponse:
-    """SSE of OpenAI chunks; ``make(text, logprobs, finish_reason, usage)`` builds one chunk's JSON."""
-    async def events() -> AsyncIterator[str]:
-        try:
-            if opening is not None:
-                yield sse(opening)
-            chunk = first
-            while True:
-                if chunk.text or chunk.logprobs:
-                    yield sse(make(chunk.text, chunk.logprobs, None, None))
-                if chunk.finish_reason:
-                    yield sse(make("", [], chunk.finish_reason, None))
-                    if body.include_usage:
-                        yield sse(make("", [], None, _usage(chunk)))
-                    _log_done(gen, chunk)
-                    break
-                chunk = await anext(chunks)
-        except ApiError as e:
-            logger.warning("request %s failed mid-stream: %s", gen.request_id, e.message)
-            yield sse(error_body(e.status, e.message, e.param))
-        finally:
-            await chunks.aclose()  # cancels the generation when the client went away
-        yield "data: [DONE]\n\n"
-
-    return event_stream(events())
-
-
-def _usage(last: TextChunk) -> UsageInfo:
-    return UsageInfo.of(last.prompt_tokens, last.completion_tokens, last.draft_proposed, last.draft_accepted,
-                        last.cached_tokens)
-
-
-def _log_done(gen: Generation, last: TextChunk) -> None:
-    times = gen.times
-    end = times.finished or times.started
-    logger.info("request %s done: model=%s prompt=%d completion=%d finish=%s ttft=%s ms total=%.0f ms",
-                gen.request_id, gen.model, last.prompt_tokens, last.completion_tokens, last.finish_reason,
-                "-" if times.ttft_s is None else f"{times.ttft_s * 1000:.0f}", (end - times.started) * 1000)
-
-
-async def _collect(first: TextChunk, chunks: AsyncGenerator[TextChunk, None], request: Request
-                   ) -> tuple[str, list[ChosenToken], TextChunk]:
-    """The whole text, the log-probabilities of its tokens (when asked) and the last chunk."""
-    async def rest() -> tuple[str, list[ChosenToken], TextChunk]:
-        parts, logprobs, last = [first.text], list(first.logprobs), first
-        while not last.finish_reason:
-            last = await anext(chunks)
-            parts.append(last.text)
-            logprobs += last.logprobs
-        return "".join(parts), logprobs, last
-
-    try:
-        return await until_disconnected(request, rest())
-    finally:
-        await chunks.aclose()
-
-
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_streamed(ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request, backend: Backend = Depends(get_backend)
                            ) -> ChatCompletionResponse | StreamingResponse:
@@ -160,60 +88,72 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, backen
     prompt_ids = await backend.encode_chat(info.name, render_messages([m.as_dict() for m in body.messages], tools))
     max_tokens = backend.fit(info, len(prompt_ids), body.token_limit, prompt_param="messages",
                              max_param=body.limit_field)
-    gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"chatcmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False,
-                     grammar=grammar)
-    logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id, info.name,
-                len(prompt_ids), max_tokens, body.stream)
-    chunks = gen.chunks()
-    first = await _first(request, gen, chunks)
+    request_id, n = f"chatcmpl-{uuid.uuid4().hex[:24]}", body.n or 1
+    if tools is not None and n > 1:
+        raise ApiError(400, "n > 1 cannot be combined with tools (a turn with tools has one answer)", "n")
+    gens = [Generation(backend, info.name, prompt_ids, max_tokens, choice_sampling(body.sampling(), i), body.stops,
+                       _choice_id(request_id, i), body.ignore_eos, body.speculative is not False, grammar=grammar)
+            for i in range(n)]
+    logger.info("request %s: chat model=%s prompt=%d tokens max_tokens=%d n=%d stream=%s", request_id, info.name,
+                len(prompt_ids), max_tokens, n, body.stream)
+    choices = await start_choices(request, gens)
     if tools is not None:
-        return await _tool_answer(request, gen, first, chunks, body)
+        return await _tool_answer(request, choices[0], body)
     if body.stream:
-        def make(text: str, logprobs: list[ChosenToken], finish: FinishReason | None, usage: UsageInfo | None
-                 ) -> dict[str, Any]:
-            out = ChatCompletionChunk(id=gen.request_id, model=info.name, choices=[], usage=usage).model_dump()
+        def make(index: int, text: str, logprobs: list[ChosenToken], finish: FinishReason | None,
+                 usage: UsageInfo | None) -> dict[str, Any]:
+            out = ChatCompletionChunk(id=request_id, model=info.name, choices=[], usage=usage).model_dump()
             delta = {"content": text} if text else {}  # OpenAI leaves out what a delta does not change
             if usage is None:
-                out["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish,
+                out["choices"] = [{"index": index, "delta": delta, "finish_reason": finish,
                                    "logprobs": chat_logprobs(logprobs) if body.logprobs and logprobs else None}]
             return out
 
-        opening = make("", [], None, None)
-        opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return _stream(gen, first, chunks, body, make, opening)
-    text, logprobs, last = await _collect(first, chunks, request)
-    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
-    _log_done(gen, last)
+        openings: list[dict[str, Any] | None] = []
+        for i in range(n):
+            opening = make(i, "", [], None, None)
+            opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            openings.append(opening)
+        return stream_choices(choices, body.include_usage, make, openings)
+    collected = await collect_choices(request, choices)
+    for c in collected:
+        log_done(gens[c.index], c.last)
     return ChatCompletionResponse(
-        id=gen.request_id, model=info.name, usage=_usage(last),
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason,
-                            logprobs=chat_logprobs(logprobs) if body.logprobs else None)])
+        id=request_id, model=info.name, usage=usage_of([c.last for c in collected]),
+        choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
+                            finish_reason=c.last.finish_reason or "stop",
+                            logprobs=chat_logprobs(c.logprobs) if body.logprobs else None) for c in collected])
 
 
-async def _tool_answer(request: Request, gen: Generation, first: TextChunk, chunks: AsyncGenerator[TextChunk, None],
-                       body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+def _choice_id(request_id: str, index: int) -> str:
+    """The coordinator's request id of choice ``index`` (the first keeps the response's)."""
+    return request_id if index == 0 else f"{request_id}-{index}"
+
+
+async def _tool_answer(request: Request, choice: Choice, body: ChatCompletionRequest
+                       ) -> ChatCompletionResponse | StreamingResponse:
     """A turn with tools: the whole JSON answer (api/tools.py), as calls or words; streamed as one delta."""
-    text, logprobs, last = await _collect(first, chunks, request)
-    _log_done(gen, last)
-    content, calls = read_answer(text)
-    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
+    [whole] = await collect_choices(request, [choice])
+    gen, last = choice.gen, whole.last
+    log_done(gen, last)
+    content, calls = read_answer(whole.text)
+    assert last.finish_reason  # collected up to the last chunk, the one with a finish reason
     finish: Literal["stop", "length", "tool_calls"] = "tool_calls" if calls else last.finish_reason
-    choice = ChatChoice(message=AssistantMessage(content=content, tool_calls=calls or None), finish_reason=finish,
-                        logprobs=chat_logprobs(logprobs) if body.logprobs else None)
+    choice_out = ChatChoice(message=AssistantMessage(content=content, tool_calls=calls or None), finish_reason=finish,
+                            logprobs=chat_logprobs(whole.logprobs) if body.logprobs else None)
     if not body.stream:
-        return ChatCompletionResponse(id=gen.request_id, model=gen.model, usage=_usage(last), choices=[choice])
+        return ChatCompletionResponse(id=gen.request_id, model=gen.model, usage=usage_of([last]), choices=[choice_out])
     head = ChatCompletionChunk(id=gen.request_id, model=gen.model, choices=[]).model_dump()
     delta: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         delta["tool_calls"] = [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]
 
     async def events() -> AsyncIterator[str]:
-        yield sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice.logprobs,
+        yield sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": choice_out.logprobs,
                                         "finish_reason": None}]})
         yield sse({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
         if body.include_usage:
-            yield sse({**head, "usage": _usage(last).model_dump()})
+            yield sse({**head, "usage": usage_of([last]).model_dump()})
         yield "data: [DONE]\n\n"
 
     return event_stream(events())
@@ -229,42 +169,54 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     prompt_ids = body.prompt_token_ids if prompt_text is None else await backend.encode(info.name, prompt_text)
     max_tokens = backend.fit(info, len(prompt_ids), body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
     wants_logprobs = body.logprobs is not None
-    gen = Generation(backend, info.name, prompt_ids, max_tokens, body.sampling(), body.stops,
-                     f"cmpl-{uuid.uuid4().hex[:24]}", body.ignore_eos, body.speculative is not False,
-                     prompt_logprobs=body.echo and wants_logprobs)
-    logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d stream=%s", gen.request_id,
-                info.name, len(prompt_ids), max_tokens, body.stream)
+    request_id, n = f"cmpl-{uuid.uuid4().hex[:24]}", body.n or 1
+    best_of = max(body.best_of or n, n)  # the n with the highest cumulative log-probability of best_of are returned
+    if body.stream and best_of > n:
+        raise ApiError(400, f"best_of ({best_of}) > n ({n}) cannot be streamed: the best are known at the end",
+                       "best_of")
+    sampling = body.sampling()
+    if best_of > n and sampling.logprobs is None:  # ranking needs every chosen token's log-probability
+        sampling = dataclasses.replace(sampling, logprobs=0)
+    gens = [Generation(backend, info.name, prompt_ids, max_tokens, choice_sampling(sampling, i), body.stops,
+                       _choice_id(request_id, i), body.ignore_eos, body.speculative is not False,
+                       prompt_logprobs=i == 0 and body.echo and wants_logprobs) for i in range(best_of)]
+    logger.info("request %s: completion model=%s prompt=%d tokens max_tokens=%d n=%d best_of=%d stream=%s",
+                request_id, info.name, len(prompt_ids), max_tokens, n, best_of, body.stream)
     echo = ""
     if body.echo:
         echo = prompt_text if prompt_text is not None else await backend.decode(info.name, prompt_ids)
-    chunks = gen.chunks()
-    first = await _first(request, gen, chunks)
+    choices = await start_choices(request, gens)
+    prompt_lp = await _prompt_logprobs(backend, gens[0]) if gens[0].prompt_logprobs else None
     if body.stream:
-        sent = len(echo)  # characters of the choice's text so far (log-probabilities' text_offset)
+        sent = [len(echo)] * n  # characters of each choice's text so far (log-probabilities' text_offset)
 
-        def make(text: str, logprobs: list[ChosenToken], finish: FinishReason | None, usage: UsageInfo | None
-                 ) -> dict[str, Any]:
-            nonlocal sent
-            lp = completion_logprobs(logprobs, sent) if wants_logprobs and logprobs else None
-            sent += len(text)
-            choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish, logprobs=lp)]
-            return CompletionChunk(id=gen.request_id, model=info.name, choices=choices,
+        def make(index: int, text: str, logprobs: list[ChosenToken], finish: FinishReason | None,
+                 usage: UsageInfo | None) -> dict[str, Any]:
+            lp = completion_logprobs(logprobs, sent[index]) if wants_logprobs and logprobs else None
+            sent[index] += len(text)
+            parts = [] if usage else [CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]
+            return CompletionChunk(id=request_id, model=info.name, choices=parts,
                                    usage=usage).model_dump(exclude_none=False)
 
-        opening = make(echo, [], None, None) if echo else None
-        if opening is not None and gen.prompt_logprobs:
-            opening["choices"][0]["logprobs"] = await _prompt_logprobs(backend, gen)
-        return _stream(gen, first, chunks, body, make, opening)
-    text, logprobs, last = await _collect(first, chunks, request)
-    assert last.finish_reason  # _collect reads up to the last chunk, the one with a finish reason
-    _log_done(gen, last)
-    lp = completion_logprobs(logprobs, len(echo)) if wants_logprobs else None
-    if lp is not None and gen.prompt_logprobs:
-        prompt_lp = await _prompt_logprobs(backend, gen)
-        lp = {key: prompt_lp[key] + values for key, values in lp.items()}
-    return CompletionResponse(
-        id=gen.request_id, model=info.name, usage=_usage(last),
-        choices=[CompletionChoice(text=echo + text, finish_reason=last.finish_reason, logprobs=lp)])
+        openings: list[dict[str, Any] | None] = [make(i, echo, [], None, None) if echo else None for i in range(n)]
+        for opening in openings:
+            if opening is not None and prompt_lp is not None:
+                opening["choices"][0]["logprobs"] = prompt_lp
+        return stream_choices(choices, body.include_usage, make, openings)
+    collected = await collect_choices(request, choices)
+    for c in collected:
+        log_done(gens[c.index], c.last)
+    usage = usage_of([c.last for c in collected])  # every sequence generated counts, as OpenAI bills best_of
+    if best_of > n:
+        collected = sorted(collected, key=lambda c: -c.cumulative_logprob)[:n]
+    out = []
+    for index, c in enumerate(collected):
+        lp = completion_logprobs(c.logprobs, len(echo)) if wants_logprobs else None
+        if lp is not None and prompt_lp is not None:
+            lp = {key: prompt_lp[key] + values for key, values in lp.items()}
+        out.append(CompletionChoice(index=index, text=echo + c.text, finish_reason=c.last.finish_reason or "stop",
+                                    logprobs=lp))
+    return CompletionResponse(id=request_id, model=info.name, usage=usage, choices=out)
 
 
 async def _prompt_logprobs(backend: Backend, gen: Generation) -> dict[str, Any]:

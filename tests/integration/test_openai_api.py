@@ -163,8 +163,8 @@ def test_client_errors_through_openai(cluster: RunningCluster) -> None:
         c.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
     assert "gpt-9" in str(e.value)
     with pytest.raises(openai.UnprocessableEntityError) as e:
-        c.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "hi"}], n=2)
-    assert "n = 1" in str(e.value)
+        c.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "hi"}], n=17)
+    assert "[1, 16]" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model="tiny-llama-2way", prompt="word " * 400)
     assert "256" in str(e.value) and "prompt" in str(e.value)
@@ -179,7 +179,7 @@ def test_client_errors_through_openai(cluster: RunningCluster) -> None:
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
-    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21},
      "top_logprobs"),
@@ -194,7 +194,8 @@ def test_client_errors_through_openai(cluster: RunningCluster) -> None:
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": "often"}, "stream"),
     ("completions", {"prompt": ""}, "prompt"),
     ("completions", {"prompt": ["a", "b"]}, "prompt"),
-    ("completions", {"prompt": "hi", "best_of": 2}, "best_of"),
+    ("completions", {"prompt": "hi", "n": 3, "best_of": 2}, "best_of"),
+    ("completions", {"prompt": "hi", "best_of": 17}, "best_of"),
     ("completions", {"prompt": "hi", "suffix": "end"}, "suffix"),
 ])
 def test_invalid_fields_are_422_naming_the_field(cluster: RunningCluster, path: str, body: dict, param: str) -> None:
