@@ -120,31 +120,10 @@ def stream_choices(choices: list[Choice], include_usage: bool, make: MakeChunk,
                    openings: list[dict[str, Any] | None]) -> StreamingResponse:
     """SSE of OpenAI chunks, the choices' interleaved as their tokens come; ``make`` builds one chunk's JSON, and
     ``openings[i]`` (if any) goes first for choice i. A failure after the start arrives as an error event."""
-    async def pump(c: Choice, out: asyncio.Queue[str | Exception | None], lasts: list[TextChunk | None]) -> None:
-        """Choice c's chunks into ``out``, then None (or the exception that ended it)."""
-        try:
-            opening = openings[c.index]
-            if opening is not None:
-                await out.put(sse(opening))
-            chunk = c.first
-            while True:
-                if chunk.text or chunk.logprobs:
-                    await out.put(sse(make(c.index, chunk.text, chunk.logprobs, None, None)))
-                if chunk.finish_reason:
-                    await out.put(sse(make(c.index, "", [], chunk.finish_reason, None)))
-                    lasts[c.index] = chunk
-                    log_done(c.gen, chunk)
-                    break
-                chunk = await anext(c.chunks)
-        except Exception as e:  # noqa: BLE001 - handed to the stream, which reports it and stops the others
-            await out.put(e)
-            return
-        await out.put(None)
-
     async def events() -> AsyncIterator[str]:
         out: asyncio.Queue[str | Exception | None] = asyncio.Queue()
         lasts: list[TextChunk | None] = [None] * len(choices)
-        tasks = [asyncio.create_task(pump(c, out, lasts)) for c in choices]
+        tasks = [asyncio.create_task(_pump(c, make, openings[c.index], out, lasts)) for c in choices]
         try:
             ended = 0
             while ended < len(choices):
@@ -169,3 +148,25 @@ def stream_choices(choices: list[Choice], include_usage: bool, make: MakeChunk,
         yield "data: [DONE]\n\n"
 
     return event_stream(events())
+
+
+async def _pump(c: Choice, make: MakeChunk, opening: dict[str, Any] | None, out: asyncio.Queue[str | Exception | None],
+                lasts: list[TextChunk | None]) -> None:
+    """Choice c's chunks into ``out``, then None (or the exception that ended it)."""
+    try:
+        if opening is not None:
+            await out.put(sse(opening))
+        chunk = c.first
+        while True:
+            if chunk.text or chunk.logprobs:
+                await out.put(sse(make(c.index, chunk.text, chunk.logprobs, None, None)))
+            if chunk.finish_reason:
+                await out.put(sse(make(c.index, "", [], chunk.finish_reason, None)))
+                lasts[c.index] = chunk
+                log_done(c.gen, chunk)
+                break
+            chunk = await anext(c.chunks)
+    except Exception as e:  # noqa: BLE001 - handed to the stream, which reports it and stops the others
+        await out.put(e)
+        return
+    await out.put(None)

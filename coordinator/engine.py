@@ -187,11 +187,7 @@ class ModelEngine:
         for req in self.scheduler.admit():
             req.route_nodes = self.scheduler.lane_routes[req.lane]
             self.publisher.admitted(req)
-        if self.scheduler.prefix is not None:  # cached blocks evicted to make room: the nodes drop them first
-            for node, hashes in self.scheduler.prefix.take_evictions().items():
-                replica = self.pipeline.replica_on(node)
-                if replica is not None and replica.state != "down":
-                    replica.pending_evict.extend(hashes)
+        self.replicas.send_evictions()  # cached blocks evicted to make room: the nodes drop them first
 
     def _issue(self) -> None:
         """One micro-batch for every idle lane whose route can take it (step -> postprocess -> publish in _run),

@@ -99,6 +99,15 @@ class ReplicaSet:
             {r.node_id: r.kv_capacity_tokens for r in replicas if r.kv_capacity_tokens > 0},
             min(ready) if ready else None)
 
+    def send_evictions(self) -> None:
+        """Prefix-cache blocks the scheduler evicted go to their nodes with the next micro-batch or Release."""
+        if self.scheduler.prefix is None:
+            return
+        for node, hashes in self.scheduler.prefix.take_evictions().items():
+            replica = self.pipeline.replica_on(node)
+            if replica is not None and replica.state != "down":
+                replica.pending_evict.extend(hashes)
+
     # ----- node events ------------------------------------------------------------------------------------
 
     def _on_stream_lost(self, stream: ForwardStream, why: str) -> None:

@@ -22,9 +22,10 @@ import time
 from collections import deque
 
 from coordinator.batch import BatchEntry, MicroBatchPlan, NewTokens, StepOutcome, drafts_for, take_tokens
+from coordinator.kv_admission import place
 from coordinator.prefix_cache import PrefixIndex
 from coordinator.request import Request, RequestStatus
-from protos.data_structures import KV_BLOCK_SIZE, TokenLogprobs
+from protos.data_structures import TokenLogprobs
 
 __all__ = ["BatchEntry", "MicroBatchPlan", "NeverFits", "QueueFull", "Scheduler", "StepOutcome"]
 
@@ -119,7 +120,7 @@ class Scheduler:
         sizes = self._lane_sizes()
         while self.waiting and len(self.running) < self.max_running:
             req = self.waiting[0]
-            placed = self._place(req, sorted(self.usable, key=lambda lane: (sizes[lane], lane)), reserved)
+            placed = place(self, req, sizes, reserved)
             if placed is None:
                 break
             lane, cached = placed
@@ -137,38 +138,6 @@ class Scheduler:
             self.running.append(req)
             admitted.append(req)
         return admitted
-
-    def _place(self, req: Request, lanes: list[int], reserved: dict[str, int]) -> tuple[int, list[int]] | None:
-        """The lane for ``req`` (of ``lanes``, least loaded first) and the cached blocks it starts on there: the lane
-        with the most of them that has room, else one where evicting unused cached blocks makes room."""
-        hashes = self.cacheable_blocks(req)
-        cached = {x: hashes[:self.prefix.hits(self.lane_routes[x], hashes)] if self.prefix and hashes else []
-                  for x in lanes}
-        lanes = sorted(lanes, key=lambda x: -len(cached[x]))
-        for x in lanes:
-            if self.lane_has_room(x, req.reserved_tokens - len(cached[x]) * KV_BLOCK_SIZE, reserved):
-                return x, cached[x]
-        if self.prefix is None:
-            return None
-        pinned = {h for r in self.running for h in r.prefix_hashes}
-        for x in lanes:
-            need = req.reserved_tokens - len(cached[x]) * KV_BLOCK_SIZE
-            keep = pinned | set(cached[x])
-            short = {n: reserved.get(n, 0) + need - self.node_capacity.get(n, self.kv_capacity_tokens)
-                     for n in self.lane_routes[x]}
-            if short and all(s <= self.prefix.evictable(n, keep) * KV_BLOCK_SIZE for n, s in short.items()):
-                for n, s in short.items():
-                    if s > 0:
-                        gone = self.prefix.evict(n, -(-s // KV_BLOCK_SIZE), keep)
-                        reserved[n] = reserved.get(n, 0) - len(gone) * KV_BLOCK_SIZE
-                return x, cached[x]
-        return None
-
-    def cacheable_blocks(self, req: Request) -> list[int]:
-        """The names of the context blocks ``req`` could start on: its full blocks before its newest token."""
-        if self.prefix is None or not req.use_prefix_cache or req.prompt_logprobs:
-            return []
-        return req.context_hashes((req.num_context_tokens - 1) // KV_BLOCK_SIZE)
 
     def requeue_front(self, reqs: list[Request]) -> None:
         """Puts running requests back at the head of the queue, in their order (their route lost a node)."""

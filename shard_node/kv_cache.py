@@ -22,7 +22,6 @@ slot, kept at zero.
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from protos.data_structures import KV_BLOCK_SIZE
+from shard_node.block_pool import BlockPool, PoolExhausted
 
 if TYPE_CHECKING:
     from shard_node.grammar import SequenceGrammar
@@ -85,9 +85,7 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)  # inference mode
         self.k[:, PAD_SLOT].zero_()  # what padded reads see: zeros (unwritten slots may hold NaN, and a masked
         self.v[:, PAD_SLOT].zero_()  # key's weight 0 times NaN is NaN)
-        self._runs: list[tuple[int, int]] = [(1, self.num_blocks)]  # free (first block, count), by first block
-        self._free_blocks = self.num_blocks
-        self._refs = [0] * (self.num_blocks + 1)
+        self._pool = BlockPool(self.num_blocks)
         self._seqs: dict[str, SequenceCache] = {}
         self._cached: dict[int, tuple[int, int]] = {}  # prefix cache: block hash -> (block, owner that kept it)
         self._lock = threading.Lock()
@@ -117,7 +115,7 @@ class KVCache:
 
     @property
     def used_blocks(self) -> int:
-        return self.num_blocks - self._free_blocks
+        return self._pool.used
 
     @property
     def num_sequences(self) -> int:
@@ -158,7 +156,7 @@ class KVCache:
             self.check_fits({seq_id: max_tokens - shared_tokens})
             shared = [self._cached[h][0] for h in prefix_hashes]
             for block in shared:
-                self._refs[block] += 1
+                self._pool.share(block)
             own = self._take(blocks_for(max_tokens, self.block_size) - len(shared))
             entry = SequenceCache(seq_id, owner, max_tokens, shared + own, length=shared_tokens,
                                   last_used=self._clock(), shared_tokens=shared_tokens)
@@ -184,7 +182,7 @@ class KVCache:
                     break
                 if h not in self._cached:
                     block = entry.blocks[block_index]
-                    self._refs[block] += 1
+                    self._pool.share(block)
                     self._cached[h] = (block, entry.owner)
                     kept += 1
             return kept
@@ -194,7 +192,7 @@ class KVCache:
         with self._lock:
             gone = [self._cached.pop(h) for h in hashes if h in self._cached]
             for block, _ in gone:
-                self._unref(block)
+                self._pool.drop(block)
             return len(gone)
 
     def fork(self, source: SequenceCache, seq_id: str, owner: int, max_tokens: int,
@@ -209,7 +207,7 @@ class KVCache:
             shared = source.blocks[:min(source.length, max_tokens) // self.block_size if length is None
                                    else length // self.block_size]
             for block in shared:
-                self._refs[block] += 1
+                self._pool.share(block)
             own = self._take(blocks_for(max_tokens, self.block_size) - len(shared))
             entry = SequenceCache(seq_id, owner, max_tokens, shared + own, length=len(shared) * self.block_size,
                                   last_used=self._clock())
@@ -238,7 +236,7 @@ class KVCache:
             for s in gone:
                 self._drop_blocks(self._seqs.pop(s))
             for h in [h for h, (_, o) in self._cached.items() if o == owner]:
-                self._unref(self._cached.pop(h)[0])
+                self._pool.drop(self._cached.pop(h)[0])
             return len(gone)
 
     def release_idle(self, idle_s: float) -> list[str]:
@@ -261,49 +259,14 @@ class KVCache:
             return blocks[0] * self.block_size
         return None
 
-    def _take(self, count: int) -> list[int]:
-        """Under the lock: ``count`` free blocks, the smallest run that holds them all, else the largest runs."""
-        if count > self._free_blocks:  # the pool is sized so that admitted sequences always get their blocks
-            raise CacheFull(f"KV pool out of blocks: {count} wanted, {self._free_blocks} of {self.num_blocks} free")
-        taken: list[int] = []
-        while len(taken) < count:
-            need = count - len(taken)
-            fits = [i for i, (_, n) in enumerate(self._runs) if n >= need]
-            i = (min(fits, key=lambda j: self._runs[j][1]) if fits
-                 else max(range(len(self._runs)), key=lambda j: self._runs[j][1]))
-            start, n = self._runs[i]
-            got = min(n, need)
-            taken.extend(range(start, start + got))
-            if got == n:
-                del self._runs[i]
-            else:
-                self._runs[i] = (start + got, n - got)
-        for block in taken:
-            self._refs[block] = 1
-        self._free_blocks -= count
-        return taken
-
     def _drop_blocks(self, entry: SequenceCache) -> None:
         """Under the lock: one reference less on each of the sequence's blocks; a block nobody holds is free."""
         for block in entry.blocks:
-            self._unref(block)
+            self._pool.drop(block)
         entry.blocks = []
 
-    def _unref(self, block: int) -> None:
-        self._refs[block] -= 1
-        if self._refs[block] == 0:
-            self._give(block)
-
-    def _give(self, block: int) -> None:
-        """Under the lock: a free block back among the runs, merged with the runs around it."""
-        i = bisect.bisect_left(self._runs, (block, 0))
-        start, count = block, 1
-        if i > 0 and sum(self._runs[i - 1]) == block:  # the run before ends right here
-            i -= 1
-            start, count = self._runs[i][0], self._runs[i][1] + 1
-            del self._runs[i]
-        if i < len(self._runs) and self._runs[i][0] == start + count:  # the run after starts right after
-            count += self._runs[i][1]
-            del self._runs[i]
-        self._runs.insert(i, (start, count))
-        self._free_blocks += 1
+    def _take(self, count: int) -> list[int]:
+        try:
+            return self._pool.take(count)
+        except PoolExhausted as e:  # the pool is sized so that admitted sequences always get their blocks
+            raise CacheFull(str(e)) from None

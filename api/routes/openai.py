@@ -17,7 +17,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.backend import Backend
-from api.choices import Choice, choice_sampling, collect_choices, log_done, start_choices, stream_choices, usage_of
+from api.choices import (
+    Choice,
+    Collected,
+    choice_sampling,
+    collect_choices,
+    log_done,
+    start_choices,
+    stream_choices,
+    usage_of,
+)
 from api.deps import get_backend, get_started_at
 from api.errors import ApiError
 from api.generation import FinishReason, Generation
@@ -188,35 +197,44 @@ async def completions(body: CompletionRequest, request: Request, backend: Backen
     choices = await start_choices(request, gens)
     prompt_lp = await _prompt_logprobs(backend, gens[0]) if gens[0].prompt_logprobs else None
     if body.stream:
-        sent = [len(echo)] * n  # characters of each choice's text so far (log-probabilities' text_offset)
-
-        def make(index: int, text: str, logprobs: list[ChosenToken], finish: FinishReason | None,
-                 usage: UsageInfo | None) -> dict[str, Any]:
-            lp = completion_logprobs(logprobs, sent[index]) if wants_logprobs and logprobs else None
-            sent[index] += len(text)
-            parts = [] if usage else [CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]
-            return CompletionChunk(id=request_id, model=info.name, choices=parts,
-                                   usage=usage).model_dump(exclude_none=False)
-
-        openings: list[dict[str, Any] | None] = [make(i, echo, [], None, None) if echo else None for i in range(n)]
-        for opening in openings:
-            if opening is not None and prompt_lp is not None:
-                opening["choices"][0]["logprobs"] = prompt_lp
-        return stream_choices(choices, body.include_usage, make, openings)
+        return _streamed_completion(choices, body, request_id, info.name, echo, prompt_lp)
     collected = await collect_choices(request, choices)
     for c in collected:
         log_done(gens[c.index], c.last)
     usage = usage_of([c.last for c in collected])  # every sequence generated counts, as OpenAI bills best_of
-    if best_of > n:
-        collected = sorted(collected, key=lambda c: -c.cumulative_logprob)[:n]
-    out = []
-    for index, c in enumerate(collected):
-        lp = completion_logprobs(c.logprobs, len(echo)) if wants_logprobs else None
-        if lp is not None and prompt_lp is not None:
-            lp = {key: prompt_lp[key] + values for key, values in lp.items()}
-        out.append(CompletionChoice(index=index, text=echo + c.text, finish_reason=c.last.finish_reason or "stop",
-                                    logprobs=lp))
-    return CompletionResponse(id=request_id, model=info.name, usage=usage, choices=out)
+    best = sorted(collected, key=lambda c: -c.cumulative_logprob)[:n] if best_of > n else collected
+    return CompletionResponse(id=request_id, model=info.name, usage=usage,
+                              choices=[_completion_choice(i, c, echo, wants_logprobs, prompt_lp)
+                                       for i, c in enumerate(best)])
+
+
+def _streamed_completion(choices: list[Choice], body: CompletionRequest, request_id: str, model: str, echo: str,
+                         prompt_lp: dict[str, Any] | None) -> StreamingResponse:
+    sent = [len(echo)] * len(choices)  # characters of each choice's text so far (log-probabilities' text_offset)
+    wants_logprobs = body.logprobs is not None
+
+    def make(index: int, text: str, logprobs: list[ChosenToken], finish: FinishReason | None,
+             usage: UsageInfo | None) -> dict[str, Any]:
+        lp = completion_logprobs(logprobs, sent[index]) if wants_logprobs and logprobs else None
+        sent[index] += len(text)
+        parts = [] if usage else [CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]
+        return CompletionChunk(id=request_id, model=model, choices=parts, usage=usage).model_dump(exclude_none=False)
+
+    openings: list[dict[str, Any] | None] = [make(c.index, echo, [], None, None) if echo else None for c in choices]
+    for opening in openings:
+        if opening is not None and prompt_lp is not None:
+            opening["choices"][0]["logprobs"] = prompt_lp
+    return stream_choices(choices, body.include_usage, make, openings)
+
+
+def _completion_choice(index: int, c: Collected, echo: str, wants_logprobs: bool, prompt_lp: dict[str, Any] | None
+                       ) -> CompletionChoice:
+    """One whole choice of a completion, the echoed prompt (and its log-probabilities) first."""
+    lp = completion_logprobs(c.logprobs, len(echo)) if wants_logprobs else None
+    if lp is not None and prompt_lp is not None:
+        lp = {key: prompt_lp[key] + values for key, values in lp.items()}
+    return CompletionChoice(index=index, text=echo + c.text, finish_reason=c.last.finish_reason or "stop",
+                            logprobs=lp)
 
 
 async def _prompt_logprobs(backend: Backend, gen: Generation) -> dict[str, Any]:

@@ -137,6 +137,69 @@ describe("App", () => {
     expect(localStorage.getItem("shardline.apiKey")).toBe("k1");
   });
 
+  it("sends each message with the conversation before it, and starts over on New conversation", async () => {
+    const bodies: Record<string, unknown>[] = [];
+    let n = 0;
+    stack({ "POST /api/model/stream": (init) => {
+      bodies.push(JSON.parse(String(init?.body)));
+      n += 1;
+      const done = { ...DONE, text: `answer ${n}`, usage: { prompt_tokens: 30 * n, completion_tokens: 2, cached_tokens: n > 1 ? 16 : 0 } };
+      return sseResponse([sseText([["start", START], ["token", { text: `answer ${n}`, tokens: 2, elapsedMs: 5, tokensPerSecond: 0 }],
+                                   ["done", done]])]);
+    } });
+    render(<App pollMs={20} />);
+    await ask("first question");
+    await waitFor(() => expect(current().getByTestId("answer").getAttribute("data-status")).toBe("done"));
+    expect(bodies[0].history).toBeUndefined();
+    await ask("second question");
+    await waitFor(() => expect(current().getByTestId("answer-text").textContent).toBe("answer 2"));
+    await waitFor(() => expect(current().getByTestId("answer").getAttribute("data-status")).toBe("done"));
+    expect(bodies[1].history).toEqual([{ role: "user", content: "first question" }, { role: "assistant", content: "answer 1" }]);
+    expect(current().getByTestId("cached").textContent).toBe("16 of 60");
+    expect(current().getAllByTestId("turn")).toHaveLength(1);
+    fireEvent.click(screen.getByRole("button", { name: "New conversation" }));
+    expect(current().queryAllByTestId("turn")).toHaveLength(0);
+    await ask("third question");
+    await waitFor(() => expect(bodies).toHaveLength(3));
+    expect(bodies[2].history).toBeUndefined();
+  });
+
+  it("asks for token logprobs and shows each token with its probability", async () => {
+    const tokens = [{ token: "Paris", logprob: -0.1, top_logprobs: [{ token: "Paris", logprob: -0.1 }, { token: "Lyon", logprob: -2.5 }] },
+                    { token: ".", logprob: -0.01, top_logprobs: [] }];
+    let body: Record<string, unknown> = {};
+    stack({ "POST /api/model/stream": (init) => {
+      body = JSON.parse(String(init?.body));
+      return sseResponse([sseText([["start", START], ["token", { text: "Paris.", tokens: 2, elapsedMs: 5, tokensPerSecond: 0, logprobs: tokens }],
+                                   ["done", { ...DONE, text: "Paris.", logprobs: tokens }]])]);
+    } });
+    render(<App pollMs={20} />);
+    fireEvent.click(await screen.findByLabelText("Token logprobs"));
+    await ask("Capital of France?");
+    await waitFor(() => expect(current().getAllByTestId("token")).toHaveLength(2));
+    expect(body.logprobs).toBe(true);
+    expect(body.top_logprobs).toBe(5);
+    const first = current().getAllByTestId("token")[0];
+    expect(first.textContent).toBe("Paris");
+    expect(first.getAttribute("title")).toBe('"Paris": logprob -0.100 (90.5%); most likely: "Paris" 90.5%, "Lyon" 8.2%');
+  });
+
+  it("sends a JSON schema for structured output, and says when the schema is not JSON", async () => {
+    let body: Record<string, unknown> = {};
+    stack({ "POST /api/model/stream": (init) => {
+      body = JSON.parse(String(init?.body));
+      return sseResponse([sseText([["start", START], ["done", { ...DONE, text: '{"city": "Paris"}' }]])]);
+    } });
+    render(<App pollMs={20} />);
+    fireEvent.change(await screen.findByLabelText("JSON schema"), { target: { value: "{not json" } });
+    fireEvent.change(screen.getByLabelText("Prompt"), { target: { value: "Where?" } });
+    await waitFor(() => expect(screen.getByTestId("send-hint").textContent).toMatch(/^The JSON schema is not valid JSON/));
+    expect(screen.getByRole("button", { name: "Send" })).toHaveProperty("disabled", true);
+    fireEvent.change(screen.getByLabelText("JSON schema"), { target: { value: '{"type": "object"}' } });
+    await ask("Where?");
+    await waitFor(() => expect(body.json_schema).toEqual({ type: "object" }));
+  });
+
   it("keeps Send disabled with a hint while the prompt is empty", async () => {
     stack();
     render(<App pollMs={20} />);

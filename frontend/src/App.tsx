@@ -2,6 +2,7 @@
 import { useState } from "react";
 import { getApiKey, setApiKey } from "./api/keyStore";
 import { AnswerCard } from "./components/AnswerCard";
+import { Conversation } from "./components/Conversation";
 import { ApiKeyField } from "./components/ApiKeyField";
 import { ApiProblemBanner, ModelBanner } from "./components/Banners";
 import { History } from "./components/History";
@@ -21,7 +22,7 @@ function connectionText(live: boolean, problem: ProblemKind | undefined): string
 export default function App({ pollMs }: { pollMs?: number }) {
   const [apiKey, setKey] = useState(getApiKey);
   const status = useClusterPoll(pollMs, apiKey);
-  const { answers, busy, send, cancel } = useAnswers();
+  const { answers, busy, thread, send, cancel, newConversation } = useAnswers();
   const [values, setValues] = useState<FormValues>(DEFAULT_VALUES);
 
   // the chosen model, or (until one is chosen, or if it goes away) the first ready one the API serves
@@ -33,6 +34,7 @@ export default function App({ pollMs }: { pollMs?: number }) {
   const card = models?.find((m) => m.id === model);
   const clusterModel = status.cluster?.models.find((m) => m.name === model) ?? status.cluster?.models[0];
   const [current, ...earlier] = answers;
+  const before = current && thread.length > 0 && thread[thread.length - 1].id === current.id ? thread.slice(0, -1) : thread;
   const live = status.polls > 0 && status.problem === null;
 
   return (
@@ -50,6 +52,7 @@ export default function App({ pollMs }: { pollMs?: number }) {
       <main className="layout">
         <section className="ask" aria-labelledby="ask-title" data-testid="current-answer">
           <h2 id="ask-title" className="sr-only">Ask</h2>
+          <Conversation earlier={before} busy={busy} onNew={newConversation} />
           <PromptForm values={form} models={models} busy={busy} problem={checked.ok ? null : checked.problem}
                       onChange={setValues} onSubmit={() => checked.ok && send(checked.request)} onCancel={cancel} />
           {current && <AnswerCard answer={current} />}

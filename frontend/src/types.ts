@@ -32,12 +32,20 @@ export interface FirstTokenEvent {
   queueTime: number;
 }
 
-/** SSE `token`: new text, the completion tokens so far, and the rate so far. */
+/** A generated token with its log-probability and the most likely tokens at its position. */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  top_logprobs?: { token: string; logprob: number }[];
+}
+
+/** SSE `token`: new text, the completion tokens so far, and the rate so far (with logprobs: of its tokens). */
 export interface TokenEvent {
   text: string;
   tokens: number;
   elapsedMs: number;
   tokensPerSecond: number;
+  logprobs?: TokenLogprob[] | null;
 }
 
 /** SSE `done`: the same object as POST /api/model/process answers (times in milliseconds). */
@@ -49,9 +57,11 @@ export interface DoneEvent {
   tokensPerSecond: number;
   nodeCount: number;
   model?: string;
-  usage: { prompt_tokens: number; completion_tokens: number; speculative?: { proposed: number; accepted: number } };
+  usage: { prompt_tokens: number; completion_tokens: number; cached_tokens?: number;
+           speculative?: { proposed: number; accepted: number } };
   finish_reason: string;
   stages: StageTime[];
+  logprobs?: TokenLogprob[] | null;
 }
 
 /** The API's error body, as JSON answers and as SSE `error` events. */
@@ -132,4 +142,14 @@ export interface GenerationRequest {
   temperature: number;
   top_p: number;
   chat: boolean;
+  history?: ChatTurn[]; // the conversation before `text` (chat only), oldest first
+  logprobs?: boolean;
+  top_logprobs?: number;
+  json_schema?: Record<string, unknown>; // structured output, enforced while decoding
+}
+
+/** One earlier turn of a conversation, sent again with each new message. */
+export interface ChatTurn {
+  role: "system" | "user" | "assistant";
+  content: string;
 }

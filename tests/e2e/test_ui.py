@@ -96,6 +96,31 @@ def test_a_streamed_answer_and_its_figures(page: Page) -> None:
     expect(page.get_by_test_id("history")).to_contain_text("What is the capital of France?")
 
 
+def test_a_conversation_goes_on_from_cached_turns_with_logprobs_and_a_json_schema(page: Page) -> None:
+    ask(page, "My name is Ada and I live in Oslo. Say hello.", 24)
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "done", timeout=60_000)
+    ask(page, "Where do I live?", 16)
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "done", timeout=60_000)
+    expect(current(page).get_by_test_id("turn")).to_have_count(1)
+    cached = current(page).get_by_test_id("cached").inner_text()
+    assert re.fullmatch(r"\d+ of \d+", cached) and int(cached.split()[0]) > 0, cached  # the first turn's KV
+    shot(page, "conversation")
+    page.get_by_role("button", name="New conversation").click()
+    expect(current(page).get_by_test_id("turn")).to_have_count(0)
+    page.get_by_label("Token logprobs").check()
+    page.locator("summary", has_text="Structured output").click()
+    page.get_by_label("JSON schema").fill(json.dumps({"type": "object", "properties": {"city": {"type": "string"}},
+                                                      "required": ["city"]}))
+    ask(page, "Which city is the capital of France? Answer in JSON.", 32)
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "done", timeout=60_000)
+    answer = json.loads(current(page).get_by_test_id("answer-text").inner_text())
+    assert isinstance(answer["city"], str)
+    tokens = current(page).get_by_test_id("token")
+    assert tokens.count() > 3
+    assert "logprob" in (tokens.first.get_attribute("title") or "")
+    shot(page, "logprobs-json")
+
+
 def test_the_answer_streams_token_by_token(page: Page) -> None:
     ask(page, "Write a short poem about the sea.", 96)
     text = current(page).get_by_test_id("answer-text")

@@ -1,6 +1,7 @@
 // One answer: the prompt, the text as it streams, its state (cancelled, error) and its figures.
 import type { Answer } from "../hooks/useAnswers";
 import { Figures } from "./Figures";
+import { TokenLogprobs } from "./TokenLogprobs";
 
 const STATUS_TEXT: Record<Answer["status"], string> = {
   streaming: "streaming", done: "done", cancelled: "cancelled", error: "failed",
@@ -20,6 +21,8 @@ export function AnswerCard({ answer }: { answer: Answer }) {
       <p className="muted small">
         {request.model} · max {request.max_tokens} tokens · temperature {request.temperature} · top-p {request.top_p}
         {request.chat ? " · chat" : ""}
+        {request.history?.length ? ` · after ${request.history.length / 2} earlier turn${request.history.length === 2 ? "" : "s"}` : ""}
+        {request.json_schema ? " · JSON schema" : ""}
         {answer.finishReason ? ` · finished: ${answer.finishReason}` : ""}
       </p>
       {!nothing && (
@@ -28,6 +31,7 @@ export function AnswerCard({ answer }: { answer: Answer }) {
           {answer.status === "streaming" && answer.text && <span className="cursor" aria-hidden="true">▍</span>}
         </div>
       )}
+      {answer.logprobs && answer.logprobs.length > 0 && <TokenLogprobs tokens={answer.logprobs} />}
       {waiting && <p className="waiting muted small" data-testid="waiting">Waiting for the first token…</p>}
       {answer.status === "cancelled" && (
         <p className="muted small" data-testid="cancelled">Cancelled: generation stopped and its KV cache was freed.</p>

@@ -22,6 +22,12 @@ export function Figures({ answer }: { answer: Answer }) {
         <div><dt>Tokens</dt><dd data-testid="tokens">{formatCount(answer.tokens)}</dd></div>
         <div><dt>Nodes</dt><dd data-testid="node-count">{formatCount(answer.nodeCount)}</dd></div>
         <div><dt>Queue</dt><dd data-testid="queue">{formatMs(answer.queueMs)}</dd></div>
+        <div title="Prompt tokens whose KV came from the prefix cache of every node (their prefill was skipped)">
+          <dt>Cached prompt</dt>
+          <dd data-testid="cached">
+            {answer.cachedTokens === undefined ? "–" : `${formatCount(answer.cachedTokens)} of ${formatCount(answer.promptTokens)}`}
+          </dd>
+        </div>
         <div title="Speculative decoding: draft tokens from the prompt and the answer so far, verified in one pass">
           <dt>Drafts accepted</dt><dd data-testid="drafts">{formatDrafts(answer.drafts)}</dd>
         </div>

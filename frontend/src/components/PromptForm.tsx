@@ -72,7 +72,21 @@ export function PromptForm({ values, models, busy, problem, onChange, onSubmit, 
           <input type="checkbox" checked={values.chat} onChange={(e) => set("chat", e.target.checked)} />
           <span>Chat template</span>
         </label>
+        <label className="check">
+          <input type="checkbox" checked={values.logprobs} onChange={(e) => set("logprobs", e.target.checked)} />
+          <span>Token logprobs</span>
+        </label>
       </div>
+      <details className="schema" open={values.jsonSchema.trim() !== ""}>
+        <summary>Structured output</summary>
+        <label className="field" htmlFor={`${id}-schema`}>
+          <span>JSON schema</span>
+        </label>
+        <textarea id={`${id}-schema`} rows={4} value={values.jsonSchema} spellCheck={false}
+                  placeholder='{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}'
+                  onChange={(e) => set("jsonSchema", e.target.value)} />
+        <span className="muted small">The answer is JSON valid against it, enforced while decoding. Empty: free text.</span>
+      </details>
       <div className="actions">
         <button type="submit" disabled={!canSend} aria-describedby={`${id}-hint`}>Send</button>
         {busy && <button type="button" className="secondary" onClick={onCancel}>Cancel</button>}

@@ -115,7 +115,7 @@ describe("PipelineView", () => {
 });
 
 const ANSWER: Answer = {
-  id: 1, request: { text: "Capital of France?", model: "smol", max_tokens: 64, temperature: 0, top_p: 1, chat: true },
+  id: 1, conversation: 1, request: { text: "Capital of France?", model: "smol", max_tokens: 64, temperature: 0, top_p: 1, chat: true },
   status: "done", started: true, text: "Paris.", ttftMs: 210, queueMs: 0.3, tokensPerSecond: 12.5, totalMs: 900,
   tokens: 3, nodeCount: 3, finishReason: "stop", drafts: { proposed: 12, accepted: 9 },
   stages: [{ node: "node1", address: "a", layers: [0, 13], seconds: 0.25 }, { node: "node2", address: "b", layers: [13, 30], seconds: 0.5 }],

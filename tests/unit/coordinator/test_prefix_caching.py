@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 
 from coordinator.engine import ModelEngine
+from coordinator.kv_admission import cacheable_blocks
 from coordinator.prefix_cache import PrefixIndex, chain_hashes
 from coordinator.request import Request
+from coordinator.scheduler import Scheduler
 from protos.data_structures import KV_BLOCK_SIZE
 from tests.unit.coordinator.builders import events_of, expected_tokens, make_engine, node, request, settled, tokens_of
 
@@ -127,5 +129,18 @@ def test_prompt_log_probabilities_are_never_served_from_the_cache() -> None:
     engine, _ = make_engine([["n1"]], prefix_caching=True)
     req = request("a", PROMPT, 4)
     req.prompt_logprobs = True
-    assert engine.scheduler.cacheable_blocks(req) == []
-    assert len(engine.scheduler.cacheable_blocks(request("b", PROMPT, 4))) == 2
+    assert cacheable_blocks(engine.scheduler.prefix, req) == []
+    assert len(cacheable_blocks(engine.scheduler.prefix, request("b", PROMPT, 4))) == 2
+
+
+def test_a_cached_prefix_draws_requests_to_its_route_only_while_that_route_is_not_much_busier() -> None:
+    scheduler = Scheduler(1000, depth=2, prefix=PrefixIndex())
+    scheduler.set_lanes([("a1",), ("a2",)], {0, 1})
+    assert scheduler.prefix is not None
+    scheduler.prefix.add("a2", chain_hashes(PROMPT, [], 2))
+    reqs = [request(f"r{i}", PROMPT, 4) for i in range(5)]
+    for r in reqs:
+        scheduler.add(r)
+    scheduler.admit()
+    assert [r.lane for r in reqs] == [1, 1, 1, 0, 1]  # the fourth: lane 1 was AFFINITY_SLACK + 1 busier
+    assert [r.cached_positions for r in reqs] == [32, 32, 32, 0, 32]

@@ -128,7 +128,7 @@ def test_a_sequence_gets_one_run_of_blocks_and_release_merges_them_back(kv: KVCa
     assert c.blocks == [1, 2]  # the smallest free run that holds it (3 blocks freed by a, before the big tail)
     kv.release("b")
     kv.release("c")
-    assert kv.used_blocks == 0 and kv._runs == [(1, kv.num_blocks)]  # every free block merged into one run
+    assert kv.used_blocks == 0 and kv._pool.runs == [(1, kv.num_blocks)]  # every free block merged into one run
 
 
 def test_a_fragmented_pool_gives_several_runs() -> None:
