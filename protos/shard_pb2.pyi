@@ -7,6 +7,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ProfileRequest(_message.Message):
+    __slots__ = ("shard",)
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    shard: LoadShardRequest
+    def __init__(self, shard: _Optional[_Union[LoadShardRequest, _Mapping]] = ...) -> None: ...
+
+class RowsTime(_message.Message):
+    __slots__ = ("rows", "seconds")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    seconds: float
+    def __init__(self, rows: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class NodeProfile(_message.Message):
+    __slots__ = ("node_id", "model", "decode", "prefill_token_seconds", "head", "threads", "measured_seconds", "kernel", "memory_budget_bytes", "memory_free_bytes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    model: str
+    decode: _containers.RepeatedCompositeFieldContainer[RowsTime]
+    prefill_token_seconds: float
+    head: _containers.RepeatedCompositeFieldContainer[RowsTime]
+    threads: int
+    measured_seconds: float
+    kernel: str
+    memory_budget_bytes: int
+    memory_free_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., decode: _Optional[_Iterable[_Union[RowsTime, _Mapping]]] = ..., prefill_token_seconds: _Optional[float] = ..., head: _Optional[_Iterable[_Union[RowsTime, _Mapping]]] = ..., threads: _Optional[int] = ..., measured_seconds: _Optional[float] = ..., kernel: _Optional[str] = ..., memory_budget_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ...) -> None: ...
+
 class LoadShardRequest(_message.Message):
     __slots__ = ("model", "model_path", "layers", "dtype", "device", "kv_cache_tokens", "dry_run", "max_sequences", "quantization")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -65,6 +65,11 @@ class ShardNodeStub(object):
                 request_serializer=protos_dot_shard__pb2.HandoffRequest.SerializeToString,
                 response_deserializer=protos_dot_shard__pb2.HandoffAck.FromString,
                 _registered_method=True)
+        self.Profile = channel.unary_unary(
+                '/shardline.ShardNode/Profile',
+                request_serializer=protos_dot_shard__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=protos_dot_shard__pb2.NodeProfile.FromString,
+                _registered_method=True)
 
 
 class ShardNodeServicer(object):
@@ -114,6 +119,15 @@ class ShardNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Profile(self, request, context):
+        """How fast this node runs a model's layers (its shape and weight format; random weights, nothing is loaded from
+        the checkpoint but config.json): timed for decode steps of several micro-batch sizes, a prefill chunk, and the
+        final norm + LM head. Runs on the compute thread between micro-batches; takes a few seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_ShardNodeServicer_to_server(servicer, server):
                     servicer.Handoff,
                     request_deserializer=protos_dot_shard__pb2.HandoffRequest.FromString,
                     response_serializer=protos_dot_shard__pb2.HandoffAck.SerializeToString,
+            ),
+            'Profile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=protos_dot_shard__pb2.ProfileRequest.FromString,
+                    response_serializer=protos_dot_shard__pb2.NodeProfile.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +330,33 @@ class ShardNode(object):
             '/shardline.ShardNode/Handoff',
             protos_dot_shard__pb2.HandoffRequest.SerializeToString,
             protos_dot_shard__pb2.HandoffAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.ShardNode/Profile',
+            protos_dot_shard__pb2.ProfileRequest.SerializeToString,
+            protos_dot_shard__pb2.NodeProfile.FromString,
             options,
             channel_credentials,
             insecure,

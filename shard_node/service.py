@@ -21,6 +21,8 @@ from shard_node.handoff import PeerLinks
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch
+from shard_node.profile import LayerProfile, profile_layers
+from shard_node.quantize import kernel_description
 from shard_node.runner import DEFAULT_MAX_SEQUENCES, ShardRunner
 from shard_node.weights import CheckpointError
 
@@ -202,6 +204,31 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             raise AssertionError("abort raises") from None  # pragma: no cover
         runner.update_prefix_cache(keep, evict)
         return shard_pb2.ReleaseResponse(released=sum(runner.kv.release(s) for s in request.seq_ids))
+
+    async def Profile(self, request: shard_pb2.ProfileRequest, context: grpc.aio.ServicerContext
+                      ) -> shard_pb2.NodeProfile:
+        """Times one layer of the model's shape and format here (shard_node/profile.py), on the compute thread with
+        the threads a lone micro-batch gets."""
+        try:
+            plan = plan_load(request.shard, self.default_kv_tokens)
+        except LoadRefused as e:
+            await context.abort(e.code, str(e))
+
+        def measure() -> LayerProfile:
+            with self.cores.running(1):
+                return profile_layers(plan.spec, plan.dtype, plan.device, plan.quantization)
+
+        p = await asyncio.get_running_loop().run_in_executor(self.compute, measure)
+        used = self.memory_used_bytes()
+        logger.info("profiled %s (%s, %s): decode %s ms per layer, head %s ms", plan.model, plan.dtype_name,
+                    plan.quantization, {n: round(s * 1e3, 2) for n, s in p.decode_s.items()},
+                    {n: round(s * 1e3, 2) for n, s in p.head_s.items()})
+        return shard_pb2.NodeProfile(
+            node_id=self.node_id, model=plan.model, prefill_token_seconds=p.prefill_token_s, threads=p.threads,
+            decode=[shard_pb2.RowsTime(rows=n, seconds=s) for n, s in p.decode_s.items()],
+            head=[shard_pb2.RowsTime(rows=n, seconds=s) for n, s in p.head_s.items()], measured_seconds=p.seconds,
+            kernel=kernel_description(plan.quantization, plan.device), memory_budget_bytes=self.memory_budget_bytes,
+            memory_free_bytes=max(self.memory_budget_bytes - used, 0) if self.memory_budget_bytes else 0)
 
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
         """Shards held, KV use, memory."""
