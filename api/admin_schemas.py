@@ -18,6 +18,7 @@ from protos.model_spec import (
     ALLOWED_WIRE_DTYPES,
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    DEFAULT_EXPECTED_CONCURRENCY,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
     DEFAULT_QUANTIZATION,
@@ -26,6 +27,7 @@ from protos.model_spec import (
     DEVICE_PATTERN,
     DEVICE_RULE,
     MAX_CONTEXT_TOKENS,
+    MAX_EXPECTED_CONCURRENCY,
     MAX_KV_CACHE_TOKENS,
     MAX_LAYER,
     MAX_NODE_ID_CHARS,
@@ -35,6 +37,7 @@ from protos.model_spec import (
     check_cache_source,
     check_device,
     check_dtype,
+    check_expected_concurrency,
     check_forwarding,
     check_kv_cache_tokens,
     check_layer_ranges,
@@ -129,6 +132,9 @@ class AddModelRequest(BaseModel):
         DEFAULT_KV_CACHE_TOKENS, description=f"KV budget of each shard, in tokens (1..{MAX_KV_CACHE_TOKENS})")
     max_context: Annotated[StrictInt | None, _rule(check_max_context)] = Field(
         None, description=f"cap on prompt + generated tokens (1..{MAX_CONTEXT_TOKENS})")
+    expected_concurrency: Annotated[StrictInt, _rule(check_expected_concurrency)] = Field(
+        DEFAULT_EXPECTED_CONCURRENCY, description=f"placed without nodes: the streams (1..{MAX_EXPECTED_CONCURRENCY}) "
+                                                  "the split is made fastest for, from the nodes' speed profiles")
 
     @field_validator("draft_model")
     @classmethod

@@ -91,6 +91,12 @@ class Backend:
         except grpc.aio.AioRpcError as e:
             raise self.coordinator_error(e) from None
 
+    async def preview_model(self, request: coordinator_pb2.AddModelRequest) -> coordinator_pb2.PlacementPreview:
+        try:
+            return await self.coordinator.preview_model(request, self.config.coordinator.load_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self.coordinator_error(e) from None
+
     async def remove_model(self, name: str, drain_s: float) -> coordinator_pb2.RemoveModelResponse:
         try:
             return await self.coordinator.remove_model(name, drain_s)

@@ -98,6 +98,10 @@ class CoordinatorClient:
         finally:
             self._models = None  # the model list changed (filled meanwhile by other requests, maybe)
 
+    async def preview_model(self, request: coordinator_pb2.AddModelRequest, timeout_s: float
+                            ) -> coordinator_pb2.PlacementPreview:
+        return await self.stub.PreviewModel(request, timeout=timeout_s)
+
     async def remove_model(self, name: str, drain_s: float) -> coordinator_pb2.RemoveModelResponse:
         self._models = None  # from now on the model is draining
         try:

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from api.openai_responses import SpeculativeUsage
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
+from api.placement_schemas import NodeSpeedEntry
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_REPETITION_PENALTY,
@@ -281,6 +282,9 @@ class ClusterNode(BaseModel):
     kv_used_tokens: int
     kv_capacity_tokens: int
     events: list[str] = Field(default_factory=list, description="recent state changes, newest last")
+    rtt_ms: float = Field(0.0, description="the coordinator's round trip to it (latest health check)")
+    profiles: list[NodeSpeedEntry] = Field(default_factory=list, description="its speed per model format measured "
+                                           "so far (placement by speed)")
 
 
 class ClusterProcess(BaseModel):

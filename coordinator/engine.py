@@ -77,8 +77,9 @@ class ModelEngine:
 
     @property
     def ready(self) -> bool:
-        """Loaded, and every layer range has a replica that can take work."""
-        return self._loaded and self.replicas.ready
+        """Loaded, and every layer range has a replica that can take work (or a spare is taking a range over:
+        requests wait for it, coordinator/replacement.py)."""
+        return self._loaded and (self.replicas.ready or self.replicas.awaiting_replacement)
 
     def unavailable_reason(self) -> str:
         return self.replicas.unavailable_reason() if self._loaded else "it is still loading"

@@ -157,6 +157,12 @@ class Membership:
             self._event(st, f"down: {why}")
         self._publish(NodeEvent(st.node.id, "down", why=f"node down: {why}"))
 
+    def note(self, node_id: str, what: str) -> None:
+        """An event of a node from elsewhere (a spare taking a range over): in its events in /api/cluster."""
+        st = self.status.get(node_id)
+        if st is not None:
+            self._event(st, what)
+
     def _event(self, st: NodeStatus, what: str) -> None:
         level = logging.INFO if what.startswith("up") else logging.WARNING
         logger.log(level, "node %s (%s) %s", st.node.id, st.node.address, what)

@@ -91,6 +91,7 @@ class NodeClient:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._streams: dict[str, ForwardStream] = {}
         self._round_trip_s: float | None = None
+        self.last_round_trip_s = 0.0  # the latest health check's round trip (kept; 0 before the first)
 
     @property
     def node_id(self) -> str:
@@ -101,7 +102,7 @@ class NodeClient:
         is kept for ``take_round_trip``."""
         started = time.perf_counter()
         reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=self.deadlines.health_s)
-        self._round_trip_s = time.perf_counter() - started
+        self._round_trip_s = self.last_round_trip_s = time.perf_counter() - started
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def take_round_trip(self) -> float | None:
@@ -109,6 +110,10 @@ class NodeClient:
         next check): links the micro-batches themselves do not time (forwarding: the first stage's)."""
         rtt, self._round_trip_s = self._round_trip_s, None
         return rtt
+
+    async def profile(self, load: ShardLoad) -> shard_pb2.NodeProfile:
+        """The node's speed for the model's shape and format (a few seconds of measuring on the node)."""
+        return await self.stub.Profile(shard_pb2.ProfileRequest(shard=load.to_proto()), timeout=self.deadlines.load_s)
 
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         return await self.stub.Info(shard_pb2.InfoRequest(), timeout=timeout_s or self.deadlines.info_s)

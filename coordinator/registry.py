@@ -1,11 +1,12 @@
 """Which models the coordinator serves, and changing that at runtime (the first level of scheduling).
 
 The coordinator schedules models onto nodes; each model's engine schedules tokens through its
-pipeline. A model added at runtime either names its nodes, or is placed on the ready nodes with
-free memory (weights + KV budget, measured by the nodes themselves with a dry-run LoadShard). If it
-does not fit now it stays ``pending`` and is tried again every ``coordinator.pending_recheck_s``
-seconds, and at once when a model is removed or a node joins. Removal is graceful: the model stops
-admitting, in-flight requests finish up to a timeout, then every shard is unloaded.
+pipeline. A model added at runtime either names its nodes, or is placed on the ready nodes with free memory
+(weights + KV budget, measured by the nodes themselves with a dry-run LoadShard): with one replica per range, the
+split their speed profiles predict fastest (coordinator/plan_preview.py). If it does not fit now it stays
+``pending``, tried again every ``coordinator.pending_recheck_s`` seconds and at once when a model is removed or a
+node joins. Removal is graceful: the model stops admitting, in-flight requests finish up to a timeout, then every
+shard is unloaded. Dead replicas move to spare nodes (coordinator/replacement.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from coordinator.membership import Membership, NodeEvent
 from coordinator.model_meta import read_model_meta
 from coordinator.node_client import Deadlines, NodeClient, NodeClients
 from coordinator.node_names import RegistryError, check_new_node
-from coordinator.placement import DoesNotFit, NodeRoom, Placement, place
-from coordinator.sizing import fit_budgets, measure, model_load
+from coordinator.placement import DoesNotFit, NodeRoom, Placement
+from coordinator.plan_preview import ProfileBook, place_model
+from coordinator.replacement import ReplacementWatch
+from coordinator.sizing import fit_budgets
 from protos.config import Config, ModelConfig, NodeConfig
 
 logger = logging.getLogger(__name__)
@@ -61,8 +64,12 @@ class ModelRegistry:
         self.membership.subscribe(self._on_node_event)
         self._recheck = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one placement at a time, so two models never count the same free memory
         self._loads: dict[str, asyncio.Task[None]] = {}  # models whose shards are being loaded (remove cancels it)
+        self.profiles = ProfileBook()  # the nodes' speed per model format (coordinator/plan_preview.py)
+        self.replacements = ReplacementWatch(self)  # dead replicas moved to spare nodes
+        self.membership.subscribe(self.replacements.on_node_event)
 
     async def start(self) -> None:
         """Loads the configured models, then watches the nodes and the pending models."""
@@ -73,11 +80,14 @@ class ModelRegistry:
         check_draft_models(self.engines)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
         self.membership.start()
-        self._task = asyncio.get_running_loop().create_task(self._recheck_loop(), name="pending-models")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._recheck_loop(), name="pending-models")
+        self._watch = loop.create_task(self.replacements.run(), name="replacements")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in (self._task, self._watch):
+            if task:
+                task.cancel()
         for load in list(self._loads.values()):
             load.cancel()
         await self.membership.stop()
@@ -128,10 +138,10 @@ class ModelRegistry:
         logger.info("node %s (%s) removed from the cluster", node_id, node.address)
         return node
 
-    def _ready_nodes(self) -> list[str]:
+    def ready_nodes(self) -> list[str]:
         return [n for n in self.nodes if self.membership.state(n) == "ready" and self.membership.status[n].info]
 
-    def _room(self, node_id: str) -> NodeRoom:
+    def room(self, node_id: str) -> NodeRoom:
         info = self.membership.status[node_id].info
         assert info is not None
         free = None if not info.memory_budget_bytes else max(0, info.memory_budget_bytes - info.memory_used_bytes)
@@ -210,14 +220,7 @@ class ModelRegistry:
                 pending.reason = str(e)
 
     async def _place(self, request: ModelRequest) -> Placement:
-        m = request.model
-        meta = read_model_meta(self.config.model_dir(m.source), m.max_context)
-        ready = self._ready_nodes()
-        if not ready:
-            raise DoesNotFit("no node is ready")
-        load = model_load(m, self.config.model_dir(m.source))
-        sizes = await measure(self.clients[ready[0]], load, meta.num_layers)
-        return place(meta.num_layers, sizes, [self._room(n) for n in ready], request.replicas, meta.head_cost)
+        return await place_model(self, request)  # coordinator/plan_preview.py: for speed, or by memory with replicas
 
     async def _load(self, m: ModelConfig) -> None:
         try:
@@ -266,7 +269,7 @@ class ModelRegistry:
         if left:
             logger.warning("model %s: %d request(s) did not finish within %.0f s; they end now", name, left, timeout_s)
         await engine.stop(f"model {name} was removed")
-        freed = {r.node_id: await self._unload(name, r.client) for r in engine.pipeline.replicas}
+        freed = {r.node_id: await self.unload_shard(name, r.client) for r in engine.pipeline.replicas}
         del self.engines[name]
         metrics.forget_model(name)  # its series (per node too) leave /metrics
         logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
@@ -275,7 +278,7 @@ class ModelRegistry:
         return freed
 
     @staticmethod
-    async def _unload(model: str, client: NodeClient) -> tuple[int, int]:
+    async def unload_shard(model: str, client: NodeClient) -> tuple[int, int]:
         """Unloads ``model``'s shard from a node; its RSS before and after (0 when it did not answer)."""
         before = after = 0
         client.close_stream(model)  # the node's stream handler holds the shard until its stream ends

@@ -20,7 +20,7 @@ import grpc
 from coordinator import metrics
 from coordinator.membership import NodeEvent
 from coordinator.node_client import ForwardStream, ModelLoad
-from coordinator.pipeline import Pipeline, Replica, Route
+from coordinator.pipeline import Pipeline, Replica, Route, StageGroup
 from coordinator.scheduler import Scheduler
 from protos import shard_pb2, wire
 
@@ -41,6 +41,7 @@ class ReplicaSet:
         self.routes: list[Route] = []
         self.lost_lanes: set[int] = set()  # lanes with a sequence whose KV is gone on some node of the route
         self.reloading: set[Replica] = set()
+        self.can_replace: Callable[[], bool] = lambda: False  # a spare node could take a dead replica's range
         for replica in pipeline.replicas:
             replica.stream.on_stream_lost = self._on_stream_lost
 
@@ -48,6 +49,13 @@ class ReplicaSet:
     def ready(self) -> bool:
         """Every layer range has a replica that can take work."""
         return all(g.ready() for g in self.pipeline.groups)
+
+    @property
+    def awaiting_replacement(self) -> bool:
+        """A range has no ready replica, only dead ones, and a spare node can take it over (coordinator/
+        replacement.py): requests wait for it instead of failing."""
+        stuck = [g for g in self.pipeline.groups if not g.ready()]
+        return bool(stuck) and all(any(r.state == "down" for r in g.replicas) for g in stuck) and self.can_replace()
 
     def unavailable_reason(self) -> str:
         parts: list[str] = []
@@ -107,6 +115,20 @@ class ReplicaSet:
             replica = self.pipeline.replica_on(node)
             if replica is not None and replica.state != "down":
                 replica.pending_evict.extend(hashes)
+
+    def adopt(self, group: StageGroup, replica: Replica) -> None:
+        """A new replica of ``group``'s range (a spare taking over): the lanes take it once it is ready."""
+        group.replicas.append(replica)
+        replica.stream.on_stream_lost = self._on_stream_lost
+        metrics.init_model(self.model, [replica.node_id])
+
+    def retire(self, replica: Replica) -> None:
+        """A replica that is gone for good (replaced): out of its group; idle lanes stop routing through it."""
+        for group in self.pipeline.groups:  # its lanes were replayed elsewhere; idle lanes are rerouted each tick
+            if replica in group.replicas and len(group.replicas) > 1:
+                group.replicas.remove(replica)
+        self.sync()
+        self.wake()
 
     # ----- node events ------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ import grpc
 from coordinator import metrics
 from coordinator.engine import ModelEngine
 from coordinator.model_meta import ModelMeta
+from coordinator.placement import DoesNotFit
+from coordinator.plan_preview import preview
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
@@ -215,7 +217,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 events=st.events, kv_used_tokens=sum(s.kv_used_tokens for s in info.shards) if info else 0,
                 kv_capacity_tokens=sum(s.kv_capacity_tokens for s in info.shards) if info else 0,
                 memory_budget_bytes=info.memory_budget_bytes if info else 0,
-                memory_used_bytes=info.memory_used_bytes if info else 0)
+                memory_used_bytes=info.memory_used_bytes if info else 0,
+                rtt_ms=self.registry.clients[node_id].last_round_trip_s * 1e3,
+                profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].last_round_trip_s))
         return reply
 
     async def AddModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
@@ -231,6 +235,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except RegistryError as e:
             await context.abort(e.code, str(e))
         return next(m for m in self.all_models() if m.name == spec.name)
+
+    async def PreviewModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
+                           ) -> coordinator_pb2.PlacementPreview:
+        try:
+            model = ModelConfig.from_spec(spec_from_add_model(request))
+            return await preview(self.registry, ModelRequest(model, request.replicas or 1))
+        except SpecProblem as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except RegistryError as e:
+            await context.abort(e.code, str(e))
+        except DoesNotFit as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name!r} cannot be placed now: {e}")
+        except grpc.aio.AioRpcError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"a node could not be measured: {e.code().name}: "
+                                f"{e.details()}")
+        raise AssertionError("abort raises")  # pragma: no cover
 
     async def RemoveModel(self, request: coordinator_pb2.RemoveModelRequest, context: grpc.aio.ServicerContext
                           ) -> coordinator_pb2.RemoveModelResponse:

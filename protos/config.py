@@ -71,6 +71,7 @@ class CoordinatorConfig:
     pipelined_prefill: str = "auto"  # a prompt's chunks in the stages at once: auto (>1 machine), always, never
     ring_decode: bool = True  # one lane decoding alone: the last stage hands tokens to the first stage
     prefix_caching: bool = True  # KV blocks of earlier requests' prefixes are kept on every stage and reused
+    replace_after_s: float = 30.0  # a replica down this long moves to a spare node with room (0 = never)
 
 
 @dataclass(frozen=True)

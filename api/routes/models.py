@@ -21,6 +21,7 @@ from api.admin_schemas import (
 )
 from api.backend import Backend
 from api.deps import get_backend
+from api.placement_schemas import PlacementPreviewResponse, preview_response
 from api.routes import ERROR_RESPONSES
 from protos import coordinator_pb2, wire
 from protos.data_structures import LayerRange
@@ -50,9 +51,13 @@ async def list_models(backend: Backend = Depends(get_backend)) -> ModelsResponse
 
 @router.post("/api/models", response_model=ModelStatus, status_code=201,
              responses={**ERROR_RESPONSES, 202: {"model": ModelStatus, "description": "accepted but pending: it does "
-                                                 "not fit the free memory now and loads once it does"}})
-async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backend)) -> JSONResponse:
-    """Serves a model from the model cache. 201 once it is loaded (serving); 202 while it is pending."""
+                                                 "not fit the free memory now and loads once it does"},
+                        200: {"model": PlacementPreviewResponse, "description": "with dry_run: the plan"}})
+async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backend),
+                    dry_run: bool = Query(False, description="only the plan (nodes, ranges, memory per node, "
+                                          "predicted tokens/s), nothing loaded")) -> JSONResponse:
+    """Serves a model from the model cache. 201 once it is loaded (serving); 202 while it is pending. Without
+    nodes it is placed for speed: the nodes' profiles predict each split's tokens per second (dry_run shows it)."""
     stages = [coordinator_pb2.StageNodes(node_ids=[e] if isinstance(e, str) else e) for e in body.nodes or []]
     ranges = [wire.layer_range_to_proto(LayerRange(*r)) for r in body.layer_ranges or []]  # checked by the schema
     request = coordinator_pb2.AddModelRequest(
@@ -60,7 +65,10 @@ async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backen
         forwarding=body.forwarding, wire_dtype=body.wire_dtype, speculative=body.speculative,
         num_speculative_tokens=body.num_speculative_tokens, draft_model=body.draft_model, device=body.device,
         replicas=body.replicas,
-        stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0)
+        stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0,
+        expected_concurrency=body.expected_concurrency)
+    if dry_run:
+        return JSONResponse(preview_response(await backend.preview_model(request)).model_dump())
     info = await backend.add_model(request)
     status = _status(info)
     return JSONResponse(status.model_dump(), status_code=202 if info.state == "pending" else 201)

@@ -103,7 +103,8 @@ def test_add_a_model_while_another_serves_traffic(runtime_cluster: RunningCluste
         assert r.status_code == 201, r.text
         assert r.json()["state"] == "serving"
         placement = r.json()["placement"]
-        assert sorted({p["node"] for p in placement}) == NODES  # placed over every node with room
+        used = {p["node"] for p in placement}  # placed for speed: the fewest nodes whose memory holds it
+        assert used <= set(NODES) and len(used) >= 2 and [p["layers"][1] for p in placement][-1] == 30
         assert ask_capital(runtime_cluster, ADDED) == "The capital of France is Paris."
         time.sleep(1)
     assert traffic.ok > 0 and traffic.failed == []
@@ -111,6 +112,25 @@ def test_add_a_model_while_another_serves_traffic(runtime_cluster: RunningCluste
     assert ADDED in listed and BASE in listed
     for node in models(runtime_cluster)["nodes"]:  # no node holds more than its budget
         assert node["used_bytes"] <= node["budget_bytes"] == BUDGET_MB * 2**20
+
+
+def test_a_dry_run_previews_the_plan_from_the_nodes_profiles_and_loads_nothing(
+        runtime_cluster: RunningCluster) -> None:
+    r = httpx.post(f"{runtime_cluster.api_url}/api/models", params={"dry_run": "true"}, timeout=300,
+                   json={"name": "preview", "source": BASE, "kv_cache_tokens": KV_TOKENS})
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    assert shown["method"] == "speed" and shown["model"] == "preview"
+    stages = shown["plan"]["stages"]
+    assert stages[0]["layers"][0] == 0 and all(a["layers"][1] == b["layers"][0] for a, b in zip(stages, stages[1:]))
+    assert all(s["memory_bytes"] <= BUDGET_MB * 2**20 and s["step_ms"] > 0 for s in stages)
+    assert shown["plan"]["single_stream_tps"] > 0 and set(shown["plan"]["aggregate_tps"]) == {"8", "32"}
+    assert {n["node"] for n in shown["nodes"]} == set(NODES) and all(n["layer_ms"] > 0 for n in shown["nodes"])
+    assert shown["capacity_split"]["stages"][-1]["layers"][1] == stages[-1]["layers"][1]
+    assert state(runtime_cluster, "preview") is None  # nothing was added or loaded
+    nodes = httpx.get(f"{runtime_cluster.api_url}/api/cluster", timeout=10).json()["nodes"]
+    profiled = {n["id"] for n in nodes if any(p["format"].startswith(BASE) for p in n["profiles"])}
+    assert profiled == {n["node"] for n in shown["nodes"]}
 
 
 def test_a_model_that_does_not_fit_stays_pending(runtime_cluster: RunningCluster) -> None:
@@ -179,10 +199,11 @@ def test_remove_during_traffic_frees_memory_and_lets_the_pending_model_in(runtim
     # the removed model's memory went back: the copy that replaced it (the same weights, loaded as soon as the
     # room was there, so possibly before the removal answered) did not add its own weights on top of it
     infos = {n: node_info(runtime_cluster.node_address(n)) for n in NODES}
-    second = {n: next(s.weight_bytes for s in infos[n].shards if s.model == SECOND) for n in NODES}
+    second = {n: sum(s.weight_bytes for s in infos[n].shards if s.model == SECOND) for n in NODES}
     grown = {n: (infos[n].rss_bytes - rss_before[n]) / 2**20 for n in NODES}
     assert sum(second.values()) > 400 * 2**20  # SmolLM2 fp32 is about 620 MiB in all
-    assert all(grown[n] < second[n] / 2**20 / 2 for n in NODES), (grown, second)
+    # (placed for speed, the copy may sit on other nodes than the removed model did: counted over all of them)
+    assert sum(grown.values()) < sum(second.values()) / 2**20 / 2, (grown, second)
     assert ask_capital(runtime_cluster, SECOND) == "The capital of France is Paris."
 
 

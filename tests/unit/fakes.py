@@ -296,6 +296,9 @@ class FakeNodeClient:
         self.node, self.deadlines, self.num_layers = node, deadlines or Deadlines(), num_layers  # the model's layers
         self.layer_bytes, self.kv_bytes = layer_bytes, kv_bytes
         self.reachable, self.serving = True, True
+        self.speed = 1.0  # its profile's speed (1: 1 ms per layer and row)
+        self.profiles: list[ShardLoad] = []  # Profile calls
+        self.last_round_trip_s = 0.0
         self.fail_rows: set[str] = set()
         self.refuse_next = False
         self.lose_stream_at: int | None = None
@@ -326,6 +329,15 @@ class FakeNodeClient:
 
     def take_round_trip(self) -> float | None:
         return None
+
+    async def profile(self, load: ShardLoad) -> shard_pb2.NodeProfile:
+        """A compute-bound node (time in proportion to the rows): 1 ms per layer and row, over ``speed``."""
+        self._check()
+        self.profiles.append(load)
+        per_row = 1e-3 / self.speed
+        times = [shard_pb2.RowsTime(rows=r, seconds=r * per_row) for r in (1, 8, 32)]
+        return shard_pb2.NodeProfile(node_id=self.node.id, model=load.model, decode=times, head=times,
+                                     prefill_token_seconds=per_row, threads=1, measured_seconds=0.01)
 
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         self._check()
