@@ -206,6 +206,11 @@ class Bench:
 
         run_prefix(self.rep, self.w, self.run_dir, self.node_threads)
 
+    def placement(self) -> None:
+        from bench.placement import run_placement
+
+        run_placement(self.rep, self.w, self.run_dir, self.node_threads)
+
     def scale(self) -> None:
         from bench.scale_run import run_scale
 
@@ -260,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         ("speculative", bench.speculative, args.skip_speculative),
         ("scale", bench.scale, args.skip_scale),
         ("prefix", bench.prefix, args.skip_prefix),
+        ("placement", bench.placement, args.skip_placement),
     ]
     code = 0
     try:

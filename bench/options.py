@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                    help="skip the scale row (a random-weight 1.7B Llama over 3 memory-budgeted nodes)")
     p.add_argument("--skip-prefix", action="store_true",
                    help="skip the prefix-caching section (multi-turn TTFT, caching off and on)")
+    p.add_argument("--skip-placement", action="store_true",
+                   help="skip the placement section (one node throttled by a cgroup; capacity split vs speed)")
     p.add_argument("--scale-tokens", type=int, default=8, help="new tokens per request in the scale row (default 8)")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="where latest.{json,md} and the PNG go")

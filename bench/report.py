@@ -42,6 +42,7 @@ class BenchReport:
     targets: list[dict[str, Any]] = field(default_factory=list)  # issue 19's targets (bench/targets.py)
     speculative: dict[str, Any] = field(default_factory=dict)  # issue 20's section (bench/speculative.py)
     prefix: dict[str, Any] = field(default_factory=dict)  # issue 21's multi-turn TTFT (bench/prefix.py)
+    placement: dict[str, Any] = field(default_factory=dict)  # issue 22's throttled node (bench/placement.py)
 
     def find(self, system: str, prompt: str, c: int) -> RunResult | None:
         return next((r for r in self.runs if r.system == system and r.prompt == prompt and r.concurrency == c), None)

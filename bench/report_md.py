@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.latency_md import latency_section, targets_section, tls_hop_lines, wire_section
+from bench.placement import placement_section
 from bench.prefix import prefix_section
 from bench.report import HF, LLAMACPP, SHARDLINE, BenchReport, _f, _mb, _x
 from bench.scale_report import bandwidth_table, scale_lines
@@ -15,7 +16,7 @@ from bench.stats import RunResult
 def write_markdown(rep: BenchReport, path: Path) -> None:
     L = (_header_lines(rep) + _systems_lines(rep) + targets_section(rep) + _runs_lines(rep) + _formats_lines(rep)
          + _memory_section(rep) + _hop_lines(rep) + latency_section(rep) + wire_section(rep) + speculative_section(rep)
-         + prefix_section(rep) + scale_lines(rep) + _footer_lines(rep))
+         + prefix_section(rep) + placement_section(rep) + scale_lines(rep) + _footer_lines(rep))
     path.write_text("\n".join(L))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from protos.model_spec import DEFAULT_QUANTIZATION
 from protos.runtime import GRPC_OPTIONS
 
 logger = logging.getLogger(__name__)
+ROUND_TRIPS_KEPT = 20  # health checks whose round trips give a link's latency (their least)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class NodeClient:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._streams: dict[str, ForwardStream] = {}
         self._round_trip_s: float | None = None
-        self.last_round_trip_s = 0.0  # the latest health check's round trip (kept; 0 before the first)
+        self._recent_round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
 
     @property
     def node_id(self) -> str:
@@ -102,8 +104,15 @@ class NodeClient:
         is kept for ``take_round_trip``."""
         started = time.perf_counter()
         reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=self.deadlines.health_s)
-        self._round_trip_s = self.last_round_trip_s = time.perf_counter() - started
+        self._round_trip_s = time.perf_counter() - started
+        self._recent_round_trips.append(self._round_trip_s)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    @property
+    def link_round_trip_s(self) -> float:
+        """The link's latency: the least round trip of the recent health checks (a busy or CPU-throttled node
+        answers some of them late; that is not the network). 0 before the first."""
+        return min(self._recent_round_trips, default=0.0)
 
     def take_round_trip(self) -> float | None:
         """The coordinator's round trip to this node as the last health check measured it, once (None until the

@@ -71,7 +71,7 @@ class ProfileBook:
                                                     time.monotonic())
                 logger.info("node %s profiled for %s (%s, %s) in %.1f s", node_id, load.model, load.dtype,
                             load.quantization, entry.profile.measured_seconds)
-            rtt = clients[node_id].last_round_trip_s
+            rtt = clients[node_id].link_round_trip_s
             out[node_id] = (to_speed(entry.profile, rtt), entry.profile, time.monotonic() - entry.at, format_of(key))
         return out
 

@@ -218,8 +218,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 kv_capacity_tokens=sum(s.kv_capacity_tokens for s in info.shards) if info else 0,
                 memory_budget_bytes=info.memory_budget_bytes if info else 0,
                 memory_used_bytes=info.memory_used_bytes if info else 0,
-                rtt_ms=self.registry.clients[node_id].last_round_trip_s * 1e3,
-                profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].last_round_trip_s))
+                rtt_ms=self.registry.clients[node_id].link_round_trip_s * 1e3,
+                profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].link_round_trip_s))
         return reply
 
     async def AddModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext

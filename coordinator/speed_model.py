@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 from protos.data_structures import LayerRange
 
-STAGE_OVERHEAD_S = 0.0015  # per stage and step: serialization, gRPC and the Python around the forward (measured)
+STAGE_OVERHEAD_S = 0.0005  # per stage and step: the node's protobuf and Python around the forward
+TOKEN_OVERHEAD_S = 0.010  # per step, whatever the stages: the coordinator's loop, its gRPC, the client's stream
+# (measured with make bench's placement section on a 2-core Xeon: 12-13 ms per token on one stage and on three; the
+# coordinator and clients share the nodes' cores there)
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def stage_seconds(stage: Stage, rows: int, num_layers: int) -> float:
 
 
 def ring_seconds(stages: Sequence[Stage]) -> float:
-    return sum(s.node.rtt_s for s in stages) / 2
+    """A step's network and fixed cost: half the round trip to each stage, and the per-step overhead."""
+    return sum(s.node.rtt_s for s in stages) / 2 + TOKEN_OVERHEAD_S
 
 
 def cycle_seconds(stages: Sequence[Stage], num_layers: int, streams: int) -> float:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.speed_model import STAGE_OVERHEAD_S, NodeSpeed, Prediction, Stage, predict
+from coordinator.speed_model import STAGE_OVERHEAD_S, TOKEN_OVERHEAD_S, NodeSpeed, Prediction, Stage, predict
 from protos.data_structures import LayerRange
 
 PERMUTED_NODES = 5  # with more nodes only their given order is tried (still every subset of it)
@@ -53,7 +53,7 @@ def _split(num_layers: int, nodes: Sequence[NodeSpeed], caps: list[int], streams
     rows = math.ceil(streams / lanes)
     per_layer = [node.layer_seconds(rows) for node in nodes]
     fixed = [STAGE_OVERHEAD_S + (node.head_seconds(rows) if i == n - 1 else 0.0) for i, node in enumerate(nodes)]
-    ring = sum(node.rtt_s for node in nodes) / 2
+    ring = sum(node.rtt_s for node in nodes) / 2 + TOKEN_OVERHEAD_S
     bounds = sorted({fixed[i] + k * per_layer[i] for i in range(n) for k in range(1, caps[i] + 1)})
     if lanes == 1:  # one stream: only the sum counts, and the loosest bound (memory alone) gives the least
         bounds = bounds[-1:]

@@ -298,7 +298,7 @@ class FakeNodeClient:
         self.reachable, self.serving = True, True
         self.speed = 1.0  # its profile's speed (1: 1 ms per layer and row)
         self.profiles: list[ShardLoad] = []  # Profile calls
-        self.last_round_trip_s = 0.0
+        self.link_round_trip_s = 0.0
         self.fail_rows: set[str] = set()
         self.refuse_next = False
         self.lose_stream_at: int | None = None

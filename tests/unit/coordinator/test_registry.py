@@ -77,7 +77,7 @@ def test_add_places_on_the_ready_nodes_and_remove_unloads(tmp_path: Path) -> Non
 def test_one_stream_is_served_by_the_fastest_node_alone_and_a_preview_says_why(tmp_path: Path) -> None:
     async def scenario() -> None:
         reg = _registry(tmp_path)
-        _fake(reg, "n2").speed = 4.0  # n2 is four times faster than n1
+        _fake(reg, "n1").speed = 0.1  # n1 is ten times slower than n2
         await _polled(reg)
         shown = await preview(reg, ModelRequest(ModelConfig("tiny", "tiny")))
         assert shown.method == "speed" and [s.node_id for s in shown.plan.stages] == ["n2"]

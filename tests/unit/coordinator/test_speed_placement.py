@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.speed_model import STAGE_OVERHEAD_S, NodeSpeed, Stage, predict
+from coordinator.speed_model import STAGE_OVERHEAD_S, TOKEN_OVERHEAD_S, NodeSpeed, Stage, predict
 from coordinator.speed_placement import NoPlan, plan_by_speed
 from protos.data_structures import LayerRange
 
@@ -27,7 +27,7 @@ def unlimited(node_id: str, first: bool, last: bool) -> int:
 def test_one_stream_is_predicted_as_the_sum_of_the_stages_and_the_ring() -> None:
     a, b = node("a", 1.0, rtt_ms=2.0), node("b", 2.0, rtt_ms=4.0)
     p = predict([Stage(a, LayerRange(0, 10)), Stage(b, LayerRange(10, 30))], 30)
-    seconds = 10 * 1e-3 + 20 * 2e-3 + 8e-3 + 2 * STAGE_OVERHEAD_S + (2e-3 + 4e-3) / 2
+    seconds = 10 * 1e-3 + 20 * 2e-3 + 8e-3 + 2 * STAGE_OVERHEAD_S + (2e-3 + 4e-3) / 2 + TOKEN_OVERHEAD_S
     assert p.single_tps == pytest.approx(1 / seconds)
     assert p.step_seconds == pytest.approx([10e-3 + STAGE_OVERHEAD_S, 40e-3 + 8e-3 + STAGE_OVERHEAD_S])
     lanes_of_4 = [Stage(a, LayerRange(0, 15)), Stage(b, LayerRange(15, 30))]
