@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.forward_stream import ForwardStream, StageError
@@ -199,3 +200,16 @@ class NodeClients:
     async def close(self) -> None:
         for node_id in list(self._clients):
             await self.remove(node_id)
+
+
+async def unload_shard(model: str, client: NodeClient) -> tuple[int, int]:
+    """Unloads ``model``'s shard from a node; its RSS before and after (0 when it did not answer)."""
+    before = after = 0
+    client.close_stream(model)  # the node's stream handler holds the shard until its stream ends
+    try:
+        before = (await client.info()).rss_bytes
+        await client.unload(model)
+        after = (await client.info()).rss_bytes
+    except grpc.aio.AioRpcError as e:
+        logger.warning("unloading %s from %s failed: %s", model, client.node_id, e.details())
+    return before, after

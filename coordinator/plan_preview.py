@@ -54,6 +54,11 @@ class ProfileBook:
         return [node_info(to_speed(e.profile, rtt_s), e.profile, now - e.at, format_of(k))
                 for k, e in self._book.items() if k[0] == node_id]
 
+    def cached(self, node_id: str, load: ModelLoad) -> NodeSpeed | None:
+        """The node's speed for the format if it was measured (nothing is measured here)."""
+        entry = self._book.get(self._key(node_id, load))
+        return None if entry is None else to_speed(entry.profile, 0.0)
+
     def forget(self, node_id: str) -> None:
         """A node that joined again, or that asked to be measured again."""
         self._book = {k: v for k, v in self._book.items() if k[0] != node_id}

@@ -13,6 +13,7 @@ from coordinator.pipeline import Route
 from coordinator.prefix_cache import PrefixIndex
 from coordinator.request import Request, TokenEvent
 from coordinator.scheduler import MicroBatchPlan, Scheduler
+from coordinator.slow_stages import SlowStages
 from coordinator.step_result import StepResult
 from protos import shard_pb2
 from protos.data_structures import KV_BLOCK_SIZE, PREFIX_MISSING
@@ -55,6 +56,7 @@ class Publisher:
         self.model = model
         self.scheduler = scheduler
         self.stats = FailoverStats()
+        self.slow: SlowStages | None = None  # stages judged against their nodes' profiles (coordinator/slow_stages.py)
 
     def deliver(self, plan: MicroBatchPlan, route: Route, result: StepResult) -> None:
         """Publishes what the scheduler made of a micro-batch that came back."""
@@ -149,6 +151,8 @@ class Publisher:
         phase = "decode" if all(e.request.prefill_done for e in plan.entries) else "prefill"
         for replica, seconds in zip(route, result.stage_seconds):
             metrics.STAGE_SECONDS.labels(self.model, replica.node_id, phase).observe(seconds)
+            if self.slow is not None and phase == "decode":
+                self.slow.observe(replica.node_id, replica.layers, plan.num_tokens, seconds)
         metrics.BATCH_SEQS.labels(self.model).observe(len(plan.entries))
         metrics.BATCH_TOKENS.labels(self.model).observe(plan.num_tokens)
         verified = [(e, n) for i, (e, n) in enumerate(zip(plan.entries, result.accepted)) if e.drafts

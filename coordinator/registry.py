@@ -24,12 +24,13 @@ from coordinator.draft_model import check_draft_models, draft_model_problem
 from coordinator.engine import ModelEngine
 from coordinator.membership import Membership, NodeEvent
 from coordinator.model_meta import read_model_meta
-from coordinator.node_client import Deadlines, NodeClient, NodeClients
+from coordinator.node_client import Deadlines, NodeClients, unload_shard
 from coordinator.node_names import RegistryError, check_new_node
 from coordinator.placement import DoesNotFit, NodeRoom, Placement
 from coordinator.plan_preview import ProfileBook, place_model
 from coordinator.replacement import ReplacementWatch
 from coordinator.sizing import fit_budgets
+from coordinator.slow_stages import watch_speed
 from protos.config import Config, ModelConfig, NodeConfig
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class ModelRegistry:
         for m in self.config.models:
             m = await fit_budgets(self.config, self.clients, m)
             self.engines[m.name] = build_engine(self.config, m, self.clients)
+            watch_speed(self.engines[m.name], self.profiles, self.membership.note)
             self.engines[m.name].use_draft_model(self.engines)
         check_draft_models(self.engines)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
@@ -229,6 +231,7 @@ class ModelRegistry:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
         engine.use_draft_model(self.engines)
+        watch_speed(engine, self.profiles, self.membership.note)
         self.engines[m.name] = engine
         load = asyncio.get_running_loop().create_task(load_engine(m, engine), name=f"load-{m.name}")
         self._loads[m.name] = load
@@ -269,26 +272,13 @@ class ModelRegistry:
         if left:
             logger.warning("model %s: %d request(s) did not finish within %.0f s; they end now", name, left, timeout_s)
         await engine.stop(f"model {name} was removed")
-        freed = {r.node_id: await self.unload_shard(name, r.client) for r in engine.pipeline.replicas}
+        freed = {r.node_id: await unload_shard(name, r.client) for r in engine.pipeline.replicas}
         del self.engines[name]
         metrics.forget_model(name)  # its series (per node too) leave /metrics
         logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
             f"{n} {b / 1e6:.0f} -> {a / 1e6:.0f}" for n, (b, a) in freed.items()))
         self._recheck.set()  # its memory may let a pending model in
         return freed
-
-    @staticmethod
-    async def unload_shard(model: str, client: NodeClient) -> tuple[int, int]:
-        """Unloads ``model``'s shard from a node; its RSS before and after (0 when it did not answer)."""
-        before = after = 0
-        client.close_stream(model)  # the node's stream handler holds the shard until its stream ends
-        try:
-            before = (await client.info()).rss_bytes
-            await client.unload(model)
-            after = (await client.info()).rss_bytes
-        except grpc.aio.AioRpcError as e:
-            logger.warning("unloading %s from %s failed: %s", model, client.node_id, e.details())
-        return before, after
 
     async def _recheck_loop(self) -> None:
         while True:

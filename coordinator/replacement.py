@@ -17,6 +17,7 @@ import grpc
 
 from coordinator.engine import ModelEngine
 from coordinator.membership import NodeEvent
+from coordinator.node_client import unload_shard
 from coordinator.pipeline import Replica, StageGroup
 from coordinator.sizing import measure
 
@@ -89,7 +90,7 @@ class ReplacementWatch:
 
     async def _unload(self, name: str, node_id: str) -> None:
         try:
-            await self.registry.unload_shard(name, self.registry.clients[node_id])
+            await unload_shard(name, self.registry.clients[node_id])
         finally:
             self._unloading.discard((name, node_id))
 

