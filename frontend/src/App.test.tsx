@@ -200,6 +200,29 @@ describe("App", () => {
     await waitFor(() => expect(body.json_schema).toEqual({ type: "object" }));
   });
 
+  it("previews a placement from the nodes' profiles without loading anything", async () => {
+    const plan = (nodes: [string, number, number][], tps: number) => ({
+      stages: nodes.map(([node, a, b]) => ({ node, address: "x", layers: [a, b], memory_bytes: 200 * 2 ** 20, step_ms: 9.5 })),
+      single_stream_tps: tps, aggregate_tps: { "8": 80, "32": 120 } });
+    let asked: { url: string; body: Record<string, unknown> } | null = null;
+    stack({ "POST /api/models": (init, url) => {
+      asked = { url: String(url), body: JSON.parse(String(init?.body)) };
+      return json({ model: "smol-preview", method: "speed", expected_concurrency: 1, speedup: 1.64,
+                    plan: plan([["node1", 0, 30]], 30.1), capacity_split: plan([["node1", 0, 13], ["node2", 13, 25], ["node3", 25, 30]], 14.5),
+                    left_out: [{ node: "node2", reason: "with it 37.1 ms per token, without it 33.2 ms" }] });
+    } });
+    render(<App pollMs={20} />);
+    await waitFor(() => expect((screen.getByLabelText("Model") as HTMLSelectElement).value).toBe("smol"));
+    fireEvent.click(screen.getByText("Placement preview"));
+    fireEvent.click(screen.getByRole("button", { name: "Preview placement" }));
+    expect((await screen.findByTestId("preview-speedup")).textContent).toBe("1.64x");
+    expect(asked!.url).toContain("dry_run=true");
+    expect(asked!.body).toEqual({ name: "smol-preview", source: "smol", expected_concurrency: 1 });
+    expect(within(screen.getByTestId("plan-plan")).getAllByRole("row")).toHaveLength(2);
+    expect(within(screen.getByTestId("plan-capacity")).getAllByRole("row")).toHaveLength(4);
+    expect(screen.getByTestId("left-out").textContent).toContain("node2 left out: with it 37.1 ms");
+  });
+
   it("keeps Send disabled with a hint while the prompt is empty", async () => {
     stack();
     render(<App pollMs={20} />);

@@ -7,6 +7,7 @@ import { ApiKeyField } from "./components/ApiKeyField";
 import { ApiProblemBanner, ModelBanner } from "./components/Banners";
 import { History } from "./components/History";
 import { PipelineView } from "./components/PipelineView";
+import { PlacementPreview } from "./components/PlacementPreview";
 import { PromptForm } from "./components/PromptForm";
 import { useAnswers } from "./hooks/useAnswers";
 import { useClusterPoll, type ProblemKind } from "./hooks/useClusterPoll";
@@ -62,6 +63,7 @@ export default function App({ pollMs }: { pollMs?: number }) {
             Pipeline {clusterModel && <span className="muted">· {clusterModel.name}</span>}
           </h2>
           <PipelineView model={clusterModel} active={status.active} />
+          <PlacementPreview defaultSource={model} />
           <ApiKeyField value={apiKey} open={status.problem?.kind === "auth"}
                        onSave={(k) => { setApiKey(k); setKey(getApiKey()); }} />
         </section>

@@ -153,3 +153,20 @@ export interface ChatTurn {
   role: "system" | "user" | "assistant";
   content: string;
 }
+
+/** POST /api/models?dry_run=true: the plan the coordinator would make, from the nodes' speed profiles. */
+export interface PlanFigures {
+  stages: { node: string; address: string; layers: [number, number]; memory_bytes: number; step_ms: number }[];
+  single_stream_tps: number;
+  aggregate_tps: Record<string, number>;
+}
+
+export interface PlacementPreview {
+  model: string;
+  method: string;
+  expected_concurrency: number;
+  plan: PlanFigures;
+  capacity_split: PlanFigures;
+  speedup: number;
+  left_out: { node: string; reason: string }[];
+}

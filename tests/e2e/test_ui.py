@@ -121,6 +121,18 @@ def test_a_conversation_goes_on_from_cached_turns_with_logprobs_and_a_json_schem
     shot(page, "logprobs-json")
 
 
+def test_a_placement_preview_shows_the_plan_from_the_nodes_profiles(page: Page, stack: RunningCluster) -> None:
+    page.get_by_text("Placement preview").click()
+    page.get_by_role("button", name="Preview placement").click()
+    preview = page.get_by_test_id("placement-preview")
+    expect(preview).to_be_visible(timeout=120_000)
+    expect(page.get_by_test_id("preview-speedup")).to_have_text(re.compile(r"^\d+\.\d\dx$"))
+    expect(page.get_by_test_id("plan-capacity").locator("tbody tr")).to_have_count(3)
+    models = httpx.get(f"{stack.api_url}/api/models", timeout=10).json()["models"]
+    assert [m["name"] for m in models] == [SMOL]  # nothing was added
+    shot(page, "placement-preview")
+
+
 def test_the_answer_streams_token_by_token(page: Page) -> None:
     ask(page, "Write a short poem about the sea.", 96)
     text = current(page).get_by_test_id("answer-text")
