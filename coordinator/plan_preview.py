@@ -5,6 +5,7 @@ beside today's split by configured capacity over the same nodes. Nothing is load
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -79,6 +80,24 @@ class ProfileBook:
             rtt = clients[node_id].link_round_trip_s
             out[node_id] = (to_speed(entry.profile, rtt), entry.profile, time.monotonic() - entry.at, format_of(key))
         return out
+
+
+async def profile_on_join(registry: ModelRegistry, node_id: str, wait_s: float = 120.0) -> None:
+    """A node that joined is measured for every served model's format once it is ready (it holds nothing yet, so
+    measuring slows nothing), so that placements and previews find its profile."""
+    deadline = time.monotonic() + wait_s
+    while node_id in registry.nodes and registry.membership.state(node_id) != "ready":
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.5)
+    for engine in list(registry.engines.values()):
+        load = engine.replicas.model_load
+        if load is None or node_id not in registry.nodes:
+            continue
+        try:
+            await registry.profiles.speeds(registry.clients, [node_id], load)
+        except grpc.aio.AioRpcError as e:
+            logger.warning("node %s could not be profiled for %s: %s", node_id, load.model, e.details())
 
 
 def to_speed(profile: shard_pb2.NodeProfile, rtt_s: float) -> NodeSpeed:
@@ -196,8 +215,13 @@ async def place_model(registry: ModelRegistry, request: ModelRequest) -> Placeme
     return Placement(tuple((n,) for n in plan.node_ids), tuple(plan.ranges))
 
 
-async def preview(registry: ModelRegistry, request: ModelRequest) -> coordinator_pb2.PlacementPreview:
-    """The plan AddModel makes for ``request`` and its predicted figures, beside the split by capacity."""
+async def preview(registry: ModelRegistry, request: ModelRequest, remeasure: bool = False
+                  ) -> coordinator_pb2.PlacementPreview:
+    """The plan AddModel makes for ``request`` and its predicted figures, beside the split by capacity
+    (``remeasure``: the nodes' profiles are measured again first)."""
+    if remeasure:
+        for node_id in registry.nodes:
+            registry.profiles.forget(node_id)
     p = await _plan(registry, request)
     m = request.model
     return coordinator_pb2.PlacementPreview(

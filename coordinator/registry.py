@@ -27,7 +27,7 @@ from coordinator.model_meta import read_model_meta
 from coordinator.node_client import Deadlines, NodeClients, unload_shard
 from coordinator.node_names import RegistryError, check_new_node
 from coordinator.placement import DoesNotFit, NodeRoom, Placement
-from coordinator.plan_preview import ProfileBook, place_model
+from coordinator.plan_preview import ProfileBook, place_model, profile_on_join
 from coordinator.replacement import ReplacementWatch
 from coordinator.sizing import fit_budgets
 from coordinator.slow_stages import watch_speed
@@ -118,6 +118,7 @@ class ModelRegistry:
         self.nodes[node.id] = node
         self.membership.add_node(node)
         logger.info("node %s (%s) joined the cluster", node.id, node.address)
+        asyncio.get_running_loop().create_task(profile_on_join(self, node.id), name=f"profile-{node.id}")
         self._recheck.set()
         return node
 

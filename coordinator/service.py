@@ -240,7 +240,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                            ) -> coordinator_pb2.PlacementPreview:
         try:
             model = ModelConfig.from_spec(spec_from_add_model(request))
-            return await preview(self.registry, ModelRequest(model, request.replicas or 1))
+            return await preview(self.registry, ModelRequest(model, request.replicas or 1), request.remeasure)
         except SpecProblem as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except RegistryError as e:

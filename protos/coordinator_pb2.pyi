@@ -158,7 +158,7 @@ class StageNodes(_message.Message):
     def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddModelRequest(_message.Message):
-    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model", "expected_concurrency")
+    __slots__ = ("name", "source", "dtype", "device", "replicas", "stages", "layer_ranges", "kv_cache_tokens", "max_context", "quantization", "forwarding", "wire_dtype", "speculative", "num_speculative_tokens", "draft_model", "expected_concurrency", "remeasure")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class AddModelRequest(_message.Message):
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    REMEASURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dtype: str
@@ -191,7 +192,8 @@ class AddModelRequest(_message.Message):
     num_speculative_tokens: int
     draft_model: str
     expected_concurrency: int
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ..., expected_concurrency: _Optional[int] = ...) -> None: ...
+    remeasure: bool
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., replicas: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageNodes, _Mapping]]] = ..., layer_ranges: _Optional[_Iterable[_Union[_common_pb2.LayerRange, _Mapping]]] = ..., kv_cache_tokens: _Optional[int] = ..., max_context: _Optional[int] = ..., quantization: _Optional[str] = ..., forwarding: _Optional[str] = ..., wire_dtype: _Optional[str] = ..., speculative: _Optional[str] = ..., num_speculative_tokens: _Optional[int] = ..., draft_model: _Optional[str] = ..., expected_concurrency: _Optional[int] = ..., remeasure: bool = ...) -> None: ...
 
 class RemoveModelRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")

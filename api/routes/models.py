@@ -55,7 +55,9 @@ async def list_models(backend: Backend = Depends(get_backend)) -> ModelsResponse
                         200: {"model": PlacementPreviewResponse, "description": "with dry_run: the plan"}})
 async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backend),
                     dry_run: bool = Query(False, description="only the plan (nodes, ranges, memory per node, "
-                                          "predicted tokens/s), nothing loaded")) -> JSONResponse:
+                                          "predicted tokens/s), nothing loaded"),
+                    remeasure: bool = Query(False, description="with dry_run: measure the nodes' speed profiles "
+                                            "again first")) -> JSONResponse:
     """Serves a model from the model cache. 201 once it is loaded (serving); 202 while it is pending. Without
     nodes it is placed for speed: the nodes' profiles predict each split's tokens per second (dry_run shows it)."""
     stages = [coordinator_pb2.StageNodes(node_ids=[e] if isinstance(e, str) else e) for e in body.nodes or []]
@@ -68,6 +70,7 @@ async def add_model(body: AddModelRequest, backend: Backend = Depends(get_backen
         stages=stages, layer_ranges=ranges, kv_cache_tokens=body.kv_cache_tokens, max_context=body.max_context or 0,
         expected_concurrency=body.expected_concurrency)
     if dry_run:
+        request.remeasure = remeasure
         return JSONResponse(preview_response(await backend.preview_model(request)).model_dump())
     info = await backend.add_model(request)
     status = _status(info)

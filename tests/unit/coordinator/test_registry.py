@@ -206,3 +206,23 @@ def test_without_a_spare_the_dead_range_stays_down_and_requests_fail(tmp_path: P
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_a_node_that_joins_is_profiled_for_the_served_models_once_it_is_ready(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        await _polled(reg)
+        await reg.add(ModelRequest(ModelConfig("tiny", "tiny", stages=(("n1",), ("n2",)))))
+        assert reg.register_node(NodeConfig("n9", "127.0.0.1:47399")) is not None
+        await asyncio.sleep(0)
+        assert _fake(reg, "n9").profiles == []  # not ready yet: nothing measured
+        await reg.membership.poll(reg.membership.status["n9"])
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == "profile-n9"))
+        assert [p.model for p in _fake(reg, "n9").profiles] == ["tiny"]
+        assert reg.profiles.of_node("n9", 0.0)[0].format == "tiny float32 none cpu"
+        shown = await preview(reg, ModelRequest(ModelConfig("tiny2", "tiny")), remeasure=True)
+        assert len(_fake(reg, "n9").profiles) == 2 and shown.nodes  # measured again on demand
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
