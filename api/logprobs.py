@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import BaseModel, Field
+
 from protos.data_structures import TokenLogprobs
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf: an impossible token is reported with this (as vLLM does)
@@ -16,6 +18,16 @@ LOGPROB_FLOOR = -9999.0  # JSON has no -inf: an impossible token is reported wit
 
 class PieceSource(Protocol):
     async def token_pieces(self, model: str, token_ids: list[int]) -> list[tuple[str, bytes]]: ...
+
+
+class TokenLogprob(BaseModel):
+    """A generated token with its log-probability and the most likely tokens at its position (OpenAI's chat
+    shape; the native routes' ``logprobs``)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from api.logprobs import TokenLogprob
 from api.openai_responses import SpeculativeUsage
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
 from api.placement_schemas import NodeSpeedEntry
@@ -31,16 +32,6 @@ class ChatTurn(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(..., max_length=200_000)
-
-
-class TokenLogprob(BaseModel):
-    """A generated token with its log-probability and the most likely tokens at its position (OpenAI's chat
-    shape)."""
-
-    token: str
-    logprob: float
-    bytes: list[int]
-    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def _utf8_encodable(value: dict[str, Any]) -> dict[str, Any]:

@@ -77,8 +77,7 @@ class ModelEngine:
 
     @property
     def ready(self) -> bool:
-        """Loaded, and every layer range has a replica that can take work (or a spare is taking a range over:
-        requests wait for it, coordinator/replacement.py)."""
+        """Loaded, and every layer range has a replica that can take work (or a spare takes a range over)."""
         return self._loaded and (self.replicas.ready or self.replicas.awaiting_replacement)
 
     def unavailable_reason(self) -> str:

@@ -21,7 +21,7 @@ from coordinator.partition import partition_layers
 from coordinator.placement import DoesNotFit, ModelSizes, Placement, place
 from coordinator.sizing import measure, model_load
 from coordinator.speed_model import NodeSpeed, Prediction, Stage, predict
-from coordinator.speed_placement import NoPlan, SpeedPlan, plan_by_speed
+from coordinator.speed_placement import MaxLayers, NoPlan, SpeedPlan, plan_by_speed
 from protos import coordinator_pb2, shard_pb2, wire
 from protos.data_structures import LayerRange
 
@@ -105,7 +105,7 @@ def to_speed(profile: shard_pb2.NodeProfile, rtt_s: float) -> NodeSpeed:
                      {t.rows: t.seconds for t in profile.head}, profile.prefill_token_seconds, rtt_s)
 
 
-def memory_caps(sizes: ModelSizes, free: dict[str, int | None], num_layers: int):  # type: ignore[no-untyped-def]
+def memory_caps(sizes: ModelSizes, free: dict[str, int | None], num_layers: int) -> MaxLayers:
     """max_layers(node, first, last) for plan_by_speed: what each node's free memory holds (None: no budget)."""
     def max_layers(node_id: str, first: bool, last: bool) -> int:
         room = free.get(node_id)

@@ -15,7 +15,7 @@ from api.backend import Backend
 from api.deps import get_backend
 from api.errors import ApiError
 from api.generation import Generation, TextChunk
-from api.logprobs import ChosenToken, chat_logprobs
+from api.logprobs import ChosenToken, TokenLogprob, chat_logprobs
 from api.openai_responses import SpeculativeUsage
 from api.routes import ERROR_RESPONSES, JSON_ERROR_RESPONSES, json_data, named_events, sse_content
 from api.schemas import (
@@ -31,7 +31,6 @@ from api.schemas import (
     StreamToken,
     TokenizeRequest,
     TokenizeResponse,
-    TokenLogprob,
     Usage,
 )
 from api.streaming import EventStreamResponse, event_stream, sse, until_disconnected
