@@ -34,6 +34,8 @@ class ReplacementWatch:
         self._busy: set[tuple[str, int]] = set()  # (model, group index) being replaced now
         self._said: dict[tuple[str, int], str] = {}  # why a range could not be replaced (logged once)
         self._unloading: set[tuple[str, str]] = set()  # (model, node) stale shards being unloaded
+        self._no_room: set[str] = set()  # models a takeover found no spare with room for (until a node comes up)
+        self._seen_ready: set[str] = set()  # nodes ready at the last node event
 
     @property
     def grace_s(self) -> float:
@@ -74,12 +76,18 @@ class ReplacementWatch:
     def can_replace(self, engine: ModelEngine) -> bool:
         """Whether a dead replica of ``engine`` can move: replacement is on and a spare node is ready (or a takeover
         is under way)."""
-        return self.grace_s > 0 and (bool(self.spares(engine)) or any(k[0] == engine.name for k in self._busy))
+        if self.grace_s <= 0 or engine.name in self._no_room:
+            return False
+        return bool(self.spares(engine)) or any(k[0] == engine.name for k in self._busy)
 
     def on_node_event(self, event: NodeEvent) -> None:
         """A node that answers again holding a shard of a model it was replaced in: that shard is unloaded."""
         if event.kind != "up" or event.info is None:
             return
+        ready = set(self.registry.ready_nodes())
+        if ready - self._seen_ready:
+            self._no_room.clear()  # a node that is ready now may have room: the next takeover looks again
+        self._seen_ready = ready
         for name, engine in list(self.registry.engines.items()):
             stale = engine.pipeline.replica_on(event.node_id) is None and any(
                 s.model == name for s in event.info.shards)
@@ -115,6 +123,7 @@ class ReplacementWatch:
         try:
             spare = await self._spare_with_room(engine, group, spares)
             if spare is None:
+                self._no_room.add(name)  # its requests stop waiting for a spare (they fail as without one)
                 self._say(name, index, f"no spare node has room for layers {group.layers} of {name}")
                 return
             started = time.monotonic()

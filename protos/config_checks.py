@@ -59,6 +59,9 @@ def counter(obj: dict[str, Any], key: str, where: str, what: str) -> int:
 PIPELINED_PREFILL = ("auto", "always", "never")  # coordinator.pipelined_prefill
 
 
+ZERO_MEANS_OFF = {"replace_after_s", "metrics_port"}  # numbers of a section where 0 turns it off
+
+
 def _section_value(key: str, name: str, value: Any, default: Any) -> Any:
     """One field of a section, checked against the type of its default."""
     where = f"{key}.{name}"
@@ -79,7 +82,10 @@ def _section_value(key: str, name: str, value: Any, default: Any) -> Any:
     else:
         require(isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)),
                 where, f"must be a {type(default).__name__}, got {value!r}")
-        require(not isinstance(value, bool) and value > 0, where, f"must be positive, got {value!r}")
+        if name in ZERO_MEANS_OFF:
+            require(not isinstance(value, bool) and value >= 0, where, f"must be >= 0 (0 = off), got {value!r}")
+        else:
+            require(not isinstance(value, bool) and value > 0, where, f"must be positive, got {value!r}")
     return value
 
 

