@@ -50,8 +50,8 @@ class ReplacementWatch:
             await asyncio.sleep(CHECK_EVERY_S)
 
     def check(self) -> None:
-        """Starts a takeover for every range whose replica is down past the grace period (one at a time per range);
-        marks the models whose requests wait for one."""
+        """Starts a takeover for every range whose replica is down past the grace period (one at a time per range),
+        and lets each model ask whether a spare can take a dead range (its requests wait for one then)."""
         if self.grace_s <= 0:
             return
         for name, engine in list(self.registry.engines.items()):
