@@ -114,3 +114,32 @@ def test_a_hung_node_s_range_moves_to_the_spare_and_no_request_fails(spare_clust
         assert time.monotonic() < deadline, "p2 still holds its old shard"
         time.sleep(0.5)
     assert complete(spare_cluster, 40) == undisturbed
+
+
+def test_kill_9_of_a_stage_under_a_stream_fails_no_request(spare_cluster: RunningCluster) -> None:
+    """The launcher restarts the killed node; whichever comes first, its reload or the spare's takeover after the
+    grace period, serves the range, and requests wait meanwhile."""
+    undisturbed = complete(spare_cluster, 40)
+    victim = next(n for n in stage_nodes(spare_cluster) if n != "spare")
+    halfway = threading.Event()
+    got: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(complete(spare_cluster, 40, lambda n: n >= 8 and halfway.set()))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    stream = threading.Thread(target=run)
+    stream.start()
+    assert halfway.wait(120)
+    os.kill(spare_cluster.node_pid(victim), signal.SIGKILL)
+    killed_at = time.monotonic()
+    during = client(spare_cluster).completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4,
+                                                      temperature=0)
+    served_after = time.monotonic() - killed_at
+    stream.join(timeout=300)
+    assert not errors and got == [undisturbed] and during.choices[0].text
+    logging.getLogger(__name__).warning("kill -9 of %s: a request sent right after it answered %.1f s later; the "
+                                        "range is held by %s", victim, served_after, stage_nodes(spare_cluster))
