@@ -134,13 +134,16 @@ class ReplacementWatch:
                 engine.replicas.retire(replica)
                 self._say(name, index, f"{spare} could not load layers {group.layers}: {replica.last_error}")
                 return
-            engine.replicas.retire(dead)
             took = time.monotonic() - started
             what = (f"took over layers {group.layers.start}-{group.layers.end - 1} of {name} from {dead.node_id} "
                     f"(down {down_for:.1f} s; loaded in {took:.1f} s)")
+            if dead.state == "down":  # still dead: it leaves the model
+                engine.replicas.retire(dead)
+                self.registry.membership.note(dead.node_id, f"replaced by {spare} for layers {group.layers} of {name}")
+            else:  # its node came back meanwhile (reloading or serving): it stays, one replica more
+                what += f"; {dead.node_id} came back meanwhile and stays a replica too"
             logger.warning("model %s: %s %s", name, spare, what)
             self.registry.membership.note(spare, what)
-            self.registry.membership.note(dead.node_id, f"replaced by {spare} for layers {group.layers} of {name}")
             self._said.pop((name, index), None)
         finally:
             self._busy.discard((name, index))

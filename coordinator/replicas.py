@@ -2,7 +2,8 @@
 the scheduler must know of both.
 
 States of a replica: ``loading`` -> ``ready`` (its node holds the shard) -> ``draining`` (its node's health says
-NOT_SERVING: no new sequences) or ``down`` (its stream broke or its node stopped answering). A node that answers
+NOT_SERVING: no new sequences) or ``down`` (its stream broke or its node stopped answering); ``retired``: replaced
+by a spare (coordinator/replacement.py), out of the model for good. A node that answers
 again is ``ready`` at once if it still holds the shard, else the shard is loaded again (not sooner than
 ``RELOAD_RETRY_S`` after a failed load). A lane whose route loses a replica is marked lost: the engine replays its
 sequences elsewhere.
@@ -127,6 +128,7 @@ class ReplicaSet:
         for group in self.pipeline.groups:  # its lanes were replayed elsewhere; idle lanes are rerouted each tick
             if replica in group.replicas and len(group.replicas) > 1:
                 group.replicas.remove(replica)
+                replica.state = "retired"  # never usable again, whatever a reload under way answers
         self.sync()
         self.wake()
 
@@ -200,9 +202,12 @@ class ReplicaSet:
         try:
             info = await replica.client.load(self.model_load.shard(replica.layers))
         except grpc.aio.AioRpcError as e:
-            replica.state, replica.last_error = "down", f"could not load its shard: {e.code().name}: {e.details()}"
+            if replica.state != "retired":
+                replica.state, replica.last_error = "down", f"could not load its shard: {e.code().name}: {e.details()}"
             replica.retry_load_at = time.monotonic() + RELOAD_RETRY_S
             logger.error("model %s: %s %s", self.model, replica.describe(), replica.last_error)
+            return
+        if replica.state == "retired":  # replaced while it reloaded: it serves nothing (its shard is unloaded)
             return
         replica.kv_capacity_tokens = info.kv_capacity_tokens
         replica.weight_bytes = info.weight_bytes
