@@ -74,22 +74,33 @@ def stage_nodes(cluster: RunningCluster) -> list[str]:
     return [x["node"] for x in model["replicas"]]
 
 
-def test_a_hung_node_s_range_moves_to_the_spare_and_no_request_fails(spare_cluster: RunningCluster) -> None:
-    assert stage_nodes(spare_cluster) == NODES[:3]
-    undisturbed = complete(spare_cluster, 40)
+def stream_under_way(cluster: RunningCluster) -> tuple[threading.Thread, list[str], list[BaseException]]:
+    """A 40-token stream in a thread, returned once it has its first 8 chunks: the thread, its text (once done) and
+    what it raised."""
     halfway = threading.Event()
     got: list[str] = []
     errors: list[BaseException] = []
 
+    def on_chunk(n: int) -> None:
+        if n >= 8:
+            halfway.set()
+
     def run() -> None:
         try:
-            got.append(complete(spare_cluster, 40, lambda n: n >= 8 and halfway.set()))
-        except BaseException as e:  # noqa: BLE001 - reported below
+            got.append(complete(cluster, 40, on_chunk))
+        except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
 
     stream = threading.Thread(target=run)
     stream.start()
     assert halfway.wait(120)
+    return stream, got, errors
+
+
+def test_a_hung_node_s_range_moves_to_the_spare_and_no_request_fails(spare_cluster: RunningCluster) -> None:
+    assert stage_nodes(spare_cluster) == NODES[:3]
+    undisturbed = complete(spare_cluster, 40)
+    stream, got, errors = stream_under_way(spare_cluster)
     pid = spare_cluster.node_pid("p2")
     os.kill(pid, signal.SIGSTOP)
     hung_at = time.monotonic()
@@ -121,19 +132,7 @@ def test_kill_9_of_a_stage_under_a_stream_fails_no_request(spare_cluster: Runnin
     grace period, serves the range, and requests wait meanwhile."""
     undisturbed = complete(spare_cluster, 40)
     victim = next(n for n in stage_nodes(spare_cluster) if n != "spare")
-    halfway = threading.Event()
-    got: list[str] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            got.append(complete(spare_cluster, 40, lambda n: n >= 8 and halfway.set()))
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    stream = threading.Thread(target=run)
-    stream.start()
-    assert halfway.wait(120)
+    stream, got, errors = stream_under_way(spare_cluster)
     os.kill(spare_cluster.node_pid(victim), signal.SIGKILL)
     killed_at = time.monotonic()
     during = client(spare_cluster).completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4,
