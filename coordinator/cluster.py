@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from coordinator.engine import ModelEngine
+from coordinator.generations import shard_name
 from coordinator.model_meta import ModelMeta, read_model_meta
 from coordinator.node_client import ModelLoad, NodeClients
 from coordinator.partition import check_explicit_ranges, partition_layers
@@ -48,14 +49,16 @@ def pipelines_prefill(mode: str, stage_hosts: list[str]) -> bool:
     return mode == "always" or (mode == "auto" and len(set(stage_hosts)) > 1)
 
 
-def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model_dir: Path | None = None
-                 ) -> ModelEngine:
+def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model_dir: Path | None = None,
+                 generation: int = 1) -> ModelEngine:
     """Reads the prepared model and plans its split; raises with a clear message if it cannot.
 
-    ``clients``: every known node's client by id; ``model_dir``: default the cache's folder of the model's name."""
+    ``clients``: every known node's client by id; ``model_dir``: default the cache's folder of the model's name;
+    ``generation``: which layout of the model this is (its shards' names on the nodes, coordinator/generations.py)."""
     meta = read_model_meta(model_dir or config.model_dir(model.name), model.max_context)
     ranges = plan_ranges(clients.nodes, model, meta)
-    groups = [StageGroup(r, [Replica(clients[n], model.name, r) for n in replicas])
+    shards = shard_name(model.name, generation)
+    groups = [StageGroup(r, [Replica(clients[n], shards, r) for n in replicas])
               for replicas, r in zip(model.stages, ranges)]
     plan = ", ".join(f"{'+'.join(x.node_id for x in g.replicas)} {g.layers}" for g in groups)
     logger.info("model %s (%s, %d layers) split into %d stage(s): %s", model.name, meta.model_type,
@@ -68,11 +71,12 @@ def build_engine(config: Config, model: ModelConfig, clients: NodeClients, model
                           prefix=PrefixIndex() if coord.prefix_caching else None)
     logger.info("model %s: %d tokens / %d sequences per micro-batch, %d requests may wait", model.name,
                 coord.max_batch_tokens, coord.max_batch_seqs, coord.max_waiting)
-    load = ModelLoad(model.name, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
+    load = ModelLoad(shards, str(meta.path), model.dtype, model.device, model.kv_cache_tokens, max_seqs,
                      model.quantization)
     scheduler.pipelined_prefill = pipelines_prefill(coord.pipelined_prefill, [])  # "auto": decided at load
-    pipeline = Pipeline(model.name, groups, model.forwarding, model.wire_dtype)
+    pipeline = Pipeline(shards, groups, model.forwarding, model.wire_dtype, label=model.name)
     engine = ModelEngine(model.name, meta, pipeline, scheduler, load)
+    engine.generation, engine.config = generation, model
     engine.prefill_mode = coord.pipelined_prefill
     engine.ring_decode = coord.ring_decode
     engine.speculation = SpeculationConfig(model.speculative, model.num_speculative_tokens, model.draft_model)

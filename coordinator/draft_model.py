@@ -98,6 +98,16 @@ class DraftModelProposer:
         engine = self.served.get(self.draft_model)
         return engine if engine is not None and engine.ready and not engine.draining else None
 
+    async def propose_held(self, reqs: Sequence[Request]) -> None:
+        """``propose``, with ``reqs`` counted in flight meanwhile (nothing else plans them)."""
+        for r in reqs:
+            r.batches_in_flight += 1
+        try:
+            await self.propose(reqs)
+        finally:
+            for r in reqs:
+                r.batches_in_flight -= 1
+
     async def propose(self, reqs: Sequence[Request]) -> None:
         """Drafts for each of ``reqs`` (decode rows of one lane, each with a DraftState whose ``model`` is set),
         left in ``ModelDrafts.ready``; a sequence without drafts backs off."""
@@ -107,7 +117,7 @@ class DraftModelProposer:
             for req in reqs:
                 self._give_up(req)
             return
-        nodes = tuple(r.node_id for r in route)
+        nodes = (engine.pipeline.model, *(r.node_id for r in route))  # a new layout of it: new caches
         for req in reqs:
             self._follow(req, nodes)
         await self._rounds(engine.pipeline, route, list(reqs))  # releases due on those nodes ride along
@@ -183,8 +193,8 @@ class DraftModelProposer:
     def _release(self, drafts: ModelDrafts) -> None:
         self.holding.pop(drafts.seq_id, None)
         engine = self.served.get(self.draft_model)
-        if not drafts.route or engine is None:
-            return
+        if not drafts.route or engine is None or drafts.route[0] != engine.pipeline.model:
+            return  # no cache, or one on shards of the draft model's earlier layout (unloaded with them)
         for replica in engine.pipeline.replicas:
             if replica.node_id in drafts.route and replica.state != "down":
                 replica.pending_release.append(drafts.seq_id)

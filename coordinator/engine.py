@@ -27,6 +27,7 @@ from coordinator.request import Request
 from coordinator.scheduler import MicroBatchPlan, Scheduler
 from coordinator.speculation import DraftState, ModelDrafts, SpeculationConfig
 from coordinator.step_result import StepResult
+from protos.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ class ModelEngine:
         self._wakeup = asyncio.Event()
         self.replicas = ReplicaSet(pipeline, scheduler, model_load, self._wakeup.set)
         self.publisher = Publisher(name, scheduler)
-        self._loaded = False  # the first load finished (some replicas may have failed)
-        self._draining = False  # being removed: admits nothing new
+        self.loaded = False  # the first load finished (some replicas may have failed; see mark_loaded)
+        self.draining = False  # being removed: admits nothing new (see start_draining)
         self.prefill_mode = "auto"  # coordinator.pipelined_prefill; load_engine decides "auto" from the hosts
         self._in_flight: dict[int, asyncio.Task[None]] = {}  # lane -> its micro-batch
         self._ahead: dict[int, SentAhead] = {}  # lane -> its next decode step, sent ahead (ring decode)
@@ -50,18 +51,14 @@ class ModelEngine:
         self.speculation = SpeculationConfig()  # the model's speculative decoding (coordinator/speculation.py)
         self.proposer: DraftModelProposer | None = None  # with a draft model (see use_draft_model)
         self._task: asyncio.Task[None] | None = None
+        self.generation = 1  # which layout of the model this is (coordinator/generations.py)
+        self.config: ModelConfig | None = None  # the model as placed (build_engine)
+        self.frozen = False  # handing over to a new layout: admits and sends nothing new (coordinator/handover.py)
+        self.successor: ModelEngine | None = None  # the layout that took its requests over
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
         self.set_depth(scheduler.depth)
 
     # ----- state ------------------------------------------------------------------------------------------
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
 
     @property
     def stats(self) -> FailoverStats:
@@ -75,13 +72,17 @@ class ModelEngine:
     def num_in_flight(self) -> int:
         return len(self._in_flight)
 
+    def steps_under_way(self) -> list[asyncio.Task[None]]:
+        """Micro-batches (and drafts) in flight, and decode steps sent ahead of them."""
+        return [*self._in_flight.values(), *(link.task for link in self._ahead.values() if link.task)]
+
     @property
     def ready(self) -> bool:
         """Loaded, and every layer range has a replica that can take work (or a spare takes a range over)."""
-        return self._loaded and (self.replicas.ready or self.replicas.awaiting_replacement)
+        return self.loaded and (self.replicas.ready or self.replicas.awaiting_replacement)
 
     def unavailable_reason(self) -> str:
-        return self.replicas.unavailable_reason() if self._loaded else "it is still loading"
+        return self.replicas.unavailable_reason() if self.loaded else "it is still loading"
 
     @property
     def routes(self) -> list[Route]:
@@ -101,18 +102,18 @@ class ModelEngine:
 
     def mark_loaded(self) -> None:
         """The first load finished: node events may now reload replicas, and requests run."""
-        self._loaded = True
+        self.loaded = True
         self._wakeup.set()
 
     def start_draining(self) -> None:
         """The model is being removed: new requests are refused, nothing is reloaded."""
-        self._draining = True
+        self.draining = True
 
     def loading_on(self, node_id: str) -> bool:
         return self.replicas.loading_on(node_id)
 
     def on_node_event(self, event: NodeEvent) -> None:
-        self.replicas.on_node_event(event, reload=self._loaded and not self._draining)
+        self.replicas.on_node_event(event, reload=self.loaded and not self.draining)
 
     # ----- lifecycle --------------------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class ModelEngine:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"engine-{self.name}")
 
     async def stop(self, why: str = "coordinator shutting down") -> None:
-        for task in [self._task, *self._in_flight.values(), *(link.task for link in self._ahead.values())]:
+        for task in [self._task, *self.steps_under_way()]:
             if task:
                 task.cancel()
         for r in [*self.scheduler.waiting, *self.scheduler.running]:
@@ -128,6 +129,8 @@ class ModelEngine:
 
     def submit(self, req: Request) -> None:
         """Queues a request; raises NeverFits (can never fit) or QueueFull (too many waiting)."""
+        if self.successor is not None:  # re-placed since the caller looked it up
+            return self.successor.submit(req)
         if self.speculation.enabled and req.speculative and req.drafting is None:
             model = ModelDrafts(f"{req.seq_id}-draft") if self.proposer is not None else None
             req.drafting = DraftState(self.speculation.max_draft_tokens, model)
@@ -136,6 +139,8 @@ class ModelEngine:
 
     def cancel(self, req: Request) -> None:
         """Stops a request; one still waiting leaves the queue at once (it stops counting against max_waiting)."""
+        if self.successor is not None:
+            return self.successor.cancel(req)
         if req.is_finished:
             return
         req.cancelled = True
@@ -180,10 +185,12 @@ class ModelEngine:
         for lane in self.replicas.take_lost_lanes(busy):
             self.publisher.replay(lane, self.replicas.routes[lane])
         self.replicas.reroute_idle_lanes(busy)
-        if self._loaded and not self.ready and self.scheduler.waiting:
+        if self.loaded and not self.ready and self.scheduler.waiting:
             self.publisher.fail_waiting(f"model {self.name} is unavailable: {self.unavailable_reason()}")
 
     def _admit(self) -> None:
+        if self.frozen:
+            return
         for req in self.scheduler.admit():
             req.route_nodes = self.scheduler.lane_routes[req.lane]
             self.publisher.admitted(req)
@@ -192,6 +199,8 @@ class ModelEngine:
     def _issue(self) -> None:
         """One micro-batch for every idle lane whose route can take it (step -> postprocess -> publish in _run),
         and with ring decode the decode step after it, sent ahead."""
+        if self.frozen:
+            return
         for lane, route in enumerate(self.replicas.routes):
             if lane in self._in_flight or not all(r.state in ("ready", "draining") for r in route):
                 continue  # a draining node finishes the sequences it holds but takes no new ones
@@ -222,13 +231,9 @@ class ModelEngine:
 
     async def _draft(self, lane: int, members: list[Request]) -> None:
         assert self.proposer is not None
-        for r in members:
-            r.batches_in_flight += 1  # nothing else plans them meanwhile
         try:
-            await self.proposer.propose(members)
+            await self.proposer.propose_held(members)
         finally:
-            for r in members:
-                r.batches_in_flight -= 1
             if self._in_flight.get(lane) is asyncio.current_task():
                 del self._in_flight[lane]
             self._wakeup.set()
@@ -236,7 +241,7 @@ class ModelEngine:
     def _ring_ahead(self, lane: int, plan: MicroBatchPlan) -> MicroBatchPlan | None:
         """Ring decode: the step after ``plan``, when ``plan`` is all the work there is (one busy lane, decode rows
         only, nobody waiting) and the model forwards stage to stage (see coordinator/forwarding.py RingStep)."""
-        if not self.ring_decode or self.pipeline.forwarding != "direct" or len(self.pipeline.groups) < 2:
+        if self.frozen or not self.ring_decode or self.pipeline.forwarding != "direct" or len(self.pipeline.groups) < 2:
             return None
         if set(self._in_flight) - {lane} or not self.scheduler.decodes_alone(plan):
             return None

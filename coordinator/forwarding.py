@@ -179,13 +179,13 @@ def _record(pipe: Pipeline, route: Sequence[Replica], request: shard_pb2.Forward
     relay.seconds = seconds + [0.0] * (len(route) - 1 - len(seconds)) + [reply.forward_seconds]
     for replica, busy in zip(route, relay.seconds):
         replica.micro_batches += 1
-        metrics.observe_stage(pipe.model, replica.node_id, busy)
-    metrics.observe_link(pipe.model, COORDINATOR, route[0].node_id, len(request.token_ids) * 4,
+        metrics.observe_stage(pipe.label, replica.node_id, busy)
+    metrics.observe_link(pipe.label, COORDINATOR, route[0].node_id, len(request.token_ids) * 4,
                          route[0].client.take_round_trip())  # its health checks time that link
     for report, nxt in zip(reports, route[1:]):
-        metrics.HIDDEN_BYTES.labels(pipe.model, nxt.node_id).inc(report.handoff_bytes)
-        metrics.observe_link(pipe.model, report.node_id, nxt.node_id, report.handoff_bytes,
+        metrics.HIDDEN_BYTES.labels(pipe.label, nxt.node_id).inc(report.handoff_bytes)
+        metrics.observe_link(pipe.label, report.node_id, nxt.node_id, report.handoff_bytes,
                              report.handoff_rtt_seconds or None)
-    metrics.observe_link(pipe.model, COORDINATOR, route[-1].node_id, 0, rtt_s)
-    metrics.observe_link(pipe.model, route[-1].node_id, COORDINATOR, len(reply.next_token_ids) * 4)
+    metrics.observe_link(pipe.label, COORDINATOR, route[-1].node_id, 0, rtt_s)
+    metrics.observe_link(pipe.label, route[-1].node_id, COORDINATOR, len(reply.next_token_ids) * 4)
     relay.reply = reply

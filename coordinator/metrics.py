@@ -75,6 +75,9 @@ RECOVERIES = Counter("shardline_failover_recoveries", "failed-over sequences tha
 RECOVERY_SECONDS = Histogram("shardline_failover_recovery_seconds",
                              "time from a node loss to the next token of an affected sequence", ["model_name"],
                              buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+REBALANCES = Counter("shardline_rebalances", "live re-placements of a model onto a new layout",
+                     ["model_name", "trigger"])
+MOVED = Counter("shardline_rebalance_moved_requests", "requests moved to a new layout (replayed there)", ["model_name"])
 NODE_DOWN = Counter("shardline_node_down", "times a node was found down (health polls or a broken stream)",
                     ["model_name", "node"])
 
@@ -190,7 +193,7 @@ def observe_link(model: str, src: str, dst: str, nbytes: int, rtt_s: float | Non
 # all have model_name
 MODEL_SERIES = (TTFT, ITL, E2E, QUEUE, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESS, FAILURES, STAGE_SECONDS, BATCH_SEQS,
                 BATCH_TOKENS, HIDDEN_BYTES, FAILOVERS, RECOVERIES, RECOVERY_SECONDS, NODE_DOWN, STAGE_BUSY, LINK_BYTES,
-                LINK_RTT, DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS, PREFIX_QUERIES, PREFIX_HITS)
+                LINK_RTT, DRAFT_PROPOSED, DRAFT_ACCEPTED, DRAFT_STEPS, PREFIX_QUERIES, PREFIX_HITS, REBALANCES, MOVED)
 NODE_SERIES = (STAGE_SECONDS, HIDDEN_BYTES, NODE_DOWN, STAGE_BUSY)  # those that also have node
 LINK_SERIES = (LINK_BYTES, LINK_RTT)  # those with src and dst (a node at either end)
 
@@ -200,6 +203,15 @@ def forget_model(model: str) -> None:
     for metric in MODEL_SERIES:
         metric.remove_by_labels({"model_name": model})
     TRAFFIC.forget_model(model)
+
+
+def forget_model_on(model: str, node: str) -> None:
+    """Deletes a model's series of one node (the model no longer has a shard there)."""
+    for metric in NODE_SERIES:
+        metric.remove_by_labels({"model_name": model, "node": node})
+    for link in LINK_SERIES:
+        link.remove_by_labels({"model_name": model, "src": node})
+        link.remove_by_labels({"model_name": model, "dst": node})
 
 
 def forget_node(node: str) -> None:

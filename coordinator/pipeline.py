@@ -138,8 +138,9 @@ class _Relay:
 
 class Pipeline:
     def __init__(self, model: str, groups: list[StageGroup], forwarding: str = DEFAULT_FORWARDING,
-                 wire_dtype: str = DEFAULT_WIRE_DTYPE) -> None:
-        self.model = model
+                 wire_dtype: str = DEFAULT_WIRE_DTYPE, label: str = "") -> None:
+        self.model = model  # the shards' name on the nodes (coordinator/generations.py)
+        self.label = label or model  # the served model's name (metrics, logs)
         self.groups = groups
         self.forwarding = forwarding  # direct | star
         self.wire_dtype = wire_dtype  # of hidden states between stages; auto: each stage's own dtype
@@ -236,7 +237,7 @@ class Pipeline:
             assert relay.reply is not None
             del request.token_ids[:]
             request.hidden.CopyFrom(relay.reply.hidden)  # relayed as bytes; never decoded here
-            metrics.HIDDEN_BYTES.labels(self.model, replica.node_id).inc(len(relay.reply.hidden.data))
+            metrics.HIDDEN_BYTES.labels(self.label, replica.node_id).inc(len(relay.reply.hidden.data))
         into = len(request.hidden.data) + len(request.hidden.row_scales) + len(request.token_ids) * 4
         for repeated in (request.release_seq_ids, request.keep_blocks, request.evict_block_hashes):
             del repeated[:]
@@ -256,11 +257,11 @@ class Pipeline:
         relay.reply = reply = await pending
         replica.micro_batches += 1
         relay.seconds.append(reply.forward_seconds)
-        metrics.observe_stage(self.model, replica.node_id, reply.forward_seconds)
+        metrics.observe_stage(self.label, replica.node_id, reply.forward_seconds)
         rtt = max(time.perf_counter() - sent - reply.held_seconds, 0.0)
-        metrics.observe_link(self.model, COORDINATOR, replica.node_id, into, rtt)
+        metrics.observe_link(self.label, COORDINATOR, replica.node_id, into, rtt)
         back = len(reply.hidden.data) + len(reply.hidden.row_scales) + len(reply.next_token_ids) * 4
-        metrics.observe_link(self.model, replica.node_id, COORDINATOR, back)
+        metrics.observe_link(self.label, replica.node_id, COORDINATOR, back)
         if reply.seq_errors:
             self._drop_failed(request, replica, reply, relay.failed, last=i == len(route) - 1)
 

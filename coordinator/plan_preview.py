@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,7 +20,7 @@ from coordinator.node_names import RegistryError
 from coordinator.partition import partition_layers
 from coordinator.placement import DoesNotFit, ModelSizes, Placement, place
 from coordinator.sizing import measure, model_load
-from coordinator.speed_model import NodeSpeed, Prediction, Stage, predict
+from coordinator.speed_model import NodeSpeed, Prediction, Stage, cycle_seconds, predict
 from coordinator.speed_placement import MaxLayers, NoPlan, SpeedPlan, plan_by_speed
 from protos import coordinator_pb2, shard_pb2, wire
 from protos.data_structures import LayerRange
@@ -137,9 +137,10 @@ def figures(stages: Sequence[Stage], prediction: Prediction, sizes: ModelSizes, 
                    for c, t in sorted(prediction.aggregate_tps.items())])
 
 
-async def _plan(registry: ModelRegistry, request: ModelRequest) -> _Planned:
+async def _plan(registry: ModelRegistry, request: ModelRequest, exclude: frozenset[str] = frozenset()) -> _Planned:
     """The plan AddModel makes for ``request``: explicit when nodes are named (the ranges given, or today's split over
-    them), else the fastest over the ready nodes; and today's split by capacity over the same nodes."""
+    them), else the fastest over the ready nodes (but ``exclude``); and today's split by capacity over the same
+    nodes."""
     m = request.model
     model_dir = registry.config.model_dir(m.source)
     try:
@@ -151,7 +152,7 @@ async def _plan(registry: ModelRegistry, request: ModelRequest) -> _Planned:
         raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown node {unknown[0]!r}; known: "
                             f"{sorted(registry.nodes)}")
     explicit = [replicas[0] for replicas in m.stages]
-    candidates = explicit or registry.ready_nodes()
+    candidates = explicit or [n for n in registry.ready_nodes() if n not in exclude]
     if not candidates:
         raise DoesNotFit("no node is ready")
     load = model_load(m, model_dir)
@@ -193,19 +194,20 @@ class _Planned:
     explicit: bool
 
 
-async def place_model(registry: ModelRegistry, request: ModelRequest) -> Placement:
-    """Where a model added without nodes goes (DoesNotFit when the ready nodes cannot hold it now): with one replica
-    per range, the split the nodes' speed profiles predict fastest; with replicas, by free memory."""
+async def place_model(registry: ModelRegistry, request: ModelRequest, exclude: frozenset[str] = frozenset()
+                      ) -> Placement:
+    """Where a model added without nodes goes (DoesNotFit when the ready nodes but ``exclude`` cannot hold it now):
+    with one replica per range, the split the nodes' speed profiles predict fastest; with replicas, by free memory."""
     m = request.model
     if request.replicas > 1:
         meta = read_model_meta(registry.config.model_dir(m.source), m.max_context)
-        ready = registry.ready_nodes()
+        ready = [n for n in registry.ready_nodes() if n not in exclude]
         if not ready:
             raise DoesNotFit("no node is ready")
         sizes = await measure(registry.clients[ready[0]], model_load(m, registry.config.model_dir(m.source)),
                               meta.num_layers)
         return place(meta.num_layers, sizes, [registry.room(n) for n in ready], request.replicas, meta.head_cost)
-    planned = await _plan(registry, request)
+    planned = await _plan(registry, request, exclude)
     plan = planned.plan
     logger.info("model %s placed for speed at %d stream(s): %s; predicted %.1f tok/s for one stream (%.1f by "
                 "capacity)%s", request.model.name, request.model.expected_concurrency,
@@ -231,6 +233,19 @@ async def preview(registry: ModelRegistry, request: ModelRequest, remeasure: boo
                                p.num_layers, p.addresses),
         left_out=[coordinator_pb2.LeftOutNode(node_id=n, reason=why) for n, why in p.plan.left_out.items()],
         nodes=[node_info(*p.measured[n]) for n in p.addresses])
+
+
+def layout_speed(registry: ModelRegistry, load: ModelLoad, num_layers: int, layout: Sequence[tuple[str, LayerRange]],
+                 streams: int) -> float | None:
+    """Predicted tokens/s of all ``streams`` together on ``layout`` (node, layers per stage) from the profiles
+    measured so far; None when a node's is not known."""
+    stages = []
+    for node_id, layers in layout:
+        speed = registry.profiles.cached(node_id, load)
+        if speed is None or node_id not in registry.clients.nodes:
+            return None
+        stages.append(Stage(replace(speed, rtt_s=registry.clients[node_id].link_round_trip_s), layers))
+    return streams / cycle_seconds(stages, num_layers, streams)
 
 
 def format_of(key: tuple[str, str, str, str, str]) -> str:

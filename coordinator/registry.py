@@ -22,12 +22,14 @@ from coordinator import metrics
 from coordinator.cluster import build_engine, load_engine
 from coordinator.draft_model import check_draft_models, draft_model_problem
 from coordinator.engine import ModelEngine
+from coordinator.handover import let_finish
 from coordinator.membership import Membership, NodeEvent
 from coordinator.model_meta import read_model_meta
 from coordinator.node_client import Deadlines, NodeClients, unload_shard
 from coordinator.node_names import RegistryError, check_new_node
 from coordinator.placement import DoesNotFit, NodeRoom, Placement
-from coordinator.plan_preview import ProfileBook, place_model, profile_on_join
+from coordinator.plan_preview import ProfileBook, place_model
+from coordinator.rebalance import Rebalancer, move_off
 from coordinator.replacement import ReplacementWatch
 from coordinator.sizing import fit_budgets
 from coordinator.slow_stages import watch_speed
@@ -66,10 +68,12 @@ class ModelRegistry:
         self._recheck = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one placement at a time, so two models never count the same free memory
+        self.placement_lock = asyncio.Lock()  # one placement at a time: two never count the same free memory
         self._loads: dict[str, asyncio.Task[None]] = {}  # models whose shards are being loaded (remove cancels it)
         self.profiles = ProfileBook()  # the nodes' speed per model format (coordinator/plan_preview.py)
         self.replacements = ReplacementWatch(self)  # dead replicas moved to spare nodes
+        self.rebalancer = Rebalancer(self)  # live re-placement (coordinator/rebalance.py)
+        self.placed_for: dict[str, ModelRequest] = {}  # models the coordinator placed itself, as they were asked for
         self.membership.subscribe(self.replacements.on_node_event)
 
     async def start(self) -> None:
@@ -77,7 +81,7 @@ class ModelRegistry:
         for m in self.config.models:
             m = await fit_budgets(self.config, self.clients, m)
             self.engines[m.name] = build_engine(self.config, m, self.clients)
-            watch_speed(self.engines[m.name], self.profiles, self.membership.note)
+            self._watch_speed(self.engines[m.name])
             self.engines[m.name].use_draft_model(self.engines)
         check_draft_models(self.engines)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
@@ -90,6 +94,7 @@ class ModelRegistry:
         for task in (self._task, self._watch):
             if task:
                 task.cancel()
+        self.rebalancer.stop()
         for load in list(self._loads.values()):
             load.cancel()
         await self.membership.stop()
@@ -98,6 +103,10 @@ class ModelRegistry:
 
     async def close(self) -> None:
         await self.clients.close()
+
+    def _watch_speed(self, engine: ModelEngine) -> None:
+        name = engine.name
+        watch_speed(engine, self.profiles, self.membership.note, lambda node_id: self.rebalancer.on_slow(name, node_id))
 
     def _on_node_event(self, event: NodeEvent) -> None:
         for engine in list(self.engines.values()):
@@ -118,21 +127,22 @@ class ModelRegistry:
         self.nodes[node.id] = node
         self.membership.add_node(node)
         logger.info("node %s (%s) joined the cluster", node.id, node.address)
-        asyncio.get_running_loop().create_task(profile_on_join(self, node.id), name=f"profile-{node.id}")
+        asyncio.get_running_loop().create_task(self.rebalancer.node_joined(node.id), name=f"profile-{node.id}")
         self._recheck.set()
         return node
 
     async def remove_node(self, node_id: str) -> NodeConfig:
-        """Forgets a node: no more polls or placements. Refused while a model (serving, loading or draining) has a
-        shard on it, even with other replicas: remove those models first; nothing is drained or moved here."""
+        """Forgets a node: no more polls or placements. The models serving on it move off it first (live
+        re-placement onto the other ready nodes); refused while one cannot, or is loading or draining there."""
         node = self.nodes.get(node_id)
         if node is None:
             raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no node {node_id!r}; known: {sorted(self.nodes)}")
-        async with self._lock:  # never in the middle of a placement that may choose it
+        await move_off(self, node_id)
+        async with self.placement_lock:  # never in the middle of a placement that may choose it
             users = [name for name, e in self.engines.items() if e.pipeline.replica_on(node_id) is not None]
             if users:
                 raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, (
-                    f"node {node_id!r} holds shards of model(s) {sorted(users)}; remove them first "
+                    f"node {node_id!r} still holds shards of model(s) {sorted(users)}; remove them first "
                     "(DELETE /api/models/{name}), then the node"))
             del self.nodes[node_id]
             await self.membership.remove_node(node_id)
@@ -195,7 +205,7 @@ class ModelRegistry:
         return self.state(m.name)
 
     async def _try_place(self, name: str) -> None:
-        async with self._lock:
+        async with self.placement_lock:
             pending = self.pending.get(name)
             if pending is None:
                 return
@@ -219,6 +229,7 @@ class ModelRegistry:
                 f"{'+'.join(nodes)} {r}" for nodes, r in zip(placement.stages, placement.ranges)))
             try:
                 await self._load(placed)  # takes it out of pending
+                self.placed_for[name] = pending.request  # re-placed when nodes join (coordinator/rebalance.py)
             except RegistryError as e:
                 pending.reason = str(e)
 
@@ -232,7 +243,7 @@ class ModelRegistry:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
         engine.use_draft_model(self.engines)
-        watch_speed(engine, self.profiles, self.membership.note)
+        self._watch_speed(engine)
         self.engines[m.name] = engine
         load = asyncio.get_running_loop().create_task(load_engine(m, engine), name=f"load-{m.name}")
         self._loads[m.name] = load
@@ -252,6 +263,7 @@ class ModelRegistry:
             del self.pending[name]
             logger.info("pending model %s removed", name)
             return {}
+        await self.rebalancer.settled(name)  # a new layout under way: it is removed once it serves
         engine = self.engines.get(name)
         if engine is None:
             raise RegistryError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served; "
@@ -264,17 +276,11 @@ class ModelRegistry:
             logger.info("model %s is removed while it loads: the load is cancelled", name)
             load.cancel()
             await asyncio.gather(load, return_exceptions=True)
-        busy = len(engine.scheduler.running) + len(engine.scheduler.waiting)
-        logger.info("removing model %s: %d request(s) may finish within %.0f s", name, busy, timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while engine.scheduler.has_work and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        left = len(engine.scheduler.running) + len(engine.scheduler.waiting)
-        if left:
-            logger.warning("model %s: %d request(s) did not finish within %.0f s; they end now", name, left, timeout_s)
+        await let_finish(engine, timeout_s)
         await engine.stop(f"model {name} was removed")
-        freed = {r.node_id: await unload_shard(name, r.client) for r in engine.pipeline.replicas}
+        freed = {r.node_id: await unload_shard(engine.pipeline.model, r.client) for r in engine.pipeline.replicas}
         del self.engines[name]
+        self.placed_for.pop(name, None)
         metrics.forget_model(name)  # its series (per node too) leave /metrics
         logger.info("model %s removed; RSS per node (MB): %s", name, ", ".join(
             f"{n} {b / 1e6:.0f} -> {a / 1e6:.0f}" for n, (b, a) in freed.items()))

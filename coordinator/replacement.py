@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from coordinator.engine import ModelEngine
+from coordinator.generations import served_model
 from coordinator.membership import NodeEvent
 from coordinator.node_client import unload_shard
 from coordinator.pipeline import Replica, StageGroup
@@ -55,7 +56,7 @@ class ReplacementWatch:
         if self.grace_s <= 0:
             return
         for name, engine in list(self.registry.engines.items()):
-            if engine.draining or not engine.loaded:
+            if engine.draining or not engine.loaded or self.registry.rebalancer.busy_with(name):
                 continue
             engine.replicas.can_replace = functools.partial(self.can_replace, engine)
             for index, group in enumerate(engine.pipeline.groups):
@@ -73,6 +74,10 @@ class ReplacementWatch:
                 asyncio.get_running_loop().create_task(self._take_over(engine, index, group, dead[0], spares,
                                                                         down_for), name=f"replace-{name}-{index}")
 
+    def busy_with(self, name: str) -> bool:
+        """A spare is taking over one of the model's ranges now."""
+        return any(model == name for model, _ in self._busy)
+
     def can_replace(self, engine: ModelEngine) -> bool:
         """Whether a dead replica of ``engine`` can move: replacement is on and a spare node is ready (or a takeover
         is under way)."""
@@ -89,18 +94,21 @@ class ReplacementWatch:
             self._no_room.clear()  # a node that is ready now may have room: the next takeover looks again
         self._seen_ready = ready
         for name, engine in list(self.registry.engines.items()):
-            stale = engine.pipeline.replica_on(event.node_id) is None and any(
-                s.model == name for s in event.info.shards)
-            if stale and (name, event.node_id) not in self._unloading:
-                self._unloading.add((name, event.node_id))
-                logger.info("node %s is back holding %s, which was moved off it: unloading it", event.node_id, name)
-                asyncio.get_running_loop().create_task(self._unload(name, event.node_id))
+            if self.registry.rebalancer.busy_with(name):
+                continue  # a new layout is loading beside the old: both are meant to be there
+            held = engine.pipeline.replica_on(event.node_id) is not None
+            for shard in (s.model for s in event.info.shards if served_model(s.model) == name):
+                if (shard == engine.pipeline.model and held) or (shard, event.node_id) in self._unloading:
+                    continue
+                self._unloading.add((shard, event.node_id))
+                logger.info("node %s holds %s, which was moved off it: unloading it", event.node_id, shard)
+                asyncio.get_running_loop().create_task(self._unload(shard, event.node_id))
 
-    async def _unload(self, name: str, node_id: str) -> None:
+    async def _unload(self, shard: str, node_id: str) -> None:
         try:
-            await unload_shard(name, self.registry.clients[node_id])
+            await unload_shard(shard, self.registry.clients[node_id])
         finally:
-            self._unloading.discard((name, node_id))
+            self._unloading.discard((shard, node_id))
 
     def spares(self, engine: ModelEngine) -> list[str]:
         """Ready nodes holding nothing of this model (in config order)."""
@@ -127,7 +135,7 @@ class ReplacementWatch:
                 self._say(name, index, f"no spare node has room for layers {group.layers} of {name}")
                 return
             started = time.monotonic()
-            replica = Replica(self.registry.clients[spare], name, group.layers, state="loading")
+            replica = Replica(self.registry.clients[spare], engine.pipeline.model, group.layers, state="loading")
             engine.replicas.adopt(group, replica)
             await engine.replicas.load(replica)
             if not replica.usable:

@@ -34,7 +34,7 @@ class ReplicaSet:
 
     def __init__(self, pipeline: Pipeline, scheduler: Scheduler, model_load: ModelLoad | None,
                  wake: Callable[[], None]) -> None:
-        self.model = pipeline.model
+        self.model = pipeline.label  # the served model (logs, metrics); its shards are pipeline.model on the nodes
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.model_load = model_load
@@ -171,7 +171,7 @@ class ReplicaSet:
 
     def _node_up(self, replica: Replica, info: shard_pb2.NodeInfo) -> None:
         """A healthy poll: the replica is ready if the node holds its shard, else the shard is loaded again."""
-        shard = next((s for s in info.shards if s.model == self.model), None)
+        shard = next((s for s in info.shards if s.model == self.pipeline.model), None)
         holds = shard is not None and wire.layer_range_from_proto(shard.layers) == replica.layers
         if holds and replica.state != "ready":
             assert shard is not None

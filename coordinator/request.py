@@ -171,14 +171,17 @@ class Request:
         end = len(context) if limit is None else min(len(context), self.num_sent + limit)
         return context[self.num_sent:end]
 
-    def restart_on_new_route(self, seq_id: str) -> None:
-        """Its KV is lost (a node of its route failed): replay prompt + output under a new sequence id."""
+    def restart_on_new_route(self, seq_id: str, failover: bool = True) -> None:
+        """Its KV is lost (a node of its route failed; ``failover`` False: it moves to a new layout of the model):
+        replay prompt + output under a new sequence id."""
         self.seq_id = seq_id
         self.num_computed = self.num_scheduled = 0
         self.prefix_hashes, self.kept_blocks = (), 0
         self.batches_in_flight = 0
         self.lane = -1
         self.status = RequestStatus.WAITING
+        if not failover:
+            return
         self.failovers += 1
         if self.failover_started is None:
             self.failover_started = time.monotonic()

@@ -174,7 +174,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         model.draft_model = engine.speculation.draft_model
         for i, group in enumerate(engine.pipeline.groups):
             for r in group.replicas:
-                shard = self._shard_info(r.node_id, name)
+                shard = self._shard_info(r.node_id, engine.pipeline.model)
                 model.stages.add(node_id=r.node_id, address=r.client.node.address,
                                  layers=wire.layer_range_to_proto(r.layers), state=r.state,
                                  kv_used_tokens=shard.kv_used_tokens, kv_capacity_tokens=r.kv_capacity_tokens,

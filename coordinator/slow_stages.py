@@ -28,6 +28,7 @@ MIN_SECONDS = 5.0  # and the window spans at least this long (a burst of a few b
 
 SpeedOf = Callable[[str], NodeSpeed | None]  # node id -> its profile for this model's format (None: not measured)
 Report = Callable[[str, str], None]  # (node id, what) -> an event of that node
+OnSlow = Callable[[str], None]  # node id -> what to do when it turns slow (coordinator.auto_rebalance)
 
 
 @dataclass
@@ -38,9 +39,9 @@ class _Stage:
 
 class SlowStages:
     def __init__(self, model: str, num_layers: int, speed_of: SpeedOf, report: Report,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_slow: OnSlow | None = None) -> None:
         self.model, self.num_layers = model, num_layers
-        self.speed_of, self.report, self.clock = speed_of, report, clock
+        self.speed_of, self.report, self.clock, self.on_slow = speed_of, report, clock, on_slow
         self._stages: dict[str, _Stage] = {}
 
     def slowdown(self, node_id: str) -> float:
@@ -65,6 +66,8 @@ class SlowStages:
             stage.slow = True
             self._say(node_id, f"slow for {self.model}: layers {layers.start}-{layers.end - 1} take {ratio:.1f}x the "
                                f"time its profile predicts (over its last {WINDOW} micro-batches)")
+            if self.on_slow is not None:
+                self.on_slow(node_id)
         elif stage.slow and ratio <= SLOWDOWN:
             stage.slow = False
             self._say(node_id, f"back to its profile's speed for {self.model} ({ratio:.1f}x)")
@@ -74,10 +77,10 @@ class SlowStages:
         self.report(node_id, what)
 
 
-def watch_speed(engine: ModelEngine, profiles: ProfileBook, report: Report) -> None:
+def watch_speed(engine: ModelEngine, profiles: ProfileBook, report: Report, on_slow: OnSlow | None = None) -> None:
     """Judges ``engine``'s stages against their nodes' profiles for its format, where they were measured."""
     load = engine.replicas.model_load
     if load is None:
         return
     engine.publisher.slow = SlowStages(engine.name, engine.meta.num_layers,
-                                       lambda node_id: profiles.cached(node_id, load), report)
+                                       lambda node_id: profiles.cached(node_id, load), report, on_slow=on_slow)

@@ -110,7 +110,7 @@ class ModelDrafts:
     how much of the context the draft model's KV cache holds (as far as it agrees with the sequence)."""
 
     seq_id: str  # the sequence's KV cache on the draft model's nodes
-    route: tuple[str, ...] = ()  # those nodes (another route: the cache is built again)
+    route: tuple[str, ...] = ()  # the shards' name, then those nodes (another: the cache is built again)
     cached: int = 0  # positions of the context in that cache
     ready: tuple[int, tuple[int, ...]] | None = None  # (context length they follow, the drafts)
 

@@ -72,6 +72,7 @@ class CoordinatorConfig:
     ring_decode: bool = True  # one lane decoding alone: the last stage hands tokens to the first stage
     prefix_caching: bool = True  # KV blocks of earlier requests' prefixes are kept on every stage and reused
     replace_after_s: float = 30.0  # a replica down this long moves to a spare node with room (0 = never)
+    auto_rebalance: bool = False  # a stage found slow re-places the model when its new plan is faster
 
 
 @dataclass(frozen=True)

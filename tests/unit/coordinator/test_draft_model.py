@@ -38,7 +38,7 @@ def test_a_draft_model_that_agrees_gives_the_plain_tokens_in_few_steps() -> None
     [tokens] = asyncio.run(_run(target, draft, [r]))
     assert tokens == expected_tokens(PROMPT, 30)
     assert r.drafting is not None and r.drafting.accepted == r.drafting.proposed > 20
-    assert r.drafting.model is not None and r.drafting.model.route == ("dn",)
+    assert r.drafting.model is not None and r.drafting.model.route == (draft.pipeline.model, "dn")
     assert all(f.provisional for f in draft_node.forwarded)
     assert len(draft_node.forwarded) == r.drafting.proposed  # a step per draft (what the cache lacks rides along)
 
@@ -70,7 +70,7 @@ def test_the_draft_caches_rewind_to_the_last_accepted_draft_and_are_released_at_
 
     asyncio.run(scenario())
     assert r.drafting is not None and r.drafting.model is not None
-    assert r.drafting.model.route == ("dn",)  # never refused (a refusal gives the cache up)
+    assert r.drafting.model.route == (draft.pipeline.model, "dn")  # never refused (a refusal gives the cache up)
     assert 0 < r.drafting.accepted < r.drafting.proposed
     assert draft_node.caches["m"] == {}  # freed once the request ended
 

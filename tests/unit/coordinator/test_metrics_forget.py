@@ -61,9 +61,9 @@ async def _remove(name: str) -> None:
     async def stop(why: str = "") -> None: ...
 
     registry.engines[name] = SimpleNamespace(  # type: ignore[assignment]
-        draining=False, start_draining=lambda: None, stop=stop,
+        name=name, draining=False, start_draining=lambda: None, stop=stop,
         scheduler=SimpleNamespace(running=[], waiting=[], has_work=False),
-        pipeline=SimpleNamespace(replicas=[SimpleNamespace(node_id="rm-n9", client=_FakeClient())]))
+        pipeline=SimpleNamespace(model=name, replicas=[SimpleNamespace(node_id="rm-n9", client=_FakeClient())]))
     await registry.remove(name, timeout_s=1.0)
 
 

@@ -46,6 +46,7 @@ class FakeReplica:
 @dataclass
 class FakePipeline:
     replicas: list[FakeReplica]
+    model: str = "race"  # the shards' name on the nodes
 
     def replica_on(self, node_id: str) -> FakeReplica | None:
         return next((r for r in self.replicas if r.node_id == node_id), None)
@@ -68,6 +69,7 @@ class FakeEngine:
     ready: bool = False
     stopped: bool = False
     replicas: Any = field(default_factory=lambda: SimpleNamespace(model_load=None))  # not judged for speed
+    config: Any = None  # not known: it cannot be re-placed
 
     async def stop(self, why: str = "") -> None:
         self.stopped = True
@@ -228,8 +230,9 @@ def test_remove_node(fakes: dict[str, Any]) -> None:
         reg.membership.start()  # pollers run (against nothing: they fail and retry)
         await reg.add(ModelRequest(ModelConfig("used", "src", stages=(("n1", "n2"),))))
         with pytest.raises(RegistryError) as refused:
-            await reg.remove_node("n1")  # even with another replica (n2): models are removed first
-        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "['used']" in str(refused.value)
+            await reg.remove_node("n1")  # a model that cannot move off it is removed first
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "model 'used'" in str(refused.value)
+        assert "cannot move off it" in str(refused.value)
         with pytest.raises(RegistryError) as unknown:
             await reg.remove_node("nope")
         assert unknown.value.code == grpc.StatusCode.NOT_FOUND
