@@ -110,12 +110,21 @@ class Backend:
             raise self.coordinator_error(e) from None
 
     async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
-        """Forgets a node; 409 while a model has a shard on it, 404 for an unknown id."""
+        """Forgets a node once its models moved off it; 409 when one cannot, 404 for an unknown id."""
         try:
-            return await self.coordinator.remove_node(node_id)
+            return await self.coordinator.remove_node(node_id, self.config.coordinator.load_timeout_s + 60)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ApiError(409, e.details() or "the node is in use") from None
+            raise self.coordinator_error(e) from None
+
+    async def rebalance_model(self, request: coordinator_pb2.RebalanceRequest) -> coordinator_pb2.RebalanceResponse:
+        """409 when the model cannot be re-placed now (loading, draining, being re-placed), 404 when not served."""
+        try:
+            return await self.coordinator.rebalance_model(request, self.config.coordinator.load_timeout_s + 60)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise ApiError(409, e.details() or "the model cannot be re-placed now") from None
             raise self.coordinator_error(e) from None
 
     async def cluster(self) -> coordinator_pb2.ClusterInfo:

@@ -115,8 +115,14 @@ class CoordinatorClient:
                                              timeout=10.0)
         return reply.added
 
-    async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
-        return await self.stub.RemoveNode(coordinator_pb2.RemoveNodeRequest(node_id=node_id), timeout=30.0)
+    async def remove_node(self, node_id: str, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
+        self._models = None  # the models on it move off it
+        return await self.stub.RemoveNode(coordinator_pb2.RemoveNodeRequest(node_id=node_id), timeout=timeout_s)
+
+    async def rebalance_model(self, request: coordinator_pb2.RebalanceRequest, timeout_s: float
+                              ) -> coordinator_pb2.RebalanceResponse:
+        self._models = None  # its placement may change
+        return await self.stub.RebalanceModel(request, timeout=timeout_s)
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,

@@ -1,7 +1,10 @@
-"""The answer of POST /api/models?dry_run=true: the plan the coordinator would make for a model, predicted from the
-nodes' speed profiles, beside the split by configured capacity; nothing is loaded."""
+"""The answers about placement: POST /api/models?dry_run=true (the plan the coordinator would make for a model,
+predicted from the nodes' speed profiles, beside the split by configured capacity; nothing is loaded) and
+POST /api/models/{name}/rebalance (a live re-placement, or why the model stays)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from pydantic import BaseModel, Field
 
@@ -77,3 +80,41 @@ def preview_response(p: coordinator_pb2.PlacementPreview) -> PlacementPreviewRes
         speedup=round(p.plan.single_stream_tps / base, 3) if base else 0.0,
         left_out=[LeftOut(node=x.node_id, reason=x.reason) for x in p.left_out],
         nodes=[node_speed_entry(n) for n in p.nodes])
+
+
+class StageNodes(BaseModel):
+    nodes: list[str] = Field(..., description="the replicas of the range")
+    layers: list[int] = Field(..., description="[start, end)")
+
+
+class RebalanceBody(BaseModel):
+    force: bool = Field(False, description="move whenever the plan made now differs (else only when it is "
+                                           "predicted at least 1.05x faster)")
+    remeasure: bool = Field(False, description="measure the nodes' speed profiles again first")
+
+
+class RebalanceResponse(BaseModel):
+    model: str
+    changed: bool = Field(..., description="the model now serves on the new layout")
+    reason: str = Field("", description="why it stays (changed false)")
+    trigger: str
+    before: list[StageNodes]
+    after: list[StageNodes] = Field(..., description="the plan made now (the new layout when changed)")
+    predicted_tps_before: float | None = Field(None, description="tokens/s at expected_concurrency (null: unknown)")
+    predicted_tps_after: float | None = None
+    expected_concurrency: int
+    moved_requests: int = Field(..., description="requests moved to the new layout (replayed there, output unchanged)")
+    seconds: float = Field(..., description="from the request to the old layout unloaded")
+    generation: int = Field(..., description="the model's layout now (1 = its first; shards are named name/gN)")
+
+
+def rebalance_response(r: coordinator_pb2.RebalanceResponse) -> RebalanceResponse:
+    def stages(layout: Iterable[coordinator_pb2.StageLayout]) -> list[StageNodes]:
+        return [StageNodes(nodes=list(s.node_ids), layers=[s.layers.start, s.layers.end]) for s in layout]
+
+    return RebalanceResponse(
+        model=r.name, changed=r.changed, reason=r.reason, trigger=r.trigger, before=stages(r.before),
+        after=stages(r.after), predicted_tps_before=round(r.before_tps, 2) if r.before_tps else None,
+        predicted_tps_after=round(r.after_tps, 2) if r.after_tps else None,
+        expected_concurrency=r.expected_concurrency, moved_requests=r.moved_requests, seconds=round(r.seconds, 2),
+        generation=r.generation)

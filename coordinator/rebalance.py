@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import grpc
@@ -55,12 +55,12 @@ class Outcome:
     reason: str
     before: Layout
     after: Layout = ()
-    before_tps: float | None = None  # predicted tokens/s at the model's expected concurrency (None: unknown)
+    streams: int = 1  # the model's expected concurrency
+    before_tps: float | None = None  # predicted tokens/s of ``streams`` streams (None: unknown)
     after_tps: float | None = None
     moved: int = 0  # requests moved to the new layout
     seconds: float = 0.0
     generation: int = 1
-    notes: list[str] = field(default_factory=list)
 
 
 def layout_of(engine: ModelEngine) -> Layout:
@@ -189,6 +189,7 @@ class Rebalancer:
         outcome.after = after
         load, streams = engine.replicas.model_load, request.model.expected_concurrency
         assert load is not None
+        outcome.streams = streams
         outcome.before_tps = self._speed(load, engine.meta.num_layers, before, streams)
         outcome.after_tps = self._speed(load, engine.meta.num_layers, after, streams)
         gain = (outcome.after_tps / outcome.before_tps) if outcome.before_tps and outcome.after_tps else None

@@ -1,5 +1,5 @@
 """Coordinator gRPC servicer: Generate (server-streaming token ids), ListModels, Cluster, and the admin calls
-AddModel, RemoveModel and RegisterNode."""
+(coordinator/admin_rpcs.py)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,19 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator import metrics
+from coordinator.admin_rpcs import AdminRpcs
 from coordinator.engine import ModelEngine
 from coordinator.model_meta import ModelMeta
-from coordinator.placement import DoesNotFit
-from coordinator.plan_preview import preview
-from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
+from coordinator.registry import ModelRegistry
 from coordinator.request import Request
 from coordinator.scheduler import NeverFits, QueueFull
 from coordinator.traffic import TrafficHistory, history_to_proto
 from protos import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, wire
-from protos.config import ModelConfig, NodeConfig
-from protos.model_spec import SpecProblem
-from protos.model_spec_proto import spec_from_add_model
-from protos.names import text_problem
 
 logger = logging.getLogger(__name__)
 
 
-class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+class CoordinatorServicer(AdminRpcs, coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, registry: ModelRegistry, traffic: TrafficHistory | None = None) -> None:
         self.registry = registry
         self.traffic = traffic if traffic is not None else metrics.TRAFFIC  # where each model's time went lately
@@ -221,69 +216,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 rtt_ms=self.registry.clients[node_id].link_round_trip_s * 1e3,
                 profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].link_round_trip_s))
         return reply
-
-    async def AddModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
-                       ) -> coordinator_pb2.ModelInfo:
-        """Serves a model from the model cache; it answers once the model is serving, unavailable or pending."""
-        try:
-            spec = spec_from_add_model(request)
-        except SpecProblem as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        model = ModelConfig.from_spec(spec)
-        try:
-            await self.registry.add(ModelRequest(model, spec.replicas))
-        except RegistryError as e:
-            await context.abort(e.code, str(e))
-        return next(m for m in self.all_models() if m.name == spec.name)
-
-    async def PreviewModel(self, request: coordinator_pb2.AddModelRequest, context: grpc.aio.ServicerContext
-                           ) -> coordinator_pb2.PlacementPreview:
-        try:
-            model = ModelConfig.from_spec(spec_from_add_model(request))
-            return await preview(self.registry, ModelRequest(model, request.replicas or 1), request.remeasure)
-        except SpecProblem as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except RegistryError as e:
-            await context.abort(e.code, str(e))
-        except DoesNotFit as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name!r} cannot be placed now: {e}")
-        except grpc.aio.AioRpcError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"a node could not be measured: {e.code().name}: "
-                                f"{e.details()}")
-        raise AssertionError("abort raises")  # pragma: no cover
-
-    async def RemoveModel(self, request: coordinator_pb2.RemoveModelRequest, context: grpc.aio.ServicerContext
-                          ) -> coordinator_pb2.RemoveModelResponse:
-        timeout = request.timeout_seconds or self.registry.config.coordinator.drain_timeout_s
-        try:
-            freed = await self.registry.remove(request.name, timeout)
-        except RegistryError as e:
-            await context.abort(e.code, str(e))
-        return coordinator_pb2.RemoveModelResponse(name=request.name, nodes=[
-            coordinator_pb2.NodeMemory(node_id=n, rss_before=b, rss_after=a) for n, (b, a) in freed.items()])
-
-    async def RegisterNode(self, request: coordinator_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
-                           ) -> coordinator_pb2.RegisterNodeResponse:
-        """A node that joins (address normalised; aliases of known nodes and tokens in clear are refused)."""
-        node_id = request.node_id
-        if not 0 < len(node_id) <= 128 or "/" in node_id or text_problem(node_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id must be 1-128 characters without '/' "
-                                f"or control characters (it is part of DELETE /api/nodes/{{id}}), got {node_id!r}")
-        try:
-            added = self.registry.register_node(NodeConfig(request.node_id, request.address))
-        except RegistryError as e:
-            await context.abort(e.code, str(e))
-        address = added.address if added else self.registry.nodes[request.node_id].address
-        return coordinator_pb2.RegisterNodeResponse(added=added is not None, address=address)
-
-    async def RemoveNode(self, request: coordinator_pb2.RemoveNodeRequest, context: grpc.aio.ServicerContext
-                         ) -> coordinator_pb2.RemoveNodeResponse:
-        """Forgets a node that holds no model's shard (FAILED_PRECONDITION naming the models otherwise)."""
-        try:
-            node = await self.registry.remove_node(request.node_id)
-        except RegistryError as e:
-            await context.abort(e.code, str(e))
-        return coordinator_pb2.RemoveNodeResponse(address=node.address)
 
     def snapshot(self) -> metrics.ClusterSnapshot:
         """What the state gauges report at a scrape (from the metrics thread: dicts are copied first, atomically)."""

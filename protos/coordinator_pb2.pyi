@@ -414,3 +414,49 @@ class PlacementPreview(_message.Message):
     left_out: _containers.RepeatedCompositeFieldContainer[LeftOutNode]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeSpeedInfo]
     def __init__(self, model: _Optional[str] = ..., method: _Optional[str] = ..., expected_concurrency: _Optional[int] = ..., plan: _Optional[_Union[PlanFigures, _Mapping]] = ..., capacity_split: _Optional[_Union[PlanFigures, _Mapping]] = ..., left_out: _Optional[_Iterable[_Union[LeftOutNode, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeSpeedInfo, _Mapping]]] = ...) -> None: ...
+
+class RebalanceRequest(_message.Message):
+    __slots__ = ("name", "force", "remeasure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    REMEASURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    remeasure: bool
+    def __init__(self, name: _Optional[str] = ..., force: bool = ..., remeasure: bool = ...) -> None: ...
+
+class StageLayout(_message.Message):
+    __slots__ = ("node_ids", "layers")
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    layers: _common_pb2.LayerRange
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Union[_common_pb2.LayerRange, _Mapping]] = ...) -> None: ...
+
+class RebalanceResponse(_message.Message):
+    __slots__ = ("name", "changed", "reason", "trigger", "before", "after", "before_tps", "after_tps", "expected_concurrency", "moved_requests", "seconds", "generation")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_TPS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_TPS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MOVED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    changed: bool
+    reason: str
+    trigger: str
+    before: _containers.RepeatedCompositeFieldContainer[StageLayout]
+    after: _containers.RepeatedCompositeFieldContainer[StageLayout]
+    before_tps: float
+    after_tps: float
+    expected_concurrency: int
+    moved_requests: int
+    seconds: float
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., changed: bool = ..., reason: _Optional[str] = ..., trigger: _Optional[str] = ..., before: _Optional[_Iterable[_Union[StageLayout, _Mapping]]] = ..., after: _Optional[_Iterable[_Union[StageLayout, _Mapping]]] = ..., before_tps: _Optional[float] = ..., after_tps: _Optional[float] = ..., expected_concurrency: _Optional[int] = ..., moved_requests: _Optional[int] = ..., seconds: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...

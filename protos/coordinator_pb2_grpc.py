@@ -74,6 +74,11 @@ class CoordinatorStub(object):
                 request_serializer=protos_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=protos_dot_coordinator__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.RebalanceModel = channel.unary_unary(
+                '/shardline.Coordinator/RebalanceModel',
+                request_serializer=protos_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
+                response_deserializer=protos_dot_coordinator__pb2.RebalanceResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer(object):
@@ -131,7 +136,16 @@ class CoordinatorServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RemoveNode(self, request, context):
-        """Forget a node: no more polls or placements. FAILED_PRECONDITION while a model has a shard on it.
+        """Forget a node: no more polls or placements. The models serving on it move off it first (live
+        re-placement); FAILED_PRECONDITION naming the model when one cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebalanceModel(self, request, context):
+        """Move a serving model to the plan the coordinator would make now, live: the new layout loads beside the
+        old, requests move over through the failover replay path (no stream ends, greedy output unchanged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +193,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=protos_dot_coordinator__pb2.RemoveNodeRequest.FromString,
                     response_serializer=protos_dot_coordinator__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'RebalanceModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebalanceModel,
+                    request_deserializer=protos_dot_coordinator__pb2.RebalanceRequest.FromString,
+                    response_serializer=protos_dot_coordinator__pb2.RebalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +416,33 @@ class Coordinator(object):
             '/shardline.Coordinator/RemoveNode',
             protos_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
             protos_dot_coordinator__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebalanceModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.Coordinator/RebalanceModel',
+            protos_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
+            protos_dot_coordinator__pb2.RebalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

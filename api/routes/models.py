@@ -1,7 +1,8 @@
 """Admin routes (behind the API key when keys are set): models added and removed at runtime, nodes that join.
 
 POST /api/models answers once the model is serving, unavailable or pending (too large for the free memory
-now: the coordinator tries again by itself). DELETE /api/models/{name} answers once it is unloaded."""
+now: the coordinator tries again by itself). POST /api/models/{name}/rebalance answers once the model serves on its
+new layout (or why it stays). DELETE /api/models/{name} answers once it is unloaded."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ from api.admin_schemas import (
 )
 from api.backend import Backend
 from api.deps import get_backend
-from api.placement_schemas import PlacementPreviewResponse, preview_response
+from api.placement_schemas import (
+    PlacementPreviewResponse,
+    RebalanceBody,
+    RebalanceResponse,
+    preview_response,
+    rebalance_response,
+)
 from api.routes import ERROR_RESPONSES
 from protos import coordinator_pb2, wire
 from protos.data_structures import LayerRange
@@ -87,6 +94,20 @@ async def remove_model(name: str, backend: Backend = Depends(get_backend),
     reply = await backend.remove_model(name, timeout_s or backend.config.coordinator.drain_timeout_s)
     return RemoveModelResponse(name=name, nodes=[NodeRss(node=n.node_id, rss_before_bytes=n.rss_before,
                                                          rss_after_bytes=n.rss_after) for n in reply.nodes])
+
+
+@router.post("/api/models/{name}/rebalance", response_model=RebalanceResponse, responses=ERROR_RESPONSES)
+async def rebalance_model(name: str, body: RebalanceBody | None = None, backend: Backend = Depends(get_backend)
+                          ) -> RebalanceResponse:
+    """Moves a serving model to the plan the coordinator would make now (for speed from the nodes' profiles, at its
+    expected concurrency), live: the new layout loads beside the old, the requests move over through the failover
+    replay path (no stream ends, greedy output unchanged), then the old layout is unloaded. It moves when the plan is
+    predicted at least 1.05x faster, or with force; else ``changed`` is false and ``reason`` says why. 409 while it
+    cannot be re-placed (loading, being removed or re-placed); 503 when the new layout does not load (it stays)."""
+    body = body or RebalanceBody()
+    reply = await backend.rebalance_model(coordinator_pb2.RebalanceRequest(name=name, force=body.force,
+                                                                           remeasure=body.remeasure))
+    return rebalance_response(reply)
 
 
 @router.post("/api/nodes", response_model=RegisterNodeResponse, responses=ERROR_RESPONSES)

@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 
 from api.backend import Backend
-from protos import common_pb2, coordinator_pb2, tokenizer_pb2
+from protos import common_pb2, coordinator_pb2, tokenizer_pb2, wire
 from protos.config import Config, parse_config
-from protos.data_structures import SamplingParams
+from protos.data_structures import LayerRange, SamplingParams
 
 MODEL = "m"
 CONTEXT = 256
@@ -161,9 +161,20 @@ class FakeCoordinatorClient:
         self._admin("register_node", (node_id, address))
         return True
 
-    async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
+    async def remove_node(self, node_id: str, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
         self._admin("remove_node", node_id)
         return coordinator_pb2.RemoveNodeResponse(address="127.0.0.1:9")
+
+    async def rebalance_model(self, request: coordinator_pb2.RebalanceRequest, timeout_s: float
+                              ) -> coordinator_pb2.RebalanceResponse:
+        self._admin("rebalance_model", request)
+        one, two = wire.layer_range_to_proto(LayerRange(0, 15)), wire.layer_range_to_proto(LayerRange(15, 30))
+        return coordinator_pb2.RebalanceResponse(
+            name=request.name, changed=True, trigger="asked for", expected_concurrency=1, moved_requests=3,
+            before=[coordinator_pb2.StageLayout(node_ids=["n1"], layers=one),
+                    coordinator_pb2.StageLayout(node_ids=["n2"], layers=two)],
+            after=[coordinator_pb2.StageLayout(node_ids=["n3"], layers=wire.layer_range_to_proto(LayerRange(0, 30)))],
+            before_tps=10.0, after_tps=20.0, seconds=1.5, generation=2)
 
     def generate(self, model: str, prompt_ids: list[int], max_tokens: int, sampling: SamplingParams,
                  request_id: str, stop_token_ids: list[int] | None = None, ignore_eos: bool = False,

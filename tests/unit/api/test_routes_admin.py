@@ -145,3 +145,26 @@ def test_removing_a_node_in_use_is_409_and_an_unknown_one_404(api: FakeApi, code
     api.coordinator.admin_error, api.coordinator.admin_details = code, "node n1 holds a shard of m"
     r = api.client.delete("/api/nodes/n1")
     assert r.status_code == status and r.json()["error"]["message"] == "node n1 holds a shard of m", r.text
+
+
+def test_rebalance_answers_the_move(api: FakeApi) -> None:
+    r = api.client.post("/api/models/m/rebalance", json={"force": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["changed"] and body["generation"] == 2 and body["moved_requests"] == 3
+    assert body["before"] == [{"nodes": ["n1"], "layers": [0, 15]}, {"nodes": ["n2"], "layers": [15, 30]}]
+    assert body["after"] == [{"nodes": ["n3"], "layers": [0, 30]}]
+    assert body["predicted_tps_before"] == 10.0 and body["predicted_tps_after"] == 20.0
+    [(call, sent)] = api.coordinator.admin_calls
+    assert call == "rebalance_model" and sent.name == "m" and sent.force and not sent.remeasure
+    assert api.client.post("/api/models/m/rebalance", json={}).status_code == 200  # the defaults
+    assert api.client.post("/api/models/m/rebalance").status_code == 415  # a body-less cross-site form cannot
+
+
+@pytest.mark.parametrize(("code", "status"), [(grpc.StatusCode.FAILED_PRECONDITION, 409),
+                                              (grpc.StatusCode.NOT_FOUND, 404), (grpc.StatusCode.UNAVAILABLE, 503)])
+def test_rebalance_errors(api: FakeApi, code: grpc.StatusCode, status: int) -> None:
+    api.coordinator.admin_error, api.coordinator.admin_details = code, "model 'm' cannot be re-placed now: loading"
+    r = api.client.post("/api/models/m/rebalance", json={})
+    assert r.status_code == status and "re-placed" in r.json()["error"]["message"], r.text
+    assert api.client.post("/api/models/m/rebalance", json={"force": "maybe"}).status_code in (400, 422)

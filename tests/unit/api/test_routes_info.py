@@ -19,7 +19,8 @@ TESTED_ROUTES = {
     ("GET", "/v1/models/{model:path}"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
     ("POST", "/api/model/process"), ("POST", "/api/model/stream"), ("POST", "/api/tokenize"),
     ("POST", "/api/detokenize"), ("GET", "/api/cluster"), ("GET", "/api/models"), ("POST", "/api/models"),
-    ("DELETE", "/api/models/{name}"), ("POST", "/api/nodes"), ("DELETE", "/api/nodes/{node_id}"), ("GET", "/"),
+    ("DELETE", "/api/models/{name}"), ("POST", "/api/models/{name}/rebalance"), ("POST", "/api/nodes"),
+    ("DELETE", "/api/nodes/{node_id}"), ("GET", "/"),
     ("GET", "/index.html"), ("GET", "/assets/{path:path}"), ("GET", "/openapi.json"), ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
 }
