@@ -109,10 +109,11 @@ class Backend:
         except grpc.aio.AioRpcError as e:
             raise self.coordinator_error(e) from None
 
-    async def remove_node(self, node_id: str) -> coordinator_pb2.RemoveNodeResponse:
-        """Forgets a node once its models moved off it; 409 when one cannot, 404 for an unknown id."""
+    async def remove_node(self, node_id: str, drain: bool = False) -> coordinator_pb2.RemoveNodeResponse:
+        """Forgets a node; 409 while a model has a shard on it (with ``drain``: one that cannot move off it), 404
+        for an unknown id."""
         try:
-            return await self.coordinator.remove_node(node_id, self.config.coordinator.load_timeout_s + 60)
+            return await self.coordinator.remove_node(node_id, drain, self.config.coordinator.load_timeout_s + 60)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise ApiError(409, e.details() or "the node is in use") from None

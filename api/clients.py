@@ -115,9 +115,10 @@ class CoordinatorClient:
                                              timeout=10.0)
         return reply.added
 
-    async def remove_node(self, node_id: str, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
-        self._models = None  # the models on it move off it
-        return await self.stub.RemoveNode(coordinator_pb2.RemoveNodeRequest(node_id=node_id), timeout=timeout_s)
+    async def remove_node(self, node_id: str, drain: bool, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
+        self._models = None  # the models on it may move off it
+        return await self.stub.RemoveNode(coordinator_pb2.RemoveNodeRequest(node_id=node_id, drain=drain),
+                                          timeout=timeout_s)
 
     async def rebalance_model(self, request: coordinator_pb2.RebalanceRequest, timeout_s: float
                               ) -> coordinator_pb2.RebalanceResponse:

@@ -78,9 +78,9 @@ class AdminRpcs:
 
     async def RemoveNode(self, request: coordinator_pb2.RemoveNodeRequest, context: grpc.aio.ServicerContext
                          ) -> coordinator_pb2.RemoveNodeResponse:
-        """Forgets a node; the models serving on it move off it first (FAILED_PRECONDITION naming one that cannot)."""
+        """Forgets a node (FAILED_PRECONDITION naming the models on it; with drain they move off it first)."""
         try:
-            node = await self.registry.remove_node(request.node_id)
+            node = await self.registry.remove_node(request.node_id, request.drain)
         except RegistryError as e:
             await context.abort(e.code, str(e))
         return coordinator_pb2.RemoveNodeResponse(address=node.address)

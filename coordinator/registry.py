@@ -131,19 +131,21 @@ class ModelRegistry:
         self._recheck.set()
         return node
 
-    async def remove_node(self, node_id: str) -> NodeConfig:
-        """Forgets a node: no more polls or placements. The models serving on it move off it first (live
-        re-placement onto the other ready nodes); refused while one cannot, or is loading or draining there."""
+    async def remove_node(self, node_id: str, drain: bool = False) -> NodeConfig:
+        """Forgets a node: no more polls or placements. Refused while a model (serving, loading or draining) has a
+        shard on it, even with other replicas; with ``drain`` the serving ones move off it first (live
+        re-placement onto the other ready nodes)."""
         node = self.nodes.get(node_id)
         if node is None:
             raise RegistryError(grpc.StatusCode.NOT_FOUND, f"no node {node_id!r}; known: {sorted(self.nodes)}")
-        await move_off(self, node_id)
+        if drain:
+            await move_off(self, node_id)
         async with self.placement_lock:  # never in the middle of a placement that may choose it
             users = [name for name, e in self.engines.items() if e.pipeline.replica_on(node_id) is not None]
             if users:
                 raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, (
-                    f"node {node_id!r} still holds shards of model(s) {sorted(users)}; remove them first "
-                    "(DELETE /api/models/{name}), then the node"))
+                    f"node {node_id!r} holds shards of model(s) {sorted(users)}; move them off it first "
+                    f"(DELETE /api/nodes/{node_id}?drain=true) or remove them (DELETE /api/models/{{name}})"))
             del self.nodes[node_id]
             await self.membership.remove_node(node_id)
             await self.clients.remove(node_id)

@@ -238,10 +238,12 @@ class RegisterNodeResponse(_message.Message):
     def __init__(self, added: bool = ..., address: _Optional[str] = ...) -> None: ...
 
 class RemoveNodeRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "drain")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    drain: bool
+    def __init__(self, node_id: _Optional[str] = ..., drain: bool = ...) -> None: ...
 
 class RemoveNodeResponse(_message.Message):
     __slots__ = ("address",)

@@ -136,8 +136,8 @@ class CoordinatorServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RemoveNode(self, request, context):
-        """Forget a node: no more polls or placements. The models serving on it move off it first (live
-        re-placement); FAILED_PRECONDITION naming the model when one cannot.
+        """Forget a node: no more polls or placements. FAILED_PRECONDITION while a model has a shard on it, unless
+        drain moves them off it first (live re-placement; FAILED_PRECONDITION naming a model that cannot move).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

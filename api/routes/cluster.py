@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from api.admin_schemas import RemoveNodeResponse
 from api.backend import Backend
@@ -81,10 +81,12 @@ def launcher_processes() -> list[ClusterProcess]:
 
 
 @router.delete("/api/nodes/{node_id}", response_model=RemoveNodeResponse, responses=ERROR_RESPONSES)
-async def remove_node(node_id: str, backend: Backend = Depends(get_backend)) -> RemoveNodeResponse:
-    """Forgets a node: the models serving on it move to the other ready nodes first (live re-placement: no stream
-    ends), then the coordinator stops polling it and places nothing on it; it leaves /api/cluster. 409 when a model
-    on it cannot move (no room elsewhere, or loading or draining): remove that model first. 404 for an unknown
+async def remove_node(node_id: str, backend: Backend = Depends(get_backend),
+                      drain: bool = Query(False, description="move the models serving on it to the other nodes first "
+                                          "(live re-placement: no stream ends)")) -> RemoveNodeResponse:
+    """Forgets a node: the coordinator stops polling it and places nothing on it; it leaves /api/cluster. 409 while
+    a model (serving, loading or draining) has a shard on it, even with other replicas; with drain=true the serving
+    ones move to the other ready nodes first (409 naming one that cannot: no room elsewhere). 404 for an unknown
     id."""
-    reply = await backend.remove_node(node_id)
+    reply = await backend.remove_node(node_id, drain)
     return RemoveNodeResponse(id=node_id, address=reply.address)

@@ -161,8 +161,8 @@ class FakeCoordinatorClient:
         self._admin("register_node", (node_id, address))
         return True
 
-    async def remove_node(self, node_id: str, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
-        self._admin("remove_node", node_id)
+    async def remove_node(self, node_id: str, drain: bool, timeout_s: float) -> coordinator_pb2.RemoveNodeResponse:
+        self._admin("remove_node", (node_id, drain))
         return coordinator_pb2.RemoveNodeResponse(address="127.0.0.1:9")
 
     async def rebalance_model(self, request: coordinator_pb2.RebalanceRequest, timeout_s: float

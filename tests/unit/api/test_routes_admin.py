@@ -136,6 +136,8 @@ def test_registering_a_known_node_under_a_new_id_is_409(api: FakeApi) -> None:
 def test_remove_node(api: FakeApi) -> None:
     r = api.client.delete("/api/nodes/n1")
     assert r.status_code == 200 and r.json() == {"id": "n1", "address": "127.0.0.1:9", "removed": True}, r.text
+    assert api.client.delete("/api/nodes/n2?drain=true").status_code == 200
+    assert api.coordinator.admin_calls == [("remove_node", ("n1", False)), ("remove_node", ("n2", True))]
 
 
 @pytest.mark.parametrize(("code", "status"), [(grpc.StatusCode.FAILED_PRECONDITION, 409),

@@ -60,7 +60,10 @@ def test_a_node_removed_under_load_moves_its_model_off_it_and_no_token_changes(t
         assert [r.node_id for r in old.pipeline.replicas] == ["n1", "n2"]
         reqs, events = await _running(reg, 6)
         gate = _fake(reg, "n2").hold_next = asyncio.Event()  # a micro-batch is in flight when the move starts
-        removal = asyncio.create_task(reg.remove_node("n1"))
+        with pytest.raises(RegistryError) as refused:
+            await reg.remove_node("n1")  # without drain: refused while it holds a shard
+        assert "drain=true" in str(refused.value)
+        removal = asyncio.create_task(reg.remove_node("n1", drain=True))
         for _ in range(200):
             await asyncio.sleep(0)
         assert old.frozen and not removal.done()  # waits for the step in flight

@@ -230,9 +230,11 @@ def test_remove_node(fakes: dict[str, Any]) -> None:
         reg.membership.start()  # pollers run (against nothing: they fail and retry)
         await reg.add(ModelRequest(ModelConfig("used", "src", stages=(("n1", "n2"),))))
         with pytest.raises(RegistryError) as refused:
-            await reg.remove_node("n1")  # a model that cannot move off it is removed first
-        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "model 'used'" in str(refused.value)
-        assert "cannot move off it" in str(refused.value)
+            await reg.remove_node("n1")  # even with another replica (n2): models are moved or removed first
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "['used']" in str(refused.value)
+        with pytest.raises(RegistryError) as cannot:
+            await reg.remove_node("n1", drain=True)  # it cannot move (its configuration is not known here)
+        assert cannot.value.code == grpc.StatusCode.FAILED_PRECONDITION and "cannot move off it" in str(cannot.value)
         with pytest.raises(RegistryError) as unknown:
             await reg.remove_node("nope")
         assert unknown.value.code == grpc.StatusCode.NOT_FOUND
