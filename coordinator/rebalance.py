@@ -248,7 +248,7 @@ class Rebalancer:
         metrics.REBALANCES.labels(outcome.model, outcome.kind).inc()
         what = (f"re-placed {outcome.model} ({outcome.trigger}): {describe(outcome.before)} -> "
                 f"{describe(outcome.after)}, {outcome.moved} request(s) moved, {outcome.seconds:.1f} s")
-        logger.warning("model %s %s", outcome.model, what)
+        logger.warning("%s", what)
         for node in {n for nodes, _ in (*outcome.before, *outcome.after) for n in nodes}:
             self.registry.membership.note(node, what)
 
