@@ -39,6 +39,19 @@ class NodeSpeedEntry(BaseModel):
     memory_free_bytes: int | None = Field(None, description="null: no memory budget")
 
 
+class PeerLinkEntry(BaseModel):
+    node: str
+    rtt_ms: float | None = Field(..., description="the least of a few health checks from one node to the other; "
+                                                  "null: it could not reach it")
+    measured_seconds_ago: float
+    error: str = ""
+
+
+def peer_link_entry(p: coordinator_pb2.PeerLink) -> PeerLinkEntry:
+    return PeerLinkEntry(node=p.node_id, rtt_ms=None if p.error else round(p.rtt_ms, 3),
+                         measured_seconds_ago=round(p.measured_seconds_ago, 1), error=p.error)
+
+
 class LeftOut(BaseModel):
     node: str
     reason: str

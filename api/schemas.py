@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from api.logprobs import TokenLogprob
 from api.openai_responses import SpeculativeUsage
 from api.openai_schemas import MAX_STOP_CHARS, check_stop_lengths
-from api.placement_schemas import NodeSpeedEntry
+from api.placement_schemas import NodeSpeedEntry, PeerLinkEntry
 from protos.data_structures import (
     GREEDY_TEMPERATURE_EPS,
     MAX_REPETITION_PENALTY,
@@ -276,6 +276,7 @@ class ClusterNode(BaseModel):
     rtt_ms: float = Field(0.0, description="the coordinator's round trip to it (latest health check)")
     profiles: list[NodeSpeedEntry] = Field(default_factory=list, description="its speed per model format measured "
                                            "so far (placement by speed)")
+    links: list[PeerLinkEntry] = Field(default_factory=list, description="its round trips to other nodes")
 
 
 class ClusterProcess(BaseModel):

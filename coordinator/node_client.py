@@ -125,6 +125,12 @@ class NodeClient:
         """The node's speed for the model's shape and format (a few seconds of measuring on the node)."""
         return await self.stub.Profile(shard_pb2.ProfileRequest(shard=load.to_proto()), timeout=self.deadlines.load_s)
 
+    async def measure_links(self, addresses: list[str], samples: int = 5) -> list[shard_pb2.LinkTime]:
+        """The node's round trip to each of ``addresses`` (other nodes), as it measures it."""
+        reply = await self.stub.MeasureLinks(shard_pb2.MeasureLinksRequest(addresses=addresses, samples=samples),
+                                             timeout=5.0 + 2.0 * (samples + 1) * len(addresses))
+        return list(reply.links)
+
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         return await self.stub.Info(shard_pb2.InfoRequest(), timeout=timeout_s or self.deadlines.info_s)
 

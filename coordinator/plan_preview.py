@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from coordinator.node_names import RegistryError
 from coordinator.partition import partition_layers
 from coordinator.placement import DoesNotFit, ModelSizes, Placement, place
 from coordinator.sizing import measure, model_load
-from coordinator.speed_model import NodeSpeed, Prediction, Stage, cycle_seconds, predict
+from coordinator.speed_model import Links, NodeSpeed, Prediction, Stage, cycle_seconds, predict
 from coordinator.speed_placement import MaxLayers, NoPlan, SpeedPlan, plan_by_speed
 from protos import coordinator_pb2, shard_pb2, wire
 from protos.data_structures import LayerRange
@@ -44,6 +45,7 @@ class ProfileBook:
 
     def __init__(self) -> None:
         self._book: dict[tuple[str, str, str, str, str], _Measured] = {}
+        self._links: dict[tuple[str, str], tuple[float, float, str]] = {}  # (a, b) -> (rtt, when, error) as a measured
 
     @staticmethod
     def _key(node_id: str, load: ModelLoad) -> tuple[str, str, str, str, str]:
@@ -63,6 +65,39 @@ class ProfileBook:
     def forget(self, node_id: str) -> None:
         """A node that joined again, or that asked to be measured again."""
         self._book = {k: v for k, v in self._book.items() if k[0] != node_id}
+        self._links = {k: v for k, v in self._links.items() if node_id not in k}
+
+    async def links(self, clients: NodeClients, node_ids: Sequence[str], star: bool = False) -> Links:
+        """The round trips between ``node_ids`` (each node measures its links to the others, again after
+        PROFILE_TTL_S; none with ``star``: hidden states go through the coordinator then)."""
+        for a in node_ids if not star and len(node_ids) > 1 else ():
+            now = time.monotonic()
+            stale = {clients[b].node.address: b for b in node_ids
+                     if b != a and ((a, b) not in self._links or now - self._links[(a, b)][1] > PROFILE_TTL_S)}
+            if not stale:
+                continue
+            try:
+                measured = await clients[a].measure_links(list(stale))
+            except grpc.aio.AioRpcError as e:
+                logger.warning("node %s could not measure its links: %s", a, e.details())
+                continue
+            for link in measured:
+                if (b := stale.get(link.address)) is not None:
+                    self._links[(a, b)] = (math.inf if link.error else link.rtt_seconds, time.monotonic(), link.error)
+                    if link.error:
+                        logger.warning("node %s cannot reach node %s (%s): %s", a, b, link.address, link.error)
+        return self.known_links(star)
+
+    def known_links(self, star: bool = False) -> Links:
+        """The links measured so far (an unreachable pair: infinite, so no plan puts them next to each other)."""
+        return Links({k: v[0] for k, v in self._links.items()}, star)
+
+    def links_of(self, node_id: str) -> list[coordinator_pb2.PeerLink]:
+        """A node's links as it measured them (GET /api/cluster)."""
+        now = time.monotonic()
+        return [coordinator_pb2.PeerLink(node_id=b, rtt_ms=-1.0 if err else rtt * 1e3, measured_seconds_ago=now - at,
+                                         error=err) for (a, b), (rtt, at, err) in sorted(self._links.items())
+                if a == node_id]
 
     async def speeds(self, clients: NodeClients, node_ids: Sequence[str], load: ModelLoad
                      ) -> dict[str, tuple[NodeSpeed, shard_pb2.NodeProfile, float, str]]:
@@ -158,13 +193,14 @@ async def _plan(registry: ModelRegistry, request: ModelRequest, exclude: frozens
     load = model_load(m, model_dir)
     sizes = await measure(registry.clients[candidates[0]], load, meta.num_layers)
     measured = await registry.profiles.speeds(registry.clients, candidates, load)
+    links = await registry.profiles.links(registry.clients, candidates, star=m.forwarding == "star")
     speeds = [measured[n][0] for n in candidates]
     split_over = candidates[:meta.num_layers]  # today's split gives every node at least one layer
     baseline = capacity_split(meta.num_layers, speeds[:len(split_over)],
                               [registry.nodes[n].capacity for n in split_over], meta.head_cost)
     if explicit:
         stages = [Stage(s, r) for s, r in zip(speeds, m.layer_ranges)] if m.layer_ranges else baseline
-        plan = SpeedPlan(tuple(stages), 0.0, predict(stages, meta.num_layers, REPORTED_CONCURRENCY))
+        plan = SpeedPlan(tuple(stages), 0.0, predict(stages, meta.num_layers, REPORTED_CONCURRENCY, links))
     else:
         free = {n: registry.room(n).free_bytes for n in candidates}
         caps = memory_caps(sizes, free, meta.num_layers)
@@ -173,14 +209,14 @@ async def _plan(registry: ModelRegistry, request: ModelRequest, exclude: frozens
                              f"its KV budget); free: " + ", ".join(
                                  f"{n} {'no limit' if f is None else f'{f / 2**20:.1f} MiB'}" for n, f in free.items()))
         try:
-            plan = plan_by_speed(meta.num_layers, speeds, caps, m.expected_concurrency, REPORTED_CONCURRENCY)
+            plan = plan_by_speed(meta.num_layers, speeds, caps, m.expected_concurrency, REPORTED_CONCURRENCY, links)
         except NoPlan:
             need = sizes.stage_bytes(LayerRange(0, meta.num_layers), meta.num_layers)
             have = sum(f for f in free.values() if f is not None)
             raise DoesNotFit(f"the model needs about {need / 2**20:.0f} MiB (weights + KV budget); the ready nodes "
                              f"have {have / 2**20:.0f} MiB free") from None
     addresses = {n: registry.nodes[n].address for n in candidates}
-    return _Planned(meta.num_layers, sizes, plan, baseline, measured, addresses, bool(explicit))
+    return _Planned(meta.num_layers, sizes, plan, baseline, measured, addresses, bool(explicit), links)
 
 
 @dataclass
@@ -192,6 +228,7 @@ class _Planned:
     measured: dict[str, tuple[NodeSpeed, shard_pb2.NodeProfile, float, str]]
     addresses: dict[str, str]
     explicit: bool
+    links: Links
 
 
 async def place_model(registry: ModelRegistry, request: ModelRequest, exclude: frozenset[str] = frozenset()
@@ -212,7 +249,7 @@ async def place_model(registry: ModelRegistry, request: ModelRequest, exclude: f
     logger.info("model %s placed for speed at %d stream(s): %s; predicted %.1f tok/s for one stream (%.1f by "
                 "capacity)%s", request.model.name, request.model.expected_concurrency,
                 ", ".join(f"{s.node.node_id} {s.layers}" for s in plan.stages), plan.prediction.single_tps,
-                predict(planned.baseline, planned.num_layers).single_tps,
+                predict(planned.baseline, planned.num_layers, links=planned.links).single_tps,
                 "".join(f"; {n} left out: {why}" for n, why in plan.left_out.items()))
     return Placement(tuple((n,) for n in plan.node_ids), tuple(plan.ranges))
 
@@ -229,14 +266,14 @@ async def preview(registry: ModelRegistry, request: ModelRequest, remeasure: boo
     return coordinator_pb2.PlacementPreview(
         model=m.name, method="explicit" if p.explicit else "speed", expected_concurrency=m.expected_concurrency,
         plan=figures(p.plan.stages, p.plan.prediction, p.sizes, p.num_layers, p.addresses),
-        capacity_split=figures(p.baseline, predict(p.baseline, p.num_layers, REPORTED_CONCURRENCY), p.sizes,
+        capacity_split=figures(p.baseline, predict(p.baseline, p.num_layers, REPORTED_CONCURRENCY, p.links), p.sizes,
                                p.num_layers, p.addresses),
         left_out=[coordinator_pb2.LeftOutNode(node_id=n, reason=why) for n, why in p.plan.left_out.items()],
         nodes=[node_info(*p.measured[n]) for n in p.addresses])
 
 
 def layout_speed(registry: ModelRegistry, load: ModelLoad, num_layers: int, layout: Sequence[tuple[str, LayerRange]],
-                 streams: int) -> float | None:
+                 streams: int, star: bool = False) -> float | None:
     """Predicted tokens/s of all ``streams`` together on ``layout`` (node, layers per stage) from the profiles
     measured so far; None when a node's is not known."""
     stages = []
@@ -245,7 +282,7 @@ def layout_speed(registry: ModelRegistry, load: ModelLoad, num_layers: int, layo
         if speed is None or node_id not in registry.clients.nodes:
             return None
         stages.append(Stage(replace(speed, rtt_s=registry.clients[node_id].link_round_trip_s), layers))
-    return streams / cycle_seconds(stages, num_layers, streams)
+    return streams / cycle_seconds(stages, num_layers, streams, registry.profiles.known_links(star))
 
 
 def format_of(key: tuple[str, str, str, str, str]) -> str:

@@ -27,7 +27,7 @@ from coordinator import metrics
 from coordinator.cluster import build_engine, load_engine
 from coordinator.engine import ModelEngine
 from coordinator.handover import move_requests, quiesce
-from coordinator.node_client import ModelLoad, unload_shard
+from coordinator.node_client import unload_shard
 from coordinator.node_names import RegistryError
 from coordinator.placement import DoesNotFit, Placement
 from coordinator.plan_preview import layout_speed, place_model, profile_on_join
@@ -187,11 +187,9 @@ class Rebalancer:
             return outcome, None
         after = tuple(zip(placement.stages, placement.ranges))
         outcome.after = after
-        load, streams = engine.replicas.model_load, request.model.expected_concurrency
-        assert load is not None
-        outcome.streams = streams
-        outcome.before_tps = self._speed(load, engine.meta.num_layers, before, streams)
-        outcome.after_tps = self._speed(load, engine.meta.num_layers, after, streams)
+        outcome.streams = streams = request.model.expected_concurrency
+        outcome.before_tps = self._speed(engine, before, streams)
+        outcome.after_tps = self._speed(engine, after, streams)
         gain = (outcome.after_tps / outcome.before_tps) if outcome.before_tps and outcome.after_tps else None
         if after == before:
             outcome.reason = "it is already on the plan the coordinator would make now"
@@ -205,8 +203,11 @@ class Rebalancer:
         logger.info("model %s stays on %s (%s): %s", engine.name, describe(before), trigger, outcome.reason)
         return outcome, None
 
-    def _speed(self, load: ModelLoad, num_layers: int, layout: Layout, streams: int) -> float | None:
-        return layout_speed(self.registry, load, num_layers, [(nodes[0], r) for nodes, r in layout], streams)
+    def _speed(self, engine: ModelEngine, layout: Layout, streams: int) -> float | None:
+        load = engine.replicas.model_load
+        assert load is not None
+        return layout_speed(self.registry, load, engine.meta.num_layers, [(nodes[0], r) for nodes, r in layout],
+                            streams, star=engine.pipeline.forwarding == "star")
 
     async def _load(self, engine: ModelEngine, placement: Placement) -> ModelEngine:
         """The new layout, loaded beside the old and started (it has no requests yet)."""

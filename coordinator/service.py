@@ -214,7 +214,8 @@ class CoordinatorServicer(AdminRpcs, coordinator_pb2_grpc.CoordinatorServicer):
                 memory_budget_bytes=info.memory_budget_bytes if info else 0,
                 memory_used_bytes=info.memory_used_bytes if info else 0,
                 rtt_ms=self.registry.clients[node_id].link_round_trip_s * 1e3,
-                profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].link_round_trip_s))
+                profiles=self.registry.profiles.of_node(node_id, self.registry.clients[node_id].link_round_trip_s),
+                links=self.registry.profiles.links_of(node_id))
         return reply
 
     def snapshot(self) -> metrics.ClusterSnapshot:

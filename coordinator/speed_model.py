@@ -2,7 +2,9 @@
 loaded (pure). A stage's step for a micro-batch of ``rows`` costs its layers times the node's time per layer at that
 many rows, plus the final norm and head on the last stage, plus a fixed software cost per stage (gRPC, the Python
 around the forward); a token also crosses the ring of stages once (half the coordinator's round trip to each node,
-summed: hidden states go stage to stage and the last stage hands the token to the first).
+from the coordinator to the first stage and from the last back, plus each stage-to-stage link's round trip / 2 as the
+nodes measured it (``Links``; unknown: the mean of the two nodes' round trips to the coordinator); with forwarding
+through the coordinator, every stage's full round trip to it).
 
 One stream: a token takes every stage's step at one row, one after the other. ``c`` streams: the engine runs one
 lane per stage, each carrying ceil(c / lanes) rows; a lane's step takes the sum of the stages' steps at that many
@@ -13,7 +15,7 @@ the busiest stage's steps for all lanes. Tokens per second = streams / cycle.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protos.data_structures import LayerRange
@@ -55,6 +57,31 @@ def _interpolate(points: dict[int, float], rows: int) -> float:
 
 
 @dataclass(frozen=True)
+class Links:
+    """How hidden states travel: round trips between nodes (a, b) -> seconds, as node a measured them, and whether
+    they go through the coordinator instead (``star``)."""
+
+    between: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    star: bool = False
+
+    def hop(self, a: NodeSpeed, b: NodeSpeed) -> float:
+        """The round trip from ``a`` to ``b``."""
+        rtt = self.between.get((a.node_id, b.node_id))
+        return rtt if rtt is not None else (a.rtt_s + b.rtt_s) / 2
+
+    def network_seconds(self, nodes: Sequence[NodeSpeed]) -> float:
+        """A step's time on the wire through ``nodes`` in order."""
+        if not nodes:
+            return 0.0
+        if self.star:
+            return sum(n.rtt_s for n in nodes)
+        return (nodes[0].rtt_s + nodes[-1].rtt_s + sum(self.hop(a, b) for a, b in zip(nodes, nodes[1:]))) / 2
+
+
+DIRECT = Links()  # stage to stage, no node-to-node round trip measured
+
+
+@dataclass(frozen=True)
 class Stage:
     node: NodeSpeed
     layers: LayerRange
@@ -74,20 +101,21 @@ def stage_seconds(stage: Stage, rows: int, num_layers: int) -> float:
     return stage.layers.length * stage.node.layer_seconds(rows) + head + STAGE_OVERHEAD_S
 
 
-def ring_seconds(stages: Sequence[Stage]) -> float:
-    """A step's network and fixed cost: half the round trip to each stage, and the per-step overhead."""
-    return sum(s.node.rtt_s for s in stages) / 2 + TOKEN_OVERHEAD_S
+def ring_seconds(stages: Sequence[Stage], links: Links = DIRECT) -> float:
+    """A step's network and fixed cost: the wire through the stages, and the per-step overhead."""
+    return links.network_seconds([s.node for s in stages]) + TOKEN_OVERHEAD_S
 
 
-def cycle_seconds(stages: Sequence[Stage], num_layers: int, streams: int) -> float:
+def cycle_seconds(stages: Sequence[Stage], num_layers: int, streams: int, links: Links = DIRECT) -> float:
     """Seconds for every stream to get one more token."""
     lanes = min(streams, len(stages))
     rows = math.ceil(streams / lanes)
     steps = [stage_seconds(s, rows, num_layers) for s in stages]
-    return max(sum(steps) + ring_seconds(stages), lanes * max(steps))
+    return max(sum(steps) + ring_seconds(stages, links), lanes * max(steps))
 
 
-def predict(stages: Sequence[Stage], num_layers: int, concurrency: Sequence[int] = (8, 32)) -> Prediction:
-    single = 1 / cycle_seconds(stages, num_layers, 1)
-    return Prediction(single, {c: c / cycle_seconds(stages, num_layers, c) for c in concurrency},
+def predict(stages: Sequence[Stage], num_layers: int, concurrency: Sequence[int] = (8, 32), links: Links = DIRECT
+            ) -> Prediction:
+    single = 1 / cycle_seconds(stages, num_layers, 1, links)
+    return Prediction(single, {c: c / cycle_seconds(stages, num_layers, c, links) for c in concurrency},
                       [stage_seconds(s, 1, num_layers) for s in stages])

@@ -16,7 +16,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.speed_model import STAGE_OVERHEAD_S, TOKEN_OVERHEAD_S, NodeSpeed, Prediction, Stage, predict
+from coordinator.speed_model import (
+    DIRECT,
+    STAGE_OVERHEAD_S,
+    TOKEN_OVERHEAD_S,
+    Links,
+    NodeSpeed,
+    Prediction,
+    Stage,
+    predict,
+)
 from protos.data_structures import LayerRange
 
 PERMUTED_NODES = 5  # with more nodes only their given order is tried (still every subset of it)
@@ -44,7 +53,8 @@ class SpeedPlan:
         return [s.node.node_id for s in self.stages]
 
 
-def _split(num_layers: int, nodes: Sequence[NodeSpeed], caps: list[int], streams: int) -> tuple[list[int], float]:
+def _split(num_layers: int, nodes: Sequence[NodeSpeed], caps: list[int], streams: int, links: Links
+           ) -> tuple[list[int], float]:
     """The layer counts (in node order) with the least cycle for ``streams``, and that cycle; ([], inf) if none."""
     n = len(nodes)
     if n > num_layers or min(caps) < 1 or sum(caps) < num_layers:
@@ -53,7 +63,7 @@ def _split(num_layers: int, nodes: Sequence[NodeSpeed], caps: list[int], streams
     rows = math.ceil(streams / lanes)
     per_layer = [node.layer_seconds(rows) for node in nodes]
     fixed = [STAGE_OVERHEAD_S + (node.head_seconds(rows) if i == n - 1 else 0.0) for i, node in enumerate(nodes)]
-    ring = sum(node.rtt_s for node in nodes) / 2 + TOKEN_OVERHEAD_S
+    ring = links.network_seconds(nodes) + TOKEN_OVERHEAD_S
     bounds = sorted({fixed[i] + k * per_layer[i] for i in range(n) for k in range(1, caps[i] + 1)})
     if lanes == 1:  # one stream: only the sum counts, and the loosest bound (memory alone) gives the least
         bounds = bounds[-1:]
@@ -88,7 +98,7 @@ def _stages(arrangement: Sequence[NodeSpeed], counts: list[int]) -> tuple[Stage,
 
 
 def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLayers, concurrency: int = 1,
-                  report: Sequence[int] = (8, 32)) -> SpeedPlan:
+                  report: Sequence[int] = (8, 32), links: Links = DIRECT) -> SpeedPlan:
     """The fastest placement of ``num_layers`` over some of ``nodes`` at ``concurrency`` streams."""
     if not nodes:
         raise NoPlan("no node to place the model on")
@@ -97,7 +107,7 @@ def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLa
     for arrangement in _arrangements(nodes):
         last = len(arrangement) - 1
         caps = [max_layers(node.node_id, i == 0, i == last) for i, node in enumerate(arrangement)]
-        counts, cycle = _split(num_layers, arrangement, caps, concurrency)
+        counts, cycle = _split(num_layers, arrangement, caps, concurrency, links)
         if not counts:
             continue
         for node in arrangement:
@@ -118,4 +128,4 @@ def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLa
             "it cannot hold a layer of this model (memory)" if with_it is None else
             f"with it the best plan predicts {with_it / concurrency * 1e3:.1f} ms per token at {concurrency} "
             f"stream(s), without it {per_token * 1e3:.1f} ms")
-    return SpeedPlan(stages, per_token, predict(stages, num_layers, report), left_out)
+    return SpeedPlan(stages, per_token, predict(stages, num_layers, report, links), left_out)

@@ -262,7 +262,7 @@ class ClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens", "memory_budget_bytes", "memory_used_bytes", "rtt_ms", "profiles")
+    __slots__ = ("node_id", "address", "state", "last_error", "last_seen_unix", "rss_bytes", "events", "kv_used_tokens", "kv_capacity_tokens", "memory_budget_bytes", "memory_used_bytes", "rtt_ms", "profiles", "links")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class NodeState(_message.Message):
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILES_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     state: str
@@ -289,7 +290,20 @@ class NodeState(_message.Message):
     memory_used_bytes: int
     rtt_ms: float
     profiles: _containers.RepeatedCompositeFieldContainer[NodeSpeedInfo]
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[NodeSpeedInfo, _Mapping]]] = ...) -> None: ...
+    links: _containers.RepeatedCompositeFieldContainer[PeerLink]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., last_seen_unix: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., kv_used_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[NodeSpeedInfo, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[PeerLink, _Mapping]]] = ...) -> None: ...
+
+class PeerLink(_message.Message):
+    __slots__ = ("node_id", "rtt_ms", "measured_seconds_ago", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    rtt_ms: float
+    measured_seconds_ago: float
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., measured_seconds_ago: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ClusterInfo(_message.Message):
     __slots__ = ("nodes", "models", "traffic")

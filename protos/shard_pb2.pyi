@@ -7,6 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MeasureLinksRequest(_message.Message):
+    __slots__ = ("addresses", "samples")
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    samples: int
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class LinkTime(_message.Message):
+    __slots__ = ("address", "rtt_seconds", "error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RTT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    rtt_seconds: float
+    error: str
+    def __init__(self, address: _Optional[str] = ..., rtt_seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class MeasureLinksResponse(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[LinkTime]
+    def __init__(self, links: _Optional[_Iterable[_Union[LinkTime, _Mapping]]] = ...) -> None: ...
+
 class ProfileRequest(_message.Message):
     __slots__ = ("shard",)
     SHARD_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class ShardNodeStub(object):
                 request_serializer=protos_dot_shard__pb2.ProfileRequest.SerializeToString,
                 response_deserializer=protos_dot_shard__pb2.NodeProfile.FromString,
                 _registered_method=True)
+        self.MeasureLinks = channel.unary_unary(
+                '/shardline.ShardNode/MeasureLinks',
+                request_serializer=protos_dot_shard__pb2.MeasureLinksRequest.SerializeToString,
+                response_deserializer=protos_dot_shard__pb2.MeasureLinksResponse.FromString,
+                _registered_method=True)
 
 
 class ShardNodeServicer(object):
@@ -128,6 +133,14 @@ class ShardNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureLinks(self, request, context):
+        """The round trip from this node to each of the other nodes (gRPC health checks over its peer channel, the least
+        of a few): what a hidden state crossing that link costs with stage-to-stage forwarding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +178,11 @@ def add_ShardNodeServicer_to_server(servicer, server):
                     servicer.Profile,
                     request_deserializer=protos_dot_shard__pb2.ProfileRequest.FromString,
                     response_serializer=protos_dot_shard__pb2.NodeProfile.SerializeToString,
+            ),
+            'MeasureLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureLinks,
+                    request_deserializer=protos_dot_shard__pb2.MeasureLinksRequest.FromString,
+                    response_serializer=protos_dot_shard__pb2.MeasureLinksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +375,33 @@ class ShardNode(object):
             '/shardline.ShardNode/Profile',
             protos_dot_shard__pb2.ProfileRequest.SerializeToString,
             protos_dot_shard__pb2.NodeProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardline.ShardNode/MeasureLinks',
+            protos_dot_shard__pb2.MeasureLinksRequest.SerializeToString,
+            protos_dot_shard__pb2.MeasureLinksResponse.FromString,
             options,
             channel_credentials,
             insecure,

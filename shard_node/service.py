@@ -19,6 +19,7 @@ from shard_node.cores import CoreShare
 from shard_node.forward_session import ForwardSession, NodeContext
 from shard_node.handoff import PeerLinks
 from shard_node.host import cpu_count, host_id, release_memory, rss_bytes
+from shard_node.link_probe import BadRequest, check_request, measure_links
 from shard_node.load_plan import LoadPlan, LoadRefused, plan_load
 from shard_node.micro_batch import BatchError, BatchResult, MicroBatch
 from shard_node.profile import LayerProfile, profile_layers
@@ -229,6 +230,15 @@ class ShardNodeServicer(shard_pb2_grpc.ShardNodeServicer):
             head=[shard_pb2.RowsTime(rows=n, seconds=s) for n, s in p.head_s.items()], measured_seconds=p.seconds,
             kernel=kernel_description(plan.quantization, plan.device), memory_budget_bytes=self.memory_budget_bytes,
             memory_free_bytes=max(self.memory_budget_bytes - used, 0) if self.memory_budget_bytes else 0)
+
+    async def MeasureLinks(self, request: shard_pb2.MeasureLinksRequest, context: grpc.aio.ServicerContext
+                           ) -> shard_pb2.MeasureLinksResponse:
+        """The round trip from this node to each address (shard_node/link_probe.py)."""
+        try:
+            addresses, samples = check_request(request)
+        except BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return shard_pb2.MeasureLinksResponse(links=await measure_links(addresses, samples))
 
     async def Info(self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> shard_pb2.NodeInfo:
         """Shards held, KV use, memory."""

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query
 from api.admin_schemas import RemoveNodeResponse
 from api.backend import Backend
 from api.deps import get_backend
-from api.placement_schemas import node_speed_entry
+from api.placement_schemas import node_speed_entry, peer_link_entry
 from api.routes import ERROR_RESPONSES
 from api.schemas import (
     ClusterHistory,
@@ -39,7 +39,8 @@ async def cluster(backend: Backend = Depends(get_backend)) -> ClusterResponse:
     nodes = [ClusterNode(id=n.node_id, address=n.address, state=n.state, last_error=n.last_error,
                          last_seen=n.last_seen_unix or None, rss_bytes=n.rss_bytes, kv_used_tokens=n.kv_used_tokens,
                          kv_capacity_tokens=n.kv_capacity_tokens, events=list(n.events), rtt_ms=round(n.rtt_ms, 3),
-                         profiles=[node_speed_entry(p) for p in n.profiles]) for n in info.nodes]
+                         profiles=[node_speed_entry(p) for p in n.profiles],
+                         links=[peer_link_entry(p) for p in n.links]) for n in info.nodes]
     models = [ClusterModel(
         name=m.name, state=m.state, ready=m.ready, unavailable_reason=m.unavailable_reason, num_layers=m.num_layers,
         num_stages=m.num_stages, max_context=m.max_context, pipeline_depth=m.pipeline_depth, running=m.running,

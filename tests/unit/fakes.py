@@ -299,6 +299,8 @@ class FakeNodeClient:
         self.speed = 1.0  # its profile's speed (1: 1 ms per layer and row)
         self.profiles: list[ShardLoad] = []  # Profile calls
         self.link_round_trip_s = 0.0
+        self.link_rtt: dict[str, float | None] = {}  # address -> its round trip there (MeasureLinks; None: unreachable)
+        self.links_measured: list[list[str]] = []
         self.fail_rows: set[str] = set()
         self.refuse_next = False
         self.lose_stream_at: int | None = None
@@ -338,6 +340,14 @@ class FakeNodeClient:
         times = [shard_pb2.RowsTime(rows=r, seconds=r * per_row) for r in (1, 8, 32)]
         return shard_pb2.NodeProfile(node_id=self.node.id, model=load.model, decode=times, head=times,
                                      prefill_token_seconds=per_row, threads=1, measured_seconds=0.01)
+
+    async def measure_links(self, addresses: list[str], samples: int = 5) -> list[shard_pb2.LinkTime]:
+        """Its round trip to each address: ``link_rtt`` (address -> seconds; None: unreachable), else 0.1 ms."""
+        self._check()
+        self.links_measured.append(list(addresses))
+        rtts = {a: self.link_rtt.get(a, 1e-4) for a in addresses}
+        return [shard_pb2.LinkTime(address=a, rtt_seconds=rtt or 0.0, error="" if rtt is not None else "unreachable")
+                for a, rtt in rtts.items()]
 
     async def info(self, timeout_s: float | None = None) -> shard_pb2.NodeInfo:
         self._check()

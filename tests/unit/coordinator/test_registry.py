@@ -248,3 +248,26 @@ def test_when_no_spare_has_room_the_requests_stop_waiting_for_one(tmp_path: Path
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_nodes_measure_their_links_and_a_plan_keeps_a_slow_or_broken_link_out_of_the_ring(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path, nodes=("n1", "n2", "n3"))
+        address = {n: reg.nodes[n].address for n in reg.nodes}
+        _fake(reg, "n1").link_rtt[address["n2"]] = 0.5  # n1 -> n2 is slow, n2 -> n1 unreachable
+        _fake(reg, "n2").link_rtt[address["n1"]] = None
+        await _polled(reg)
+        shown = await preview(reg, ModelRequest(ModelConfig("tiny", "tiny", expected_concurrency=8)))
+        order = [s.node_id for s in shown.plan.stages]
+        assert len(order) > 1 and all({a, b} != {"n1", "n2"} for a, b in zip(order, order[1:])), order
+        assert sorted(_fake(reg, "n1").links_measured[0]) == sorted([address["n2"], address["n3"]])
+        links = {p.node_id: p for p in reg.profiles.links_of("n1")}
+        assert links["n2"].rtt_ms == 500.0 and links["n3"].rtt_ms == pytest.approx(0.1)
+        [broken] = [p for p in reg.profiles.links_of("n2") if p.node_id == "n1"]
+        assert broken.rtt_ms == -1 and broken.error == "unreachable"
+        await preview(reg, ModelRequest(ModelConfig("tiny", "tiny")))
+        assert len(_fake(reg, "n1").links_measured) == 1  # measured once, kept like the profiles
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())

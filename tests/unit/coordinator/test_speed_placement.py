@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.speed_model import STAGE_OVERHEAD_S, TOKEN_OVERHEAD_S, NodeSpeed, Stage, predict
+from coordinator.speed_model import STAGE_OVERHEAD_S, TOKEN_OVERHEAD_S, Links, NodeSpeed, Stage, predict
 from coordinator.speed_placement import NoPlan, plan_by_speed
 from protos.data_structures import LayerRange
 
@@ -27,8 +27,13 @@ def unlimited(node_id: str, first: bool, last: bool) -> int:
 def test_one_stream_is_predicted_as_the_sum_of_the_stages_and_the_ring() -> None:
     a, b = node("a", 1.0, rtt_ms=2.0), node("b", 2.0, rtt_ms=4.0)
     p = predict([Stage(a, LayerRange(0, 10)), Stage(b, LayerRange(10, 30))], 30)
-    seconds = 10 * 1e-3 + 20 * 2e-3 + 8e-3 + 2 * STAGE_OVERHEAD_S + (2e-3 + 4e-3) / 2 + TOKEN_OVERHEAD_S
-    assert p.single_tps == pytest.approx(1 / seconds)
+    compute = 10 * 1e-3 + 20 * 2e-3 + 8e-3 + 2 * STAGE_OVERHEAD_S + TOKEN_OVERHEAD_S
+    # coordinator -> a, a -> b (not measured: the mean of their round trips to the coordinator), b -> coordinator
+    assert p.single_tps == pytest.approx(1 / (compute + (2e-3 + 3e-3 + 4e-3) / 2))
+    measured = Links({("a", "b"): 10e-3})
+    stages = [Stage(a, LayerRange(0, 10)), Stage(b, LayerRange(10, 30))]
+    assert predict(stages, 30, links=measured).single_tps == pytest.approx(1 / (compute + (2e-3 + 10e-3 + 4e-3) / 2))
+    assert predict(stages, 30, links=Links(star=True)).single_tps == pytest.approx(1 / (compute + 2e-3 + 4e-3))
     assert p.step_seconds == pytest.approx([10e-3 + STAGE_OVERHEAD_S, 40e-3 + 8e-3 + STAGE_OVERHEAD_S])
     lanes_of_4 = [Stage(a, LayerRange(0, 15)), Stage(b, LayerRange(15, 30))]
     assert p.aggregate_tps[8] > p.single_tps and predict(lanes_of_4, 30).aggregate_tps[8] > 0
@@ -64,3 +69,15 @@ def test_many_streams_balance_the_stages_by_their_speed() -> None:
     assert len(plan.stages) == 2 and counts["a"] == 24 and counts["b"] == 8  # equal steps: 24 x 1 = 8 x 3
     alone = plan_by_speed(32, [a], unlimited, concurrency=32)
     assert plan.seconds_per_token < alone.seconds_per_token  # two stages pipeline where one cannot
+
+
+def test_a_slow_link_between_two_nodes_keeps_them_apart() -> None:
+    """Two equally fast nodes pipeline 16 streams, but not over a 200 ms link: the plan takes the fast link."""
+    a, b, c = node("a", 1.0), node("b", 1.0), node("c", 1.0)
+    slow_link = Links({("a", "b"): 0.2, ("b", "a"): 0.2, ("a", "c"): 0.2, ("c", "a"): 0.2,
+                       ("b", "c"): 1e-4, ("c", "b"): 1e-4})
+    plan = plan_by_speed(30, [a, b, c], unlimited, concurrency=16, links=slow_link)
+    assert "a" not in plan.node_ids and sorted(plan.node_ids) == ["b", "c"], plan
+    assert "with it the best plan predicts" in plan.left_out["a"]
+    fast_links = plan_by_speed(30, [a, b, c], unlimited, concurrency=16)
+    assert len(fast_links.node_ids) == 3  # without the slow link all three pipeline
