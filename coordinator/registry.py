@@ -28,7 +28,8 @@ from coordinator.model_meta import read_model_meta
 from coordinator.node_client import Deadlines, NodeClients, unload_shard
 from coordinator.node_names import RegistryError, check_new_node
 from coordinator.placement import DoesNotFit, NodeRoom, Placement
-from coordinator.plan_preview import ProfileBook, place_model
+from coordinator.plan_preview import place_model
+from coordinator.profile_book import ProfileBook
 from coordinator.rebalance import Rebalancer, move_off
 from coordinator.replacement import ReplacementWatch
 from coordinator.sizing import fit_budgets

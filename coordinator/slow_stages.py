@@ -19,7 +19,7 @@ from protos.data_structures import LayerRange
 
 if TYPE_CHECKING:
     from coordinator.engine import ModelEngine
-    from coordinator.plan_preview import ProfileBook
+    from coordinator.profile_book import ProfileBook
 
 logger = logging.getLogger(__name__)
 SLOWDOWN = 2.0  # measured / predicted above this, over the window, is slow

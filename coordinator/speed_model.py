@@ -63,19 +63,24 @@ class Links:
 
     between: Mapping[tuple[str, str], float] = field(default_factory=dict)
     star: bool = False
+    ring_decode: bool = True  # coordinator.ring_decode: one stream's token goes from the last stage to the first
 
     def hop(self, a: NodeSpeed, b: NodeSpeed) -> float:
         """The round trip from ``a`` to ``b``."""
         rtt = self.between.get((a.node_id, b.node_id))
         return rtt if rtt is not None else (a.rtt_s + b.rtt_s) / 2
 
-    def network_seconds(self, nodes: Sequence[NodeSpeed]) -> float:
-        """A step's time on the wire through ``nodes`` in order."""
+    def network_seconds(self, nodes: Sequence[NodeSpeed], alone: bool = False) -> float:
+        """A step's time on the wire through ``nodes`` in order (``alone``: one lane decoding by itself, which
+        with ring decode goes round the stages without the coordinator)."""
         if not nodes:
             return 0.0
         if self.star:
             return sum(n.rtt_s for n in nodes)
-        return (nodes[0].rtt_s + nodes[-1].rtt_s + sum(self.hop(a, b) for a, b in zip(nodes, nodes[1:]))) / 2
+        hops = sum(self.hop(a, b) for a, b in zip(nodes, nodes[1:]))
+        if alone and self.ring_decode and len(nodes) > 1:
+            return (hops + self.hop(nodes[-1], nodes[0])) / 2
+        return (nodes[0].rtt_s + nodes[-1].rtt_s + hops) / 2
 
 
 DIRECT = Links()  # stage to stage, no node-to-node round trip measured
@@ -101,9 +106,9 @@ def stage_seconds(stage: Stage, rows: int, num_layers: int) -> float:
     return stage.layers.length * stage.node.layer_seconds(rows) + head + STAGE_OVERHEAD_S
 
 
-def ring_seconds(stages: Sequence[Stage], links: Links = DIRECT) -> float:
+def ring_seconds(stages: Sequence[Stage], links: Links = DIRECT, alone: bool = False) -> float:
     """A step's network and fixed cost: the wire through the stages, and the per-step overhead."""
-    return links.network_seconds([s.node for s in stages]) + TOKEN_OVERHEAD_S
+    return links.network_seconds([s.node for s in stages], alone) + TOKEN_OVERHEAD_S
 
 
 def cycle_seconds(stages: Sequence[Stage], num_layers: int, streams: int, links: Links = DIRECT) -> float:
@@ -111,7 +116,7 @@ def cycle_seconds(stages: Sequence[Stage], num_layers: int, streams: int, links:
     lanes = min(streams, len(stages))
     rows = math.ceil(streams / lanes)
     steps = [stage_seconds(s, rows, num_layers) for s in stages]
-    return max(sum(steps) + ring_seconds(stages, links), lanes * max(steps))
+    return max(sum(steps) + ring_seconds(stages, links, alone=streams == 1), lanes * max(steps))
 
 
 def predict(stages: Sequence[Stage], num_layers: int, concurrency: Sequence[int] = (8, 32), links: Links = DIRECT

@@ -63,7 +63,7 @@ def _split(num_layers: int, nodes: Sequence[NodeSpeed], caps: list[int], streams
     rows = math.ceil(streams / lanes)
     per_layer = [node.layer_seconds(rows) for node in nodes]
     fixed = [STAGE_OVERHEAD_S + (node.head_seconds(rows) if i == n - 1 else 0.0) for i, node in enumerate(nodes)]
-    ring = links.network_seconds(nodes) + TOKEN_OVERHEAD_S
+    ring = links.network_seconds(nodes, alone=streams == 1) + TOKEN_OVERHEAD_S
     bounds = sorted({fixed[i] + k * per_layer[i] for i in range(n) for k in range(1, caps[i] + 1)})
     if lanes == 1:  # one stream: only the sum counts, and the loosest bound (memory alone) gives the least
         bounds = bounds[-1:]

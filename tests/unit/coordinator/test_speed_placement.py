@@ -28,11 +28,14 @@ def test_one_stream_is_predicted_as_the_sum_of_the_stages_and_the_ring() -> None
     a, b = node("a", 1.0, rtt_ms=2.0), node("b", 2.0, rtt_ms=4.0)
     p = predict([Stage(a, LayerRange(0, 10)), Stage(b, LayerRange(10, 30))], 30)
     compute = 10 * 1e-3 + 20 * 2e-3 + 8e-3 + 2 * STAGE_OVERHEAD_S + TOKEN_OVERHEAD_S
-    # coordinator -> a, a -> b (not measured: the mean of their round trips to the coordinator), b -> coordinator
-    assert p.single_tps == pytest.approx(1 / (compute + (2e-3 + 3e-3 + 4e-3) / 2))
-    measured = Links({("a", "b"): 10e-3})
+    # one stream with ring decode: a -> b, b -> a (not measured: the mean of their round trips to the coordinator)
+    assert p.single_tps == pytest.approx(1 / (compute + (3e-3 + 3e-3) / 2))
+    measured = Links({("a", "b"): 10e-3, ("b", "a"): 6e-3})
     stages = [Stage(a, LayerRange(0, 10)), Stage(b, LayerRange(10, 30))]
-    assert predict(stages, 30, links=measured).single_tps == pytest.approx(1 / (compute + (2e-3 + 10e-3 + 4e-3) / 2))
+    assert predict(stages, 30, links=measured).single_tps == pytest.approx(1 / (compute + (10e-3 + 6e-3) / 2))
+    # without ring decode: coordinator -> a, a -> b, b -> coordinator
+    no_ring = Links(measured.between, ring_decode=False)
+    assert predict(stages, 30, links=no_ring).single_tps == pytest.approx(1 / (compute + (2e-3 + 10e-3 + 4e-3) / 2))
     assert predict(stages, 30, links=Links(star=True)).single_tps == pytest.approx(1 / (compute + 2e-3 + 4e-3))
     assert p.step_seconds == pytest.approx([10e-3 + STAGE_OVERHEAD_S, 40e-3 + 8e-3 + STAGE_OVERHEAD_S])
     lanes_of_4 = [Stage(a, LayerRange(0, 15)), Stage(b, LayerRange(15, 30))]
