@@ -144,18 +144,27 @@ class Topology:
 
     def set_delay(self, delay_ms: float) -> None:
         """Every link now waits ``delay_ms`` each way (0: the queue rules and daemons removed)."""
+        self.set_delays([delay_ms] * self.count)
+
+    def set_delays(self, delays_ms: list[float]) -> None:
+        """Packets arriving at node i (from the root namespace or another node) and packets from node i arriving at
+        the root namespace wait ``delays_ms[i - 1]``: node i's round trip to the root is twice that, node i <-> node
+        j the sum of theirs (all 0: the queue rules and daemons removed)."""
         self.stop_delay()
-        if delay_ms > 0:
-            self.delay_ms = delay_ms
-            self._start_daemons(delay_ms)
+        if any(d > 0 for d in delays_ms):
+            self.delay_ms = max(delays_ms)
+            self._start_daemons(delays_ms)
             self._add_delay_rules()
 
-    def _start_daemons(self, delay_ms: float) -> None:
-        delay = ["-m", "bench.netdelay", "--queue", str(QUEUE_NUM), "--delay-ms", str(delay_ms),
-                 "--lifetime", str(self.lifetime_s)]
-        self.daemons.append(Child("netdelay-root", [PY, *delay], self.run_dir / "netdelay-root.log"))
-        for i in range(1, self.count + 1):
-            self.daemons.append(Child(f"netdelay-{self.ns(i)}", [*self.prefix(i), PY, *delay],
+    def _start_daemons(self, delays_ms: list[float]) -> None:
+        def delay(queue: int, ms: float) -> list[str]:
+            return ["-m", "bench.netdelay", "--queue", str(queue), "--delay-ms", str(ms), "--lifetime",
+                    str(self.lifetime_s)]
+
+        for i, ms in enumerate(delays_ms, start=1):  # the root side: one queue per node's veth
+            self.daemons.append(Child(f"netdelay-root{i}", [PY, *delay(QUEUE_NUM + i, ms)],
+                                      self.run_dir / f"netdelay-root{i}.log"))
+            self.daemons.append(Child(f"netdelay-{self.ns(i)}", [*self.prefix(i), PY, *delay(QUEUE_NUM, ms)],
                                       self.run_dir / f"netdelay-{self.ns(i)}.log"))
         for d in self.daemons:
             d.start()
@@ -165,12 +174,14 @@ class Topology:
                 raise NetnsUnavailable(f"delay daemon {d.name} exited: {d.log_tail(5)}")
 
     def _add_delay_rules(self) -> None:
-        queue = ["-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM), "--queue-bypass"]
+        def queue(num: int) -> list[str]:
+            return ["-j", "NFQUEUE", "--queue-num", str(num), "--queue-bypass"]
+
         for i in range(1, self.count + 1):
             # node side: packets from the root namespace or another node wait on arrival in the node's namespace
-            node_rule = [*self.prefix(i), "iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}n", *queue]
+            node_rule = [*self.prefix(i), "iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}n", *queue(QUEUE_NUM)]
             # root side: packets from the node to the root namespace itself (forwarded ones skip INPUT)
-            root_rule = ["iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}r", *queue]
+            root_rule = ["iptables", "INPUT", "-i", f"{VETH_PREFIX}{i}r", *queue(QUEUE_NUM + i)]
             for rule in (node_rule, root_rule):
                 at = rule.index("iptables") + 1
                 sh(*rule[:at], "-I", *rule[at:])

@@ -62,7 +62,8 @@ async def measure(address: str, w: Workload, source: str) -> dict[str, Any]:
         out: dict[str, Any] = {"capacity": _plan(capacity.plan), "speed": _plan(speed.plan),
                                "left_out": {x.node_id: x.reason for x in speed.left_out},
                                "profiles": {n.node_id: {"layer_ms": n.layer_ms, "head_ms": n.head_ms,
-                                                        "threads": n.threads} for n in speed.nodes}}
+                                                        "rtt_ms": n.rtt_ms, "threads": n.threads}
+                                            for n in speed.nodes}}
         for key, model in (("capacity", w.model_name), ("speed", "placed-for-speed")):
             await decode_rate(stub, model, prompt, f"placement-{key}-warmup")
             rates = [await decode_rate(stub, model, prompt, f"placement-{key}-{i}") for i in range(REQUESTS)]
@@ -102,12 +103,15 @@ def run_placement(rep: BenchReport, w: Workload, run_dir: Path, node_threads: in
         if quota is not None:
             quota.lift()
         cluster.stop()
+    from bench.placement_links import run_placement_links
+
+    run_placement_links(rep, w, run_dir, node_threads)
 
 
 def placement_section(rep: BenchReport) -> list[str]:
     p = rep.placement
-    if not p:
-        return []
+    if not p or "capacity" not in p:
+        return links_section(p.get("links")) if p else []
     lines = ["", "## Placement for speed: one node throttled", "",
              f"Three nodes on this machine's {p['cores']} cores; {p['slow_node']} held by a cgroup to "
              f"{p['slow_cores']:g} core(s). The same model split by configured capacity (the config's nodes) and "
@@ -123,4 +127,23 @@ def placement_section(rep: BenchReport) -> list[str]:
     lines += ["", f"Placed for speed: **{p['speedup']:.2f}x** the split by capacity (target >= {TARGET_SPEEDUP}x); "
               f"predictions within {TARGET_ERROR:.0%}: {'yes' if ok else 'NO'}. Left out: "
               + ("; ".join(f"{n}: {why}" for n, why in p["left_out"].items()) or "none") + "."]
+    return lines + links_section(p.get("links"))
+
+
+def links_section(p: dict[str, Any] | None) -> list[str]:
+    if not p:
+        return []
+    delays = ", ".join(f"node{i} {d:g} ms" for i, d in enumerate(p["delays_ms"], 1))
+    lines = ["", "## Placement for speed: uneven links", "",
+             f"Three nodes, each in its own network namespace with a delay each way ({delays}; node i <-> node j: the "
+             "sum of theirs). The coordinator's round trip to each node and the nodes' to each other (MeasureLinks) "
+             "go into the prediction; greedy, one stream, as above.", "",
+             "| plan | stages | predicted tok/s | measured tok/s | prediction error |", "|---|---|---|---|---|"]
+    for key in ("capacity", "speed"):
+        r = p[key]
+        stages = ", ".join(f"{s['node']} [{s['layers'][0]},{s['layers'][1]})" for s in r["stages"])
+        lines.append(f"| {key} | {stages} | {r['predicted_tps']:.1f} | {r['measured_tps']:.1f} | "
+                     f"{r['error']:+.0%} |")
+    lines += ["", f"Placed for speed: **{p['speedup']:.2f}x** the split by capacity; round trips measured by the "
+              "coordinator: " + ", ".join(f"{n} {v['rtt_ms']:.1f} ms" for n, v in p["profiles"].items()) + "."]
     return lines

@@ -154,3 +154,31 @@ def test_a_slow_stage_moves_the_model_only_with_auto_rebalance(tmp_path: Path, a
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_sent_or_cancelled_while_the_old_layout_freezes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        await _polled(reg)
+        await reg.add(ModelRequest(ModelConfig("tiny", "tiny", expected_concurrency=8)))
+        old = reg.engines["tiny"]
+        reqs, events = await _running(reg, 3)
+        gate = _fake(reg, "n2").hold_next = asyncio.Event()
+        move = asyncio.create_task(reg.remove_node("n1", drain=True))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert old.frozen and not move.done()
+        waiting = request("queued", [4, 4, 4], 6)
+        old.submit(waiting)  # frozen: it waits, and moves with the rest
+        old.cancel(reqs[0])  # running, its micro-batch in flight: it ends at the move, not moved
+        gate.set()
+        await move
+        first, *rest = await asyncio.gather(*events)
+        assert first[-1].finish_reason == "cancelled"
+        _unchanged(reqs[1:], rest)
+        assert tokens_of(await events_of(waiting)) == expected_tokens([4, 4, 4], 6)
+        assert not old.scheduler.running and not old.scheduler.waiting
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
