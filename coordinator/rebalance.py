@@ -172,7 +172,9 @@ class Rebalancer:
             return placed
         assert engine.config is not None
         replicas = min(len(g.replicas) for g in engine.pipeline.groups)
-        return ModelRequest(replace(engine.config, stages=(), layer_ranges=None), replicas)
+        # a model of the config is read from the cache folder of its name, whatever its source was
+        return ModelRequest(replace(engine.config, source=engine.meta.path.name, stages=(), layer_ranges=None),
+                            replicas)
 
     async def _decide(self, engine: ModelEngine, trigger: str, kind: str, min_gain: float | None,
                       exclude: frozenset[str]) -> tuple[Outcome, Placement | None]:
@@ -214,8 +216,7 @@ class Rebalancer:
         assert engine.config is not None
         registry = self.registry
         placed = replace(engine.config, stages=placement.stages, layer_ranges=placement.ranges)
-        new = build_engine(registry.config, placed, registry.clients, registry.config.model_dir(placed.source),
-                           engine.generation + 1)
+        new = build_engine(registry.config, placed, registry.clients, engine.meta.path, engine.generation + 1)
         new.use_draft_model(registry.engines)
         watch_speed(new, registry.profiles, registry.membership.note,
                     lambda node_id: self.on_slow(engine.name, node_id))

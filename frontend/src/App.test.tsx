@@ -223,6 +223,31 @@ describe("App", () => {
     expect(screen.getByTestId("left-out").textContent).toContain("node2 left out: with it 37.1 ms");
   });
 
+  it("re-places the model shown and says where it went, or why it stays", async () => {
+    let asked: { url: string; body: Record<string, unknown> } | null = null;
+    let changed = false;
+    const layout = (nodes: string[]) => nodes.map((n, i) => ({ nodes: [n], layers: [i * 10, i * 10 + 10] }));
+    stack({ "POST /api/models/smol/rebalance": (init, url) => {
+      asked = { url: String(url), body: JSON.parse(String(init?.body)) };
+      return json({ model: "smol", changed, reason: changed ? "" : "it is already on the plan the coordinator would make now",
+                    trigger: "asked for", before: layout(["node1", "node2", "node3"]),
+                    after: changed ? [{ nodes: ["node1"], layers: [0, 30] }] : layout(["node1", "node2", "node3"]),
+                    predicted_tps_before: 14.5, predicted_tps_after: changed ? 30.1 : 14.5, expected_concurrency: 1,
+                    moved_requests: changed ? 2 : 0, seconds: changed ? 3.2 : 0, generation: changed ? 2 : 1 });
+    } });
+    render(<App pollMs={20} />);
+    await screen.findAllByTestId("node");
+    fireEvent.click(screen.getByRole("button", { name: "Re-place now" }));
+    expect((await screen.findByTestId("rebalance-result")).textContent).toContain("smol stays on node1 layers 0–9");
+    expect(asked!.body).toEqual({ force: false });
+    changed = true;
+    fireEvent.click(screen.getByLabelText("even if not faster"));
+    fireEvent.click(screen.getByRole("button", { name: "Re-place now" }));
+    await waitFor(() => expect(screen.getByTestId("rebalance-result").getAttribute("data-changed")).toBe("true"));
+    expect(screen.getByTestId("rebalance-result").textContent).toContain("2 running request(s) moved in 3.2 s");
+    expect(asked!.body).toEqual({ force: true });
+  });
+
   it("keeps Send disabled with a hint while the prompt is empty", async () => {
     stack();
     render(<App pollMs={20} />);

@@ -8,6 +8,7 @@ import { ApiProblemBanner, ModelBanner } from "./components/Banners";
 import { History } from "./components/History";
 import { PipelineView } from "./components/PipelineView";
 import { PlacementPreview } from "./components/PlacementPreview";
+import { Rebalance } from "./components/Rebalance";
 import { PromptForm } from "./components/PromptForm";
 import { useAnswers } from "./hooks/useAnswers";
 import { useClusterPoll, type ProblemKind } from "./hooks/useClusterPoll";
@@ -64,6 +65,7 @@ export default function App({ pollMs }: { pollMs?: number }) {
           </h2>
           <PipelineView model={clusterModel} active={status.active} />
           <PlacementPreview defaultSource={model} />
+          <Rebalance model={clusterModel?.name} />
           <ApiKeyField value={apiKey} open={status.problem?.kind === "auth"}
                        onSave={(k) => { setApiKey(k); setKey(getApiKey()); }} />
         </section>

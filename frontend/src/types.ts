@@ -170,3 +170,19 @@ export interface PlacementPreview {
   speedup: number;
   left_out: { node: string; reason: string }[];
 }
+
+// POST /api/models/{name}/rebalance: a live re-placement, or why the model stays
+export interface RebalanceResult {
+  model: string;
+  changed: boolean;
+  reason: string;
+  trigger: string;
+  before: { nodes: string[]; layers: [number, number] }[];
+  after: { nodes: string[]; layers: [number, number] }[];
+  predicted_tps_before: number | null;
+  predicted_tps_after: number | null;
+  expected_concurrency: number;
+  moved_requests: number;
+  seconds: number;
+  generation: number;
+}

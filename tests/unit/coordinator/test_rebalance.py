@@ -15,7 +15,7 @@ from coordinator.generations import generation_of, served_model, shard_name
 from coordinator.rebalance import AUTO_GAIN
 from coordinator.registry import ModelRegistry, ModelRequest, RegistryError
 from coordinator.request import Request
-from protos.config import ModelConfig, NodeConfig
+from protos.config import ModelConfig, NodeConfig, parse_config
 from tests.unit.coordinator.builders import events_of, expected_tokens, request, tokens_of
 from tests.unit.coordinator.test_registry import _fake, _polled, _registry
 
@@ -178,6 +178,31 @@ def test_requests_sent_or_cancelled_while_the_old_layout_freezes(tmp_path: Path)
         _unchanged(reqs[1:], rest)
         assert tokens_of(await events_of(waiting)) == expected_tokens([4, 4, 4], 6)
         assert not old.scheduler.running and not old.scheduler.waiting
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_of_the_config_moves_from_the_cache_folder_of_its_name(tmp_path: Path) -> None:
+    """A config model's source names where it was prepared from; what the nodes load is the cache folder named
+    after the model, before and after a move."""
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        raw = {"model_name": "tiny", "model_cache_dir": str(tmp_path), "nodes": [
+            {"id": n.id, "address": n.address, "memory_mb": n.memory_mb} for n in reg.config.nodes],
+            "models": [{"name": "tiny", "source": str(tmp_path / "elsewhere"), "nodes": ["n1", "n2"]}]}
+        reg.config = parse_config(raw)
+        await _polled(reg)
+        await reg.start()
+        old = reg.engines["tiny"]
+        reqs, events = await _running(reg, 2)
+        outcome = await reg.rebalancer.rebalance("tiny", "asked", min_gain=None)  # forced: whenever the plan differs
+        assert outcome.changed, outcome.reason
+        new = reg.engines["tiny"]
+        assert new.meta.path == old.meta.path == tmp_path / "tiny"
+        assert {load.model_path for n in ("n1", "n2") for load in _fake(reg, n).loads} == {str(tmp_path / "tiny")}
+        _unchanged(reqs, await asyncio.gather(*events))
         await reg.stop()
         await reg.close()
 
