@@ -224,3 +224,22 @@ def test_api_down_is_shown_and_clears_when_it_is_back(page: Page, stack: Running
     expect(page.get_by_test_id("api-down")).to_contain_text("cannot be reached")
     shot(page, "api-down")
     expect(page.get_by_test_id("api-down")).to_be_hidden(timeout=60_000)
+
+
+def test_re_place_now_moves_the_model_live_or_says_why_it_stays(page: Page, stack: RunningCluster) -> None:
+    """After the API restart above, and last of all: the model may end on other nodes."""
+    page.get_by_label("even if not faster").check()
+    page.get_by_role("button", name="Re-place now").click()
+    result = page.get_by_test_id("rebalance-result")
+    expect(result).to_be_visible(timeout=300_000)
+    shot(page, "re-placed")
+    models = httpx.get(f"{stack.api_url}/api/models", timeout=10).json()["models"]
+    placement = [p["node"] for p in models[0]["placement"]]
+    if result.get_attribute("data-changed") == "true":
+        expect(result).to_contain_text("Moved smol")
+        expect(page.get_by_test_id("node")).to_have_count(len(placement), timeout=15_000)
+    else:
+        expect(result).to_contain_text("stays on")
+        assert placement == NODES
+    ask(page, "Say hello.", 8)
+    expect(current(page).get_by_test_id("answer")).to_have_attribute("data-status", "done", timeout=60_000)
