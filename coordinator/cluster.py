@@ -93,9 +93,9 @@ async def load_engine(model: ModelConfig, engine: ModelEngine) -> None:
     answered = [i for i in infos if not isinstance(i, BaseException)]
     hosts = [(i.host_id or i.node_id, i.cpu_count or 1) for i in answered]
     if model.pipeline_depth is None and ready and len(answered) == len(infos):  # else keep one per stage
-        engine.set_depth(default_depth(hosts))
+        engine.replicas.set_depth(default_depth(hosts))
     else:
-        engine.set_depth(engine.depth)
+        engine.replicas.set_depth(engine.depth)
     engine.scheduler.pipelined_prefill = pipelines_prefill(engine.prefill_mode, [h for h, _ in hosts])
     logger.info("model %s: prefill chunks %s", model.name, "pipelined over the stages"
                 if engine.scheduler.pipelined_prefill else "one after another (coordinator.pipelined_prefill)")

@@ -56,7 +56,7 @@ class ModelEngine:
         self.frozen = False  # handing over to a new layout: admits and sends nothing new (coordinator/handover.py)
         self.successor: ModelEngine | None = None  # the layout that took its requests over
         metrics.init_model(name, [r.node_id for r in pipeline.replicas])
-        self.set_depth(scheduler.depth)
+        self.replicas.set_depth(scheduler.depth)
 
     # ----- state ------------------------------------------------------------------------------------------
 
@@ -97,9 +97,6 @@ class ModelEngine:
         if self.speculation.method == "draft":
             self.proposer = DraftModelProposer(self.speculation.draft_model, served)
 
-    def set_depth(self, depth: int) -> None:
-        self.replicas.set_depth(depth)
-
     def mark_loaded(self) -> None:
         """The first load finished: node events may now reload replicas, and requests run."""
         self.loaded = True
@@ -108,9 +105,6 @@ class ModelEngine:
     def start_draining(self) -> None:
         """The model is being removed: new requests are refused, nothing is reloaded."""
         self.draining = True
-
-    def loading_on(self, node_id: str) -> bool:
-        return self.replicas.loading_on(node_id)
 
     def on_node_event(self, event: NodeEvent) -> None:
         self.replicas.on_node_event(event, reload=self.loaded and not self.draining)

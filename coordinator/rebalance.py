@@ -16,6 +16,7 @@ the coordinator placed itself, when the plan is predicted at least ``AUTO_GAIN``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -96,6 +97,11 @@ class Rebalancer:
     def after_join(self, node_id: str) -> None:
         for name in list(self.registry.placed_for):
             self._spawn(name, f"node {node_id} joined", "join")
+
+    def watch(self, engine: ModelEngine) -> None:
+        """Judges the engine's stages against their profiles (coordinator/slow_stages.py); a slow one may move it."""
+        watch_speed(engine, self.registry.profiles, self.registry.membership.note,
+                    functools.partial(self.on_slow, engine.name))
 
     def on_slow(self, name: str, node_id: str) -> None:
         """A stage of ``name`` on ``node_id`` is slow: with coordinator.auto_rebalance, the node is measured again and
@@ -218,8 +224,7 @@ class Rebalancer:
         placed = replace(engine.config, stages=placement.stages, layer_ranges=placement.ranges)
         new = build_engine(registry.config, placed, registry.clients, engine.meta.path, engine.generation + 1)
         new.use_draft_model(registry.engines)
-        watch_speed(new, registry.profiles, registry.membership.note,
-                    lambda node_id: self.on_slow(engine.name, node_id))
+        self.watch(new)
         logger.info("model %s: loading layout %d (%s) beside layout %d", engine.name, new.generation,
                     describe(layout_of(new)), engine.generation)
         await load_engine(placed, new)

@@ -33,7 +33,6 @@ from coordinator.profile_book import ProfileBook
 from coordinator.rebalance import Rebalancer, move_off
 from coordinator.replacement import ReplacementWatch
 from coordinator.sizing import fit_budgets
-from coordinator.slow_stages import watch_speed
 from protos.config import Config, ModelConfig, NodeConfig
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ class ModelRegistry:
         for m in self.config.models:
             m = await fit_budgets(self.config, self.clients, m)
             self.engines[m.name] = build_engine(self.config, m, self.clients)
-            self._watch_speed(self.engines[m.name])
+            self.rebalancer.watch(self.engines[m.name])
             self.engines[m.name].use_draft_model(self.engines)
         check_draft_models(self.engines)
         await asyncio.gather(*(load_engine(self.config.model(n), e) for n, e in self.engines.items()))
@@ -105,16 +104,12 @@ class ModelRegistry:
     async def close(self) -> None:
         await self.clients.close()
 
-    def _watch_speed(self, engine: ModelEngine) -> None:
-        name = engine.name
-        watch_speed(engine, self.profiles, self.membership.note, lambda node_id: self.rebalancer.on_slow(name, node_id))
-
     def _on_node_event(self, event: NodeEvent) -> None:
         for engine in list(self.engines.values()):
             engine.on_node_event(event)
 
     def _loading_on(self, node_id: str) -> bool:
-        return any(e.loading_on(node_id) for e in self.engines.values())
+        return any(e.replicas.loading_on(node_id) for e in self.engines.values())
 
     # ----- nodes ------------------------------------------------------------------------------------------
 
@@ -246,7 +241,7 @@ class ModelRegistry:
             raise RegistryError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot split {m.name}: {e}") from None
         self.pending.pop(m.name, None)
         engine.use_draft_model(self.engines)
-        self._watch_speed(engine)
+        self.rebalancer.watch(engine)
         self.engines[m.name] = engine
         load = asyncio.get_running_loop().create_task(load_engine(m, engine), name=f"load-{m.name}")
         self._loads[m.name] = load

@@ -68,7 +68,8 @@ class FakeEngine:
     loaded: bool = False
     ready: bool = False
     stopped: bool = False
-    replicas: Any = field(default_factory=lambda: SimpleNamespace(model_load=None))  # not judged for speed
+    replicas: Any = field(default_factory=lambda: SimpleNamespace(  # not judged for speed, never loading
+        model_load=None, loading_on=lambda node_id: False))
     config: Any = None  # not known: it cannot be re-placed
 
     async def stop(self, why: str = "") -> None:
@@ -76,9 +77,6 @@ class FakeEngine:
 
     def start_draining(self) -> None:
         self.draining = True
-
-    def loading_on(self, node_id: str) -> bool:
-        return False
 
     def on_node_event(self, event: Any) -> None:
         pass

@@ -55,7 +55,7 @@ def test_a_node_that_lost_its_shard_gets_it_loaded_again() -> None:
         n2.shards.clear()  # restarted between two polls
         engine.on_node_event(NodeEvent("n2", "up", info=await n2.info()))
         replica = engine.pipeline.replica_on("n2")
-        assert replica.state == "loading" and engine.loading_on("n2")
+        assert replica.state == "loading" and engine.replicas.loading_on("n2")
         while engine.replicas.reloading:  # the reload task runs (no clock)
             await asyncio.sleep(0)
         assert replica.state == "ready" and "m" in n2.shards
