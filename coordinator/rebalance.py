@@ -76,7 +76,7 @@ class Rebalancer:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self._busy: dict[str, asyncio.Event] = {}  # model -> set when its re-placement ends
-        self._auto: set[asyncio.Task[Outcome | None]] = set()
+        self._tasks: set[asyncio.Task[Outcome | None] | asyncio.Task[Outcome]] = set()  # (cancelled at shutdown)
 
     def busy_with(self, name: str) -> bool:
         return name in self._busy
@@ -113,8 +113,8 @@ class Rebalancer:
 
     def _spawn(self, name: str, trigger: str, kind: str) -> None:
         task = asyncio.get_running_loop().create_task(self._quietly(name, trigger, kind), name=f"rebalance-{name}")
-        self._auto.add(task)
-        task.add_done_callback(self._auto.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _quietly(self, name: str, trigger: str, kind: str) -> Outcome | None:
         try:
@@ -127,7 +127,7 @@ class Rebalancer:
         return None
 
     def stop(self) -> None:
-        for task in self._auto:
+        for task in self._tasks:
             task.cancel()
 
     # ----- one re-placement -------------------------------------------------------------------------------
@@ -136,10 +136,18 @@ class Rebalancer:
                         min_gain: float | None = EXPLICIT_GAIN, exclude: frozenset[str] = frozenset()) -> Outcome:
         """Re-places ``name`` when the plan made now (without the ``exclude`` nodes) is predicted at least
         ``min_gain`` times faster (None: whenever it differs, e.g. to move off a node). RegistryError when it
-        cannot be done now."""
+        cannot be done now. A caller that goes away does not stop it: a layout half moved would stay frozen."""
         engine = self._movable(name)
-        done = self._busy[name] = asyncio.Event()
-        started = time.monotonic()
+        self._busy[name] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._run(engine, trigger, kind, min_gain, exclude),
+                                                      name=f"rebalance-{name}-run")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def _run(self, engine: ModelEngine, trigger: str, kind: str, min_gain: float | None,
+                   exclude: frozenset[str]) -> Outcome:
+        name, done, started = engine.name, self._busy[engine.name], time.monotonic()
         try:
             async with self.registry.placement_lock:
                 outcome, placement = await self._decide(engine, trigger, kind, min_gain, exclude)
@@ -227,7 +235,11 @@ class Rebalancer:
         self.watch(new)
         logger.info("model %s: loading layout %d (%s) beside layout %d", engine.name, new.generation,
                     describe(layout_of(new)), engine.generation)
-        await load_engine(placed, new)
+        try:
+            await load_engine(placed, new)
+        except BaseException:
+            await asyncio.shield(self._discard(new, "its re-placement was stopped"))
+            raise
         if not new.replicas.ready:
             why = new.unavailable_reason()
             await self._discard(new, f"its new layout did not load: {why}")

@@ -207,3 +207,29 @@ def test_a_model_of_the_config_moves_from_the_cache_folder_of_its_name(tmp_path:
         await reg.close()
 
     asyncio.run(scenario())
+
+
+def test_a_caller_that_goes_away_mid_move_does_not_stop_it(tmp_path: Path) -> None:
+    """The client of POST .../rebalance hangs up while the old layout is frozen: the move still completes (else the
+    model would stay frozen)."""
+    async def scenario() -> None:
+        reg = _registry(tmp_path)
+        await _polled(reg)
+        await reg.add(ModelRequest(ModelConfig("tiny", "tiny", expected_concurrency=8)))
+        old = reg.engines["tiny"]
+        reqs, events = await _running(reg, 2)
+        gate = _fake(reg, "n2").hold_next = asyncio.Event()
+        away = frozenset({"n1"})
+        caller = asyncio.create_task(reg.rebalancer.rebalance("tiny", "asked", min_gain=None, exclude=away))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert old.frozen
+        caller.cancel()
+        gate.set()
+        await reg.rebalancer.settled("tiny")
+        assert caller.cancelled() and reg.engines["tiny"] is not old
+        _unchanged(reqs, await asyncio.gather(*events))
+        await reg.stop()
+        await reg.close()
+
+    asyncio.run(scenario())
