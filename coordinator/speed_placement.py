@@ -6,7 +6,8 @@ the stages' steps) and the busiest stage's steps for every lane. For a bound B o
 at most the layers that fit under B (and its memory); the least sum under that bound gives the fastest nodes the most
 layers. Trying every bound that some stage can have finds the best split exactly. Every arrangement of the nodes
 (up to PERMUTED_NODES of them; beyond, their given order and every subset) is tried, so a node that would make the
-model slower is left out, with the predicted time with and without it as the reason.
+model slower is left out, with the predicted time with and without it as the reason. A plan with more stages has to
+win by STAGE_MARGIN per stage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from coordinator.speed_model import (
 from protos.data_structures import LayerRange
 
 PERMUTED_NODES = 5  # with more nodes only their given order is tried (still every subset of it)
+STAGE_MARGIN = 0.03  # a plan with one stage more must be predicted this much faster: a hop costs more than half its
+# round trip in practice (make bench's latency table: 3.6-4.4 one-way delays per 3-hop step, 3 modeled), and a
+# split that wins by noise in the profiles should not be taken
 
 MaxLayers = Callable[[str, bool, bool], int]  # (node, holds the first stage, holds the last) -> layers it can hold
 
@@ -102,7 +106,7 @@ def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLa
     """The fastest placement of ``num_layers`` over some of ``nodes`` at ``concurrency`` streams."""
     if not nodes:
         raise NoPlan("no node to place the model on")
-    best: tuple[float, tuple[Stage, ...]] = (math.inf, ())
+    best: tuple[float, float, tuple[Stage, ...]] = (math.inf, math.inf, ())  # (score, cycle, stages)
     best_with: dict[str, float] = {}  # node -> the best cycle of a plan that uses it
     for arrangement in _arrangements(nodes):
         last = len(arrangement) - 1
@@ -112,11 +116,12 @@ def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLa
             continue
         for node in arrangement:
             best_with[node.node_id] = min(best_with.get(node.node_id, math.inf), cycle)
-        if cycle < best[0] - 1e-12 or (cycle <= best[0] + 1e-12 and len(arrangement) < len(best[1])):
-            best = (cycle, _stages(arrangement, counts))
-    if not best[1]:
+        score = cycle * (1 + STAGE_MARGIN) ** last  # each stage more must win by the margin
+        if score < best[0] - 1e-12 or (score <= best[0] + 1e-12 and len(arrangement) < len(best[2])):
+            best = (score, cycle, _stages(arrangement, counts))
+    if not best[2]:
         raise NoPlan(f"the {len(nodes)} node(s) cannot hold the model's {num_layers} layers together (memory)")
-    cycle, stages = best
+    _, cycle, stages = best
     per_token = cycle / concurrency
     used = {s.node.node_id for s in stages}
     left_out = {}

@@ -84,3 +84,15 @@ def test_a_slow_link_between_two_nodes_keeps_them_apart() -> None:
     assert "with it the best plan predicts" in plan.left_out["a"]
     fast_links = plan_by_speed(30, [a, b, c], unlimited, concurrency=16)
     assert len(fast_links.node_ids) == 3  # without the slow link all three pipeline
+
+
+def test_a_stage_more_must_win_by_the_margin() -> None:
+    """b is faster per layer, a has the cheaper head: 29 layers on b and the last on a are predicted about 2 % faster
+    than all on b, but not by STAGE_MARGIN: one stage, on b."""
+    a, b = node("a", 1.0, head_ms=0.2, rtt_ms=0.1), node("b", 0.9, head_ms=1.5, rtt_ms=0.1)
+    assert plan_by_speed(30, [a, b], unlimited).node_ids == ["b"]
+    with_a_cheaper_head = plan_by_speed(30, [node("a", 1.0, head_ms=0.2, rtt_ms=0.1), node("b", 0.9, head_ms=4.0,
+                                                                                           rtt_ms=0.1)], unlimited)
+    assert with_a_cheaper_head.node_ids == ["b", "a"]  # 10 % faster: worth the stage
+    much_faster = plan_by_speed(30, [a, node("c", 0.5, head_ms=1.0, rtt_ms=0.1)], unlimited, concurrency=16)
+    assert len(much_faster.node_ids) == 2  # a real gain still pipelines
