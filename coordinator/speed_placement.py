@@ -132,5 +132,6 @@ def plan_by_speed(num_layers: int, nodes: Sequence[NodeSpeed], max_layers: MaxLa
         left_out[node.node_id] = (
             "it cannot hold a layer of this model (memory)" if with_it is None else
             f"with it the best plan predicts {with_it / concurrency * 1e3:.1f} ms per token at {concurrency} "
-            f"stream(s), without it {per_token * 1e3:.1f} ms")
+            f"stream(s), without it {per_token * 1e3:.1f} ms" + (
+                f" (a stage more has to win by {STAGE_MARGIN:.0%})" if with_it < cycle else ""))
     return SpeedPlan(stages, per_token, predict(stages, num_layers, report, links), left_out)
