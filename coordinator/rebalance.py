@@ -230,7 +230,10 @@ class Rebalancer:
         assert engine.config is not None
         registry = self.registry
         placed = replace(engine.config, stages=placement.stages, layer_ranges=placement.ranges)
-        new = build_engine(registry.config, placed, registry.clients, engine.meta.path, engine.generation + 1)
+        try:
+            new = build_engine(registry.config, placed, registry.clients, engine.meta.path, engine.generation + 1)
+        except ValueError as e:
+            raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot split {engine.name}: {e}") from None
         new.use_draft_model(registry.engines)
         self.watch(new)
         logger.info("model %s: loading layout %d (%s) beside layout %d", engine.name, new.generation,
@@ -284,6 +287,8 @@ async def move_off(registry: ModelRegistry, node_id: str) -> None:
             why = "" if outcome.changed else outcome.reason
         except RegistryError as e:
             why = str(e)
+        except grpc.aio.AioRpcError as e:
+            why = f"a node could not be measured: {e.code().name}: {e.details()}"
         if why:
             raise RegistryError(grpc.StatusCode.FAILED_PRECONDITION, (
                 f"node {node_id!r} holds shards of model {name!r}, which cannot move off it: {why}; remove the "

@@ -70,7 +70,7 @@ class ModelRegistry:
         self._watch: asyncio.Task[None] | None = None
         self.placement_lock = asyncio.Lock()  # one placement at a time: two never count the same free memory
         self._loads: dict[str, asyncio.Task[None]] = {}  # models whose shards are being loaded (remove cancels it)
-        self.profiles = ProfileBook()  # the nodes' speed per model format (coordinator/plan_preview.py)
+        self.profiles = ProfileBook()  # the nodes' speed per model format and their links (coordinator/profile_book.py)
         self.replacements = ReplacementWatch(self)  # dead replicas moved to spare nodes
         self.rebalancer = Rebalancer(self)  # live re-placement (coordinator/rebalance.py)
         self.placed_for: dict[str, ModelRequest] = {}  # models the coordinator placed itself, as they were asked for
