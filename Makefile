@@ -11,7 +11,7 @@ UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html
 	frontend/tsconfig.json
 NPM := npm --yes --no-audit --no-fund --loglevel=error
 
-.PHONY: setup models up test unit protos lint clean bench dashboard ui certs load
+.PHONY: setup models up test unit protos lint clean bench dashboard ui certs load deploy-test
 
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -88,6 +88,11 @@ lint: setup
 
 # Shardline vs transformers vs llama.cpp (+ a network-namespace variant): writes bench/results/latest.{md,json}
 # and throughput.png. BENCH_ARGS passes flags, e.g. make bench BENCH_ARGS=--quick (see python -m bench --help).
+# builds every image of docker-compose.yml with podman (installed if missing), as `docker compose build` would;
+# starting the stack is the next step of issue 23
+deploy-test: setup
+	$(PY) -m ops.deploy_test build
+
 bench: models
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench $(BENCH_ARGS)

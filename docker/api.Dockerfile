@@ -3,7 +3,10 @@
 # config.json is mounted read-only at /etc/shardline/config.json. The web UI is served by the frontend image.
 # Set SHARDLINE_API_KEYS when the API is reachable beyond your machine.
 
-FROM python:3.11.11-slim-bookworm AS builder
+# PYTHON_IMAGE: the base (a local stand-in where no registry can be reached; make deploy-test). A build secret
+# `ca_bundle` (optional) is the CA bundle pip trusts, for networks that intercept TLS.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -15,9 +18,10 @@ COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
 # only this service's extra (pyproject.toml): no torch, no transformers
-RUN pip install --no-cache-dir "./[api]"
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir "./[api]"
 
-FROM python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 shardline \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
     && mkdir -p /etc/shardline

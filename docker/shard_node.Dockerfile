@@ -7,11 +7,20 @@
 # or $SHARDLINE_NODE_INDEX (a StatefulSet ordinal). config.json is mounted read-only at /etc/shardline/config.json;
 # weights are read from the volume /models. No model is baked in.
 
-FROM python:3.11.11-slim-bookworm AS builder
+# PYTHON_IMAGE: the base (a local stand-in where no registry can be reached; make deploy-test). A build secret
+# `ca_bundle` (optional) is the CA bundle pip trusts, for networks that intercept TLS.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS builder
 ARG TORCH_VARIANT=cpu
+# where torch comes from: PyTorch's index for TORCH_VARIANT; make deploy-test passes PyPI and a folder holding the
+# local CPU wheel (TORCH_FIND_LINKS), since PyTorch's index cannot be reached there
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+ARG TORCH_FIND_LINKS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+RUN --mount=type=secret,id=ca_bundle python -m venv /opt/venv \
+    && if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
@@ -21,9 +30,10 @@ COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
 # only this service's extra (pyproject.toml)
-RUN pip install --no-cache-dir "./[node]"
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir "./[node]"
 
-FROM python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 shardline \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/shardline --create-home --shell /usr/sbin/nologin shardline \
     && mkdir -p /models /etc/shardline \

@@ -145,12 +145,34 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    """The stages, each from its FROM (the ARGs before the first FROM are global_args)."""
     result: list[list[tuple[str, str]]] = []
     for ins in instructions(dockerfile):
         if ins[0] == "FROM":
             result.append([])
-        result[-1].append(ins)
+        if result:
+            result[-1].append(ins)
     return result
+
+
+def global_args(dockerfile: Path) -> dict[str, str]:
+    """The ARGs before the first FROM with their defaults (what a FROM may name: the base images)."""
+    out = {}
+    for ins, rest in instructions(dockerfile):
+        if ins == "FROM":
+            break
+        if ins == "ARG":
+            name, _, default = rest.partition("=")
+            out[name] = default
+    return out
+
+
+def base_image(dockerfile: Path, from_line: str) -> str:
+    """The image a FROM line names, its global ARGs replaced by their defaults (what a plain build uses)."""
+    base = from_line.split()[0]
+    for name, default in global_args(dockerfile).items():
+        base = base.replace(f"${{{name}}}", default)
+    return base
 
 
 def stage_named(dockerfile: Path, name: str) -> list[tuple[str, str]]:
@@ -198,7 +220,8 @@ def test_python_image_final_stage(name: str) -> None:
     runs = " ".join(rest for ins, rest in builder if ins == "RUN")
     assert f'pip install --no-cache-dir "./[{IMAGE_EXTRAS[name]}]"' in runs, f"{name} installs its own extra only"
     if name == "shard_node":
-        assert "torch==2.13.0" in runs and "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+        args = " ".join(rest for ins, rest in builder if ins == "ARG")
+        assert "torch==2.13.0" in runs and "TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}" in args
 
 
 def _installs_torch(stage: list[tuple[str, str]]) -> bool:
@@ -256,6 +279,7 @@ def test_dockerfile_bakes_in_no_config_or_model(dockerfile: Path) -> None:
     names: set[str] = set()
     for stage in stages(dockerfile):
         base, *alias = stage[0][1].split()
+        base = base_image(dockerfile, base)
         if base not in names:  # an image, not an earlier stage
             assert not base.endswith(":latest") and re.search(r":v?\d+\.\d+\.\d+", base), f"unpinned {base}"
         names.update(alias[-1:])
