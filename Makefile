@@ -88,10 +88,11 @@ lint: setup
 
 # Shardline vs transformers vs llama.cpp (+ a network-namespace variant): writes bench/results/latest.{md,json}
 # and throughput.png. BENCH_ARGS passes flags, e.g. make bench BENCH_ARGS=--quick (see python -m bench --help).
-# builds every image of docker-compose.yml with podman (installed if missing), as `docker compose build` would;
-# starting the stack is the next step of issue 23
+# the deployment run for real with podman (installed if missing): every image of docker-compose.yml built as
+# `docker compose build` would, the stack started with the Docker Compose CLI and checked through nginx, a node
+# killed, everything removed, then what `podman kube play` accepts of k8s/ (python -m ops.deploy_test --help)
 deploy-test: setup
-	$(PY) -m ops.deploy_test build
+	$(PY) -m ops.deploy_test $(DEPLOY_TEST_ARGS)
 
 bench: models
 	$(PY) -m pip install --quiet -e '.[bench]'

