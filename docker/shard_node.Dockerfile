@@ -22,16 +22,21 @@ RUN --mount=type=secret,id=ca_bundle python -m venv /opt/venv \
     && if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# only this service's extra: its pinned requirements first, then the source, so
+# that a change of the code reinstalls only the package itself (the build backend comes from the index too)
+COPY pyproject.toml ops/requirements.py ./
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && python requirements.py pyproject.toml node > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt
+COPY README.md ./
 COPY protos ./protos
 COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-# only this service's extra (pyproject.toml)
 RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && pip install --no-cache-dir "./[node]"
+    && pip install --no-cache-dir --no-deps "./[node]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 shardline \

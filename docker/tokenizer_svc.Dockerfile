@@ -10,16 +10,21 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# only this service's extra (no torch, no transformers): its pinned requirements first, then the source, so
+# that a change of the code reinstalls only the package itself (the build backend comes from the index too)
+COPY pyproject.toml ops/requirements.py ./
+RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && python requirements.py pyproject.toml tokenizer > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt
+COPY README.md ./
 COPY protos ./protos
 COPY ops ./ops
 COPY coordinator ./coordinator
 COPY shard_node ./shard_node
 COPY tokenizer_svc ./tokenizer_svc
 COPY api ./api
-# only this service's extra (pyproject.toml): no torch, no transformers
 RUN --mount=type=secret,id=ca_bundle if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && pip install --no-cache-dir "./[tokenizer]"
+    && pip install --no-cache-dir --no-deps "./[tokenizer]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 shardline \

@@ -2,6 +2,7 @@
 
     python -m ops.deploy_test            # build every image, run the compose stack, check it, clean up
     python -m ops.deploy_test build      # only build the images (prints each one's build time and size)
+    python -m ops.deploy_test kube       # only podman kube play of k8s/ (the images must have been built)
     python -m ops.deploy_test --keep     # leave the stack running afterwards (docker compose -p ... down -v ends it)
 
 Steps: podman installed where missing (apt); the images of docker-compose.yml built from their Dockerfiles
@@ -83,7 +84,7 @@ def stack_step(keep: bool) -> stack.StackReport:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", nargs="?", choices=["all", "build"], default="all")
+    p.add_argument("step", nargs="?", choices=["all", "build", "kube"], default="all")
     p.add_argument("--keep", action="store_true", help=f"leave the stack (project {PROJECT}) running")
     p.add_argument("--skip-kube", action="store_true", help="skip podman kube play of k8s/")
     args = p.parse_args(argv)
@@ -95,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        build_step()
+        if args.step == "kube":
+            ensure_podman()
+            kube.play_step()
+        else:
+            build_step()
         if args.step == "all":
             stack_step(args.keep)
             if not args.skip_kube and not args.keep:

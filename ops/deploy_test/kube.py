@@ -47,6 +47,8 @@ def playable(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dic
         owned_by_fs_group(claim, pod["spec"]["securityContext"])
     models_step = [*by_kind["ConfigMap"], *by_kind["PersistentVolumeClaim"], pod]
     services = [d for d in by_kind["Deployment"] if d["metadata"]["name"] in PLAYED_DEPLOYMENTS]
+    for deployment in services:
+        keep_init_containers(deployment)
     return models_step, [*by_kind["ConfigMap"], *services]
 
 
@@ -54,6 +56,12 @@ def owned_by_fs_group(claim: dict[str, Any], security: dict[str, Any]) -> None:
     """The kubelet makes a volume writable for the pod's fsGroup; podman's volume annotations do that here."""
     claim["metadata"].setdefault("annotations", {}).update({
         "volume.podman.io/uid": str(security["runAsUser"]), "volume.podman.io/gid": str(security["fsGroup"])})
+
+
+def keep_init_containers(deployment: dict[str, Any]) -> None:
+    """podman 4.3 removes a finished init container while runc still reports it running, and then fails the whole
+    pod ("failed to remove once init container ... as it is running"); podman's own annotation keeps it instead."""
+    deployment["metadata"].setdefault("annotations", {})["io.podman.annotations.init.container.type"] = "always"
 
 
 def trust_host_ca(spec: dict[str, Any]) -> None:
@@ -103,6 +111,14 @@ def wait_healthy(container: str, role: str) -> float:
         time.sleep(2)
 
 
+def check_security(container: str) -> None:
+    """The manifests' securityContext held: the container runs as UID 10001 on a read-only root file system."""
+    state = inspect(container)
+    user, read_only = str(state["Config"]["User"]).split(":")[0], state["HostConfig"]["ReadonlyRootfs"]
+    if user != "10001" or not read_only:
+        raise DeployTestError(f"kube: {container} runs as {user!r}, read-only root {read_only}")
+
+
 def play_step() -> None:
     models_step, services = playable(rendered())
     files = [write("models", models_step), write("services", services)]
@@ -115,7 +131,9 @@ def play_step() -> None:
         play(files[1])
         for name in PLAYED_DEPLOYMENTS:
             seconds = wait_healthy(f"{name}-pod-0-{name}", name)
-            log(f"kube: the {name} Deployment's container is healthy {seconds:.0f} s after kube play")
+            check_security(f"{name}-pod-0-{name}")
+            log(f"kube: the {name} Deployment's container is healthy {seconds:.0f} s after kube play returned "
+                "(its init container had waited for the models), as UID 10001 on a read-only root")
     finally:
         for path in reversed(files):
             podman("kube", "down", str(path), check=False, capture=True, timeout=300)
