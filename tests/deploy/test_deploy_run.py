@@ -20,6 +20,7 @@ NO_RUNTIME_EXIT = 2  # ops.deploy_test's exit code when no container runtime can
 pytestmark = pytest.mark.cluster
 
 
+@pytest.mark.timeout(3600)  # a cold first run installs podman, makes the bases and builds every image
 def test_deploy_for_real() -> None:
     result = subprocess.run([sys.executable, "-m", "ops.deploy_test"], cwd=ROOT, capture_output=True, text=True,
                             timeout=3600)
