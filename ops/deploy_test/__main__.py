@@ -74,6 +74,9 @@ def stack_step(keep: bool) -> stack.StackReport:
         for service, seconds in sorted(report.healthy_since_up.items(), key=lambda kv: kv[1]):
             log(f"service {service}: healthy {seconds:.0f} s after `up` began, "
                 f"{report.healthy_seconds[service]:.0f} s after its container started")
+    except (DeployTestError, OSError):
+        stack.log_unhealthy(compose)
+        raise
     finally:
         if not keep:
             stack.down(compose)
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             stack_step(args.keep)
             if not args.skip_kube and not args.keep:
                 kube.play_step()
-    except DeployTestError as e:
+    except (DeployTestError, OSError) as e:  # OSError: a request to the stack (urllib), a file
         log(f"FAILED: {e}")
         return 1
     except subprocess.CalledProcessError as e:

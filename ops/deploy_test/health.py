@@ -65,6 +65,11 @@ class HealthPump:
             if result.returncode == 0 and name not in self.healthy_since:
                 self.healthy_since[name] = time.monotonic()
 
+    def healthy_since_start(self, name: str, started_at: str) -> bool:
+        """A check passed since the container's start at ``started_at`` (its State.StartedAt)."""
+        schedule = self.schedules.get(name)
+        return schedule is not None and schedule.started_at == started_at and name in self.healthy_since
+
     def seconds_to_healthy(self, name: str) -> float | None:
         """From the container's (latest) start to its first passing check, or None while it has none."""
         if name not in self.healthy_since or name not in self.schedules:

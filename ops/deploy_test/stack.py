@@ -160,13 +160,15 @@ def kill_node(compose: Compose, pump: HealthPump, report: StackReport) -> None:
     deadline = killed_at + UP_TIMEOUT_S
     while True:
         state = inspect(name)
-        if state["RestartCount"] > before["RestartCount"] and pump.seconds_to_healthy(name) is not None:
+        restarted = state["RestartCount"] > before["RestartCount"]
+        if restarted and pump.healthy_since_start(name, state["State"]["StartedAt"]):
             break
         if time.monotonic() > deadline:
             raise DeployTestError(f"{name} not back and healthy {UP_TIMEOUT_S} s after the kill: {state['State']}")
         time.sleep(1)
     report.restart_count = state["RestartCount"]
-    log(f"{name} restarted ({state['RestartCount']}) and healthy after {time.monotonic() - killed_at:.0f} s")
+    log(f"{name} restarted ({state['RestartCount']}) and healthy {time.monotonic() - killed_at:.0f} s after the kill "
+        f"({pump.seconds_to_healthy(name):.0f} s after its new start)")
     while True:
         try:
             ask_paris()
@@ -176,6 +178,20 @@ def kill_node(compose: Compose, pump: HealthPump, report: StackReport) -> None:
                 raise DeployTestError(f"the model does not answer after the node came back: {e}") from e
             time.sleep(2)
     report.node_back_seconds = time.monotonic() - killed_at
+
+
+def log_unhealthy(compose: Compose) -> None:
+    """After a failure: the last lines of every container that is not running healthy (what went wrong, and where)."""
+    try:
+        containers = compose.ps()
+    except DeployTestError:
+        return
+    for c in containers:
+        if c["State"] == "running" and c.get("Health") in ("healthy", ""):
+            continue
+        tail = podman("logs", "--tail", "25", c["Name"], check=False, capture=True, timeout=60)
+        health = c.get("Health") or "no health"
+        log(f"{c['Name']} ({c['State']}, {health}), its last lines:\n{tail.stdout}{tail.stderr}")
 
 
 def down(compose: Compose) -> None:
