@@ -20,9 +20,7 @@ import subprocess
 import sys
 import time
 
-import yaml  # type: ignore[import-untyped]
-
-from ops.deploy_test import images, kube, stack
+from ops.deploy_test import images, kube, stack, yaml_files
 from ops.deploy_test.health import HealthPump
 from ops.deploy_test.runtime import (
     COMPOSE_FILE,
@@ -43,7 +41,7 @@ def build_step() -> list[images.Built]:
     ensure_podman()
     started = time.monotonic()
     images.ensure_bases()
-    built = images.build_images(yaml.safe_load(COMPOSE_FILE.read_text()))
+    built = images.build_images(yaml_files.load(COMPOSE_FILE))
     for b in built:
         log(f"image {b.image}: {b.size_bytes / 1e6:.0f} MB, built in {b.seconds:.0f} s")
     log(f"built {len(built)} images in {time.monotonic() - started:.0f} s (bases and stand-ins included)")

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
-
+from ops.deploy_test import yaml_files
 from ops.deploy_test.runtime import CA_BUNDLE, ROOT, WORK, DeployTestError, inspect, log, podman
 
 PLAYED_DEPLOYMENTS = ("tokenizer",)
@@ -29,7 +28,7 @@ def rendered() -> list[dict[str, Any]]:
     kubectl = Path(ROOT / ".venv" / "bin" / "kubectl")
     binary = str(kubectl) if kubectl.exists() else "kubectl"
     out = subprocess.run([binary, "kustomize", str(ROOT / "k8s")], check=True, capture_output=True, text=True).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return yaml_files.load_all(out)
 
 
 def playable(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -76,7 +75,7 @@ def trust_host_ca(spec: dict[str, Any]) -> None:
 
 def write(name: str, docs: list[dict[str, Any]]) -> Path:
     path = WORK / f"kube-{name}.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    yaml_files.dump_all(docs, path)
     return path
 
 
