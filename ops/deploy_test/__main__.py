@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"deploy-test: no container runtime here: {missing}\n")
         return NO_RUNTIME_EXIT
     WORK.mkdir(parents=True, exist_ok=True)
+    last_run = logging.FileHandler(WORK / "last-run.log", mode="w")  # the steps and timings, kept after the run
+    last_run.setFormatter(logging.Formatter("%(asctime)s deploy-test: %(message)s", datefmt="%H:%M:%S"))
+    logging.getLogger("deploy-test").addHandler(last_run)
     started = time.monotonic()
     try:
         if args.step == "kube":
