@@ -71,13 +71,17 @@ def test_one_sequence_is_bit_identical_through_prefill_and_decode(batch_decode: 
     assert torch.equal(got, want)
 
 
-def test_batched_decode_rows_of_equal_length_need_no_mask_and_are_bit_identical() -> None:
+def test_batched_decode_rows_of_equal_length_need_no_mask_and_match_within_rounding() -> None:
+    """Equal lengths: one unmasked call. Bit-identical to one call per sequence on some CPUs' SDPA kernels but not
+    all (an AVX-512 AMD EPYC reduces the second row in another order: 4.5e-8 apart), so rounding is allowed."""
     torch.manual_seed(1)
     pool, ref, entries = _pool(), Reference(), {}
     _step(pool, ref, entries, [("a", 20)])
     _step(pool, ref, entries, [("b", 20)])
+    batch = plan_batch(pool, [entries["a"], entries["b"]], [20, 20], [1, 1], batch_decode=True)
+    assert batch.decode is not None and batch.decode.mask is None
     got, want = _step(pool, ref, entries, [("a", 1), ("b", 1)], batch_decode=True)
-    assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 MIXED = [("a", 1), ("d", 9), ("b", 1), ("c", 6), ("e", 1)]  # decode rows around a new and a continued chunk
